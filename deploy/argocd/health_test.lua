@@ -1,0 +1,288 @@
+-- Tests for health.lua, the Argo CD health check of CommandInvocation.
+--
+--   lua5.4 deploy/argocd/health_test.lua      (or: bash hack/test-argocd-health.sh)
+--
+-- Runs health.lua the way Argo CD does (global `obj`, chunk returns the
+-- health table) on a set of objects and prints one line per case, then
+-- "N passed, M failed". Exits non-zero when a case fails. Works with Lua 5.1
+-- (Argo CD's gopher-lua dialect) as well as 5.2+.
+
+local dir = (arg and arg[0] and arg[0]:match("^(.*)[/\\]")) or "."
+
+local function read_file(path)
+  local f = assert(io.open(path, "r"))
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+local script_path = dir .. "/health.lua"
+local script = read_file(script_path)
+
+-- Run the health script with `obj` as its only extra global.
+local function health(obj)
+  local env = {
+    obj = obj,
+    ipairs = ipairs, pairs = pairs, next = next, type = type,
+    tostring = tostring, tonumber = tonumber, error = error, pcall = pcall,
+    string = string, table = table, math = math,
+  }
+  local chunk, err
+  if setfenv ~= nil then -- Lua 5.1
+    chunk, err = loadstring(script, "=health.lua")
+    if chunk then setfenv(chunk, env) end
+  else -- Lua 5.2+
+    chunk, err = load(script, "=health.lua", "t", env)
+  end
+  if not chunk then error("health.lua does not compile: " .. tostring(err)) end
+  return chunk()
+end
+
+local passed, failed = 0, 0
+
+local function report(name, ok, detail)
+  if ok then
+    passed = passed + 1
+    print("ok     " .. name)
+  else
+    failed = failed + 1
+    print("FAILED " .. name .. ": " .. tostring(detail))
+  end
+end
+
+-- Check status and, when given, that the message contains `want_msg`
+-- (plain substring) or equals it when `exact` is true.
+local function case(name, obj, want_status, want_msg, exact)
+  local ok, hs = pcall(health, obj)
+  if not ok then
+    report(name, false, "error: " .. tostring(hs))
+    return
+  end
+  if type(hs) ~= "table" then
+    report(name, false, "returned " .. type(hs) .. ", want a table")
+    return
+  end
+  if hs.status ~= want_status then
+    report(name, false, string.format("status %q, want %q (message %q)",
+      tostring(hs.status), want_status, tostring(hs.message)))
+    return
+  end
+  if type(hs.message) ~= "string" or hs.message == "" then
+    report(name, false, "empty message")
+    return
+  end
+  if want_msg ~= nil then
+    local good
+    if exact then
+      good = hs.message == want_msg
+    else
+      good = string.find(hs.message, want_msg, 1, true) ~= nil
+    end
+    if not good then
+      report(name, false, string.format("message %q, want %s %q",
+        hs.message, exact and "exactly" or "containing", want_msg))
+      return
+    end
+  end
+  report(name, true)
+end
+
+-- Helpers building CommandInvocation objects.
+local function cond(ctype, cstatus, reason, message, gen)
+  return {
+    type = ctype, status = cstatus, reason = reason, message = message,
+    observedGeneration = gen or 1,
+    lastTransitionTime = "2025-01-01T00:00:00Z",
+  }
+end
+
+local function cinv(generation, status)
+  return {
+    apiVersion = "ssm.operator.dev/v1alpha1",
+    kind = "CommandInvocation",
+    metadata = { name = "patch-web-1", namespace = "ops", generation = generation },
+    spec = {
+      commandId = "8f2f6d1e-2b0c-4e4b-9a53-0c7b9f0e1a11",
+      instanceId = "i-0123456789abcdef0",
+    },
+    status = status,
+  }
+end
+
+local function running(ssm, details, gen)
+  gen = gen or 1
+  return {
+    status = ssm, statusDetails = details or ssm, responseCode = -1,
+    observedGeneration = gen,
+    conditions = {
+      cond("Ready", "False", ssm, "Command is " .. ssm, gen),
+      cond("Reconciling", "True", ssm, "SSM reports " .. ssm, gen),
+      cond("Stalled", "False", ssm, "", gen),
+      cond("Finished", "False", ssm, "", gen),
+    },
+  }
+end
+
+local function succeeded(gen)
+  gen = gen or 1
+  return {
+    status = "Success", statusDetails = "Success", responseCode = 0,
+    observedGeneration = gen,
+    conditions = {
+      cond("Ready", "True", "Success", "Command succeeded", gen),
+      cond("Reconciling", "False", "Success", "", gen),
+      cond("Stalled", "False", "Success", "", gen),
+      cond("Finished", "True", "Success", "Command succeeded", gen),
+    },
+  }
+end
+
+local function terminal_failure(ssm, details, code, gen)
+  gen = gen or 1
+  return {
+    status = ssm, statusDetails = details, responseCode = code,
+    observedGeneration = gen,
+    conditions = {
+      cond("Ready", "False", ssm, "Command ended " .. ssm, gen),
+      cond("Reconciling", "False", ssm, "", gen),
+      cond("Stalled", "True", ssm, "Command ended " .. ssm, gen),
+      cond("Finished", "True", ssm, "Command ended " .. ssm, gen),
+    },
+  }
+end
+
+local function permanent_error(reason, message, gen)
+  gen = gen or 1
+  return {
+    observedGeneration = gen,
+    conditions = {
+      cond("Ready", "False", reason, message, gen),
+      cond("Reconciling", "False", reason, message, gen),
+      cond("Stalled", "True", reason, message, gen),
+      cond("Finished", "True", reason, message, gen),
+    },
+  }
+end
+
+-- No status yet / not terminal: Progressing.
+case("no status yet", cinv(1, nil), "Progressing", "Waiting for the operator")
+case("empty status", cinv(1, {}), "Progressing", "Waiting for the operator")
+case("Pending", cinv(1, running("Pending")), "Progressing", "Pending")
+case("InProgress", cinv(1, running("InProgress")), "Progressing", "InProgress")
+case("Delayed", cinv(1, running("Delayed")), "Progressing", "Delayed")
+case("Cancelling", cinv(1, running("Cancelling")), "Progressing", "Cancelling")
+case("status without conditions", cinv(1, { status = "InProgress", observedGeneration = 1 }),
+  "Progressing", "SSM status InProgress")
+case("unknown future SSM status", cinv(1, { status = "Paused", observedGeneration = 1 }),
+  "Progressing", "Paused")
+
+-- Transient errors keep Reconciling=True and Stalled=False.
+local throttled = running("InProgress")
+throttled.conditions[2] = cond("Reconciling", "True", "Throttled", "SSM throttled the request; retrying in 30s")
+case("throttled (transient)", cinv(1, throttled), "Progressing", "SSM throttled the request; retrying in 30s", true)
+
+-- Success: Healthy.
+case("Success", cinv(1, succeeded()), "Healthy", "SSM status Success, response code 0", true)
+case("Success at generation 3", cinv(3, succeeded(3)), "Healthy", "Success")
+
+-- Terminal failures: Degraded with the SSM status and details.
+case("Failed", cinv(1, terminal_failure("Failed", "Failed", 1)), "Degraded",
+  "SSM status Failed, response code 1", true)
+case("TimedOut (delivery)", cinv(1, terminal_failure("TimedOut", "Delivery Timed Out", -1)), "Degraded",
+  "SSM status TimedOut (Delivery Timed Out)", true)
+case("Cancelled", cinv(1, terminal_failure("Cancelled", "Cancelled", -1)), "Degraded", "Cancelled")
+case("Failed, Undeliverable", cinv(1, terminal_failure("Failed", "Undeliverable", -1)), "Degraded", "Undeliverable")
+case("Failed without conditions", cinv(1, { status = "Failed", responseCode = 2, observedGeneration = 1 }),
+  "Degraded", "response code 2")
+
+-- Permanent errors: Stalled=True, Degraded with the condition's message.
+case("Stalled InvalidInstanceId", cinv(1, permanent_error("InvalidInstanceId",
+  "SSM does not know managed node i-0123456789abcdef0")), "Degraded",
+  "SSM does not know managed node i-0123456789abcdef0", true)
+case("Stalled InvocationNotFound", cinv(1, permanent_error("InvocationNotFound",
+  "No invocation of command 8f2f6d1e-2b0c-4e4b-9a53-0c7b9f0e1a11 on i-0123456789abcdef0 after 5m0s")),
+  "Degraded", "No invocation of command", false)
+case("Stalled with empty message uses the reason", cinv(1, permanent_error("InvalidPluginName", "")),
+  "Degraded", "InvalidPluginName", true)
+local stalled_in_progress = running("InProgress")
+stalled_in_progress.conditions[3] = cond("Stalled", "True", "AccessDenied", "Not authorized to call ssm:GetCommandInvocation")
+case("Stalled wins over a non-terminal SSM status", cinv(1, stalled_in_progress), "Degraded",
+  "Not authorized", false)
+
+-- Stale status: the spec changed after the status was written.
+case("Success for an older generation", cinv(2, succeeded(1)), "Progressing", "observe generation 2")
+case("Failed for an older generation", cinv(4, terminal_failure("Failed", "Failed", 1, 3)), "Progressing",
+  "Waiting for the operator to observe generation 4 (status describes generation 3)", true)
+local stale_stalled = running("InProgress", nil, 2)
+stale_stalled.conditions[3] = cond("Stalled", "True", "InvalidPluginName", "old error", 1)
+case("Stalled condition of an older generation is ignored", cinv(2, stale_stalled), "Progressing", "InProgress")
+case("no metadata.generation", { metadata = { name = "x" }, status = succeeded(1) }, "Healthy", "Success")
+
+-- The script must stay within Lua 5.1 (gopher-lua): look for 5.2+ syntax
+-- and library calls outside comments and strings.
+do
+  local code = script:gsub("%-%-%[%[.-%]%]", ""):gsub("%-%-[^\n]*", "")
+  code = code:gsub('"[^"\n]*"', '""'):gsub("'[^'\n]*'", "''")
+  local forbidden = {
+    { "goto ", "goto" }, { "//", "integer division" }, { "::", "labels" },
+    { "<<", "shift" }, { ">>", "shift" }, { "&", "bitwise and" }, { "|", "bitwise or" },
+    { "<const>", "const variables" }, { "<close>", "to-be-closed variables" },
+    { "table.unpack", "table.unpack (5.2+)" }, { "table.move", "table.move (5.3+)" },
+    { "table.pack", "table.pack (5.2+)" }, { "math.tointeger", "math.tointeger (5.3+)" },
+    { "math.type", "math.type (5.3+)" }, { "utf8.", "utf8 library (5.3+)" },
+    { "string.pack", "string.pack (5.3+)" }, { "_ENV", "_ENV (5.2+)" },
+  }
+  local found = {}
+  for _, f in ipairs(forbidden) do
+    if string.find(code, f[1], 1, true) then found[#found + 1] = f[2] end
+  end
+  -- "~" is only allowed as part of "~=" (a lone "~" is 5.3 bitwise xor/not).
+  if string.find((code:gsub("~=", "")), "~", 1, true) then found[#found + 1] = "bitwise xor/not" end
+  report("health.lua uses Lua 5.1 syntax only", #found == 0, "uses " .. table.concat(found, ", "))
+end
+
+-- The argocd-cm snippet must embed exactly this script.
+do
+  local snippet_path = dir .. "/argocd-cm-snippet.yaml"
+  local ok, snippet = pcall(read_file, snippet_path)
+  if not ok then
+    report("argocd-cm-snippet.yaml embeds health.lua", false, "cannot read " .. snippet_path)
+  else
+    local key = "resource.customizations.health.ssm.operator.dev_CommandInvocation: |"
+    local lines, inside, indent = {}, false, nil
+    for line in (snippet .. "\n"):gmatch("([^\n]*)\n") do
+      if inside then
+        if line:match("^%s*$") then
+          lines[#lines + 1] = ""
+        else
+          local lead = line:match("^(%s*)")
+          if indent == nil then indent = #lead end
+          if #lead < indent then break end
+          lines[#lines + 1] = line:sub(indent + 1)
+        end
+      elseif line:find(key, 1, true) then
+        inside = true
+      end
+    end
+    while #lines > 0 and lines[#lines] == "" do lines[#lines] = nil end
+    local embedded = table.concat(lines, "\n")
+    local want = script:gsub("%s+$", "")
+    if not inside then
+      report("argocd-cm-snippet.yaml embeds health.lua", false, "key not found: " .. key)
+    elseif embedded ~= want then
+      -- Name the first line that differs.
+      local n = 1
+      local wl, el = {}, {}
+      for l in (want .. "\n"):gmatch("([^\n]*)\n") do wl[#wl + 1] = l end
+      for l in (embedded .. "\n"):gmatch("([^\n]*)\n") do el[#el + 1] = l end
+      while n <= #wl and wl[n] == el[n] do n = n + 1 end
+      report("argocd-cm-snippet.yaml embeds health.lua", false,
+        string.format("differs at script line %d: %q vs %q", n, tostring(wl[n]), tostring(el[n])))
+    else
+      report("argocd-cm-snippet.yaml embeds health.lua", true)
+    end
+  end
+end
+
+print(string.format("%d passed, %d failed", passed, failed))
+os.exit(failed == 0 and 0 or 1)
