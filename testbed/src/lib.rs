@@ -1,1 +1,257 @@
-//! stub
+//! A real etcd + kube-apiserver on loopback, envtest style, for end-to-end tests, the demo
+//! and benchmarks.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), testbed::Error> {
+//! let cluster = testbed::TestCluster::start().await?; // binaries from $KUBEBUILDER_ASSETS
+//! let client = cluster.client().await?;
+//! let status = cluster.kubectl().args(["get", "ns"]).status().await;
+//! # let _ = (client, status);
+//! # Ok(()) }
+//! ```
+//!
+//! Each cluster gets its own temporary directory (certificates, etcd data, logs, kubeconfig)
+//! and three free ports, so clusters can run side by side, also from several test binaries at
+//! once. Only the API server runs: there are no controllers, scheduler or kubelet.
+//!
+//! Dropping the [`TestCluster`] kills both processes and removes the directory; set
+//! `TESTBED_KEEP=1` to keep it (its path is printed to stderr). The processes are also killed
+//! if the test process dies without dropping it (see the `process` module for how).
+//!
+//! The library prints nothing to stdout; it writes to stderr only when something fails.
+
+mod assets;
+mod credentials;
+mod error;
+mod kubeconfig;
+mod ports;
+mod process;
+mod ready;
+mod workdir;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::assets::Assets;
+use crate::credentials::{Credentials, ADMIN_USER};
+use crate::ports::Ports;
+use crate::process::ManagedProcess;
+use crate::workdir::Workdir;
+
+pub use crate::assets::ASSETS_ENV;
+pub use crate::error::Error;
+pub use crate::kubeconfig::USER_AGENT;
+pub use crate::ready::SYSTEM_NAMESPACES;
+pub use crate::workdir::KEEP_ENV;
+
+/// How long one start attempt may take, from creating the directory to a ready apiserver.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Start attempts in total: the first plus up to three retries with new ports when a port was
+/// taken by another process between choosing and binding it.
+const MAX_ATTEMPTS: u32 = 4;
+
+/// A running etcd + kube-apiserver pair with its own temporary directory.
+///
+/// Dropping it kills kube-apiserver, then etcd (SIGKILL), waits for both, and removes the
+/// directory unless `TESTBED_KEEP=1` is set.
+#[derive(Debug)]
+pub struct TestCluster {
+    apiserver: ManagedProcess,
+    etcd: ManagedProcess,
+    assets: Assets,
+    server_url: String,
+    kubeconfig: PathBuf,
+    // Last, so it is removed after the processes are gone.
+    workdir: Workdir,
+}
+
+impl TestCluster {
+    /// Starts a cluster with the binaries in the directory named by `KUBEBUILDER_ASSETS`
+    /// (the controller-runtime convention). Fails with an error that names
+    /// `hack/envtest-assets.sh` when the variable is unset or the directory is incomplete.
+    pub async fn start() -> Result<TestCluster, Error> {
+        TestCluster::launch(Assets::from_env()?).await
+    }
+
+    /// Starts a cluster with the binaries in `assets` (`kube-apiserver`, `etcd`, `kubectl`,
+    /// optionally `helm`).
+    pub async fn start_with_assets(assets: &Path) -> Result<TestCluster, Error> {
+        TestCluster::launch(Assets::at(assets)?).await
+    }
+
+    /// Runs start attempts until one succeeds, retrying only port conflicts.
+    async fn launch(assets: Assets) -> Result<TestCluster, Error> {
+        let mut attempt = 1;
+        loop {
+            match TestCluster::try_start(assets.clone()).await {
+                Err(e) if e.is_port_conflict() && attempt < MAX_ATTEMPTS => {
+                    attempt += 1;
+                    eprintln!(
+                        "testbed: a port was taken meanwhile, retrying with new ports \
+                         (attempt {attempt} of {MAX_ATTEMPTS})"
+                    );
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// One start attempt in a fresh directory with fresh ports.
+    ///
+    /// On error (or if the future is dropped) the locals drop in reverse order: the
+    /// processes are killed before the directory is removed.
+    async fn try_start(assets: Assets) -> Result<TestCluster, Error> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let workdir = Workdir::create()?;
+        let ports = Ports::pick()?;
+
+        let mut etcd = ManagedProcess::spawn(
+            "etcd",
+            &assets.etcd(),
+            &etcd_args(&workdir, ports),
+            &workdir.etcd_log(),
+        )
+        .await?;
+        // etcd boots while openssl makes the key.
+        let credentials = Credentials::create(&workdir.certs_dir()).await?;
+        ready::wait_for_etcd(&mut etcd, ports.etcd_client, deadline).await?;
+
+        let mut apiserver = ManagedProcess::spawn(
+            "kube-apiserver",
+            &assets.kube_apiserver(),
+            &apiserver_args(&workdir, ports, &credentials),
+            &workdir.apiserver_log(),
+        )
+        .await?;
+        let server_url = format!("https://127.0.0.1:{}", ports.apiserver);
+        let kubeconfig = workdir.kubeconfig();
+        kubeconfig::write(
+            &kubeconfig,
+            &server_url,
+            &workdir.certs_dir().join("apiserver.crt"),
+            ADMIN_USER,
+            &credentials.token,
+        )?;
+        ready::wait_for_apiserver(&mut apiserver, &mut etcd, &kubeconfig, deadline).await?;
+
+        Ok(TestCluster {
+            apiserver,
+            etcd,
+            assets,
+            server_url,
+            kubeconfig,
+            workdir,
+        })
+    }
+
+    /// The kubeconfig file: bearer-token auth as a member of `system:masters`, TLS verified
+    /// against the apiserver's self-signed certificate.
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// A new client from [`kubeconfig_path`](Self::kubeconfig_path), sending the User-Agent
+    /// [`USER_AGENT`].
+    pub async fn client(&self) -> Result<kube::Client, Error> {
+        kubeconfig::client(&self.kubeconfig).await
+    }
+
+    /// The directory the binaries come from.
+    pub fn assets_dir(&self) -> &Path {
+        self.assets.dir()
+    }
+
+    /// A command running the assets' `kubectl` with `KUBECONFIG` set to this cluster (and
+    /// `kill_on_drop`); add arguments and run it.
+    pub fn kubectl(&self) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(self.assets.kubectl());
+        command
+            .env("KUBECONFIG", &self.kubeconfig)
+            .kill_on_drop(true);
+        command
+    }
+
+    /// A command running `helm` (from the assets directory if it has one, else from `PATH`)
+    /// with `KUBECONFIG` set to this cluster, `kill_on_drop`, and `HELM_CACHE_HOME`,
+    /// `HELM_CONFIG_HOME` and `HELM_DATA_HOME` inside the cluster's temporary directory.
+    pub fn helm(&self) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(self.assets.helm());
+        command
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HELM_CACHE_HOME", self.workdir.helm_cache())
+            .env("HELM_CONFIG_HOME", self.workdir.helm_config())
+            .env("HELM_DATA_HOME", self.workdir.helm_data())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// The apiserver's URL, `https://127.0.0.1:<port>`.
+    pub fn server_url(&self) -> &str {
+        &self.server_url
+    }
+
+    /// The directory holding `etcd.log` and `apiserver.log` (the cluster's temporary
+    /// directory).
+    pub fn log_dir(&self) -> &Path {
+        self.workdir.root()
+    }
+
+    /// The process id of etcd.
+    pub fn etcd_pid(&self) -> u32 {
+        self.etcd.id()
+    }
+
+    /// The process id of kube-apiserver.
+    pub fn apiserver_pid(&self) -> u32 {
+        self.apiserver.id()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        // The apiserver first, so it does not log etcd connection errors on the way down.
+        self.apiserver.stop();
+        self.etcd.stop();
+        // The fields drop next; the directory (last field) goes last.
+    }
+}
+
+/// etcd's flags: a one-member cluster on loopback with its data in the work directory.
+fn etcd_args(workdir: &Workdir, ports: Ports) -> Vec<String> {
+    let client = format!("http://127.0.0.1:{}", ports.etcd_client);
+    let peer = format!("http://127.0.0.1:{}", ports.etcd_peer);
+    vec![
+        "--name=testbed".into(),
+        format!("--data-dir={}", workdir.etcd_data().display()),
+        format!("--listen-client-urls={client}"),
+        format!("--advertise-client-urls={client}"),
+        format!("--listen-peer-urls={peer}"),
+        format!("--initial-advertise-peer-urls={peer}"),
+        format!("--initial-cluster=testbed={peer}"),
+    ]
+}
+
+/// kube-apiserver's flags: HTTPS on loopback with a self-signed certificate written to
+/// `certs/`, static-token authentication, RBAC, and no ServiceAccount admission (there is no
+/// token controller to make the default service accounts).
+fn apiserver_args(workdir: &Workdir, ports: Ports, credentials: &Credentials) -> Vec<String> {
+    let sa_key = credentials.sa_key.display();
+    vec![
+        format!("--etcd-servers=http://127.0.0.1:{}", ports.etcd_client),
+        format!("--cert-dir={}", workdir.certs_dir().display()),
+        "--bind-address=127.0.0.1".into(),
+        "--advertise-address=127.0.0.1".into(),
+        format!("--secure-port={}", ports.apiserver),
+        "--service-cluster-ip-range=10.0.0.0/24".into(),
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+        format!("--service-account-key-file={sa_key}"),
+        format!("--service-account-signing-key-file={sa_key}"),
+        format!("--token-auth-file={}", credentials.token_file.display()),
+        "--authorization-mode=RBAC".into(),
+        "--disable-admission-plugins=ServiceAccount".into(),
+        "--allow-privileged=true".into(),
+    ]
+}
