@@ -1,1 +1,89 @@
-//! stub
+//! ssm-operator: mirrors AWS Systems Manager Run Command invocations into `CommandInvocation`
+//! resources (`ssm.operator.dev/v1alpha1`), so `kubectl`, kstatus and GitOps tools can see them.
+//!
+//! Where things are decided:
+//! - [`api`]: the resource types the CRD is generated from;
+//! - [`ssm`]: the only code that talks to SSM (clients per region, error classes);
+//! - [`mapping`]: pure, SSM answer + current status → new status, Event, next step;
+//! - [`conditions`]: the four conditions and their transition times;
+//! - [`output`]: bounding of stdout/stderr in the status;
+//! - [`schedule`]: when to poll next (backoff with jitter) and the per-resource poll book;
+//! - [`reconciler`]: the reconcile loop (fetch, map, write, requeue);
+//! - [`status_writer`]: server-side-apply status patches and Events;
+//! - [`controller`]: wiring (watches per namespace, leader election, shutdown, HTTP);
+//! - [`leader`], [`metrics`], [`http`], [`telemetry`], [`cli`]: process plumbing.
+
+pub mod api;
+pub mod cli;
+pub mod conditions;
+pub mod controller;
+pub mod http;
+pub mod leader;
+pub mod mapping;
+pub mod metrics;
+pub mod output;
+pub mod reconciler;
+pub mod schedule;
+pub mod ssm;
+pub mod status_writer;
+pub mod telemetry;
+
+/// The name the operator uses as field manager, Event reporter and User-Agent product.
+pub const OPERATOR_NAME: &str = "ssm-operator";
+
+/// Every way the operator itself can fail (SSM's answers, errors included, become status).
+#[derive(thiserror::Error, Debug)]
+pub enum Error {
+    /// Writing `.status` failed (conflict, RBAC, API server down, ...).
+    #[error("writing status of {namespace}/{name}: {source}")]
+    WriteStatus {
+        /// Namespace of the resource.
+        namespace: String,
+        /// Name of the resource.
+        name: String,
+        /// What the API server said.
+        #[source]
+        source: kube::Error,
+    },
+    /// The object lacks something every stored object has (namespace, name, uid).
+    #[error("resource has no {0}")]
+    MissingObjectKey(&'static str),
+    /// Kubernetes client set-up or a call outside reconcile failed.
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    /// Kubernetes client configuration could not be inferred.
+    #[error("kubernetes configuration: {0}")]
+    KubeConfig(#[from] kube::config::InferConfigError),
+    /// A setting is out of range.
+    #[error("invalid setting: {0}")]
+    Config(String),
+    /// Leader election failed.
+    #[error("leader election: {0}")]
+    Lease(#[from] kube_lease_manager::LeaseManagerError),
+    /// This process lost the Lease while reconciling; it exits so that it restarts as follower.
+    #[error("lost leadership")]
+    LostLeadership,
+    /// The HTTP server could not start.
+    #[error("http server on {bind}: {source}")]
+    Http {
+        /// The address it tried.
+        bind: std::net::SocketAddr,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// A short label for the `ssm_operator_reconcile_errors_total` metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::WriteStatus { .. } => "write_status",
+            Self::MissingObjectKey(_) => "missing_object_key",
+            Self::Kube(_) | Self::KubeConfig(_) => "kube",
+            Self::Config(_) => "config",
+            Self::Lease(_) | Self::LostLeadership => "lease",
+            Self::Http { .. } => "http",
+        }
+    }
+}

@@ -1,1 +1,45 @@
-fn main() {}
+//! The `ssm-operator` binary: command-line parsing only; the work is in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use kube::CustomResourceExt;
+use ssm_operator::api::CommandInvocation;
+use ssm_operator::cli::{Cli, Command};
+use ssm_operator::{controller, telemetry};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd => match serde_yaml_ng::to_string(&CommandInvocation::crd()) {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("ssm-operator: rendering the CRD failed: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run(args) => {
+            telemetry::init(args.log_format);
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("ssm-operator: starting the async runtime failed: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(controller::run(args)) {
+                Ok(()) => {
+                    tracing::info!("stopped");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    tracing::error!(%error, "ssm-operator failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

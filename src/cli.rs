@@ -1,0 +1,126 @@
+//! The command line (clap): `ssm-operator crd` and `ssm-operator run` with its flags, each also
+//! read from an `SSM_OPERATOR_*` environment variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::telemetry::LogFormat;
+
+/// Mirrors AWS SSM Run Command invocations into CommandInvocation resources.
+#[derive(Debug, Parser)]
+#[command(name = "ssm-operator", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the CommandInvocation CRD as YAML.
+    Crd,
+    /// Run the controller until SIGTERM or SIGINT.
+    Run(RunArgs),
+}
+
+/// Flags of `ssm-operator run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Namespace to watch (repeatable; the environment variable takes a comma-separated list).
+    /// Default: all namespaces.
+    #[arg(long = "namespace", env = "SSM_OPERATOR_NAMESPACE", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+
+    /// First poll interval after a change.
+    #[arg(long, env = "SSM_OPERATOR_POLL_INTERVAL_MIN", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub poll_interval_min: Duration,
+
+    /// Ceiling of the poll backoff.
+    #[arg(long, env = "SSM_OPERATOR_POLL_INTERVAL_MAX", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub poll_interval_max: Duration,
+
+    /// Most characters of stdout, and of stderr, kept in .status (a marker ends cut output).
+    #[arg(long, env = "SSM_OPERATOR_MAX_OUTPUT_CHARS", default_value_t = 4000, value_parser = clap::value_parser!(u32).range(64..=24_000))]
+    pub max_output_chars: u32,
+
+    /// How long InvocationDoesNotExist counts as "not visible yet" after a resource is created
+    /// or its spec changes (SSM is eventually consistent).
+    #[arg(long, env = "SSM_OPERATOR_NOT_FOUND_GRACE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub not_found_grace: Duration,
+
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "SSM_OPERATOR_HTTP_BIND", default_value = "0.0.0.0:8080")]
+    pub http_bind: SocketAddr,
+
+    /// Reconcile only while holding the Lease (run several replicas safely).
+    #[arg(long, env = "SSM_OPERATOR_LEADER_ELECT")]
+    pub leader_elect: bool,
+
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "SSM_OPERATOR_LEASE_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "SSM_OPERATOR_LEASE_NAME", default_value = "ssm-operator")]
+    pub lease_name: String,
+
+    /// How long a leader keeps the Lease without renewing it.
+    #[arg(long, env = "SSM_OPERATOR_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+
+    /// Resources reconciled at once.
+    #[arg(long, env = "SSM_OPERATOR_MAX_CONCURRENT_RECONCILES", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_reconciles: u16,
+
+    /// Log line format.
+    #[arg(long, env = "SSM_OPERATOR_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_parse_human_durations_and_repeat() {
+        let cli = Cli::try_parse_from([
+            "ssm-operator",
+            "run",
+            "--namespace",
+            "a",
+            "--namespace",
+            "b",
+            "--poll-interval-min",
+            "200ms",
+            "--poll-interval-max",
+            "1m",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(args.namespaces, ["a", "b"]);
+        assert_eq!(args.poll_interval_min, Duration::from_millis(200));
+        assert_eq!(args.poll_interval_max, Duration::from_secs(60));
+        assert_eq!(args.max_output_chars, 4000);
+        assert_eq!(args.log_format, LogFormat::Json);
+        assert!(!args.leader_elect);
+    }
+
+    #[test]
+    fn out_of_range_output_bound_is_refused() {
+        let err = Cli::try_parse_from(["ssm-operator", "run", "--max-output-chars", "10"]);
+        assert!(err.is_err());
+    }
+}

@@ -1,0 +1,248 @@
+//! Wiring: builds the Kubernetes client, SSM access and HTTP endpoint, optionally waits for the
+//! Lease, then runs one kube-runtime `Controller` per watched namespace (or one for all) until
+//! SIGTERM/SIGINT or lost leadership. In-flight reconciles finish before it returns.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use futures::StreamExt;
+use ::http::header::{HeaderValue, USER_AGENT};
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::api::CommandInvocation;
+use crate::cli::RunArgs;
+use crate::http::{self, Health};
+use crate::leader::{Leadership, LeaseSettings};
+use crate::mapping::Settings;
+use crate::metrics::Metrics;
+use crate::reconciler::{self, Context};
+use crate::schedule::{PollBook, PollIntervals};
+use crate::ssm::Ssm;
+use crate::status_writer::StatusWriter;
+use crate::{Error, OPERATOR_NAME};
+
+/// Runs the operator with the given flags until a shutdown signal. `Ok` means a clean stop.
+pub async fn run(args: RunArgs) -> Result<(), Error> {
+    if args.poll_interval_min.is_zero() || args.poll_interval_min > args.poll_interval_max {
+        return Err(Error::Config(format!(
+            "need 0 < --poll-interval-min ({:?}) <= --poll-interval-max ({:?})",
+            args.poll_interval_min, args.poll_interval_max
+        )));
+    }
+    let identity = instance_identity();
+    let client = kube_client().await?;
+    let metrics = Arc::new(Metrics::new());
+    let ssm = Arc::new(Ssm::from_env(metrics.clone()).await);
+    match ssm.default_region() {
+        Some(region) => info!(region, "SSM default region"),
+        None => warn!("no AWS region configured: resources without spec.region will report SsmUnavailable"),
+    }
+
+    let stop = stop_on_signals();
+    let health = Arc::new(Health::default());
+    let (bound, server) =
+        http::serve(args.http_bind, metrics.clone(), health.clone(), stopped(stop.subscribe())).await?;
+    info!(%bound, "serving /metrics, /healthz, /readyz");
+    let server = tokio::spawn(server);
+
+    let ctx = Arc::new(Context {
+        ssm,
+        writer: StatusWriter::new(client.clone(), Some(identity.clone()), metrics.clone()),
+        book: PollBook::default(),
+        settings: Settings {
+            max_output_chars: args.max_output_chars as usize,
+            not_found_grace: args.not_found_grace,
+        },
+        intervals: PollIntervals {
+            min: args.poll_interval_min,
+            max: args.poll_interval_max,
+        },
+        metrics,
+    });
+
+    let result = if args.leader_elect {
+        let settings = LeaseSettings {
+            namespace: args.lease_namespace.clone(),
+            name: args.lease_name.clone(),
+            identity,
+            duration: args.lease_duration,
+        };
+        run_as_leader(&args, client, ctx, health, &stop, settings).await
+    } else {
+        run_controllers(&args, client, ctx, health, stopped(stop.subscribe())).await;
+        Ok(())
+    };
+
+    stop.send_replace(true);
+    if let Ok(Err(error)) = server.await {
+        warn!(%error, "http server stopped with an error");
+    }
+    result
+}
+
+/// Waits for the Lease, reconciles while holding it, and gives it up on shutdown.
+async fn run_as_leader(
+    args: &RunArgs,
+    client: Client,
+    ctx: Arc<Context>,
+    health: Arc<Health>,
+    stop: &watch::Sender<bool>,
+    settings: LeaseSettings,
+) -> Result<(), Error> {
+    let mut leadership = Leadership::campaign(client.clone(), &settings).await?;
+    health.set_ready(true);
+    info!(lease = %settings.name, namespace = %settings.namespace, identity = %settings.identity, "waiting for leadership");
+    tokio::select! {
+        acquired = leadership.acquired() => acquired?,
+        () = stopped(stop.subscribe()) => {
+            leadership.release().await;
+            return Ok(());
+        }
+    }
+    info!("leading: starting controllers");
+    health.set_ready(false);
+
+    let (lost_tx, lost_rx) = watch::channel(false);
+    let mut signals = stop.subscribe();
+    let trigger = async move {
+        let mut lost = lost_rx;
+        tokio::select! {
+            _ = signals.wait_for(|stop| *stop) => {},
+            _ = lost.wait_for(|lost| *lost) => {},
+        }
+    };
+    let controllers = run_controllers(args, client, ctx, health, trigger);
+    tokio::pin!(controllers);
+    let lost = tokio::select! {
+        () = &mut controllers => false,
+        () = leadership.lost() => {
+            warn!("lost leadership: stopping controllers");
+            lost_tx.send_replace(true);
+            controllers.await;
+            true
+        }
+    };
+    if lost {
+        return Err(Error::LostLeadership);
+    }
+    leadership.release().await;
+    Ok(())
+}
+
+/// Runs one controller per watched namespace until `shutdown` completes.
+async fn run_controllers(
+    args: &RunArgs,
+    client: Client,
+    ctx: Arc<Context>,
+    health: Arc<Health>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    let apis: Vec<Api<CommandInvocation>> = if args.namespaces.is_empty() {
+        vec![Api::all(client)]
+    } else {
+        args.namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
+    };
+    let config = controller::Config::default().concurrency(args.max_concurrent_reconciles);
+    let mut stores = Vec::new();
+    let runs = apis.into_iter().map(|api| {
+        let controller = Controller::new(api, watcher::Config::default()).with_config(config.clone());
+        let store = controller.store();
+        health.add_store(store.clone());
+        stores.push(store);
+        controller
+            .graceful_shutdown_on(shutdown.clone())
+            .run(reconciler::reconcile, reconciler::error_policy, ctx.clone())
+            .for_each(|result| async move {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "controller event");
+                }
+            })
+    });
+    let runs: Vec<_> = runs.collect();
+    let readiness = {
+        let health = health.clone();
+        async move {
+            for store in stores {
+                if store.wait_until_ready().await.is_err() {
+                    return;
+                }
+            }
+            health.set_ready(true);
+            info!("caches synced: ready");
+        }
+    };
+    tokio::spawn(readiness);
+    join_all(runs).await;
+    health.set_ready(false);
+    info!("controllers stopped");
+}
+
+/// A channel that turns true on SIGTERM or SIGINT.
+fn stop_on_signals() -> watch::Sender<bool> {
+    let (tx, _) = watch::channel(false);
+    let sender = tx.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutdown signal received");
+        sender.send_replace(true);
+    });
+    tx
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(error) => {
+                warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the operator");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Completes once the stop channel turns true (or its sender is gone).
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// The Kubernetes client (KUBECONFIG / ~/.kube/config, else in-cluster) with our User-Agent.
+async fn kube_client() -> Result<Client, Error> {
+    let mut config = kube::Config::infer().await?;
+    let agent = format!("{OPERATOR_NAME}/{}", env!("CARGO_PKG_VERSION"));
+    if let Ok(value) = HeaderValue::from_str(&agent) {
+        config.headers.push((USER_AGENT, value));
+    }
+    config.read_timeout = Some(Duration::from_secs(295));
+    Ok(Client::try_from(config)?)
+}
+
+/// This process's name for Events and the Lease: `POD_NAME`, else host name and pid.
+fn instance_identity() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "local".to_string());
+        format!("{host}-{}", std::process::id())
+    })
+}

@@ -1,0 +1,544 @@
+//! Pure: SSM's answer + the current status → the new status, its conditions, the Event to
+//! record and what to do next. No I/O, no clock: the reconciler passes `now` in.
+//!
+//! Rules (see the README's status table):
+//! - success is decided by SSM `Status` alone; `StatusDetails` is copied, never branched on;
+//! - `Pending`, `InProgress`, `Delayed`, `Cancelling` and unknown future values are not terminal;
+//! - `responseCode` is -1 until SSM reports a terminal status (the SDK reads an absent code as 0);
+//! - errors keep what SSM last said for this generation, and only change the conditions;
+//! - nothing is written, and no clock moves, when the result equals the current status.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::api::{CloudWatchOutputConfig, CommandInvocationStatus};
+use crate::conditions::{self, Standing};
+use crate::output;
+use crate::ssm::{Invocation, SsmError};
+
+/// SSM statuses after which SSM changes nothing more.
+pub const TERMINAL_STATUSES: &[&str] = &["Success", "Failed", "TimedOut", "Cancelled"];
+
+/// The operator settings that shape the status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// `--max-output-chars`: bound of each of stdout and stderr in `.status`.
+    pub max_output_chars: usize,
+    /// `--not-found-grace`: how long `InvocationDoesNotExist` counts as "not visible yet".
+    pub not_found_grace: Duration,
+}
+
+/// One answer from SSM and the facts needed to judge it.
+#[derive(Debug)]
+pub struct Poll<'a> {
+    /// What SSM answered.
+    pub answer: &'a Result<Invocation, SsmError>,
+    /// `metadata.generation` of the resource.
+    pub generation: Option<i64>,
+    /// When SSM was asked.
+    pub now: Time,
+    /// How long SSM has had to make the invocation visible (since creation or spec change).
+    pub waited: Duration,
+}
+
+/// What the reconciler does after this answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Keep polling with backoff.
+    Poll,
+    /// Stalled on `InvocationNotFound`: look again rarely, in case it shows up after all.
+    RecheckRarely,
+    /// Terminal or permanent error: no more SSM calls until the spec changes.
+    Stop,
+}
+
+/// A Kubernetes Event to record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    /// `Warning` rather than `Normal`.
+    pub warning: bool,
+    /// Short CamelCase reason (the SSM status or the error reason).
+    pub reason: String,
+    /// Human-readable text.
+    pub message: String,
+}
+
+/// The result of [`apply`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    /// The whole status the resource should have.
+    pub status: CommandInvocationStatus,
+    /// The status differs from the current one: write it.
+    pub write: bool,
+    /// SSM's own fields changed (or the generation did): restart polling at the minimum.
+    pub ssm_changed: bool,
+    /// The Event to record, if the change deserves one.
+    pub note: Option<Note>,
+    /// What to do next.
+    pub next: Next,
+}
+
+/// Judges one SSM answer against the current status.
+pub fn apply(
+    current: Option<&CommandInvocationStatus>,
+    poll: &Poll<'_>,
+    settings: &Settings,
+) -> Outcome {
+    let same_generation = current.is_some_and(|s| s.observed_generation == poll.generation);
+    let previous_fields = match current {
+        Some(status) if same_generation => ssm_fields_of(status),
+        _ => CommandInvocationStatus::default(),
+    };
+    let judged = judge(poll, settings, &previous_fields);
+
+    let previous_conditions = current.map_or(&[][..], |s| &s.conditions[..]);
+    let mut status = judged.fields.clone();
+    status.observed_generation = poll.generation;
+    status.conditions = conditions::build(
+        previous_conditions,
+        judged.standing,
+        &judged.reason,
+        &judged.message,
+        poll.generation,
+        &poll.now,
+    );
+    status.last_polled_time = current.and_then(|s| s.last_polled_time.clone());
+    let write = current != Some(&status);
+    if write {
+        status.last_polled_time = Some(poll.now.clone());
+    }
+
+    let previous_reason = previous_conditions
+        .iter()
+        .find(|c| c.type_ == conditions::READY)
+        .map(|c| c.reason.as_str());
+    let note = match poll.answer {
+        Ok(_) if !same_generation || previous_fields.status != judged.fields.status => Some(Note {
+            warning: judged.standing == Standing::Stalled,
+            reason: judged.reason.clone(),
+            message: judged.message.clone(),
+        }),
+        Err(_) if judged.quiet || previous_reason == Some(judged.reason.as_str()) => None,
+        Err(_) => Some(Note {
+            warning: true,
+            reason: judged.reason.clone(),
+            message: judged.message.clone(),
+        }),
+        Ok(_) => None,
+    };
+
+    Outcome {
+        ssm_changed: !same_generation || previous_fields != judged.fields,
+        status,
+        write,
+        note,
+        next: judged.next,
+    }
+}
+
+/// The verdict on one answer, before conditions and clocks.
+struct Judged {
+    fields: CommandInvocationStatus,
+    standing: Standing,
+    reason: String,
+    message: String,
+    next: Next,
+    /// Expected, nothing to tell the user (not visible yet, within the grace window).
+    quiet: bool,
+}
+
+fn judge(poll: &Poll<'_>, settings: &Settings, previous: &CommandInvocationStatus) -> Judged {
+    let keep = |standing, reason: &str, message: String, next, quiet| Judged {
+        fields: previous.clone(),
+        standing,
+        reason: reason.to_string(),
+        message,
+        next,
+        quiet,
+    };
+    match poll.answer {
+        Ok(invocation) => {
+            let terminal = TERMINAL_STATUSES.contains(&invocation.status.as_str());
+            let (standing, next) = match invocation.status.as_str() {
+                "Success" => (Standing::Succeeded, Next::Stop),
+                _ if terminal => (Standing::Stalled, Next::Stop),
+                _ => (Standing::InProgress, Next::Poll),
+            };
+            Judged {
+                fields: ssm_fields_from(invocation, terminal, settings),
+                standing,
+                reason: conditions::sanitize_reason(&invocation.status),
+                message: describe(invocation, terminal),
+                next,
+                quiet: false,
+            }
+        }
+        Err(e @ SsmError::InvocationDoesNotExist(msg)) if poll.waited < settings.not_found_grace => {
+            let message = format!(
+                "SSM does not show this invocation yet; waiting up to {} for it to appear (SSM: {msg})",
+                humantime::format_duration(settings.not_found_grace)
+            );
+            keep(Standing::InProgress, e.reason(), message, Next::Poll, true)
+        }
+        Err(e @ SsmError::InvocationDoesNotExist(msg)) => {
+            let message = format!(
+                "SSM still has no such invocation after {}: check commandId, instanceId and \
+                 pluginName (SSM keeps about 30 days of history) (SSM: {msg})",
+                humantime::format_duration(settings.not_found_grace)
+            );
+            keep(Standing::Stalled, e.reason(), message, Next::RecheckRarely, false)
+        }
+        Err(e) if e.is_permanent() => {
+            let message = format!("{e}; fix the spec to try again");
+            keep(Standing::Stalled, e.reason(), message, Next::Stop, false)
+        }
+        Err(e) => {
+            let message = format!("{e}; retrying with backoff");
+            keep(Standing::InProgress, e.reason(), message, Next::Poll, false)
+        }
+    }
+}
+
+/// One line for condition messages and Events, e.g. `SSM reports Failed (Failed), exit code 1`.
+fn describe(invocation: &Invocation, terminal: bool) -> String {
+    let mut text = format!("SSM reports {}", invocation.status);
+    if !invocation.status_details.is_empty() {
+        text.push_str(&format!(" ({})", invocation.status_details));
+    }
+    if terminal {
+        text.push_str(&format!(", exit code {}", invocation.response_code));
+    }
+    text
+}
+
+/// Only SSM's fields of a status (no conditions, generation or clocks).
+fn ssm_fields_of(status: &CommandInvocationStatus) -> CommandInvocationStatus {
+    CommandInvocationStatus {
+        observed_generation: None,
+        last_polled_time: None,
+        conditions: Vec::new(),
+        ..status.clone()
+    }
+}
+
+/// SSM's answer as status fields: verbatim strings (empty ones left out), bounded output.
+fn ssm_fields_from(
+    invocation: &Invocation,
+    terminal: bool,
+    settings: &Settings,
+) -> CommandInvocationStatus {
+    let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let output = |s: &str| (!s.is_empty()).then(|| output::bounded(s, settings.max_output_chars));
+    let cloud_watch = (invocation.cloud_watch_log_group_name.is_some()
+        || invocation.cloud_watch_output_enabled.is_some())
+    .then(|| CloudWatchOutputConfig {
+        cloud_watch_log_group_name: invocation
+            .cloud_watch_log_group_name
+            .as_deref()
+            .and_then(text),
+        cloud_watch_output_enabled: invocation.cloud_watch_output_enabled,
+    });
+    CommandInvocationStatus {
+        status: text(&invocation.status),
+        status_details: text(&invocation.status_details),
+        response_code: Some(if terminal { invocation.response_code } else { -1 }),
+        comment: text(&invocation.comment),
+        document_name: text(&invocation.document_name),
+        document_version: text(&invocation.document_version),
+        plugin_name: text(&invocation.plugin_name),
+        execution_start_date_time: text(&invocation.execution_start_date_time),
+        execution_elapsed_time: text(&invocation.execution_elapsed_time),
+        execution_end_date_time: text(&invocation.execution_end_date_time),
+        standard_output_url: text(&invocation.standard_output_url),
+        standard_error_url: text(&invocation.standard_error_url),
+        standard_output_content: output(&invocation.standard_output_content),
+        standard_error_content: output(&invocation.standard_error_content),
+        cloud_watch_output_config: cloud_watch,
+        observed_generation: None,
+        last_polled_time: None,
+        conditions: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conditions::{FINISHED, READY, RECONCILING, STALLED};
+    use k8s_openapi::jiff::Timestamp;
+
+    const SETTINGS: Settings = Settings {
+        max_output_chars: 4000,
+        not_found_grace: Duration::from_secs(300),
+    };
+
+    fn at(seconds: i64) -> Time {
+        Time(Timestamp::from_second(seconds).unwrap())
+    }
+
+    fn invocation(status: &str, details: &str, code: i32) -> Invocation {
+        Invocation {
+            status: status.into(),
+            status_details: details.into(),
+            response_code: code,
+            document_name: "AWS-RunShellScript".into(),
+            document_version: "1".into(),
+            plugin_name: "aws:runShellScript".into(),
+            ..Invocation::default()
+        }
+    }
+
+    fn poll_at(answer: &Result<Invocation, SsmError>, seconds: i64) -> Outcome {
+        poll_on(None, answer, seconds)
+    }
+
+    fn poll_on(
+        current: Option<&CommandInvocationStatus>,
+        answer: &Result<Invocation, SsmError>,
+        seconds: i64,
+    ) -> Outcome {
+        let poll = Poll {
+            answer,
+            generation: Some(1),
+            now: at(seconds),
+            waited: Duration::from_secs(seconds as u64),
+        };
+        apply(current, &poll, &SETTINGS)
+    }
+
+    fn condition_row(status: &CommandInvocationStatus) -> Vec<(String, String, String)> {
+        [READY, RECONCILING, STALLED, FINISHED]
+            .iter()
+            .map(|t| {
+                let c = status.conditions.iter().find(|c| c.type_ == *t).unwrap();
+                (c.type_.clone(), c.status.clone(), c.reason.clone())
+            })
+            .collect()
+    }
+
+    fn flags(status: &CommandInvocationStatus) -> [bool; 4] {
+        [READY, RECONCILING, STALLED, FINISHED].map(|t| conditions::is_true(&status.conditions, t))
+    }
+
+    #[test]
+    fn every_ssm_status_maps_to_the_contract_conditions() {
+        let cases = [
+            ("Pending", "Pending", [false, true, false, false], Next::Poll),
+            ("InProgress", "In Progress", [false, true, false, false], Next::Poll),
+            ("Delayed", "Delayed", [false, true, false, false], Next::Poll),
+            ("Cancelling", "Cancelling", [false, true, false, false], Next::Poll),
+            ("Success", "Success", [true, false, false, true], Next::Stop),
+            ("Failed", "Failed", [false, false, true, true], Next::Stop),
+            ("TimedOut", "Execution Timed Out", [false, false, true, true], Next::Stop),
+            ("TimedOut", "Delivery Timed Out", [false, false, true, true], Next::Stop),
+            ("Cancelled", "Cancelled", [false, false, true, true], Next::Stop),
+            ("Failed", "Undeliverable", [false, false, true, true], Next::Stop),
+            ("Failed", "Terminated", [false, false, true, true], Next::Stop),
+        ];
+        for (status, details, expected, next) in cases {
+            let out = poll_at(&Ok(invocation(status, details, 0)), 1);
+            assert_eq!(flags(&out.status), expected, "{status}/{details}");
+            assert_eq!(out.next, next, "{status}/{details}");
+            assert_eq!(out.status.status.as_deref(), Some(status));
+            assert_eq!(out.status.status_details.as_deref(), Some(details), "verbatim");
+            assert!(out.status.conditions.iter().all(|c| c.reason == status));
+            assert!(out.write);
+        }
+    }
+
+    #[test]
+    fn an_unknown_future_status_keeps_polling_and_is_copied_verbatim() {
+        let out = poll_at(&Ok(invocation("Paused By Admin", "Paused", -1)), 1);
+        assert_eq!(out.next, Next::Poll);
+        assert_eq!(flags(&out.status), [false, true, false, false]);
+        assert_eq!(out.status.status.as_deref(), Some("Paused By Admin"));
+        assert_eq!(out.status.conditions[0].reason, "PausedByAdmin");
+    }
+
+    #[test]
+    fn response_code_is_minus_one_until_terminal_and_zero_is_not_success() {
+        let running = poll_at(&Ok(invocation("InProgress", "In Progress", 0)), 1);
+        assert_eq!(running.status.response_code, Some(-1), "SDK's absent 0 is not a code");
+        let failed_zero = poll_at(&Ok(invocation("Failed", "Failed", 0)), 1);
+        assert_eq!(failed_zero.status.response_code, Some(0));
+        assert!(!conditions::is_true(&failed_zero.status.conditions, READY));
+        let undeliverable = poll_at(&Ok(invocation("Failed", "Undeliverable", -1)), 1);
+        assert_eq!(undeliverable.status.response_code, Some(-1));
+    }
+
+    #[test]
+    fn every_field_is_copied_and_empty_strings_left_out() {
+        let full = Invocation {
+            status: "Success".into(),
+            status_details: "Success".into(),
+            response_code: 0,
+            comment: "patch web".into(),
+            document_name: "AWS-RunShellScript".into(),
+            document_version: "$DEFAULT".into(),
+            plugin_name: "aws:runShellScript".into(),
+            execution_start_date_time: "2026-11-25T03:50:00.123Z".into(),
+            execution_elapsed_time: "PT1.5S".into(),
+            execution_end_date_time: "2026-11-25T03:50:01.623".into(),
+            standard_output_content: "hello\n".into(),
+            standard_output_url: "https://s3.eu-west-1.amazonaws.com/b/out".into(),
+            standard_error_content: String::new(),
+            standard_error_url: "https://s3.eu-west-1.amazonaws.com/b/err".into(),
+            cloud_watch_log_group_name: Some("/ssm/out".into()),
+            cloud_watch_output_enabled: Some(true),
+        };
+        let s = poll_at(&Ok(full), 7).status;
+        assert_eq!(s.comment.as_deref(), Some("patch web"));
+        assert_eq!(s.document_version.as_deref(), Some("$DEFAULT"));
+        assert_eq!(s.plugin_name.as_deref(), Some("aws:runShellScript"));
+        assert_eq!(s.execution_start_date_time.as_deref(), Some("2026-11-25T03:50:00.123Z"));
+        assert_eq!(s.execution_elapsed_time.as_deref(), Some("PT1.5S"));
+        assert_eq!(s.execution_end_date_time.as_deref(), Some("2026-11-25T03:50:01.623"));
+        assert_eq!(s.standard_output_content.as_deref(), Some("hello\n"));
+        assert_eq!(s.standard_error_content, None);
+        assert_eq!(s.standard_output_url.as_deref(), Some("https://s3.eu-west-1.amazonaws.com/b/out"));
+        assert_eq!(s.standard_error_url.as_deref(), Some("https://s3.eu-west-1.amazonaws.com/b/err"));
+        let cw = s.cloud_watch_output_config.unwrap();
+        assert_eq!(cw.cloud_watch_log_group_name.as_deref(), Some("/ssm/out"));
+        assert_eq!(cw.cloud_watch_output_enabled, Some(true));
+        assert_eq!(s.observed_generation, Some(1));
+        assert_eq!(s.last_polled_time, Some(at(7)));
+    }
+
+    #[test]
+    fn missing_fields_stay_absent() {
+        let bare = Invocation {
+            status: "Pending".into(),
+            ..Invocation::default()
+        };
+        let s = poll_at(&Ok(bare), 1).status;
+        assert_eq!(s.status_details, None);
+        assert_eq!(s.document_name, None);
+        assert_eq!(s.cloud_watch_output_config, None);
+        assert_eq!(s.standard_output_content, None);
+    }
+
+    #[test]
+    fn long_output_is_bounded_with_a_marker() {
+        let mut inv = invocation("Success", "Success", 0);
+        inv.standard_output_content = "o".repeat(24_000);
+        inv.standard_error_content = "e".repeat(8_000);
+        let s = poll_at(&Ok(inv), 1).status;
+        let out = s.standard_output_content.unwrap();
+        assert_eq!(out.chars().count(), 4000);
+        assert!(out.ends_with(output::CUT_MARKER));
+        assert_eq!(s.standard_error_content.unwrap().chars().count(), 4000);
+    }
+
+    #[test]
+    fn the_same_answer_twice_writes_nothing_and_moves_no_clock() {
+        let answer = Ok(invocation("InProgress", "In Progress", -1));
+        let first = poll_at(&answer, 10);
+        let again = poll_on(Some(&first.status), &answer, 20);
+        assert!(!again.write);
+        assert!(!again.ssm_changed);
+        assert_eq!(again.note, None);
+        assert_eq!(again.status, first.status, "lastPolledTime and transition times kept");
+    }
+
+    #[test]
+    fn a_status_change_writes_records_an_event_and_keeps_unflipped_times() {
+        let first = poll_at(&Ok(invocation("Pending", "Pending", -1)), 10);
+        let next = poll_on(Some(&first.status), &Ok(invocation("InProgress", "In Progress", -1)), 20);
+        assert!(next.write && next.ssm_changed);
+        assert_eq!(next.status.last_polled_time, Some(at(20)));
+        let note = next.note.unwrap();
+        assert_eq!((note.warning, note.reason.as_str()), (false, "InProgress"));
+        assert!(next.status.conditions.iter().all(|c| c.last_transition_time == at(10)));
+
+        let failed = poll_on(Some(&next.status), &Ok(invocation("Failed", "Failed", 2)), 30);
+        let note = failed.note.unwrap();
+        assert!(note.warning);
+        assert_eq!(note.message, "SSM reports Failed (Failed), exit code 2");
+    }
+
+    #[test]
+    fn details_alone_changing_is_written_without_an_event() {
+        let first = poll_at(&Ok(invocation("InProgress", "In Progress", -1)), 10);
+        let mut more = invocation("InProgress", "In Progress", -1);
+        more.execution_elapsed_time = "PT5S".into();
+        let next = poll_on(Some(&first.status), &Ok(more), 20);
+        assert!(next.write && next.ssm_changed);
+        assert_eq!(next.note, None);
+    }
+
+    #[test]
+    fn not_found_within_grace_keeps_reconciling_quietly() {
+        let out = poll_at(&Err(SsmError::InvocationDoesNotExist("nope".into())), 5);
+        assert_eq!(flags(&out.status), [false, true, false, false]);
+        assert_eq!(out.status.conditions[1].reason, "InvocationNotFound");
+        assert_eq!(out.next, Next::Poll);
+        assert_eq!(out.note, None);
+        assert_eq!(out.status.status, None);
+    }
+
+    #[test]
+    fn not_found_after_grace_stalls_and_is_rechecked_rarely() {
+        let out = poll_at(&Err(SsmError::InvocationDoesNotExist("nope".into())), 301);
+        assert_eq!(flags(&out.status), [false, false, true, true]);
+        assert_eq!(out.next, Next::RecheckRarely);
+        let note = out.note.unwrap();
+        assert_eq!((note.warning, note.reason.as_str()), (true, "InvocationNotFound"));
+        assert!(note.message.contains("5m"), "{}", note.message);
+    }
+
+    #[test]
+    fn permanent_errors_stall_with_their_reason_and_stop() {
+        for err in [
+            SsmError::InvalidCommandId("bad id".into()),
+            SsmError::InvalidInstanceId("bad node".into()),
+            SsmError::InvalidPluginName("no such step".into()),
+            SsmError::AccessDenied("not authorized".into()),
+        ] {
+            let out = poll_at(&Err(err.clone()), 1);
+            assert_eq!(flags(&out.status), [false, false, true, true], "{err:?}");
+            assert!(out.status.conditions.iter().all(|c| c.reason == err.reason()));
+            assert!(out.status.conditions[2].message.contains(err.message()));
+            assert_eq!(out.next, Next::Stop);
+            assert!(out.note.unwrap().warning);
+        }
+    }
+
+    #[test]
+    fn transient_errors_keep_the_last_answer_and_warn_once() {
+        let running = poll_at(&Ok(invocation("InProgress", "In Progress", -1)), 10);
+        let throttled = Err(SsmError::Throttled("Rate exceeded".into()));
+        let first = poll_on(Some(&running.status), &throttled, 20);
+        assert_eq!(first.status.status.as_deref(), Some("InProgress"), "status kept");
+        assert_eq!(flags(&first.status), [false, true, false, false]);
+        assert_eq!(condition_row(&first.status)[1].2, "Throttled");
+        assert!(first.write);
+        assert!(!first.ssm_changed, "errors never reset the backoff");
+        assert_eq!(first.next, Next::Poll);
+        assert_eq!(first.note.as_ref().unwrap().reason, "Throttled");
+        let second = poll_on(Some(&first.status), &throttled, 30);
+        assert!(!second.write);
+        assert_eq!(second.note, None, "no Event flood while the error lasts");
+        let unavailable = poll_on(
+            Some(&first.status),
+            &Err(SsmError::Unavailable("HTTP 500".into())),
+            40,
+        );
+        assert_eq!(condition_row(&unavailable.status)[0].2, "SsmUnavailable");
+    }
+
+    #[test]
+    fn a_new_generation_drops_the_old_answer_and_resets() {
+        let done = poll_at(&Ok(invocation("Failed", "Failed", 1)), 10);
+        let poll = Poll {
+            answer: &Err(SsmError::Throttled("Rate exceeded".into())),
+            generation: Some(2),
+            now: at(20),
+            waited: Duration::ZERO,
+        };
+        let out = apply(Some(&done.status), &poll, &SETTINGS);
+        assert_eq!(out.status.status, None, "old spec's SSM fields are not shown");
+        assert_eq!(out.status.observed_generation, Some(2));
+        assert!(out.status.conditions.iter().all(|c| c.observed_generation == Some(2)));
+        assert!(out.ssm_changed && out.write);
+    }
+}

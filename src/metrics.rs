@@ -1,0 +1,179 @@
+//! Prometheus metrics (prometheus-client): reconciles, errors by kind, SSM calls by operation
+//! and outcome, status writes, and tracked resources by SSM status.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    operation: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: String,
+}
+
+/// All metrics of the process, registered under the `ssm_operator` prefix.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Counter,
+    reconcile_errors: Family<ErrorLabels, Counter>,
+    reconcile_duration: Histogram,
+    ssm_calls: Family<CallLabels, Counter>,
+    status_writes: Counter,
+    events: Counter,
+    tracked: Family<StatusLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut root = Registry::default();
+        let registry = root.sub_registry_with_prefix("ssm_operator");
+        let reconciles = Counter::default();
+        registry.register("reconciles", "Reconcile runs", reconciles.clone());
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Reconcile runs that failed, by error kind",
+            reconcile_errors.clone(),
+        );
+        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of reconcile runs",
+            reconcile_duration.clone(),
+        );
+        let ssm_calls = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "ssm_calls",
+            "SSM API calls by operation and outcome (success or the error reason)",
+            ssm_calls.clone(),
+        );
+        let status_writes = Counter::default();
+        registry.register("status_writes", "Status patches written", status_writes.clone());
+        let events = Counter::default();
+        registry.register("events", "Kubernetes Events recorded", events.clone());
+        let tracked = Family::<StatusLabels, Gauge>::default();
+        registry.register(
+            "invocations",
+            "CommandInvocation resources watched, by SSM status",
+            tracked.clone(),
+        );
+        Self {
+            registry: root,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            ssm_calls,
+            status_writes,
+            events,
+            tracked,
+        }
+    }
+
+    /// Counts one finished reconcile run and its duration.
+    pub fn reconciled(&self, took: Duration) {
+        self.reconciles.inc();
+        self.reconcile_duration.observe(took.as_secs_f64());
+    }
+
+    /// Counts one failed reconcile run.
+    pub fn reconcile_failed(&self, kind: &str) {
+        self.reconcile_errors
+            .get_or_create(&ErrorLabels {
+                error: kind.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one SSM call.
+    pub fn ssm_call(&self, operation: &str, outcome: &str) {
+        self.ssm_calls
+            .get_or_create(&CallLabels {
+                operation: operation.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one status patch.
+    pub fn status_written(&self) {
+        self.status_writes.inc();
+    }
+
+    /// Counts one recorded Event.
+    pub fn event_recorded(&self) {
+        self.events.inc();
+    }
+
+    /// Replaces the tracked-resources gauge with fresh counts per SSM status.
+    pub fn set_tracked<'a>(&self, counts: impl IntoIterator<Item = (&'a str, i64)>) {
+        self.tracked.clear();
+        for (status, count) in counts {
+            self.tracked
+                .get_or_create(&StatusLabels {
+                    status: status.to_string(),
+                })
+                .set(count);
+        }
+    }
+
+    /// The OpenMetrics text exposition of every metric.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_every_metric_the_readme_promises() {
+        let m = Metrics::new();
+        m.reconciled(Duration::from_millis(3));
+        m.reconcile_failed("write_status");
+        m.ssm_call("GetCommandInvocation", "Throttled");
+        m.status_written();
+        m.event_recorded();
+        m.set_tracked([("InProgress", 3), ("Success", 2)]);
+        let text = m.encode().unwrap();
+        for line in [
+            "ssm_operator_reconciles_total 1",
+            "ssm_operator_reconcile_errors_total{error=\"write_status\"} 1",
+            "ssm_operator_ssm_calls_total{operation=\"GetCommandInvocation\",outcome=\"Throttled\"} 1",
+            "ssm_operator_status_writes_total 1",
+            "ssm_operator_events_total 1",
+            "ssm_operator_invocations{status=\"InProgress\"} 3",
+            "ssm_operator_reconcile_duration_seconds_count 1",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        m.set_tracked([("Success", 5)]);
+        let text = m.encode().unwrap();
+        assert!(!text.contains("status=\"InProgress\""), "stale statuses are dropped");
+    }
+}

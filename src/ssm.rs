@@ -1,0 +1,347 @@
+//! The only code that talks to AWS SSM: one client per region, built once and reused, the
+//! `GetCommandInvocation` call, and the classification of its errors.
+//!
+//! The reconciler asks for an [`Invocation`] by [`InvocationKey`] and never sees SDK types, so a
+//! later change can answer many keys with one `ListCommandInvocations` call without touching it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ssm::operation::get_command_invocation::{
+    GetCommandInvocationError, GetCommandInvocationOutput,
+};
+use aws_sdk_ssm::Client;
+
+use crate::api::CommandInvocationSpec;
+use crate::metrics::Metrics;
+
+/// SDK attempts per SSM call (adaptive retry also rate-limits the client under throttling).
+const MAX_ATTEMPTS: u32 = 3;
+/// Upper bound for one HTTP attempt.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upper bound for one SSM call, retries included.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Names one invocation (one step of one command on one node) in one region.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct InvocationKey {
+    /// The region to ask; `None` means the operator's own region.
+    pub region: Option<String>,
+    /// SSM command id.
+    pub command_id: String,
+    /// Managed node id.
+    pub instance_id: String,
+    /// Step (plugin) name, when the resource names one.
+    pub plugin_name: Option<String>,
+}
+
+impl From<&CommandInvocationSpec> for InvocationKey {
+    fn from(spec: &CommandInvocationSpec) -> Self {
+        Self {
+            region: spec.region.clone(),
+            command_id: spec.command_id.clone(),
+            instance_id: spec.instance_id.clone(),
+            plugin_name: spec.plugin_name.clone(),
+        }
+    }
+}
+
+/// What SSM reported for one invocation, in SSM's terms (strings verbatim; empty means unset).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Invocation {
+    /// `Status`, including values newer than this SDK (kept as the raw string).
+    pub status: String,
+    /// `StatusDetails`.
+    pub status_details: String,
+    /// `ResponseCode` (the SDK reads an absent code as 0).
+    pub response_code: i32,
+    /// `Comment`.
+    pub comment: String,
+    /// `DocumentName`.
+    pub document_name: String,
+    /// `DocumentVersion`.
+    pub document_version: String,
+    /// `PluginName`.
+    pub plugin_name: String,
+    /// `ExecutionStartDateTime`.
+    pub execution_start_date_time: String,
+    /// `ExecutionElapsedTime`.
+    pub execution_elapsed_time: String,
+    /// `ExecutionEndDateTime`.
+    pub execution_end_date_time: String,
+    /// `StandardOutputContent`.
+    pub standard_output_content: String,
+    /// `StandardOutputUrl`.
+    pub standard_output_url: String,
+    /// `StandardErrorContent`.
+    pub standard_error_content: String,
+    /// `StandardErrorUrl`.
+    pub standard_error_url: String,
+    /// `CloudWatchOutputConfig.CloudWatchLogGroupName`, when SSM sent the config.
+    pub cloud_watch_log_group_name: Option<String>,
+    /// `CloudWatchOutputConfig.CloudWatchOutputEnabled`, when SSM sent the config.
+    pub cloud_watch_output_enabled: Option<bool>,
+}
+
+/// Why SSM gave no invocation. The variant decides what the operator does next.
+#[derive(thiserror::Error, Clone, Debug, PartialEq, Eq)]
+pub enum SsmError {
+    /// `InvocationDoesNotExist`: not visible yet (eventual consistency), wrong ids, a wrong
+    /// plugin name on some emulators, or past SSM's history window.
+    #[error("SSM has no such invocation: {0}")]
+    InvocationDoesNotExist(String),
+    /// `InvalidCommandId`: permanent for this spec.
+    #[error("SSM refused the command id: {0}")]
+    InvalidCommandId(String),
+    /// `InvalidInstanceId`: permanent for this spec.
+    #[error("SSM refused the instance id: {0}")]
+    InvalidInstanceId(String),
+    /// `InvalidPluginName`: permanent for this spec.
+    #[error("SSM refused the plugin name: {0}")]
+    InvalidPluginName(String),
+    /// `AccessDeniedException`: the operator's AWS identity may not read this invocation.
+    #[error("access denied by AWS: {0}")]
+    AccessDenied(String),
+    /// `ThrottlingException` and friends, after the SDK's own retries.
+    #[error("throttled by SSM: {0}")]
+    Throttled(String),
+    /// 5xx, timeouts, connection and credential errors: transient.
+    #[error("SSM unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl SsmError {
+    /// The condition reason the public contract names for this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvocationDoesNotExist(_) => "InvocationNotFound",
+            Self::InvalidCommandId(_) => "InvalidCommandId",
+            Self::InvalidInstanceId(_) => "InvalidInstanceId",
+            Self::InvalidPluginName(_) => "InvalidPluginName",
+            Self::AccessDenied(_) => "AccessDenied",
+            Self::Throttled(_) => "Throttled",
+            Self::Unavailable(_) => "SsmUnavailable",
+        }
+    }
+
+    /// True when asking again cannot help until the spec changes.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            Self::InvalidCommandId(_)
+                | Self::InvalidInstanceId(_)
+                | Self::InvalidPluginName(_)
+                | Self::AccessDenied(_)
+        )
+    }
+
+    /// SSM's (or the transport's) message, without our prefix.
+    pub fn message(&self) -> &str {
+        match self {
+            Self::InvocationDoesNotExist(m)
+            | Self::InvalidCommandId(m)
+            | Self::InvalidInstanceId(m)
+            | Self::InvalidPluginName(m)
+            | Self::AccessDenied(m)
+            | Self::Throttled(m)
+            | Self::Unavailable(m) => m,
+        }
+    }
+}
+
+/// SSM access for the whole operator: shared SDK configuration and a client per region.
+pub struct Ssm {
+    base: SdkConfig,
+    clients: Mutex<HashMap<Option<String>, Client>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Ssm {
+    /// Loads the standard AWS configuration chain (env, profiles, web identity, Pod Identity,
+    /// `AWS_ENDPOINT_URL[_SSM]`) with adaptive retries and bounded timeouts.
+    pub async fn from_env(metrics: Arc<Metrics>) -> Self {
+        let base = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(RetryConfig::adaptive().with_max_attempts(MAX_ATTEMPTS))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                    .operation_timeout(OPERATION_TIMEOUT)
+                    .build(),
+            )
+            .load()
+            .await;
+        Self::new(base, metrics)
+    }
+
+    /// Uses an already loaded SDK configuration.
+    pub fn new(base: SdkConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            base,
+            clients: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    /// The region used for resources that name none, if configured.
+    pub fn default_region(&self) -> Option<&str> {
+        self.base.region().map(Region::as_ref)
+    }
+
+    /// The client for `region` (`None`: the default region), built on first use.
+    fn client(&self, region: &Option<String>) -> Client {
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        clients
+            .entry(region.clone())
+            .or_insert_with(|| {
+                let mut config = aws_sdk_ssm::config::Builder::from(&self.base);
+                if let Some(region) = region {
+                    config = config.region(Region::new(region.clone()));
+                }
+                Client::from_conf(config.build())
+            })
+            .clone()
+    }
+
+    /// Asks SSM for one invocation (`GetCommandInvocation`).
+    pub async fn invocation(&self, key: &InvocationKey) -> Result<Invocation, SsmError> {
+        let result = self
+            .client(&key.region)
+            .get_command_invocation()
+            .command_id(&key.command_id)
+            .instance_id(&key.instance_id)
+            .set_plugin_name(key.plugin_name.clone())
+            .send()
+            .await
+            .map(Invocation::from)
+            .map_err(classify);
+        let outcome = match &result {
+            Ok(_) => "success",
+            Err(e) => e.reason(),
+        };
+        self.metrics.ssm_call("GetCommandInvocation", outcome);
+        result
+    }
+}
+
+impl From<GetCommandInvocationOutput> for Invocation {
+    fn from(out: GetCommandInvocationOutput) -> Self {
+        let text = |s: Option<&str>| s.unwrap_or_default().to_string();
+        let cloud_watch = out.cloud_watch_output_config();
+        Self {
+            status: text(out.status().map(|s| s.as_str())),
+            status_details: text(out.status_details()),
+            response_code: out.response_code(),
+            comment: text(out.comment()),
+            document_name: text(out.document_name()),
+            document_version: text(out.document_version()),
+            plugin_name: text(out.plugin_name()),
+            execution_start_date_time: text(out.execution_start_date_time()),
+            execution_elapsed_time: text(out.execution_elapsed_time()),
+            execution_end_date_time: text(out.execution_end_date_time()),
+            standard_output_content: text(out.standard_output_content()),
+            standard_output_url: text(out.standard_output_url()),
+            standard_error_content: text(out.standard_error_content()),
+            standard_error_url: text(out.standard_error_url()),
+            cloud_watch_log_group_name: cloud_watch
+                .and_then(|c| c.cloud_watch_log_group_name())
+                .map(str::to_string),
+            cloud_watch_output_enabled: cloud_watch.map(|c| c.cloud_watch_output_enabled()),
+        }
+    }
+}
+
+/// Error codes AWS uses for throttling (only `ThrottlingException` is seen from SSM).
+const THROTTLING_CODES: &[&str] = &[
+    "ThrottlingException",
+    "Throttling",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+];
+
+/// Maps an SDK error to what the operator does about it.
+fn classify(err: SdkError<GetCommandInvocationError>) -> SsmError {
+    let SdkError::ServiceError(service) = &err else {
+        // Timeouts, dispatch (connection) failures, unreadable responses, missing
+        // region or credentials: all worth retrying later.
+        return SsmError::Unavailable(DisplayErrorContext(&err).to_string());
+    };
+    let service_err = service.err();
+    let message = service_err
+        .message()
+        .map(str::to_string)
+        .unwrap_or_else(|| service_err.to_string());
+    match service_err {
+        GetCommandInvocationError::InvocationDoesNotExist(_) => {
+            SsmError::InvocationDoesNotExist(message)
+        }
+        GetCommandInvocationError::InvalidCommandId(_) => SsmError::InvalidCommandId(message),
+        GetCommandInvocationError::InvalidInstanceId(_) => SsmError::InvalidInstanceId(message),
+        GetCommandInvocationError::InvalidPluginName(_) => SsmError::InvalidPluginName(message),
+        GetCommandInvocationError::InternalServerError(_) => SsmError::Unavailable(message),
+        other => match other.code() {
+            Some(code) if THROTTLING_CODES.contains(&code) => SsmError::Throttled(message),
+            Some("AccessDeniedException") => SsmError::AccessDenied(message),
+            Some(code) => SsmError::Unavailable(format!("{code}: {message}")),
+            None => SsmError::Unavailable(format!(
+                "HTTP {}: {message}",
+                service.raw().status().as_u16()
+            )),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permanent_errors_are_the_ones_only_a_spec_change_can_fix() {
+        let permanent: Vec<_> = [
+            SsmError::InvocationDoesNotExist(String::new()),
+            SsmError::InvalidCommandId(String::new()),
+            SsmError::InvalidInstanceId(String::new()),
+            SsmError::InvalidPluginName(String::new()),
+            SsmError::AccessDenied(String::new()),
+            SsmError::Throttled(String::new()),
+            SsmError::Unavailable(String::new()),
+        ]
+        .iter()
+        .filter(|e| e.is_permanent())
+        .map(SsmError::reason)
+        .collect();
+        assert_eq!(
+            permanent,
+            [
+                "InvalidCommandId",
+                "InvalidInstanceId",
+                "InvalidPluginName",
+                "AccessDenied"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_absent_cloudwatch_config_stays_absent() {
+        let out = GetCommandInvocationOutput::builder()
+            .status(aws_sdk_ssm::types::CommandInvocationStatus::InProgress)
+            .build();
+        let inv = Invocation::from(out);
+        assert_eq!(inv.status, "InProgress");
+        assert_eq!(inv.cloud_watch_log_group_name, None);
+        assert_eq!(inv.cloud_watch_output_enabled, None);
+        assert_eq!(inv.response_code, 0, "the SDK reads an absent code as 0");
+    }
+
+    #[test]
+    fn an_unknown_future_status_is_kept_verbatim() {
+        let out = GetCommandInvocationOutput::builder()
+            .status(aws_sdk_ssm::types::CommandInvocationStatus::from("Paused"))
+            .build();
+        assert_eq!(Invocation::from(out).status, "Paused");
+    }
+}
