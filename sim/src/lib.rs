@@ -1,1 +1,52 @@
-//! stub
+//! `ssm-sim`: a scripted simulator of AWS Systems Manager Run Command.
+//!
+//! It speaks SSM's real wire protocol (awsJson1_1: `POST /` with
+//! `X-Amz-Target: AmazonSSM.<Operation>`), so the real `aws-sdk-ssm` client works against it
+//! through `endpoint_url`. Signatures are ignored. Served operations: GetCommandInvocation,
+//! ListCommandInvocations, ListCommands, SendCommand and CancelCommand.
+//!
+//! Tests script commands whose plugins follow timelines measured from the moment the command
+//! is added, inject faults (throttling, HTTP 500, dropped connections), add latency and
+//! read per-operation call counters:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use ssm_sim::{Command, Fault, Invocation, Plugin, Simulator, Status};
+//!
+//! # async fn demo() -> std::io::Result<()> {
+//! let sim = Simulator::start().await?;
+//! sim.add_command(
+//!     Command::new("11111111-2222-4333-8444-555555555555").invocation(
+//!         Invocation::new("i-0123456789abcdef0").plugin(
+//!             Plugin::new("aws:runShellScript")
+//!                 .step(Duration::from_millis(100), Status::InProgress)
+//!                 .step_with(Duration::from_millis(300), Status::Failed, "Failed", 2)
+//!                 .stderr("boom\n"),
+//!         ),
+//!     ),
+//! );
+//! sim.inject(Fault::Throttle { count: 1 });
+//! println!("point the SDK at {}", sim.endpoint());
+//! # Ok(()) }
+//! ```
+//!
+//! The exact SSM behaviours mirrored (status aggregation, output limits, error codes) are
+//! described on the modules and in `sim/README.md`.
+
+mod api;
+mod clock;
+mod error;
+mod faults;
+mod ids;
+mod model;
+mod protocol;
+mod script;
+mod server;
+mod simulator;
+
+pub use faults::Fault;
+pub use script::{
+    Command, Invocation, Plugin, Scenario, Status, DEFAULT_DOCUMENT, DEFAULT_PLUGIN,
+    DEFAULT_S3_REGION,
+};
+pub use simulator::Simulator;

@@ -1,0 +1,208 @@
+//! Injected faults, latency and call counters.
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_ssm::error::SdkError;
+use aws_sdk_ssm::operation::get_command_invocation::GetCommandInvocationError;
+use ssm_sim::{Command, Fault, Invocation, Simulator};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::{client, client_with_retries, code, fast_retries};
+
+const CMD: &str = "3e4f5a6b-7c8d-4e9f-a0b1-c2d3e4f5a6b7";
+
+async fn simulator() -> Simulator {
+    let sim = Simulator::start().await.unwrap();
+    sim.add_command(Command::new(CMD).invocation(Invocation::new("i-1")));
+    sim
+}
+
+#[tokio::test]
+async fn throttling_is_consumed_one_request_at_a_time() {
+    let sim = simulator().await;
+    let ssm = client(&sim);
+    let get = || {
+        ssm.get_command_invocation()
+            .command_id(CMD)
+            .instance_id("i-1")
+            .send()
+    };
+    sim.inject(Fault::Throttle { count: 2 });
+    for _ in 0..2 {
+        let err = get().await.unwrap_err();
+        assert_eq!(code(&err).as_deref(), Some("ThrottlingException"));
+    }
+    get().await.unwrap();
+    assert_eq!(sim.calls("GetCommandInvocation"), 3);
+
+    // The SDK's standard retries ride over it.
+    let retrying = client_with_retries(&sim, fast_retries(3));
+    sim.inject(Fault::Throttle { count: 2 });
+    retrying
+        .get_command_invocation()
+        .command_id(CMD)
+        .instance_id("i-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sim.calls("GetCommandInvocation"), 6);
+
+    // Faults hit any operation, and can be cleared.
+    sim.inject(Fault::Throttle { count: 1 });
+    let err = ssm.list_commands().send().await.unwrap_err();
+    assert_eq!(code(&err).as_deref(), Some("ThrottlingException"));
+    sim.inject(Fault::Throttle { count: 5 });
+    sim.clear_faults();
+    ssm.list_commands().send().await.unwrap();
+}
+
+#[tokio::test]
+async fn server_errors_answer_500() {
+    let sim = simulator().await;
+    let ssm = client(&sim);
+    sim.inject(Fault::ServerError { count: 1 });
+    let err = ssm
+        .get_command_invocation()
+        .command_id(CMD)
+        .instance_id("i-1")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(500));
+    assert!(matches!(
+        err.into_service_error(),
+        GetCommandInvocationError::InternalServerError(_)
+    ));
+    ssm.get_command_invocation()
+        .command_id(CMD)
+        .instance_id("i-1")
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn dropped_connections_get_no_answer() {
+    let sim = simulator().await;
+    let ssm = client(&sim);
+    sim.inject(Fault::DropConnection { count: 1 });
+    let err = ssm
+        .get_command_invocation()
+        .command_id(CMD)
+        .instance_id("i-1")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SdkError::DispatchFailure(_) | SdkError::ResponseError(_)
+        ),
+        "{err:?}"
+    );
+    ssm.get_command_invocation()
+        .command_id(CMD)
+        .instance_id("i-1")
+        .send()
+        .await
+        .unwrap();
+
+    let retrying = client_with_retries(&sim, fast_retries(3));
+    sim.inject(Fault::DropConnection { count: 2 });
+    retrying
+        .get_command_invocation()
+        .command_id(CMD)
+        .instance_id("i-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sim.calls("GetCommandInvocation"), 5);
+}
+
+#[tokio::test]
+async fn latency_and_counters() {
+    let sim = simulator().await;
+    let ssm = client(&sim);
+    assert_eq!(sim.total_calls(), 0);
+    sim.set_latency(Duration::from_millis(300));
+    let started = Instant::now();
+    ssm.list_commands().send().await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    sim.set_latency(Duration::ZERO);
+    ssm.list_command_invocations()
+        .command_id(CMD)
+        .send()
+        .await
+        .unwrap();
+    ssm.get_command_invocation()
+        .command_id(CMD)
+        .instance_id("i-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sim.calls("ListCommands"), 1);
+    assert_eq!(sim.calls("ListCommandInvocations"), 1);
+    assert_eq!(sim.calls("GetCommandInvocation"), 1);
+    assert_eq!(sim.calls("SendCommand"), 0);
+    assert_eq!(sim.total_calls(), 3);
+}
+
+/// Sends one raw HTTP request and returns the whole answer.
+async fn raw(sim: &Simulator, target: &str, body: &str) -> String {
+    let mut stream = TcpStream::connect(sim.local_addr()).await.unwrap();
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: localhost\r\nX-Amz-Target: {target}\r\n\
+         Content-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
+#[tokio::test]
+async fn wire_format_of_errors_and_unknown_operations() {
+    let sim = simulator().await;
+    let answer = raw(&sim, "AmazonSSM.DeleteEverything", "{}").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer
+        .to_ascii_lowercase()
+        .contains("content-type: application/x-amz-json-1.1"));
+    assert!(
+        answer.ends_with(r#"{"__type":"UnknownOperationException"}"#),
+        "{answer}"
+    );
+    assert_eq!(sim.calls("DeleteEverything"), 1);
+
+    let answer = raw(
+        &sim,
+        "AmazonSSM.GetCommandInvocation",
+        r#"{"CommandId":"nope","InstanceId":"i-1"}"#,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.contains(r#""__type":"InvocationDoesNotExist""#),
+        "{answer}"
+    );
+
+    sim.inject(Fault::ServerError { count: 1 });
+    let answer = raw(&sim, "AmazonSSM.ListCommands", "{}").await;
+    assert!(answer.starts_with("HTTP/1.1 500"), "{answer}");
+    assert!(
+        answer.contains(r#""__type":"InternalServerError""#),
+        "{answer}"
+    );
+
+    let answer = raw(
+        &sim,
+        "AmazonSSM.ListCommandInvocations",
+        &format!(r#"{{"CommandId":"{CMD}"}}"#),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""RequestedDateTime":1"#), "{answer}");
+}

@@ -1,0 +1,11 @@
+//! End-to-end tests of the simulator through the real `aws-sdk-ssm` client.
+//!
+//! One test binary (modules below) so the SDK is linked once.
+
+mod common;
+mod errors;
+mod faults;
+mod lifecycle;
+mod listing;
+mod send_cancel;
+mod timelines;
