@@ -11,7 +11,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::Error;
 
-/// The User-Agent of clients from [`client`], so their requests can be told apart in logs.
+/// The User-Agent of clients from [`TestCluster::client`](crate::TestCluster::client), so their requests can be told apart in logs.
 pub const USER_AGENT: &str = concat!("testbed/", env!("CARGO_PKG_VERSION"));
 
 /// Name of the cluster, user and context in the kubeconfig.
@@ -92,5 +92,51 @@ mod tests {
         assert!(std::fs::read_to_string(&path)
             .unwrap()
             .contains("token: s3cret"));
+    }
+
+    #[tokio::test]
+    async fn client_sends_the_user_agent() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubeconfig");
+        // Plain HTTP, so that no certificate is needed to see the request.
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\n\
+             users: [{{name: u, user: {{token: t}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u}}}}]\n\
+             current-context: x\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        let client = client(&path).await.unwrap();
+
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut buf).await.unwrap();
+                assert!(n > 0, "connection closed before the headers ended");
+                request.extend_from_slice(&buf[..n]);
+            }
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                .await
+                .unwrap();
+            String::from_utf8(request).unwrap().to_lowercase()
+        });
+        let request = http::Request::get("/readyz").body(Vec::new()).unwrap();
+        assert_eq!(client.request_text(request).await.unwrap(), "ok");
+        let headers = server.await.unwrap();
+        let agents: Vec<&str> = headers
+            .lines()
+            .filter(|l| l.starts_with("user-agent:"))
+            .collect();
+        assert_eq!(
+            agents,
+            [format!("user-agent: {}", USER_AGENT.to_lowercase())]
+        );
+        assert!(headers.contains("authorization: bearer t"), "{headers}");
     }
 }

@@ -255,3 +255,72 @@ fn apiserver_args(workdir: &Workdir, ports: Ports, credentials: &Credentials) ->
         "--allow-privileged=true".into(),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// An assets directory whose `etcd` is a script that counts its runs in `runs` and fails
+    /// with `message`; the other binaries are never reached.
+    fn fake_assets(message: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let etcd = dir.path().join("etcd");
+        let script = format!(
+            "#!/bin/sh\necho run >> \"$(dirname \"$0\")/runs\"\necho 'starting'\necho '{message}' >&2\nexit 1\n"
+        );
+        std::fs::write(&etcd, script).unwrap();
+        std::fs::set_permissions(&etcd, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for name in ["kube-apiserver", "kubectl"] {
+            std::fs::write(dir.path().join(name), "").unwrap();
+        }
+        dir
+    }
+
+    fn runs(dir: &tempfile::TempDir) -> usize {
+        std::fs::read_to_string(dir.path().join("runs"))
+            .unwrap()
+            .lines()
+            .count()
+    }
+
+    #[tokio::test]
+    async fn port_conflicts_are_retried_with_new_ports() {
+        let assets = fake_assets("listen tcp 127.0.0.1:2379: bind: address already in use");
+        let err = TestCluster::start_with_assets(assets.path())
+            .await
+            .unwrap_err();
+        assert_eq!(runs(&assets), MAX_ATTEMPTS as usize);
+        assert!(err.is_port_conflict(), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("etcd exited while waiting for etcd"),
+            "{text}"
+        );
+        assert!(text.contains("starting\nlisten tcp"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn other_start_failures_are_not_retried() {
+        let assets = fake_assets("etcdmain: cannot access data directory");
+        let err = TestCluster::start_with_assets(assets.path())
+            .await
+            .unwrap_err();
+        assert_eq!(runs(&assets), 1);
+        assert!(
+            matches!(&err, Error::ProcessExited { process: "etcd", tail, .. }
+                if tail.contains("cannot access data directory")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cluster_and_start_future_can_cross_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>(_: &T) {}
+        send_sync::<TestCluster>();
+        send_sync::<Error>();
+        // Built, never polled: only the type matters.
+        send(&TestCluster::start());
+    }
+}
