@@ -54,15 +54,15 @@ grep -q '^kind: CustomResourceDefinition' "${CHART}/${CRD_FILE}" ||
   die "${CRD_FILE} is not a CustomResourceDefinition"
 
 # ---------------------------------------------------------------- value sets
-cat >"${WORK}/namespaced.yaml" <<'YAML'
+cat >"${WORK}/values-namespaced.yaml" <<'YAML'
 watchNamespaces: [team-a, team-b]
 YAML
-cat >"${WORK}/monitoring.yaml" <<'YAML'
+cat >"${WORK}/values-monitoring.yaml" <<'YAML'
 serviceMonitor:
   enabled: true
   labels: {release: kube-prometheus-stack}
 YAML
-cat >"${WORK}/everything.yaml" <<'YAML'
+cat >"${WORK}/values-everything.yaml" <<'YAML'
 replicaCount: 3
 image: {repository: registry.example.com/ops/ssm-operator, digest: "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}
 imagePullSecrets: [{name: regcred}]
@@ -106,7 +106,7 @@ SETS=(defaults namespaced monitoring everything)
 values_args() {
   case "$1" in
     defaults) ;;
-    *) printf '%s\n' --values "${WORK}/$1.yaml" ;;
+    *) printf '%s\n' --values "${WORK}/values-$1.yaml" ;;
   esac
 }
 
