@@ -31,13 +31,50 @@ pub const COMMAND_ID_LEN: usize = 36;
     namespaced,
     doc = "An AWS SSM Run Command invocation (command id + managed node + optional step), mirrored into status by ssm-operator.",
     status = "CommandInvocationStatus",
-    printcolumn(name = "Status", type_ = "string", json_path = ".status.status", description = "SSM status"),
-    printcolumn(name = "Code", type_ = "integer", json_path = ".status.responseCode", description = "Exit code (-1 until the step ran)"),
-    printcolumn(name = "Instance", type_ = "string", json_path = ".spec.instanceId", description = "Managed node id"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(name = "Command", type_ = "string", json_path = ".spec.commandId", priority = "1", description = "SSM command id"),
-    printcolumn(name = "Plugin", type_ = "string", json_path = ".spec.pluginName", priority = "1", description = "Step (plugin) name"),
-    printcolumn(name = "Details", type_ = "string", json_path = ".status.statusDetails", priority = "1", description = "SSM status details")
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.status",
+        description = "SSM status"
+    ),
+    printcolumn(
+        name = "Code",
+        type_ = "integer",
+        json_path = ".status.responseCode",
+        description = "Exit code (-1 until the step ran)"
+    ),
+    printcolumn(
+        name = "Instance",
+        type_ = "string",
+        json_path = ".spec.instanceId",
+        description = "Managed node id"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Command",
+        type_ = "string",
+        json_path = ".spec.commandId",
+        priority = "1",
+        description = "SSM command id"
+    ),
+    printcolumn(
+        name = "Plugin",
+        type_ = "string",
+        json_path = ".spec.pluginName",
+        priority = "1",
+        description = "Step (plugin) name"
+    ),
+    printcolumn(
+        name = "Details",
+        type_ = "string",
+        json_path = ".status.statusDetails",
+        priority = "1",
+        description = "SSM status details"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CommandInvocationSpec {
@@ -161,7 +198,10 @@ mod tests {
     fn schema_carries_the_published_validation() {
         let crd = serde_json::to_value(CommandInvocation::crd()).unwrap();
         let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
-        assert_eq!(spec["required"], serde_json::json!(["commandId", "instanceId"]));
+        assert_eq!(
+            spec["required"],
+            serde_json::json!(["commandId", "instanceId"])
+        );
         let props = &spec["properties"];
         assert_eq!(props["commandId"]["minLength"], COMMAND_ID_LEN);
         assert_eq!(props["commandId"]["maxLength"], COMMAND_ID_LEN);

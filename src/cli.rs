@@ -31,7 +31,11 @@ pub enum Command {
 pub struct RunArgs {
     /// Namespace to watch (repeatable; the environment variable takes a comma-separated list).
     /// Default: all namespaces.
-    #[arg(long = "namespace", env = "SSM_OPERATOR_NAMESPACE", value_delimiter = ',')]
+    #[arg(
+        long = "namespace",
+        env = "SSM_OPERATOR_NAMESPACE",
+        value_delimiter = ','
+    )]
     pub namespaces: Vec<String>,
 
     /// First poll interval after a change.
@@ -76,7 +80,12 @@ pub struct RunArgs {
     pub max_concurrent_reconciles: u16,
 
     /// Log line format.
-    #[arg(long, env = "SSM_OPERATOR_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        env = "SSM_OPERATOR_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
 }
 

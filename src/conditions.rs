@@ -118,7 +118,14 @@ mod tests {
     #[test]
     fn transition_time_moves_only_when_status_flips() {
         let first = build(&[], Standing::InProgress, "Pending", "a", Some(1), &at(10));
-        let same = build(&first, Standing::InProgress, "InProgress", "b", Some(1), &at(20));
+        let same = build(
+            &first,
+            Standing::InProgress,
+            "InProgress",
+            "b",
+            Some(1),
+            &at(20),
+        );
         assert!(same.iter().all(|c| c.last_transition_time == at(10)));
         let done = build(&same, Standing::Succeeded, "Success", "c", Some(1), &at(30));
         let time_of = |t: &str| {

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::http::header::{HeaderValue, USER_AGENT};
 use futures::future::join_all;
 use futures::StreamExt;
-use ::http::header::{HeaderValue, USER_AGENT};
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -40,13 +40,20 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let ssm = Arc::new(Ssm::from_env(metrics.clone()).await);
     match ssm.default_region() {
         Some(region) => info!(region, "SSM default region"),
-        None => warn!("no AWS region configured: resources without spec.region will report SsmUnavailable"),
+        None => warn!(
+            "no AWS region configured: resources without spec.region will report SsmUnavailable"
+        ),
     }
 
     let stop = stop_on_signals();
     let health = Arc::new(Health::default());
-    let (bound, server) =
-        http::serve(args.http_bind, metrics.clone(), health.clone(), stopped(stop.subscribe())).await?;
+    let (bound, server) = http::serve(
+        args.http_bind,
+        metrics.clone(),
+        health.clone(),
+        stopped(stop.subscribe()),
+    )
+    .await?;
     info!(%bound, "serving /metrics, /healthz, /readyz");
     let server = tokio::spawn(server);
 
@@ -154,7 +161,8 @@ async fn run_controllers(
     let config = controller::Config::default().concurrency(args.max_concurrent_reconciles);
     let mut stores = Vec::new();
     let runs = apis.into_iter().map(|api| {
-        let controller = Controller::new(api, watcher::Config::default()).with_config(config.clone());
+        let controller =
+            Controller::new(api, watcher::Config::default()).with_config(config.clone());
         let store = controller.store();
         health.add_store(store.clone());
         stores.push(store);

@@ -71,8 +71,9 @@ pub struct Outcome {
     pub status: CommandInvocationStatus,
     /// The status differs from the current one: write it.
     pub write: bool,
-    /// SSM's own fields changed (or the generation did): restart polling at the minimum.
-    pub ssm_changed: bool,
+    /// SSM's `Status` or `StatusDetails` changed (or the generation did): restart polling at
+    /// the minimum. Other fields (such as a ticking elapsed time) are written but do not reset.
+    pub status_changed: bool,
     /// The Event to record, if the change deserves one.
     pub note: Option<Note>,
     /// What to do next.
@@ -129,7 +130,9 @@ pub fn apply(
     };
 
     Outcome {
-        ssm_changed: !same_generation || previous_fields != judged.fields,
+        status_changed: !same_generation
+            || previous_fields.status != judged.fields.status
+            || previous_fields.status_details != judged.fields.status_details,
         status,
         write,
         note,
@@ -174,7 +177,9 @@ fn judge(poll: &Poll<'_>, settings: &Settings, previous: &CommandInvocationStatu
                 quiet: false,
             }
         }
-        Err(e @ SsmError::InvocationDoesNotExist(msg)) if poll.waited < settings.not_found_grace => {
+        Err(e @ SsmError::InvocationDoesNotExist(msg))
+            if poll.waited < settings.not_found_grace =>
+        {
             let message = format!(
                 "SSM does not show this invocation yet; waiting up to {} for it to appear (SSM: {msg})",
                 humantime::format_duration(settings.not_found_grace)
@@ -187,7 +192,13 @@ fn judge(poll: &Poll<'_>, settings: &Settings, previous: &CommandInvocationStatu
                  pluginName (SSM keeps about 30 days of history) (SSM: {msg})",
                 humantime::format_duration(settings.not_found_grace)
             );
-            keep(Standing::Stalled, e.reason(), message, Next::RecheckRarely, false)
+            keep(
+                Standing::Stalled,
+                e.reason(),
+                message,
+                Next::RecheckRarely,
+                false,
+            )
         }
         Err(e) if e.is_permanent() => {
             let message = format!("{e}; fix the spec to try again");
@@ -242,7 +253,11 @@ fn ssm_fields_from(
     CommandInvocationStatus {
         status: text(&invocation.status),
         status_details: text(&invocation.status_details),
-        response_code: Some(if terminal { invocation.response_code } else { -1 }),
+        response_code: Some(if terminal {
+            invocation.response_code
+        } else {
+            -1
+        }),
         comment: text(&invocation.comment),
         document_name: text(&invocation.document_name),
         document_version: text(&invocation.document_version),
@@ -323,24 +338,73 @@ mod tests {
     #[test]
     fn every_ssm_status_maps_to_the_contract_conditions() {
         let cases = [
-            ("Pending", "Pending", [false, true, false, false], Next::Poll),
-            ("InProgress", "In Progress", [false, true, false, false], Next::Poll),
-            ("Delayed", "Delayed", [false, true, false, false], Next::Poll),
-            ("Cancelling", "Cancelling", [false, true, false, false], Next::Poll),
+            (
+                "Pending",
+                "Pending",
+                [false, true, false, false],
+                Next::Poll,
+            ),
+            (
+                "InProgress",
+                "In Progress",
+                [false, true, false, false],
+                Next::Poll,
+            ),
+            (
+                "Delayed",
+                "Delayed",
+                [false, true, false, false],
+                Next::Poll,
+            ),
+            (
+                "Cancelling",
+                "Cancelling",
+                [false, true, false, false],
+                Next::Poll,
+            ),
             ("Success", "Success", [true, false, false, true], Next::Stop),
             ("Failed", "Failed", [false, false, true, true], Next::Stop),
-            ("TimedOut", "Execution Timed Out", [false, false, true, true], Next::Stop),
-            ("TimedOut", "Delivery Timed Out", [false, false, true, true], Next::Stop),
-            ("Cancelled", "Cancelled", [false, false, true, true], Next::Stop),
-            ("Failed", "Undeliverable", [false, false, true, true], Next::Stop),
-            ("Failed", "Terminated", [false, false, true, true], Next::Stop),
+            (
+                "TimedOut",
+                "Execution Timed Out",
+                [false, false, true, true],
+                Next::Stop,
+            ),
+            (
+                "TimedOut",
+                "Delivery Timed Out",
+                [false, false, true, true],
+                Next::Stop,
+            ),
+            (
+                "Cancelled",
+                "Cancelled",
+                [false, false, true, true],
+                Next::Stop,
+            ),
+            (
+                "Failed",
+                "Undeliverable",
+                [false, false, true, true],
+                Next::Stop,
+            ),
+            (
+                "Failed",
+                "Terminated",
+                [false, false, true, true],
+                Next::Stop,
+            ),
         ];
         for (status, details, expected, next) in cases {
             let out = poll_at(&Ok(invocation(status, details, 0)), 1);
             assert_eq!(flags(&out.status), expected, "{status}/{details}");
             assert_eq!(out.next, next, "{status}/{details}");
             assert_eq!(out.status.status.as_deref(), Some(status));
-            assert_eq!(out.status.status_details.as_deref(), Some(details), "verbatim");
+            assert_eq!(
+                out.status.status_details.as_deref(),
+                Some(details),
+                "verbatim"
+            );
             assert!(out.status.conditions.iter().all(|c| c.reason == status));
             assert!(out.write);
         }
@@ -358,7 +422,11 @@ mod tests {
     #[test]
     fn response_code_is_minus_one_until_terminal_and_zero_is_not_success() {
         let running = poll_at(&Ok(invocation("InProgress", "In Progress", 0)), 1);
-        assert_eq!(running.status.response_code, Some(-1), "SDK's absent 0 is not a code");
+        assert_eq!(
+            running.status.response_code,
+            Some(-1),
+            "SDK's absent 0 is not a code"
+        );
         let failed_zero = poll_at(&Ok(invocation("Failed", "Failed", 0)), 1);
         assert_eq!(failed_zero.status.response_code, Some(0));
         assert!(!conditions::is_true(&failed_zero.status.conditions, READY));
@@ -390,13 +458,25 @@ mod tests {
         assert_eq!(s.comment.as_deref(), Some("patch web"));
         assert_eq!(s.document_version.as_deref(), Some("$DEFAULT"));
         assert_eq!(s.plugin_name.as_deref(), Some("aws:runShellScript"));
-        assert_eq!(s.execution_start_date_time.as_deref(), Some("2026-11-25T03:50:00.123Z"));
+        assert_eq!(
+            s.execution_start_date_time.as_deref(),
+            Some("2026-11-25T03:50:00.123Z")
+        );
         assert_eq!(s.execution_elapsed_time.as_deref(), Some("PT1.5S"));
-        assert_eq!(s.execution_end_date_time.as_deref(), Some("2026-11-25T03:50:01.623"));
+        assert_eq!(
+            s.execution_end_date_time.as_deref(),
+            Some("2026-11-25T03:50:01.623")
+        );
         assert_eq!(s.standard_output_content.as_deref(), Some("hello\n"));
         assert_eq!(s.standard_error_content, None);
-        assert_eq!(s.standard_output_url.as_deref(), Some("https://s3.eu-west-1.amazonaws.com/b/out"));
-        assert_eq!(s.standard_error_url.as_deref(), Some("https://s3.eu-west-1.amazonaws.com/b/err"));
+        assert_eq!(
+            s.standard_output_url.as_deref(),
+            Some("https://s3.eu-west-1.amazonaws.com/b/out")
+        );
+        assert_eq!(
+            s.standard_error_url.as_deref(),
+            Some("https://s3.eu-west-1.amazonaws.com/b/err")
+        );
         let cw = s.cloud_watch_output_config.unwrap();
         assert_eq!(cw.cloud_watch_log_group_name.as_deref(), Some("/ssm/out"));
         assert_eq!(cw.cloud_watch_output_enabled, Some(true));
@@ -435,34 +515,50 @@ mod tests {
         let first = poll_at(&answer, 10);
         let again = poll_on(Some(&first.status), &answer, 20);
         assert!(!again.write);
-        assert!(!again.ssm_changed);
+        assert!(!again.status_changed);
         assert_eq!(again.note, None);
-        assert_eq!(again.status, first.status, "lastPolledTime and transition times kept");
+        assert_eq!(
+            again.status, first.status,
+            "lastPolledTime and transition times kept"
+        );
     }
 
     #[test]
     fn a_status_change_writes_records_an_event_and_keeps_unflipped_times() {
         let first = poll_at(&Ok(invocation("Pending", "Pending", -1)), 10);
-        let next = poll_on(Some(&first.status), &Ok(invocation("InProgress", "In Progress", -1)), 20);
-        assert!(next.write && next.ssm_changed);
+        let next = poll_on(
+            Some(&first.status),
+            &Ok(invocation("InProgress", "In Progress", -1)),
+            20,
+        );
+        assert!(next.write && next.status_changed);
         assert_eq!(next.status.last_polled_time, Some(at(20)));
         let note = next.note.unwrap();
         assert_eq!((note.warning, note.reason.as_str()), (false, "InProgress"));
-        assert!(next.status.conditions.iter().all(|c| c.last_transition_time == at(10)));
+        assert!(next
+            .status
+            .conditions
+            .iter()
+            .all(|c| c.last_transition_time == at(10)));
 
-        let failed = poll_on(Some(&next.status), &Ok(invocation("Failed", "Failed", 2)), 30);
+        let failed = poll_on(
+            Some(&next.status),
+            &Ok(invocation("Failed", "Failed", 2)),
+            30,
+        );
         let note = failed.note.unwrap();
         assert!(note.warning);
         assert_eq!(note.message, "SSM reports Failed (Failed), exit code 2");
     }
 
     #[test]
-    fn details_alone_changing_is_written_without_an_event() {
+    fn a_ticking_elapsed_time_is_written_but_neither_resets_backoff_nor_records_an_event() {
         let first = poll_at(&Ok(invocation("InProgress", "In Progress", -1)), 10);
         let mut more = invocation("InProgress", "In Progress", -1);
         more.execution_elapsed_time = "PT5S".into();
         let next = poll_on(Some(&first.status), &Ok(more), 20);
-        assert!(next.write && next.ssm_changed);
+        assert!(next.write);
+        assert!(!next.status_changed);
         assert_eq!(next.note, None);
     }
 
@@ -482,7 +578,10 @@ mod tests {
         assert_eq!(flags(&out.status), [false, false, true, true]);
         assert_eq!(out.next, Next::RecheckRarely);
         let note = out.note.unwrap();
-        assert_eq!((note.warning, note.reason.as_str()), (true, "InvocationNotFound"));
+        assert_eq!(
+            (note.warning, note.reason.as_str()),
+            (true, "InvocationNotFound")
+        );
         assert!(note.message.contains("5m"), "{}", note.message);
     }
 
@@ -496,7 +595,11 @@ mod tests {
         ] {
             let out = poll_at(&Err(err.clone()), 1);
             assert_eq!(flags(&out.status), [false, false, true, true], "{err:?}");
-            assert!(out.status.conditions.iter().all(|c| c.reason == err.reason()));
+            assert!(out
+                .status
+                .conditions
+                .iter()
+                .all(|c| c.reason == err.reason()));
             assert!(out.status.conditions[2].message.contains(err.message()));
             assert_eq!(out.next, Next::Stop);
             assert!(out.note.unwrap().warning);
@@ -508,11 +611,15 @@ mod tests {
         let running = poll_at(&Ok(invocation("InProgress", "In Progress", -1)), 10);
         let throttled = Err(SsmError::Throttled("Rate exceeded".into()));
         let first = poll_on(Some(&running.status), &throttled, 20);
-        assert_eq!(first.status.status.as_deref(), Some("InProgress"), "status kept");
+        assert_eq!(
+            first.status.status.as_deref(),
+            Some("InProgress"),
+            "status kept"
+        );
         assert_eq!(flags(&first.status), [false, true, false, false]);
         assert_eq!(condition_row(&first.status)[1].2, "Throttled");
         assert!(first.write);
-        assert!(!first.ssm_changed, "errors never reset the backoff");
+        assert!(!first.status_changed, "errors never reset the backoff");
         assert_eq!(first.next, Next::Poll);
         assert_eq!(first.note.as_ref().unwrap().reason, "Throttled");
         let second = poll_on(Some(&first.status), &throttled, 30);
@@ -536,9 +643,16 @@ mod tests {
             waited: Duration::ZERO,
         };
         let out = apply(Some(&done.status), &poll, &SETTINGS);
-        assert_eq!(out.status.status, None, "old spec's SSM fields are not shown");
+        assert_eq!(
+            out.status.status, None,
+            "old spec's SSM fields are not shown"
+        );
         assert_eq!(out.status.observed_generation, Some(2));
-        assert!(out.status.conditions.iter().all(|c| c.observed_generation == Some(2)));
-        assert!(out.ssm_changed && out.write);
+        assert!(out
+            .status
+            .conditions
+            .iter()
+            .all(|c| c.observed_generation == Some(2)));
+        assert!(out.status_changed && out.write);
     }
 }

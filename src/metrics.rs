@@ -71,7 +71,11 @@ impl Metrics {
             ssm_calls.clone(),
         );
         let status_writes = Counter::default();
-        registry.register("status_writes", "Status patches written", status_writes.clone());
+        registry.register(
+            "status_writes",
+            "Status patches written",
+            status_writes.clone(),
+        );
         let events = Counter::default();
         registry.register("events", "Kubernetes Events recorded", events.clone());
         let tracked = Family::<StatusLabels, Gauge>::default();
@@ -174,6 +178,9 @@ mod tests {
         }
         m.set_tracked([("Success", 5)]);
         let text = m.encode().unwrap();
-        assert!(!text.contains("status=\"InProgress\""), "stale statuses are dropped");
+        assert!(
+            !text.contains("status=\"InProgress\""),
+            "stale statuses are dropped"
+        );
     }
 }

@@ -55,6 +55,9 @@ mod tests {
 
     #[test]
     fn a_bound_below_the_marker_length_still_marks_the_cut() {
-        assert_eq!(bounded("abcdefghij", 5), CUT_MARKER.chars().take(5).collect::<String>());
+        assert_eq!(
+            bounded("abcdefghij", 5),
+            CUT_MARKER.chars().take(5).collect::<String>()
+        );
     }
 }

@@ -100,7 +100,7 @@ async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Ac
         Next::Poll => Action::requeue(ctx.book.record_poll(
             &uid,
             generation,
-            outcome.ssm_changed,
+            outcome.status_changed,
             ctx.intervals,
             now,
         )),

@@ -174,7 +174,11 @@ mod tests {
         let delay = book.record_poll("u", 1, false, IV, t0);
         assert_eq!(book.wait_left("u", 1, t0), Some(delay));
         assert_eq!(book.wait_left("u", 1, t0 + delay), None, "due now");
-        assert_eq!(book.wait_left("u", 2, t0), None, "a new generation is due at once");
+        assert_eq!(
+            book.wait_left("u", 2, t0),
+            None,
+            "a new generation is due at once"
+        );
         assert_eq!(book.wait_left("other", 1, t0), None);
         book.forget("u");
         assert!(book.is_empty());
@@ -190,7 +194,10 @@ mod tests {
         assert_eq!(book.first_seen("u", 1, later), t0);
         assert_eq!(book.first_seen("u", 2, later), later);
         book.record_fixed("u", 1, Duration::from_secs(300), later);
-        assert_eq!(book.wait_left("u", 1, later), Some(Duration::from_secs(300)));
+        assert_eq!(
+            book.wait_left("u", 1, later),
+            Some(Duration::from_secs(300))
+        );
         assert_eq!(book.first_seen("u", 1, later), t0);
     }
 }

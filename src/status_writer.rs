@@ -43,7 +43,9 @@ impl StatusWriter {
         object: &CommandInvocation,
         status: &CommandInvocationStatus,
     ) -> Result<(), Error> {
-        let namespace = object.namespace().ok_or(Error::MissingObjectKey("namespace"))?;
+        let namespace = object
+            .namespace()
+            .ok_or(Error::MissingObjectKey("namespace"))?;
         let name = object.name_any();
         let api: Api<CommandInvocation> = Api::namespaced(self.client.clone(), &namespace);
         let patch = json!({

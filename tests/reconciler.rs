@@ -1,0 +1,383 @@
+//! Reconciler tests: kube's `tower-test` mock plays the API server (the kube-rs controller
+//! example's verifier pattern) and the project's SSM simulator answers the real `aws-sdk-ssm`
+//! client over loopback. Each test asserts which API calls the reconciler makes and what they
+//! carry; a short timeout catches an unexpected or missing call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_ssm::config::Credentials;
+use http::{Method, Request, Response};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::Client;
+use serde_json::{json, Value};
+use ssm_operator::api::{CommandInvocation, CommandInvocationSpec, CommandInvocationStatus};
+use ssm_operator::mapping::Settings;
+use ssm_operator::metrics::Metrics;
+use ssm_operator::reconciler::{error_policy, reconcile, Context};
+use ssm_operator::schedule::{PollBook, PollIntervals};
+use ssm_operator::ssm::Ssm;
+use ssm_operator::status_writer::StatusWriter;
+use ssm_sim::{Command, Invocation, Plugin, Simulator, Status};
+
+const COMMAND_ID: &str = "8f2f6d1e-2b0c-4e4b-9a53-0c7b9f0e1a11";
+const INSTANCE_ID: &str = "i-0123456789abcdef0";
+const STATUS_PATH: &str =
+    "/apis/ssm.operator.dev/v1alpha1/namespaces/ops/commandinvocations/patch-web-1/status";
+const WAIT: Duration = Duration::from_secs(10);
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// Plays the API server: each `expect_*` takes the next request, checks it, and answers.
+struct ApiServerVerifier(Handle);
+
+impl ApiServerVerifier {
+    async fn next(
+        &mut self,
+    ) -> (
+        Request<Body>,
+        tower_test::mock::SendResponse<Response<Body>>,
+    ) {
+        tokio::time::timeout(WAIT, self.0.next_request())
+            .await
+            .expect("the reconciler should have called the API server")
+            .expect("mock service dropped")
+    }
+
+    /// A server-side-apply status patch; answers with the object carrying that status.
+    async fn expect_status_patch(&mut self, object: &CommandInvocation) -> Value {
+        let (request, send) = self.next().await;
+        assert_eq!(request.method(), Method::PATCH);
+        assert_eq!(request.uri().path(), STATUS_PATH);
+        let query = request.uri().query().unwrap_or_default().to_string();
+        assert!(query.contains("fieldManager=ssm-operator"), "{query}");
+        assert!(query.contains("force=true"), "{query}");
+        assert_eq!(
+            request.headers()["content-type"],
+            "application/apply-patch+yaml"
+        );
+        let body: Value =
+            serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap();
+        let mut answer = serde_json::to_value(object).unwrap();
+        answer["status"] = body["status"].clone();
+        send.send_response(json_response(200, &answer));
+        body
+    }
+
+    /// An Event: created, or patched into a series when the Recorder saw its twin before.
+    async fn expect_event(&mut self) -> Value {
+        let (request, send) = self.next().await;
+        let path = request.uri().path().to_string();
+        let events = "/apis/events.k8s.io/v1/namespaces/ops/events";
+        match *request.method() {
+            Method::POST => assert_eq!(path, events),
+            Method::PATCH => assert!(path.starts_with(&format!("{events}/")), "{path}"),
+            ref other => panic!("unexpected {other} {path}"),
+        }
+        let body: Value =
+            serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap();
+        send.send_response(json_response(201, &body));
+        body
+    }
+
+    /// A status patch that the API server refuses with `code`.
+    async fn refuse_status_patch(&mut self, code: u16) {
+        let (request, send) = self.next().await;
+        assert_eq!(request.uri().path(), STATUS_PATH);
+        let status = json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": "the server is on fire", "reason": "InternalError", "code": code
+        });
+        send.send_response(json_response(code, &status));
+    }
+
+    /// No call at all while the reconcile ran.
+    async fn expect_silence(&mut self) {
+        let next = tokio::time::timeout(Duration::from_millis(200), self.0.next_request()).await;
+        assert!(
+            next.is_err(),
+            "unexpected API call: {:?}",
+            next.ok().flatten().map(|(r, _)| r.uri().clone())
+        );
+    }
+}
+
+fn json_response(code: u16, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap()
+}
+
+struct Fixture {
+    ctx: Arc<Context>,
+    sim: Simulator,
+}
+
+async fn fixture() -> (Fixture, ApiServerVerifier) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let sim = Simulator::start().await.unwrap();
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new("eu-west-1"))
+        .endpoint_url(sim.endpoint())
+        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+        .load()
+        .await;
+    let metrics = Arc::new(Metrics::new());
+    let ctx = Arc::new(Context {
+        ssm: Arc::new(Ssm::new(sdk, metrics.clone())),
+        writer: StatusWriter::new(client, Some("test".into()), metrics.clone()),
+        book: PollBook::default(),
+        settings: Settings {
+            max_output_chars: 4000,
+            not_found_grace: Duration::from_secs(300),
+        },
+        intervals: PollIntervals {
+            min: Duration::from_secs(2),
+            max: Duration::from_secs(30),
+        },
+        metrics,
+    });
+    (Fixture { ctx, sim }, ApiServerVerifier(handle))
+}
+
+fn resource(generation: i64, status: Option<CommandInvocationStatus>) -> CommandInvocation {
+    let mut object = CommandInvocation::new(
+        "patch-web-1",
+        CommandInvocationSpec {
+            command_id: COMMAND_ID.into(),
+            instance_id: INSTANCE_ID.into(),
+            plugin_name: None,
+            region: None,
+        },
+    );
+    object.metadata.namespace = Some("ops".into());
+    object.metadata.uid = Some("5c6f7a1e-0000-4000-8000-000000000001".into());
+    object.metadata.generation = Some(generation);
+    object.metadata.creation_timestamp = Some(Time(Timestamp::now()));
+    object.status = status;
+    object
+}
+
+fn command(plugin: Plugin) -> Command {
+    Command::new(COMMAND_ID).invocation(Invocation::new(INSTANCE_ID).plugin(plugin))
+}
+
+async fn run(f: &Fixture, object: &CommandInvocation) -> Result<Action, ssm_operator::Error> {
+    tokio::time::timeout(WAIT, reconcile(Arc::new(object.clone()), f.ctx.clone()))
+        .await
+        .expect("reconcile finished")
+}
+
+/// Reconciles `object` while the verifier expects a status patch and then an Event.
+async fn run_expecting_patch_and_event(
+    f: &Fixture,
+    mut api: ApiServerVerifier,
+    object: &CommandInvocation,
+) -> (
+    Result<Action, ssm_operator::Error>,
+    Value,
+    Value,
+    ApiServerVerifier,
+) {
+    let answer_with = object.clone();
+    let verifier = tokio::spawn(async move {
+        let patch = api.expect_status_patch(&answer_with).await;
+        let event = api.expect_event().await;
+        (patch, event, api)
+    });
+    let action = run(f, object).await;
+    let (patch, event, api) = verifier.await.expect("verifier");
+    (action, patch, event, api)
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap()
+}
+
+fn status_from(patch: &Value) -> CommandInvocationStatus {
+    serde_json::from_value(patch["status"].clone()).unwrap()
+}
+
+#[tokio::test]
+async fn first_answer_is_written_with_exactly_the_contract_fields_and_an_event() {
+    let (f, api) = fixture().await;
+    f.sim.add_command(command(
+        Plugin::new("aws:runShellScript").step(Duration::ZERO, Status::InProgress),
+    ));
+    let object = resource(1, None);
+    let (action, patch, event, _api) = run_expecting_patch_and_event(&f, api, &object).await;
+    let action = action.unwrap();
+    assert_ne!(action, Action::await_change(), "keeps polling");
+
+    assert_eq!(patch["apiVersion"], "ssm.operator.dev/v1alpha1");
+    assert_eq!(patch["kind"], "CommandInvocation");
+    let status = &patch["status"];
+    let mut keys: Vec<&str> = status
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "cloudWatchOutputConfig",
+            "conditions",
+            "documentName",
+            "documentVersion",
+            "executionElapsedTime",
+            "executionStartDateTime",
+            "lastPolledTime",
+            "observedGeneration",
+            "pluginName",
+            "responseCode",
+            "status",
+            "statusDetails",
+        ],
+        "{status:#}"
+    );
+    assert_eq!(status["status"], "InProgress");
+    assert_eq!(status["statusDetails"], "In Progress");
+    assert_eq!(status["responseCode"], -1);
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(condition(status, "Reconciling")["status"], "True");
+    assert_eq!(condition(status, "Ready")["status"], "False");
+    assert_eq!(condition(status, "Finished")["status"], "False");
+    assert_eq!(condition(status, "Stalled")["reason"], "InProgress");
+
+    assert_eq!(event["reason"], "InProgress");
+    assert_eq!(event["type"], "Normal");
+    assert_eq!(event["regarding"]["name"], "patch-web-1");
+    assert_eq!(event["reportingController"], "ssm-operator");
+    assert_eq!(f.sim.calls("GetCommandInvocation"), 1);
+}
+
+#[tokio::test]
+async fn the_same_answer_again_writes_nothing() {
+    let (f, api) = fixture().await;
+    f.sim
+        .add_command(command(Plugin::new("aws:runShellScript")));
+    let object = resource(1, None);
+    let (_, patch, _, mut api) = run_expecting_patch_and_event(&f, api, &object).await;
+
+    // A restarted operator (empty poll book) sees the written status and asks SSM again.
+    let (f2, mut api2) = fixture().await;
+    f2.sim
+        .add_command(command(Plugin::new("aws:runShellScript")));
+    let written = resource(1, Some(status_from(&patch)));
+    let action = run(&f2, &written).await.unwrap();
+    assert_ne!(action, Action::await_change());
+    assert_eq!(f2.sim.calls("GetCommandInvocation"), 1, "SSM was asked");
+    api2.expect_silence().await;
+
+    // The watch event caused by our own write: not due yet, so neither SSM nor the API.
+    let action = run(&f, &written).await.unwrap();
+    assert_ne!(action, Action::await_change());
+    assert_eq!(f.sim.calls("GetCommandInvocation"), 1, "no extra SSM call");
+    api.expect_silence().await;
+}
+
+#[tokio::test]
+async fn a_finished_resource_is_never_polled_again() {
+    let (f, api) = fixture().await;
+    f.sim.add_command(command(Plugin::succeeding(
+        "aws:runShellScript",
+        Duration::ZERO,
+    )));
+    let object = resource(1, None);
+    let (action, patch, event, mut api) = run_expecting_patch_and_event(&f, api, &object).await;
+    assert_eq!(action.unwrap(), Action::await_change());
+    assert_eq!(patch["status"]["status"], "Success");
+    assert_eq!(patch["status"]["responseCode"], 0);
+    assert_eq!(condition(&patch["status"], "Ready")["status"], "True");
+    assert_eq!(condition(&patch["status"], "Finished")["status"], "True");
+    assert_eq!(event["reason"], "Success");
+
+    let finished = resource(1, Some(status_from(&patch)));
+    for _ in 0..3 {
+        assert_eq!(run(&f, &finished).await.unwrap(), Action::await_change());
+    }
+    assert_eq!(f.sim.calls("GetCommandInvocation"), 1);
+    api.expect_silence().await;
+}
+
+#[tokio::test]
+async fn a_spec_change_is_tracked_again_with_the_new_generation() {
+    let (f, api) = fixture().await;
+    f.sim.add_command(command(Plugin::succeeding(
+        "aws:runShellScript",
+        Duration::ZERO,
+    )));
+    let (_, patch, _, api) = run_expecting_patch_and_event(&f, api, &resource(1, None)).await;
+
+    let changed = resource(2, Some(status_from(&patch)));
+    let (action, patch, _, _api) = run_expecting_patch_and_event(&f, api, &changed).await;
+    assert_eq!(action.unwrap(), Action::await_change());
+    assert_eq!(patch["status"]["observedGeneration"], 2);
+    assert!(patch["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["observedGeneration"] == 2));
+    assert_eq!(f.sim.calls("GetCommandInvocation"), 2);
+}
+
+#[tokio::test]
+async fn a_wrong_plugin_name_stalls_with_a_warning_and_stops_polling() {
+    let (f, api) = fixture().await;
+    f.sim.add_command(command(Plugin::succeeding(
+        "aws:runShellScript",
+        Duration::ZERO,
+    )));
+    let mut object = resource(1, None);
+    object.spec.plugin_name = Some("aws:runPowerShellScript".into());
+    let (action, patch, event, _api) = run_expecting_patch_and_event(&f, api, &object).await;
+    assert_eq!(action.unwrap(), Action::await_change());
+    let status = &patch["status"];
+    assert_eq!(condition(status, "Stalled")["status"], "True");
+    assert_eq!(condition(status, "Stalled")["reason"], "InvalidPluginName");
+    assert_eq!(condition(status, "Finished")["status"], "True");
+    assert!(status.get("status").is_none(), "no SSM status was reported");
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "InvalidPluginName");
+}
+
+#[tokio::test]
+async fn a_refused_status_write_fails_the_reconcile_and_is_retried_with_backoff() {
+    let (f, mut api) = fixture().await;
+    f.sim.add_command(command(Plugin::succeeding(
+        "aws:runShellScript",
+        Duration::ZERO,
+    )));
+    let object = resource(1, None);
+    let verifier = tokio::spawn(async move {
+        api.refuse_status_patch(500).await;
+        api
+    });
+    let error = run(&f, &object).await.unwrap_err();
+    let mut api = verifier.await.unwrap();
+    assert!(
+        error
+            .to_string()
+            .contains("writing status of ops/patch-web-1"),
+        "{error}"
+    );
+    let action = error_policy(Arc::new(object), &error, f.ctx.clone());
+    assert_ne!(action, Action::await_change());
+    api.expect_silence().await;
+    let metrics = f.ctx.metrics.encode().unwrap();
+    assert!(metrics.contains("ssm_operator_reconcile_errors_total{error=\"write_status\"} 1"));
+}
