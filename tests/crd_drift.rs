@@ -36,6 +36,8 @@ fn helm_chart_crd_matches_the_rust_types() {
 #[test]
 fn printed_crd_is_the_commandinvocation_crd() {
     let crd = printed_crd();
-    assert!(crd.starts_with("apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\n"));
+    assert!(
+        crd.starts_with("apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\n")
+    );
     assert!(crd.contains("name: commandinvocations.ssm.operator.dev"));
 }
