@@ -316,9 +316,10 @@ fn list_command_invocations(
         inv.visible(elapsed)
             .then(|| command_invocation(command, inv, elapsed, details))
     };
-    let (invocations, next) = match req.command_id.as_deref().filter(|c| !c.is_empty()) {
+    let command_id = req.command_id.as_deref().filter(|c| !c.is_empty());
+    let (invocations, next) = match (command_id, instance) {
         // One command: its invocations in order; cursor = next position.
-        Some(command_id) => {
+        (Some(command_id), instance) => {
             let start = match parse_token(token, "i")?.as_deref() {
                 None => 0,
                 Some([position]) => *position,
@@ -349,8 +350,8 @@ fn list_command_invocations(
             (page, next.map(|p| format!("i:{p}")))
         }
         // One instance across commands, newest first; cursor = entries still to walk.
-        None if instance.is_some() => {
-            let entries = store.instance_entries(instance.unwrap_or_default());
+        (None, Some(instance)) => {
+            let entries = store.instance_entries(instance);
             let end = match parse_token(token, "n")?.as_deref() {
                 None => entries.len(),
                 Some([end]) => (*end).min(entries.len()),
@@ -375,34 +376,29 @@ fn list_command_invocations(
             (page, next.map(|end| format!("n:{end}")))
         }
         // Everything: commands newest first, each command's invocations in order.
-        None => {
+        (None, None) => {
             let count = store.command_count();
             let (start_slot, start_position) = match parse_token(token, "a")?.as_deref() {
                 None => (count, 0),
-                Some([slot, position]) => (*slot + 1, *position),
+                Some([slot, position]) => (slot.saturating_add(1), *position),
                 Some(_) => return Err(invalid_token()),
             };
-            let items = (0..start_slot.min(count)).rev().flat_map(|slot| {
-                let from = if slot + 1 == start_slot {
-                    start_position
-                } else {
-                    0
-                };
-                let invocations = store
-                    .command_at(slot)
-                    .map(|command| command.invocations.as_slice())
-                    .unwrap_or_default();
-                invocations
-                    .iter()
-                    .enumerate()
-                    .skip(from)
-                    .map(move |(position, inv)| {
-                        let shown = store
-                            .command_at(slot)
-                            .and_then(|command| show(command, inv));
-                        ((slot, position), shown)
-                    })
-            });
+            let items = (0..start_slot.min(count))
+                .rev()
+                .filter_map(|slot| store.command_at(slot).map(|command| (slot, command)))
+                .flat_map(|(slot, command)| {
+                    let from = if slot + 1 == start_slot {
+                        start_position
+                    } else {
+                        0
+                    };
+                    command
+                        .invocations
+                        .iter()
+                        .enumerate()
+                        .skip(from)
+                        .map(move |(position, inv)| ((slot, position), show(command, inv)))
+                });
             let (page, next) = take_page(items, max);
             (
                 page,

@@ -33,6 +33,8 @@
 //! The exact SSM behaviours mirrored (status aggregation, output limits, error codes) are
 //! described on the modules and in `sim/README.md`.
 
+#![warn(missing_docs)]
+
 mod api;
 mod clock;
 mod error;

@@ -57,20 +57,48 @@ fn load_scenario(path: &PathBuf) -> Result<Scenario, String> {
     Scenario::from_json(&text).map_err(|e| format!("invalid scenario {}: {e}", path.display()))
 }
 
-/// Resolves on SIGINT, or on SIGTERM where there is one.
-async fn terminated() -> std::io::Result<()> {
+/// The signals that stop the server, registered up front so that a signal sent right after
+/// the listening line is announced is never missed.
+struct Shutdown {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result,
-            _ = term.recv() => Ok(()),
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    /// Registers handlers for SIGINT and SIGTERM (Ctrl-C elsewhere).
+    fn install() -> std::io::Result<Shutdown> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Shutdown {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Shutdown {})
         }
     }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await
+
+    /// Resolves when one of the signals arrives.
+    async fn requested(&mut self) {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => {}
+                _ = self.terminate.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            // Without a handler there is nothing better to do than wait forever.
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }
 
@@ -82,6 +110,13 @@ async fn main() -> ExitCode {
         Err(message) => {
             eprintln!("ssm-sim: {message}");
             return ExitCode::from(2);
+        }
+    };
+    let mut shutdown = match Shutdown::install() {
+        Ok(shutdown) => shutdown,
+        Err(e) => {
+            eprintln!("ssm-sim: cannot handle signals: {e}");
+            return ExitCode::FAILURE;
         }
     };
     let sim = match Simulator::start_on(args.bind).await {
@@ -107,15 +142,9 @@ async fn main() -> ExitCode {
         eprintln!("ssm-sim: cannot write to stdout: {e}");
         return ExitCode::FAILURE;
     }
-    let waited = terminated().await;
+    shutdown.requested().await;
     sim.shutdown().await;
-    match waited {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ssm-sim: cannot wait for signals: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    ExitCode::SUCCESS
 }
 
 #[cfg(test)]

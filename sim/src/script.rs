@@ -435,6 +435,21 @@ mod tests {
     }
 
     #[test]
+    fn readme_example_parses() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("```json\n").unwrap() + "```json\n".len();
+        let len = readme[start..].find("\n```").unwrap();
+        let scenario = Scenario::from_json(&readme[start..start + len]).unwrap();
+        let invocations = &scenario.commands[0].invocations;
+        assert_eq!(invocations.len(), 4);
+        assert_eq!(invocations[1].hidden_for, Duration::from_secs(1));
+        assert_eq!(
+            invocations[1].plugins[0].steps[0].details(),
+            "Delivery Timed Out"
+        );
+    }
+
+    #[test]
     fn unknown_fields_are_rejected() {
         assert!(Scenario::from_json(r#"{"commands":[{"command_id":"c","bogus":1}]}"#).is_err());
     }
