@@ -9,6 +9,7 @@ use ::http::header::{HeaderValue, USER_AGENT};
 use futures::future::join_all;
 use futures::StreamExt;
 use kube::runtime::controller::{self, Controller};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::sync::watch;
@@ -179,8 +180,8 @@ async fn run_controllers(
     let readiness = {
         let health = health.clone();
         async move {
-            for store in stores {
-                if store.wait_until_ready().await.is_err() {
+            for store in &stores {
+                if !synced(store).await {
                     return;
                 }
             }
@@ -192,6 +193,19 @@ async fn run_controllers(
     join_all(runs).await;
     health.set_ready(false);
     info!("controllers stopped");
+}
+
+/// Waits until the store has its initial list; false if its writer is gone.
+///
+/// kube-runtime 5 keeps a single waker for a store's readiness and the controller itself waits
+/// on it, so a second waiter is never woken: re-poll with a short timeout instead.
+async fn synced(store: &Store<CommandInvocation>) -> bool {
+    loop {
+        let attempt = tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready());
+        if let Ok(result) = attempt.await {
+            return result.is_ok();
+        }
+    }
 }
 
 /// A channel that turns true on SIGTERM or SIGINT.

@@ -31,6 +31,13 @@ pub mod telemetry;
 /// The name the operator uses as field manager, Event reporter and User-Agent product.
 pub const OPERATOR_NAME: &str = "ssm-operator";
 
+/// Installs rustls' process-wide crypto provider (ring). kube and the AWS SDK link different
+/// providers, and rustls refuses to guess between them, so call this once at start-up, before
+/// any TLS connection. A second call is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Every way the operator itself can fail (SSM's answers, errors included, become status).
 #[derive(thiserror::Error, Debug)]
 pub enum Error {

@@ -10,6 +10,7 @@ use ssm_operator::{controller, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    ssm_operator::install_crypto_provider();
     match cli.command {
         Command::Crd => match serde_yaml_ng::to_string(&CommandInvocation::crd()) {
             Ok(yaml) => {

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::{CloudWatchOutputConfig, CommandInvocationStatus};
 use crate::conditions::{self, Standing};
@@ -110,17 +110,21 @@ pub fn apply(
         status.last_polled_time = Some(poll.now.clone());
     }
 
-    let previous_reason = previous_conditions
-        .iter()
-        .find(|c| c.type_ == conditions::READY)
-        .map(|c| c.reason.as_str());
+    // An error is news when the Stalled condition's status or reason changes.
+    let stalled_of = |conditions: &[Condition]| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == conditions::STALLED)
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    let error_is_news = stalled_of(previous_conditions) != stalled_of(&status.conditions);
     let note = match poll.answer {
         Ok(_) if !same_generation || previous_fields.status != judged.fields.status => Some(Note {
             warning: judged.standing == Standing::Stalled,
             reason: judged.reason.clone(),
             message: judged.message.clone(),
         }),
-        Err(_) if judged.quiet || previous_reason == Some(judged.reason.as_str()) => None,
+        Err(_) if judged.quiet || !error_is_news => None,
         Err(_) => Some(Note {
             warning: true,
             reason: judged.reason.clone(),
@@ -583,6 +587,20 @@ mod tests {
             (true, "InvocationNotFound")
         );
         assert!(note.message.contains("5m"), "{}", note.message);
+    }
+
+    #[test]
+    fn crossing_the_grace_window_warns_once() {
+        let not_found = Err(SsmError::InvocationDoesNotExist("nope".into()));
+        let waiting = poll_at(&not_found, 5);
+        let stalled = poll_on(Some(&waiting.status), &not_found, 301);
+        assert_eq!(
+            stalled.note.as_ref().map(|n| n.reason.as_str()),
+            Some("InvocationNotFound")
+        );
+        let again = poll_on(Some(&stalled.status), &not_found, 900);
+        assert_eq!(again.note, None);
+        assert!(!again.write);
     }
 
     #[test]

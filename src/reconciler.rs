@@ -77,9 +77,10 @@ async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Ac
     let outcome = mapping::apply(current, &poll, &ctx.settings);
     if outcome.write {
         ctx.writer.write(object, &outcome.status).await?;
+        let ready = outcome.status.conditions.first();
         info!(
             status = outcome.status.status.as_deref().unwrap_or("-"),
-            reason = outcome.note.as_ref().map_or("-", |n| n.reason.as_str()),
+            reason = ready.map_or("-", |c| c.reason.as_str()),
             "status updated"
         );
     }

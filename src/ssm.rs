@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -20,8 +19,6 @@ use aws_sdk_ssm::Client;
 use crate::api::CommandInvocationSpec;
 use crate::metrics::Metrics;
 
-/// SDK attempts per SSM call (adaptive retry also rate-limits the client under throttling).
-const MAX_ATTEMPTS: u32 = 3;
 /// Upper bound for one HTTP attempt.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upper bound for one SSM call, retries included.
@@ -163,10 +160,14 @@ pub struct Ssm {
 
 impl Ssm {
     /// Loads the standard AWS configuration chain (env, profiles, web identity, Pod Identity,
-    /// `AWS_ENDPOINT_URL[_SSM]`) with adaptive retries and bounded timeouts.
+    /// `AWS_ENDPOINT_URL[_SSM]`, `AWS_RETRY_MODE`) with bounded timeouts.
     pub async fn from_env(metrics: Arc<Metrics>) -> Self {
+        // Retries: the SDK's standard mode (3 attempts, exponential backoff), overridable with
+        // AWS_RETRY_MODE / AWS_MAX_ATTEMPTS. Adaptive mode is not forced: in aws-smithy-runtime
+        // 1.16 its bucket caps at ~1 token for low-rate clients while a retry costs 5, so after
+        // one throttle every retry waited out the whole operation timeout (seen in the e2e
+        // throttling scenario). The controller's own backoff spaces polls out instead.
         let base = aws_config::defaults(BehaviorVersion::latest())
-            .retry_config(RetryConfig::adaptive().with_max_attempts(MAX_ATTEMPTS))
             .timeout_config(
                 TimeoutConfig::builder()
                     .operation_attempt_timeout(ATTEMPT_TIMEOUT)

@@ -1,1 +1,136 @@
-fn main() {}
+//! End-to-end suite: a real etcd + kube-apiserver (started once for the whole binary, envtest
+//! style, from `KUBEBUILDER_ASSETS`), the project's SSM simulator or moto's SSM server, and the
+//! real `ssm-operator` binary, checked the way users see it (`kubectl`, conditions, Events).
+//!
+//! libtest-mimic gives libtest's CLI and output (filters, `--list`, `N passed; M failed`) while
+//! letting the harness own the cluster's lifetime: it is torn down after the last scenario,
+//! even when scenarios panic.
+
+mod conformance;
+mod kubectl_ux;
+mod lifecycle;
+mod support;
+mod validation;
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use libtest_mimic::{Arguments, Trial};
+use testbed::TestCluster;
+
+/// A scenario: an async test given the shared cluster.
+type Scenario = fn(Arc<TestCluster>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+macro_rules! scenarios {
+    ($($module:ident :: $name:ident),* $(,)?) => {
+        vec![$((
+            concat!(stringify!($module), "::", stringify!($name)),
+            (|cluster| Box::pin($module::$name(cluster))) as Scenario,
+        )),*]
+    };
+}
+
+fn all_scenarios() -> Vec<(&'static str, Scenario)> {
+    scenarios![
+        lifecycle::success_with_outputs_urls_and_cloudwatch,
+        lifecycle::failed_with_exit_code_and_stderr,
+        lifecycle::timed_out_execution,
+        lifecycle::cancelled_via_cancelling,
+        lifecycle::delayed_then_success,
+        lifecycle::invocation_not_found_then_appears,
+        lifecycle::invocation_never_found_stalls_and_is_rechecked_rarely,
+        lifecycle::wrong_plugin_name_stalls_without_a_hot_loop,
+        lifecycle::throttling_storm_still_ends_right,
+        lifecycle::two_plugins_of_one_command_are_tracked_separately,
+        lifecycle::full_size_output_is_stored_bounded,
+        lifecycle::operator_killed_mid_flight_and_restarted_ends_right,
+        lifecycle::spec_change_is_tracked_again_with_new_generation,
+        lifecycle::finished_resources_are_never_polled_again,
+        validation::bad_specs_are_refused_by_the_api_server,
+        kubectl_ux::get_columns_describe_events_and_wait,
+        kubectl_ux::metrics_health_and_readiness_are_served,
+        conformance::moto_speaks_the_same_protocol,
+    ]
+}
+
+fn main() -> ExitCode {
+    ssm_operator::install_crypto_provider();
+    let mut args = Arguments::from_args();
+    // Scenarios mostly wait on timelines, not the CPU.
+    args.test_threads.get_or_insert(6);
+
+    let scenarios = all_scenarios();
+    if args.list {
+        let trials = scenarios
+            .into_iter()
+            .map(|(name, _)| Trial::test(name, || Ok(())));
+        return libtest_mimic::run(&args, trials.collect()).exit_code();
+    }
+
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let cluster = match runtime.block_on(TestCluster::start()) {
+        Ok(cluster) => Arc::new(cluster),
+        Err(error) => {
+            eprintln!("e2e: cannot start the test API server: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(error) = runtime.block_on(install_crd(&cluster)) {
+        eprintln!("e2e: cannot install the CRD: {error}");
+        return ExitCode::FAILURE;
+    }
+
+    let trials = scenarios
+        .into_iter()
+        .map(|(name, scenario)| {
+            let cluster = cluster.clone();
+            let without_moto = name.starts_with("conformance::")
+                && conformance::moto_server().is_none()
+                && std::env::var_os("SSM_OPERATOR_REQUIRE_MOTO").is_none();
+            Trial::test(name, move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                runtime.block_on(scenario(cluster));
+                Ok(())
+            })
+            .with_ignored_flag(without_moto)
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(cluster);
+    conclusion.exit_code()
+}
+
+/// Installs the shipped CRD file with kubectl, as a user would, and waits until it is served.
+async fn install_crd(cluster: &TestCluster) -> Result<(), String> {
+    let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/commandinvocation.yaml");
+    for args in [
+        vec!["apply", "-f", crd.to_str().unwrap_or_default()],
+        vec![
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/commandinvocations.ssm.operator.dev",
+        ],
+    ] {
+        let out = cluster
+            .kubectl()
+            .args(&args)
+            .output()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "kubectl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    Ok(())
+}
