@@ -19,6 +19,8 @@ pub const REGION_PATTERN: &str = r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$";
 pub const COMMAND_ID_LEN: usize = 36;
 
 /// One SSM Run Command invocation to track: a command on one managed node, optionally one step.
+// Each `printcolumn(...)` repeats `type_`/`priority` keys, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "ssm.operator.dev",

@@ -63,6 +63,9 @@ pub(crate) async fn client(path: &Path) -> Result<kube::Client, Error> {
         HeaderName::from_static("user-agent"),
         HeaderValue::from_static(USER_AGENT),
     ));
+    // Workspace builds link two rustls providers (ring via kube, aws-lc-rs via the AWS SDK);
+    // rustls refuses to guess, so choose one before the first TLS config is built.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     kube::Client::try_from(config).map_err(|source| Error::Client {
         step: "building a kube client".to_string(),
         source,

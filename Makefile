@@ -1,0 +1,54 @@
+# ssm-operator: the two commands are `make demo` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+CARGO ?= cargo
+
+.PHONY: all build release test test-deps lint unit e2e checks demo crds clean
+
+all: build
+
+build:
+	$(CARGO) build --workspace --locked
+
+## release: the build the Dockerfile runs.
+release:
+	$(CARGO) build --release --locked --bin ssm-operator
+
+## test: everything CI runs. Installs what it needs (apt, pip venv, envtest binaries; cached).
+test: test-deps lint unit e2e checks
+
+test-deps:
+	bash hack/test-deps.sh
+	bash hack/envtest-assets.sh > /dev/null
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+## unit: unit tests, reconciler (tower-test) tests, CRD drift, simulator and test-bed tests.
+unit:
+	KUBEBUILDER_ASSETS="$$(bash hack/envtest-assets.sh)" \
+	  $(CARGO) test --workspace --locked --exclude ssm-operator
+	$(CARGO) test --locked -p ssm-operator --lib --bins --test reconciler --test crd_drift
+
+## e2e: real kube-apiserver + etcd, SSM simulator and moto, the operator binary.
+e2e:
+	KUBEBUILDER_ASSETS="$$(bash hack/envtest-assets.sh)" SSM_OPERATOR_REQUIRE_MOTO=1 \
+	  $(CARGO) test --locked -p ssm-operator --test e2e
+
+## checks: Helm chart, Dockerfile lint, Argo CD health check.
+checks:
+	KUBEBUILDER_ASSETS="$$(bash hack/envtest-assets.sh)" bash hack/check-chart.sh
+	bash hack/check-dockerfile.sh
+	bash hack/test-argocd-health.sh
+
+demo:
+	bash hack/demo.sh
+
+## crds: regenerate the CRD YAML from the Rust types (a test fails when they drift).
+crds:
+	$(CARGO) run --quiet --locked --bin ssm-operator -- crd > crds/commandinvocation.yaml
+	cp crds/commandinvocation.yaml charts/ssm-operator/crds/commandinvocation.yaml
+
+clean:
+	$(CARGO) clean
