@@ -339,6 +339,22 @@ mod tests {
     }
 
     #[test]
+    fn clients_are_built_once_per_region_with_that_region() {
+        let base = SdkConfig::builder()
+            .region(Region::new("eu-west-1"))
+            .behavior_version(BehaviorVersion::latest())
+            .build();
+        let ssm = Ssm::new(base, Arc::new(Metrics::new()));
+        let region_of = |c: Client| c.config().region().map(|r| r.to_string());
+        assert_eq!(region_of(ssm.client(&None)), Some("eu-west-1".into()));
+        let us = Some("us-east-1".to_string());
+        assert_eq!(region_of(ssm.client(&us)), Some("us-east-1".into()));
+        assert_eq!(region_of(ssm.client(&us)), Some("us-east-1".into()));
+        assert_eq!(ssm.clients.lock().unwrap().len(), 2, "reused, not rebuilt");
+        assert_eq!(ssm.default_region(), Some("eu-west-1"));
+    }
+
+    #[test]
     fn an_unknown_future_status_is_kept_verbatim() {
         let out = GetCommandInvocationOutput::builder()
             .status(aws_sdk_ssm::types::CommandInvocationStatus::from("Paused"))

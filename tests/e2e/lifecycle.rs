@@ -37,6 +37,7 @@ async fn setup(
         &OperatorOptions {
             ssm_endpoint: sim.endpoint(),
             args: args.iter().map(|s| s.to_string()).collect(),
+            ..OperatorOptions::default()
         },
     );
     (world, sim, operator)
@@ -119,7 +120,10 @@ pub async fn failed_with_exit_code_and_stderr(cluster: Arc<TestCluster>) {
             .step_with(ms(800), Status::Failed, "Failed", 42)
             .stderr("yum: package not found\n"),
     ));
-    world.create("fails", spec(None)).await;
+    // spec.region takes the per-region client path (the simulator serves every region).
+    let mut in_region = spec(None);
+    in_region.region = Some("eu-central-1".into());
+    world.create("fails", in_region).await;
     let obj = world.wait_condition("fails", "Finished", "True").await;
     assert_eq!(conditions_row(&obj), ["False", "False", "True", "True"]);
     let s = obj.status.clone().expect("status");
@@ -411,6 +415,7 @@ pub async fn operator_killed_mid_flight_and_restarted_ends_right(cluster: Arc<Te
         &OperatorOptions {
             ssm_endpoint: sim.endpoint(),
             args: vec![],
+            ..OperatorOptions::default()
         },
     );
     let obj = world.wait_condition("survivor", "Ready", "True").await;
@@ -487,6 +492,7 @@ pub async fn finished_resources_are_never_polled_again(cluster: Arc<TestCluster>
         &OperatorOptions {
             ssm_endpoint: sim.endpoint(),
             args: vec![],
+            ..OperatorOptions::default()
         },
     );
     // Once its cache holds the finished resource, it has had every chance to reconcile it.
