@@ -73,6 +73,7 @@ pub async fn moto_speaks_the_same_protocol(cluster: Arc<TestCluster>) {
         &OperatorOptions {
             ssm_endpoint: endpoint,
             args: vec!["--not-found-grace".into(), "2s".into()],
+            ..OperatorOptions::default()
         },
     );
     let mut tracked = spec(Some("aws:runShellScript"));

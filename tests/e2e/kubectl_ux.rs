@@ -39,6 +39,7 @@ pub async fn get_columns_describe_events_and_wait(cluster: Arc<TestCluster>) {
         &OperatorOptions {
             ssm_endpoint: sim.endpoint(),
             args: vec![],
+            ..OperatorOptions::default()
         },
     );
     sim.add_command(
@@ -144,6 +145,7 @@ pub async fn metrics_health_and_readiness_are_served(cluster: Arc<TestCluster>) 
         &OperatorOptions {
             ssm_endpoint: sim.endpoint(),
             args: vec![],
+            ..OperatorOptions::default()
         },
     );
     world.create("measured", spec(None)).await;

@@ -177,12 +177,14 @@ pub fn free_port() -> u16 {
 }
 
 /// Options for one operator process.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct OperatorOptions {
     /// `AWS_ENDPOINT_URL_SSM`.
     pub ssm_endpoint: String,
     /// Extra flags.
     pub args: Vec<String>,
+    /// Extra environment variables, set last (they may override the defaults above).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running `ssm-operator run` process; killed on drop, its log printed if the test failed.
@@ -216,6 +218,7 @@ impl Operator {
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("RUST_LOG", "info,ssm_operator=debug")
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))
             .stderr(file)
@@ -247,6 +250,11 @@ impl Operator {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// The operator's whole log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The last lines of the operator's log.
