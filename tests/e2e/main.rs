@@ -6,8 +6,10 @@
 //! letting the harness own the cluster's lifetime: it is torn down after the last scenario,
 //! even when scenarios panic.
 
+mod chart;
 mod conformance;
 mod kubectl_ux;
+mod leader;
 mod lifecycle;
 mod support;
 mod validation;
@@ -53,6 +55,9 @@ fn all_scenarios() -> Vec<(&'static str, Scenario)> {
         kubectl_ux::get_columns_describe_events_and_wait,
         kubectl_ux::metrics_health_and_readiness_are_served,
         conformance::moto_speaks_the_same_protocol,
+        chart::helm_template_applies_with_server_side_dry_run,
+        chart::helm_install_upgrade_uninstall,
+        leader::only_the_leader_reconciles_and_a_follower_takes_over,
     ]
 }
 

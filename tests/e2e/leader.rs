@@ -1,0 +1,264 @@
+//! Leader election with two operator processes on one Lease: only the holder reconciles, and
+//! when it dies (SIGKILL, no chance to give the Lease up) the other takes over once the Lease
+//! expires and finishes the job, without either process repeating what the other recorded.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::ListParams;
+use kube::Api;
+use ssm_sim::{Command, Invocation, Plugin, Simulator, Status};
+use testbed::TestCluster;
+
+use crate::support::{
+    poll_until, spec, Operator, OperatorOptions, World, COMMAND_ID, DEADLINE, INSTANCE_ID,
+};
+
+const LEASE_NAME: &str = "ssm-operator-e2e-leader";
+/// --lease-duration: how long a dead leader's Lease keeps the follower waiting.
+const LEASE_DURATION: Duration = Duration::from_secs(4);
+/// Allowed on top of the Lease duration for a takeover: the follower's look at the expired
+/// Lease (it sleeps until the expiry it last saw), its random back-off of up to 1 s after
+/// clearing the Lease, and API round trips.
+const TAKEOVER_MARGIN: Duration = Duration::from_secs(4);
+const NAME: &str = "long-patch";
+
+async fn lease_holder(leases: &Api<Lease>) -> Option<String> {
+    leases
+        .get_opt(LEASE_NAME)
+        .await
+        .expect("get Lease")?
+        .spec?
+        .holder_identity
+}
+
+fn operator(world: &World, sim: &Simulator, identity: &str) -> Operator {
+    let args = [
+        "--leader-elect",
+        "--lease-namespace",
+        &world.namespace,
+        "--lease-name",
+        LEASE_NAME,
+        "--lease-duration",
+        &format!("{}s", LEASE_DURATION.as_secs()),
+    ];
+    Operator::start(
+        world,
+        &OperatorOptions {
+            ssm_endpoint: sim.endpoint(),
+            args: args.map(String::from).to_vec(),
+            // The identity a pod gets from the chart's downward API.
+            env: vec![("POD_NAME".into(), identity.into())],
+        },
+    )
+}
+
+async fn wait_log(operator: &Operator, who: &str, needle: &str) {
+    poll_until(&format!("{who}'s log to show {needle:?}"), || async {
+        operator.log().contains(needle).then_some(())
+    })
+    .await;
+}
+
+fn reconciles(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ssm_operator_reconciles_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no ssm_operator_reconciles_total in /metrics:\n{metrics}"))
+}
+
+pub async fn only_the_leader_reconciles_and_a_follower_takes_over(cluster: Arc<TestCluster>) {
+    let world = World::new(cluster, "leader").await;
+    let sim = Simulator::start().await.expect("simulator");
+    let leases: Api<Lease> = Api::namespaced(world.client.clone(), &world.namespace);
+
+    // Both start at once and race for the Lease.
+    let a = operator(&world, &sim, "operator-a");
+    let b = operator(&world, &sim, "operator-b");
+    let holder = poll_until("a Lease holder", || lease_holder(&leases)).await;
+    let (leader, follower, leader_id, follower_id) = match holder.as_str() {
+        "operator-a" => (a, b, "operator-a", "operator-b"),
+        "operator-b" => (b, a, "operator-b", "operator-a"),
+        other => panic!("Lease held by {other:?}, neither operator-a nor operator-b"),
+    };
+    wait_log(&leader, leader_id, "leading: starting controllers").await;
+    wait_log(&follower, follower_id, "waiting for leadership").await;
+
+    // Pending for 2 s (so the leader's first polls see it), InProgress until well after the
+    // takeover, then Success.
+    sim.add_command(
+        Command::new(COMMAND_ID).invocation(
+            Invocation::new(INSTANCE_ID).plugin(
+                Plugin::new("aws:runShellScript")
+                    .step(Duration::from_secs(2), Status::InProgress)
+                    .step(Duration::from_secs(14), Status::Success)
+                    .stdout("patched\n"),
+            ),
+        ),
+    );
+    world.create(NAME, spec(None)).await;
+    world.wait_status(NAME, "Pending").await;
+    world.wait_status(NAME, "InProgress").await;
+
+    // Only the leader has reconciled: its log and /metrics say so, the follower's do not.
+    let leader_log = leader.log();
+    let follower_log = follower.log();
+    assert!(
+        leader_log.contains("status updated"),
+        "the leader ({leader_id}) logged no status update:\n{}",
+        leader.log_tail()
+    );
+    assert!(
+        !follower_log.contains("status updated") && !follower_log.contains("leading:"),
+        "the follower ({follower_id}) reconciled while {leader_id} held the Lease:\n{}",
+        follower.log_tail()
+    );
+    assert!(
+        reconciles(&leader.metrics().await) > 0,
+        "the leader's reconcile counter"
+    );
+    assert_eq!(
+        reconciles(&follower.metrics().await),
+        0,
+        "the follower's reconcile counter while following"
+    );
+    assert_eq!(
+        lease_holder(&leases).await.as_deref(),
+        Some(leader_id),
+        "the Lease holder while the leader runs"
+    );
+
+    // The leader dies without giving up the Lease; the follower takes it once it expires.
+    let killed = Instant::now();
+    leader.kill();
+    loop {
+        let holder = lease_holder(&leases).await;
+        if holder.as_deref() == Some(follower_id) {
+            break;
+        }
+        assert!(
+            killed.elapsed() < DEADLINE,
+            "{follower_id} did not take the Lease within {DEADLINE:?}; holder: {holder:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let takeover = killed.elapsed();
+    eprintln!("leader: {follower_id} took the Lease {takeover:?} after {leader_id} was killed");
+    assert!(
+        takeover <= LEASE_DURATION + TAKEOVER_MARGIN,
+        "takeover took {takeover:?}, more than the {LEASE_DURATION:?} Lease + {TAKEOVER_MARGIN:?}"
+    );
+    wait_log(&follower, follower_id, "leading: starting controllers").await;
+
+    let obj = world.wait_condition(NAME, "Ready", "True").await;
+    let status = obj.status.clone().expect("status");
+    assert_eq!(status.status.as_deref(), Some("Success"), "{status:#?}");
+    assert_eq!(status.standard_output_content.as_deref(), Some("patched\n"));
+    assert!(
+        follower.log().contains("status updated"),
+        "the new leader ({follower_id}) wrote no status:\n{}",
+        follower.log_tail()
+    );
+
+    // Each SSM status change was recorded once, by the process that saw it first: Pending and
+    // InProgress by the first leader, Success by the second. A second writer would show up
+    // as a second Event with another reporting instance, or as a repeated series.
+    let events = Api::<Event>::namespaced(world.client.clone(), &world.namespace)
+        .list(&ListParams::default().fields(&format!("regarding.name={NAME}")))
+        .await
+        .expect("list Events")
+        .items;
+    let seen: Vec<String> = events
+        .iter()
+        .map(|e| {
+            format!(
+                "{} by {} (series {:?})",
+                e.reason.as_deref().unwrap_or("-"),
+                e.reporting_instance.as_deref().unwrap_or("-"),
+                e.series.as_ref().map(|s| s.count)
+            )
+        })
+        .collect();
+    for (reason, by) in [
+        ("Pending", leader_id),
+        ("InProgress", leader_id),
+        ("Success", follower_id),
+    ] {
+        let matching: Vec<&Event> = events
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .collect();
+        assert_eq!(matching.len(), 1, "{reason} Events; all Events: {seen:?}");
+        let event = matching[0];
+        assert_eq!(
+            (
+                event.reporting_controller.as_deref(),
+                event.reporting_instance.as_deref()
+            ),
+            (Some("ssm-operator"), Some(by)),
+            "who reported {reason}; all Events: {seen:?}"
+        );
+        assert!(
+            event.series.as_ref().is_none_or(|s| s.count <= 1),
+            "{reason} was recorded repeatedly; all Events: {seen:?}"
+        );
+    }
+
+    // The status has a single owner: the operator's server-side apply field manager.
+    let fresh = world.api().get(NAME).await.expect("get");
+    let managers: Vec<String> = fresh
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .map(|m| {
+            format!(
+                "{} {} owns {}",
+                m.manager.as_deref().unwrap_or("-"),
+                m.operation.as_deref().unwrap_or("-"),
+                m.fields_v1
+                    .as_ref()
+                    .map(|f| f.0.to_string())
+                    .unwrap_or_default()
+                    .chars()
+                    .take(80)
+                    .collect::<String>()
+            )
+        })
+        .collect();
+    let status_owners: Vec<_> = fresh
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| {
+            m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.get("f:status").is_some())
+        })
+        .collect();
+    assert_eq!(
+        status_owners.len(),
+        1,
+        "managers owning .status: {managers:#?}"
+    );
+    assert_eq!(
+        (
+            status_owners[0].manager.as_deref(),
+            status_owners[0].operation.as_deref()
+        ),
+        (Some("ssm-operator"), Some("Apply")),
+        "the .status owner: {managers:#?}"
+    );
+
+    // A clean stop gives the Lease up at once, so a restart does not wait out the duration.
+    follower.stop().await;
+    assert_eq!(
+        lease_holder(&leases).await,
+        None,
+        "the Lease holder after the survivor stopped cleanly"
+    );
+}
