@@ -7,9 +7,7 @@ use std::time::Duration;
 use ssm_sim::{Command, Invocation, Plugin, Simulator, Status};
 use testbed::TestCluster;
 
-use crate::support::{
-    get_json, poll_until, spec, Operator, OperatorOptions, World, COMMAND_ID, INSTANCE_ID,
-};
+use crate::support::{get_json, spec, Operator, OperatorOptions, World, COMMAND_ID, INSTANCE_ID};
 
 fn header(table: &str) -> Vec<String> {
     table
@@ -164,19 +162,11 @@ pub async fn metrics_health_and_readiness_are_served(cluster: Arc<TestCluster>) 
         );
     }
     for path in ["healthz", "readyz"] {
-        let url = format!("{}/{path}", operator.http);
-        let body = poll_until(&url, || async {
-            let out = tokio::process::Command::new("curl")
-                .args(["-sf", &url])
-                .output()
-                .await
-                .ok()?;
-            out.status
-                .success()
-                .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-        })
-        .await;
-        assert_eq!(body, "ok");
+        assert_eq!(
+            operator.http_get_containing(path, "ok").await,
+            "ok",
+            "/{path}"
+        );
     }
     operator.stop().await;
 }

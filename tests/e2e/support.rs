@@ -269,10 +269,17 @@ impl Operator {
 
     /// Reads /metrics once it contains `needle` (e.g. after the caches synced).
     pub async fn metrics_containing(&self, needle: &str) -> String {
-        let what = format!("/metrics to show {needle:?}");
+        self.http_get_containing("metrics", needle).await
+    }
+
+    /// GETs `/{path}` from the operator's HTTP endpoint until it answers 2xx with a body
+    /// containing `needle`, and returns that body.
+    pub async fn http_get_containing(&self, path: &str, needle: &str) -> String {
+        let url = format!("{}/{path}", self.http);
+        let what = format!("{url} to show {needle:?}");
         poll_until(&what, || async {
             let out = tokio::process::Command::new("curl")
-                .args(["-sf", &format!("{}/metrics", self.http)])
+                .args(["-sf", &url])
                 .output()
                 .await
                 .ok()?;
