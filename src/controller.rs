@@ -36,6 +36,17 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         )));
     }
     let identity = instance_identity();
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        namespaces = ?args.namespaces,
+        poll_interval_min = ?args.poll_interval_min,
+        poll_interval_max = ?args.poll_interval_max,
+        not_found_grace = ?args.not_found_grace,
+        max_output_chars = args.max_output_chars,
+        leader_elect = args.leader_elect,
+        %identity,
+        "starting ssm-operator"
+    );
     let client = kube_client().await?;
     let metrics = Arc::new(Metrics::new());
     let ssm = Arc::new(Ssm::from_env(metrics.clone()).await);
