@@ -13,6 +13,8 @@
 //! - [`controller`]: wiring (watches per namespace, leader election, shutdown, HTTP);
 //! - [`leader`], [`metrics`], [`http`], [`telemetry`], [`cli`]: process plumbing.
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod cli;
 pub mod conditions;

@@ -20,6 +20,8 @@
 //!
 //! The library prints nothing to stdout; it writes to stderr only when something fails.
 
+#![warn(missing_docs)]
+
 mod assets;
 mod credentials;
 mod error;
