@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: all build release test test-deps lint unit e2e checks demo crds clean
+.PHONY: all build release test test-deps lint unit e2e checks bench demo crds clean
 
 all: build
 
@@ -41,6 +41,10 @@ checks:
 	KUBEBUILDER_ASSETS="$$(bash hack/envtest-assets.sh)" bash hack/check-chart.sh
 	bash hack/check-dockerfile.sh
 	bash hack/test-argocd-health.sh
+
+## bench: figures for N CommandInvocations at once (BENCH_INVOCATIONS, default 1000); not part of test.
+bench:
+	KUBEBUILDER_ASSETS="$$(bash hack/envtest-assets.sh)" $(CARGO) bench --locked --bench scale
 
 demo:
 	bash hack/demo.sh
