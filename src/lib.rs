@@ -54,6 +54,9 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// The status could not be turned into JSON (a bug, not a runtime condition).
+    #[error("serializing status: {0}")]
+    Serialize(#[source] serde_json::Error),
     /// The object lacks something every stored object has (namespace, name, uid).
     #[error("resource has no {0}")]
     MissingObjectKey(&'static str),
@@ -89,6 +92,7 @@ impl Error {
         match self {
             Self::WriteStatus { .. } => "write_status",
             Self::MissingObjectKey(_) => "missing_object_key",
+            Self::Serialize(_) => "serialize",
             Self::Kube(_) | Self::KubeConfig(_) => "kube",
             Self::Config(_) => "config",
             Self::Lease(_) | Self::LostLeadership => "lease",
