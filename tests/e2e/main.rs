@@ -8,7 +8,6 @@
 
 mod chart;
 mod conformance;
-mod gitops;
 mod kubectl_ux;
 mod leader;
 mod lifecycle;
@@ -56,7 +55,6 @@ fn all_scenarios() -> Vec<(&'static str, Scenario)> {
         kubectl_ux::get_columns_describe_events_and_wait,
         kubectl_ux::metrics_health_and_readiness_are_served,
         conformance::moto_speaks_the_same_protocol,
-        gitops::helm_wait_returns_only_once_the_invocation_succeeded,
         chart::helm_template_applies_with_server_side_dry_run,
         chart::helm_install_upgrade_uninstall,
         leader::only_the_leader_reconciles_and_a_follower_takes_over,
