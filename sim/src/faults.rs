@@ -1,6 +1,7 @@
 //! Injected faults: a queue of misbehaviours that hit the next requests, whatever the operation.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 /// A misbehaviour to inject with [`crate::Simulator::inject`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +21,15 @@ pub enum Fault {
         /// How many requests it hits.
         count: u32,
     },
+    /// The next `count` requests are answered normally, but only after `delay` (on top of any
+    /// [`crate::Simulator::set_latency`]): a client whose attempt timeout is shorter gives up
+    /// first, as it would with an overloaded endpoint.
+    Slow {
+        /// How many requests it hits.
+        count: u32,
+        /// How long each of them waits before its answer is computed and sent.
+        delay: Duration,
+    },
 }
 
 /// What one request suffers, taken from the queue.
@@ -31,6 +41,8 @@ pub(crate) enum Hit {
     ServerError,
     /// Close the connection.
     DropConnection,
+    /// Answer normally after this delay.
+    Slow(Duration),
 }
 
 impl Fault {
@@ -38,7 +50,8 @@ impl Fault {
         match *self {
             Fault::Throttle { count }
             | Fault::ServerError { count }
-            | Fault::DropConnection { count } => count,
+            | Fault::DropConnection { count }
+            | Fault::Slow { count, .. } => count,
         }
     }
 
@@ -47,6 +60,7 @@ impl Fault {
             Fault::Throttle { .. } => Hit::Throttle,
             Fault::ServerError { .. } => Hit::ServerError,
             Fault::DropConnection { .. } => Hit::DropConnection,
+            Fault::Slow { delay, .. } => Hit::Slow(*delay),
         }
     }
 }
@@ -99,6 +113,22 @@ mod tests {
         assert_eq!(q.next_hit(), None);
         q.push(Fault::ServerError { count: 3 });
         q.clear();
+        assert_eq!(q.next_hit(), None);
+    }
+
+    #[test]
+    fn slow_replies_carry_their_delay_and_queue_like_the_others() {
+        let mut q = FaultQueue::default();
+        let delay = Duration::from_millis(1500);
+        q.push(Fault::Slow { count: 2, delay });
+        q.push(Fault::Slow {
+            count: 0,
+            delay: Duration::from_secs(9),
+        });
+        q.push(Fault::ServerError { count: 1 });
+        assert_eq!(q.next_hit(), Some(Hit::Slow(delay)));
+        assert_eq!(q.next_hit(), Some(Hit::Slow(delay)));
+        assert_eq!(q.next_hit(), Some(Hit::ServerError));
         assert_eq!(q.next_hit(), None);
     }
 }

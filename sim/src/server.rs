@@ -1,5 +1,5 @@
-//! The HTTP/1.1 front: accepts connections, counts calls, applies injected faults and
-//! latency, and hands each request to [`crate::api`].
+//! The HTTP/1.1 front: accepts connections, counts calls, applies injected faults (including
+//! slow replies) and latency, and hands each request to [`crate::api`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -145,18 +145,25 @@ async fn respond(
         .to_string();
     shared.count(&operation);
     let hit = shared.next_fault();
-    let latency = shared.latency();
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
+    let slow = match hit {
+        Some(Hit::Slow(delay)) => delay,
+        _ => Duration::ZERO,
+    };
+    let delay = shared.latency().saturating_add(slow);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
     let result = match hit {
         Some(Hit::DropConnection) => return Err(DropConnection),
         Some(Hit::Throttle) => Err(ApiError::throttled()),
         Some(Hit::ServerError) => Err(ApiError::internal()),
-        None if req.method() != Method::POST || !target.starts_with(TARGET_PREFIX) => {
+        // A slow reply is a normal one, computed once its delay is over.
+        None | Some(Hit::Slow(_))
+            if req.method() != Method::POST || !target.starts_with(TARGET_PREFIX) =>
+        {
             Err(ApiError::unknown_operation())
         }
-        None => match read_body(req).await {
+        None | Some(Hit::Slow(_)) => match read_body(req).await {
             Ok(body) => api::handle(
                 &shared.store,
                 &operation,

@@ -107,7 +107,9 @@ impl Simulator {
         self.inner.shared.total.load(Ordering::Relaxed)
     }
 
-    /// Queues a fault; queued faults hit the next requests in order, any operation.
+    /// Queues a fault; queued faults hit the next requests in order, any operation. A
+    /// [`Fault::Slow`] request holds its connection for the delay (shutdown waits up to two
+    /// seconds for it, like any in-flight request).
     pub fn inject(&self, fault: Fault) {
         self.inner
             .shared

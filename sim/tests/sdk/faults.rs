@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use aws_sdk_ssm::config::retry::RetryConfig;
+use aws_sdk_ssm::config::timeout::TimeoutConfig;
 use aws_sdk_ssm::error::SdkError;
 use aws_sdk_ssm::operation::get_command_invocation::GetCommandInvocationError;
 use ssm_sim::{Command, Fault, Invocation, Simulator};
@@ -118,6 +120,86 @@ async fn dropped_connections_get_no_answer() {
         .await
         .unwrap();
     assert_eq!(sim.calls("GetCommandInvocation"), 5);
+}
+
+/// A client giving each attempt `attempt` before it gives up, with `retry`.
+fn impatient(sim: &Simulator, retry: RetryConfig, attempt: Duration) -> aws_sdk_ssm::Client {
+    let config = client_with_retries(sim, retry)
+        .config()
+        .to_builder()
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_attempt_timeout(attempt)
+                .operation_timeout(Duration::from_secs(10))
+                .build(),
+        )
+        .build();
+    aws_sdk_ssm::Client::from_conf(config)
+}
+
+#[tokio::test]
+async fn slow_replies_outlast_an_impatient_client_and_answer_a_patient_one() {
+    let sim = simulator().await;
+    let delay = Duration::from_millis(600);
+
+    // An attempt timeout shorter than the delay: the client gives up, the call still counts.
+    let ssm = impatient(&sim, RetryConfig::disabled(), Duration::from_millis(150));
+    sim.inject(Fault::Slow { count: 1, delay });
+    let started = Instant::now();
+    let err = ssm
+        .get_command_invocation()
+        .command_id(CMD)
+        .instance_id("i-1")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SdkError::TimeoutError(_)), "{err:?}");
+    assert!(
+        started.elapsed() < delay,
+        "gave up after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(sim.calls("GetCommandInvocation"), 1);
+
+    // The fault is used up: the next request is answered at once.
+    let started = Instant::now();
+    ssm.get_command_invocation()
+        .command_id(CMD)
+        .instance_id("i-1")
+        .send()
+        .await
+        .unwrap();
+    assert!(started.elapsed() < delay, "took {:?}", started.elapsed());
+
+    // A patient client gets the normal answer, only late.
+    let patient = client(&sim);
+    sim.inject(Fault::Slow { count: 1, delay });
+    let started = Instant::now();
+    let out = patient
+        .get_command_invocation()
+        .command_id(CMD)
+        .instance_id("i-1")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() >= delay,
+        "answered after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(out.instance_id(), Some("i-1"));
+
+    // Retries ride over a few slow replies: each timed-out attempt is one more call.
+    let retrying = impatient(&sim, fast_retries(3), Duration::from_millis(150));
+    sim.inject(Fault::Slow { count: 2, delay });
+    retrying
+        .get_command_invocation()
+        .command_id(CMD)
+        .instance_id("i-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sim.calls("GetCommandInvocation"), 6);
 }
 
 #[tokio::test]
