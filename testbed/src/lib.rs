@@ -18,6 +18,10 @@
 //! `TESTBED_KEEP=1` to keep it (its path is printed to stderr). The processes are also killed
 //! if the test process dies without dropping it (see the `process` module for how).
 //!
+//! For fault tests, [`TestCluster::stop_apiserver`] and [`TestCluster::start_apiserver`] take
+//! kube-apiserver down and bring it back on the same port with the same etcd, certificates and
+//! token, so kubeconfigs and clients made before the outage work again afterwards.
+//!
 //! The library prints nothing to stdout; it writes to stderr only when something fails.
 
 #![warn(missing_docs)]
@@ -31,9 +35,12 @@ mod process;
 mod ready;
 mod workdir;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::assets::Assets;
@@ -61,8 +68,16 @@ const MAX_ATTEMPTS: u32 = 4;
 /// directory unless `TESTBED_KEEP=1` is set.
 #[derive(Debug)]
 pub struct TestCluster {
-    apiserver: ManagedProcess,
-    etcd: ManagedProcess,
+    // Behind async locks so that a shared cluster (`Arc<TestCluster>`) can restart its
+    // apiserver; the readiness wait holds both across awaits.
+    apiserver: Mutex<ManagedProcess>,
+    etcd: Mutex<ManagedProcess>,
+    /// The apiserver's pid, 0 while it is stopped (readable without the lock).
+    apiserver_pid: AtomicU32,
+    etcd_pid: u32,
+    /// The flags the apiserver was started with: a restart reuses them (same port, etcd,
+    /// certificates, token file).
+    apiserver_args: Vec<String>,
     assets: Assets,
     server_url: String,
     kubeconfig: PathBuf,
@@ -121,10 +136,11 @@ impl TestCluster {
         let credentials = Credentials::create(&workdir.certs_dir()).await?;
         ready::wait_for_etcd(&mut etcd, ports.etcd_client, deadline).await?;
 
+        let apiserver_args = apiserver_args(&workdir, ports, &credentials);
         let mut apiserver = ManagedProcess::spawn(
             "kube-apiserver",
             &assets.kube_apiserver(),
-            &apiserver_args(&workdir, ports, &credentials),
+            &apiserver_args,
             &workdir.apiserver_log(),
         )
         .await?;
@@ -140,8 +156,11 @@ impl TestCluster {
         ready::wait_for_apiserver(&mut apiserver, &mut etcd, &kubeconfig, deadline).await?;
 
         Ok(TestCluster {
-            apiserver,
-            etcd,
+            apiserver_pid: AtomicU32::new(apiserver.id()),
+            etcd_pid: etcd.id(),
+            apiserver: Mutex::new(apiserver),
+            etcd: Mutex::new(etcd),
+            apiserver_args,
             assets,
             server_url,
             kubeconfig,
@@ -203,20 +222,69 @@ impl TestCluster {
 
     /// The process id of etcd.
     pub fn etcd_pid(&self) -> u32 {
-        self.etcd.id()
+        self.etcd_pid
     }
 
-    /// The process id of kube-apiserver.
+    /// The process id of kube-apiserver; 0 while it is stopped
+    /// ([`stop_apiserver`](Self::stop_apiserver)).
     pub fn apiserver_pid(&self) -> u32 {
-        self.apiserver.id()
+        self.apiserver_pid.load(Ordering::SeqCst)
+    }
+
+    /// Kills kube-apiserver (SIGKILL, as a crash or a lost control-plane node would) and waits
+    /// for it to be gone; etcd keeps running. From then on connections to
+    /// [`server_url`](Self::server_url) are refused until
+    /// [`start_apiserver`](Self::start_apiserver). Does nothing if it is already stopped.
+    pub async fn stop_apiserver(&self) {
+        let mut apiserver = self.apiserver.lock().await;
+        apiserver.stop();
+        self.apiserver_pid.store(0, Ordering::SeqCst);
+    }
+
+    /// Starts kube-apiserver again after [`stop_apiserver`](Self::stop_apiserver), with the
+    /// same flags: the same port, etcd (so every object is still there), serving certificate
+    /// and token, so the kubeconfig and existing clients stay valid. Returns once `/readyz`
+    /// answers `ok` and the system namespaces are listed, within [`START_TIMEOUT`]. Its output
+    /// is appended to the same `apiserver.log`. Does nothing if it is running.
+    ///
+    /// The port cannot change, so there is no retry: if another process took it during the
+    /// outage, this fails with [`Error::ProcessExited`] and a log tail saying the address is
+    /// already in use.
+    pub async fn start_apiserver(&self) -> Result<(), Error> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut apiserver = self.apiserver.lock().await;
+        if apiserver.id() != 0
+            && apiserver
+                .check_running("checking it before a restart")
+                .is_ok()
+        {
+            return Ok(());
+        }
+        let log = self.workdir.apiserver_log();
+        if let Ok(mut file) = std::fs::OpenOptions::new().append(true).open(&log) {
+            let _ = writeln!(file, "--- testbed: starting kube-apiserver again ---");
+        }
+        let mut restarted = ManagedProcess::spawn(
+            "kube-apiserver",
+            &self.assets.kube_apiserver(),
+            &self.apiserver_args,
+            &log,
+        )
+        .await?;
+        let mut etcd = self.etcd.lock().await;
+        // On error `restarted` is dropped, which kills it; the cluster stays stopped.
+        ready::wait_for_apiserver(&mut restarted, &mut etcd, &self.kubeconfig, deadline).await?;
+        self.apiserver_pid.store(restarted.id(), Ordering::SeqCst);
+        *apiserver = restarted;
+        Ok(())
     }
 }
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
         // The apiserver first, so it does not log etcd connection errors on the way down.
-        self.apiserver.stop();
-        self.etcd.stop();
+        self.apiserver.get_mut().stop();
+        self.etcd.get_mut().stop();
         // The fields drop next; the directory (last field) goes last.
     }
 }

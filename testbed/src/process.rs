@@ -13,9 +13,10 @@
 //!    test), so children are forked from one dedicated spawner thread that lives as long as the
 //!    process. Callers hand it a [`std::process::Command`] and get the child back.
 //!
-//! Children write stdout and stderr to a log file; [`log_tail`] reads its end for errors.
+//! Children append stdout and stderr to a log file (a restarted process continues the log of
+//! its predecessor); [`log_tail`] reads its end for errors.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -80,8 +81,8 @@ pub(crate) struct ManagedProcess {
 }
 
 impl ManagedProcess {
-    /// Starts `program` with `args`, stdin from /dev/null and stdout + stderr appended to `log`.
-    /// `name` ("etcd", "kube-apiserver") is used in errors.
+    /// Starts `program` with `args`, stdin from /dev/null and stdout + stderr appended to `log`
+    /// (created if missing). `name` ("etcd", "kube-apiserver") is used in errors.
     pub(crate) async fn spawn(
         name: &'static str,
         program: &Path,
@@ -89,8 +90,11 @@ impl ManagedProcess {
         log: &Path,
     ) -> Result<ManagedProcess, Error> {
         let step = || format!("starting {name} ({})", program.display());
-        let out =
-            File::create(log).map_err(|e| Error::io(format!("creating {}", log.display()), e))?;
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| Error::io(format!("opening {}", log.display()), e))?;
         let err = out
             .try_clone()
             .map_err(|e| Error::io(format!("duplicating the handle of {}", log.display()), e))?;
@@ -275,6 +279,24 @@ mod tests {
             "{text}"
         );
         assert!(err.is_port_conflict());
+    }
+
+    #[tokio::test]
+    async fn a_second_run_appends_to_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("echo.log");
+        for word in ["first", "second"] {
+            let mut process =
+                ManagedProcess::spawn("echo", Path::new("/bin/echo"), &[word.into()], &log)
+                    .await
+                    .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while process.check_running("testing").is_ok() {
+                assert!(Instant::now() < deadline, "echo did not exit");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "first\nsecond\n");
     }
 
     #[test]

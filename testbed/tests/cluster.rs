@@ -183,3 +183,56 @@ async fn incomplete_assets_give_a_clear_error() {
     assert!(text.contains("hack/envtest-assets.sh"), "{text}");
     assert!(text.contains("kube-apiserver, etcd, kubectl"), "{text}");
 }
+
+#[tokio::test]
+async fn apiserver_stops_and_starts_again_on_the_same_port_with_its_data() {
+    let cluster = timed_start("restart").await;
+    let client = cluster.client().await.unwrap();
+    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), "default");
+    config_maps
+        .create(&PostParams::default(), &config_map("survives-restart"))
+        .await
+        .unwrap();
+    let (url, first_pid, etcd_pid) = (
+        cluster.server_url().to_string(),
+        cluster.apiserver_pid(),
+        cluster.etcd_pid(),
+    );
+
+    cluster.stop_apiserver().await;
+    assert_eq!(cluster.apiserver_pid(), 0);
+    assert!(
+        !pid_alive(first_pid),
+        "kube-apiserver {first_pid} still runs"
+    );
+    assert!(pid_alive(etcd_pid), "etcd went down with kube-apiserver");
+    let down = config_maps.get("survives-restart").await;
+    assert!(down.is_err(), "a request succeeded while stopped: {down:?}");
+    cluster.stop_apiserver().await; // idempotent
+
+    let started = Instant::now();
+    cluster
+        .start_apiserver()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    println!(
+        "testbed apiserver restart: {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    let second_pid = cluster.apiserver_pid();
+    assert!(second_pid != 0 && second_pid != first_pid && pid_alive(second_pid));
+    assert_eq!(cluster.server_url(), url);
+    cluster.start_apiserver().await.unwrap(); // no-op while it runs
+    assert_eq!(cluster.apiserver_pid(), second_pid);
+
+    // The client made before the outage (same kubeconfig, certificate and token) works again,
+    // and etcd kept the data.
+    let read = config_maps.get("survives-restart").await.unwrap();
+    assert_eq!(read.data.unwrap()["greeting"], "hello");
+    let log = std::fs::read_to_string(cluster.log_dir().join("apiserver.log")).unwrap();
+    assert!(log.contains("--- testbed: starting kube-apiserver again ---"));
+
+    drop(client);
+    drop(cluster);
+    assert!(!pid_alive(second_pid) && !pid_alive(etcd_pid));
+}
