@@ -15,6 +15,9 @@ pub const INSTANCE_ID_PATTERN: &str = r"(^i-(\w{8}|\w{17})$)|(^mi-\w{17}$)";
 /// A plausible AWS region name (`eu-west-1`, `us-gov-west-1`, `cn-north-1`, `us-isob-east-1`).
 pub const REGION_PATTERN: &str = r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$";
 
+/// `status.observedGeneration` of a resource the operator has not written yet (schema default).
+pub const NOT_OBSERVED: i64 = -1;
+
 /// Length of an SSM command id (a UUID), fixed by SSM's API.
 pub const COMMAND_ID_LEN: usize = 36;
 
@@ -100,8 +103,12 @@ pub struct CommandInvocationSpec {
 }
 
 /// What SSM last reported for the invocation, copied verbatim, plus the operator's conditions.
+// The schema defaults a missing status to `{observedGeneration: -1}`: kstatus (Flux, Helm 4
+// `--wait`) reads a resource without status as Current, so without this default a pipeline
+// could pass before the operator has looked at the resource at all.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("default" = {"observedGeneration": NOT_OBSERVED}))]
 pub struct CommandInvocationStatus {
     /// SSM `Status`: Pending, InProgress, Delayed, Success, Cancelled, TimedOut, Failed, Cancelling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -210,5 +217,16 @@ mod tests {
         assert_eq!(props["instanceId"]["pattern"], INSTANCE_ID_PATTERN);
         assert_eq!(props["pluginName"]["minLength"], 4);
         assert_eq!(props["region"]["pattern"], REGION_PATTERN);
+    }
+
+    #[test]
+    fn a_missing_status_defaults_to_not_observed_for_kstatus() {
+        let crd = serde_json::to_value(CommandInvocation::crd()).unwrap();
+        let status =
+            &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"];
+        assert_eq!(
+            status["default"],
+            serde_json::json!({"observedGeneration": NOT_OBSERVED})
+        );
     }
 }
