@@ -75,6 +75,10 @@ pub struct RunArgs {
     #[arg(long, env = "SSM_OPERATOR_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
     pub lease_duration: Duration,
 
+    /// Upper bound of one SSM HTTP attempt (a whole call, retries included, gets 3×).
+    #[arg(long, env = "SSM_OPERATOR_SSM_ATTEMPT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub ssm_attempt_timeout: Duration,
+
     /// Resources reconciled at once.
     #[arg(long, env = "SSM_OPERATOR_MAX_CONCURRENT_RECONCILES", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_concurrent_reconciles: u16,

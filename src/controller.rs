@@ -1,6 +1,8 @@
 //! Wiring: builds the Kubernetes client, SSM access and HTTP endpoint, optionally waits for the
 //! Lease, then runs one kube-runtime `Controller` per watched namespace (or one for all) until
-//! SIGTERM/SIGINT or lost leadership. In-flight reconciles finish before it returns.
+//! SIGTERM/SIGINT or lost leadership. On a signal, in-flight reconciles finish before it
+//! returns; on lost leadership (or renewals that stopped succeeding in time) it returns at once,
+//! without waiting for in-flight SSM calls, and the fence has already stopped every write.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +12,6 @@ use futures::future::join_all;
 use futures::StreamExt;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -18,14 +19,19 @@ use tracing::{info, warn};
 use crate::api::CommandInvocation;
 use crate::cli::RunArgs;
 use crate::http::{self, Health};
-use crate::leader::{Leadership, LeaseSettings};
+use crate::leader::{Fence, Leadership, LeaseSettings};
 use crate::mapping::Settings;
 use crate::metrics::Metrics;
 use crate::reconciler::{self, Context};
 use crate::schedule::{PollBook, PollIntervals};
 use crate::ssm::Ssm;
 use crate::status_writer::StatusWriter;
+use crate::watch::watch as watch_invocations;
 use crate::{Error, OPERATOR_NAME};
+
+/// A resource stalled on an error an outside fix can cure is asked again after this many
+/// `--poll-interval-max` (5 minutes by default).
+const RECHECK_FACTOR: u32 = 10;
 
 /// Runs the operator with the given flags until a shutdown signal. `Ok` means a clean stop.
 pub async fn run(args: RunArgs) -> Result<(), Error> {
@@ -44,12 +50,14 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         not_found_grace = ?args.not_found_grace,
         max_output_chars = args.max_output_chars,
         leader_elect = args.leader_elect,
+        ssm_attempt_timeout = ?args.ssm_attempt_timeout,
+        max_concurrent_reconciles = args.max_concurrent_reconciles,
         %identity,
         "starting ssm-operator"
     );
     let client = kube_client().await?;
     let metrics = Arc::new(Metrics::new());
-    let ssm = Arc::new(Ssm::from_env(metrics.clone()).await);
+    let ssm = Arc::new(Ssm::from_env(metrics.clone(), args.ssm_attempt_timeout).await);
     match ssm.default_region() {
         Some(region) => info!(region, "SSM default region"),
         None => warn!(
@@ -69,19 +77,31 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     info!(%bound, "serving /metrics, /healthz, /readyz");
     let server = tokio::spawn(server);
 
+    let fence = if args.leader_elect {
+        Fence::for_lease(&identity, args.lease_duration)
+    } else {
+        Fence::open()
+    };
     let ctx = Arc::new(Context {
         ssm,
-        writer: StatusWriter::new(client.clone(), Some(identity.clone()), metrics.clone()),
+        writer: StatusWriter::new(
+            client.clone(),
+            Some(identity.clone()),
+            metrics.clone(),
+            fence.clone(),
+        ),
         book: PollBook::default(),
         settings: Settings {
             max_output_chars: args.max_output_chars as usize,
             not_found_grace: args.not_found_grace,
+            recheck_interval: args.poll_interval_max.saturating_mul(RECHECK_FACTOR),
         },
         intervals: PollIntervals {
             min: args.poll_interval_min,
             max: args.poll_interval_max,
         },
         metrics,
+        permits: tokio::sync::Semaphore::new(usize::from(args.max_concurrent_reconciles)),
     });
 
     let result = if args.leader_elect {
@@ -91,7 +111,14 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             identity,
             duration: args.lease_duration,
         };
-        run_as_leader(&args, client, ctx, health, &stop, settings).await
+        let follower = tokio::spawn(fence.clone().follow(
+            client.clone(),
+            settings.namespace.clone(),
+            settings.name.clone(),
+        ));
+        let result = run_as_leader(&args, client, ctx, health, &stop, settings, fence).await;
+        follower.abort();
+        result
     } else {
         run_controllers(&args, client, ctx, health, stopped(stop.subscribe())).await;
         Ok(())
@@ -112,12 +139,22 @@ async fn run_as_leader(
     health: Arc<Health>,
     stop: &watch::Sender<bool>,
     settings: LeaseSettings,
+    fence: Fence,
 ) -> Result<(), Error> {
     let mut leadership = Leadership::campaign(client.clone(), &settings).await?;
     health.set_ready(true);
     info!(lease = %settings.name, namespace = %settings.namespace, identity = %settings.identity, "waiting for leadership");
     tokio::select! {
         acquired = leadership.acquired() => acquired?,
+        () = stopped(stop.subscribe()) => {
+            leadership.release().await;
+            return Ok(());
+        }
+    }
+    // The fence opens once the Lease as stored names this process.
+    tokio::select! {
+        () = fence.opened() => {},
+        () = leadership.lost() => return Err(Error::LostLeadership),
         () = stopped(stop.subscribe()) => {
             leadership.release().await;
             return Ok(());
@@ -137,17 +174,20 @@ async fn run_as_leader(
     };
     let controllers = run_controllers(args, client, ctx, health, trigger);
     tokio::pin!(controllers);
-    let lost = tokio::select! {
-        () = &mut controllers => false,
+    // On loss, return at once: the fence already refuses writes, and in-flight SSM calls
+    // are not worth waiting for (dropping the controllers cancels them).
+    tokio::select! {
+        () = &mut controllers => {},
         () = leadership.lost() => {
-            warn!("lost leadership: stopping controllers");
+            warn!("lost leadership: stopping at once");
             lost_tx.send_replace(true);
-            controllers.await;
-            true
+            return Err(Error::LostLeadership);
         }
-    };
-    if lost {
-        return Err(Error::LostLeadership);
+        () = fence.closed() => {
+            warn!("lost leadership: the Lease was not renewed in time; stopping at once");
+            lost_tx.send_replace(true);
+            return Err(Error::LostLeadership);
+        }
     }
     leadership.release().await;
     Ok(())
@@ -173,15 +213,14 @@ async fn run_controllers(
     let config = controller::Config::default().concurrency(args.max_concurrent_reconciles);
     let mut stores = Vec::new();
     let runs = apis.into_iter().map(|api| {
-        let controller =
-            Controller::new(api, watcher::Config::default()).with_config(config.clone());
-        let store = controller.store();
-        health.add_store(store.clone());
-        stores.push(store);
-        controller
+        let watched = watch_invocations(api, health.clone(), ctx.metrics.clone(), ctx.clone());
+        stores.push(watched.store.clone());
+        Controller::for_stream(watched.stream, watched.store)
+            .with_config(config.clone())
             .graceful_shutdown_on(shutdown.clone())
             .run(reconciler::reconcile, reconciler::error_policy, ctx.clone())
             .for_each(|result| async move {
+                // Watch errors are logged and counted where they happen (crate::watch).
                 if let Err(error) = result {
                     tracing::debug!(%error, "controller event");
                 }

@@ -1,6 +1,6 @@
 //! The HTTP endpoint on `--http-bind`: `/metrics` (Prometheus), `/healthz`, `/readyz`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +23,8 @@ use crate::Error;
 pub struct Health {
     ready: AtomicBool,
     stores: Mutex<Vec<Store<CommandInvocation>>>,
+    /// Watches (by index in `stores`) that failed and have not recovered yet.
+    failing: Mutex<BTreeSet<usize>>,
 }
 
 impl Health {
@@ -32,11 +34,41 @@ impl Health {
     }
 
     /// Adds a controller's cache, counted in the `ssm_operator_invocations` gauge.
-    pub fn add_store(&self, store: Store<CommandInvocation>) {
-        self.stores
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(store);
+    /// Adds a watch's cache; returns the watch's number for [`Health::set_failing`].
+    pub fn add_store(&self, store: Store<CommandInvocation>) -> usize {
+        let mut stores = self.stores.lock().unwrap_or_else(PoisonError::into_inner);
+        stores.push(store);
+        stores.len() - 1
+    }
+
+    /// Marks watch number `watch` as failing (list/watch errors) or recovered.
+    pub fn set_failing(&self, watch: usize, failing: bool) {
+        let mut set = self.failing.lock().unwrap_or_else(PoisonError::into_inner);
+        if failing {
+            set.insert(watch);
+        } else {
+            set.remove(&watch);
+        }
+    }
+
+    /// Ready: caches synced (or standing by for the Lease) and no watch failing.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+            && self
+                .failing
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
+    }
+
+    /// The uids of every watched resource.
+    pub fn live_uids(&self) -> HashSet<String> {
+        let stores = self.stores.lock().unwrap_or_else(PoisonError::into_inner);
+        stores
+            .iter()
+            .flat_map(Store::state)
+            .filter_map(|o| o.metadata.uid.clone())
+            .collect()
     }
 
     /// Counts watched resources by SSM status (`Unobserved` before the first answer).
@@ -104,9 +136,29 @@ async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.health.ready.load(Ordering::SeqCst) {
+    if state.health.is_ready() {
         (StatusCode::OK, "ok")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_watch_makes_the_process_unready_until_it_recovers() {
+        let health = Health::default();
+        assert!(!health.is_ready(), "not ready before the caches synced");
+        health.set_ready(true);
+        assert!(health.is_ready());
+        health.set_failing(0, true);
+        health.set_failing(1, true);
+        assert!(!health.is_ready());
+        health.set_failing(0, false);
+        assert!(!health.is_ready(), "watch 1 still failing");
+        health.set_failing(1, false);
+        assert!(health.is_ready());
     }
 }

@@ -1,14 +1,130 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease (kube-lease-manager): with
 //! `--leader-elect`, only the Lease holder reconciles and writes status.
+//!
+//! The [`Fence`] is checked right before every status write and Event. It does not trust the
+//! election's own "I lead" flag, which can be stale after the process was paused or starved:
+//! it reads the Lease itself (a watch) and allows writes only while the Lease names this
+//! process and its last renewal, stamped by this process's own clock, is younger than the
+//! lease duration minus a safety margin. A follower takes over only after the full duration.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
-use kube::Client;
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::{Error, OPERATOR_NAME};
+
+/// Whether this process may write status and Events right now.
+#[derive(Clone, Debug, Default)]
+pub struct Fence(Option<Arc<LeaseFence>>);
+
+#[derive(Debug)]
+struct LeaseFence {
+    identity: String,
+    /// Writes stop this long before the Lease would expire.
+    margin: Duration,
+    /// Until when the last observed Lease lets this process write (`None`: not held).
+    valid_until: Mutex<Option<SystemTime>>,
+}
+
+impl Fence {
+    /// A fence that always allows writes (no leader election).
+    pub fn open() -> Self {
+        Self(None)
+    }
+
+    /// A fence for `identity` that allows writes only while the observed Lease says so.
+    pub fn for_lease(identity: &str, duration: Duration) -> Self {
+        Self(Some(Arc::new(LeaseFence {
+            identity: identity.to_string(),
+            margin: fence_margin(duration),
+            valid_until: Mutex::new(None),
+        })))
+    }
+
+    /// True while writes are allowed at `now` (wall clock).
+    pub fn allows_writes_at(&self, now: SystemTime) -> bool {
+        match &self.0 {
+            None => true,
+            Some(fence) => fence
+                .valid_until
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some_and(|until| now < until),
+        }
+    }
+
+    /// True while writes are allowed now.
+    pub fn allows_writes(&self) -> bool {
+        self.allows_writes_at(SystemTime::now())
+    }
+
+    /// Takes in the Lease as last seen (`None`: it is gone).
+    pub fn observe(&self, lease: Option<&Lease>) {
+        let Some(fence) = &self.0 else { return };
+        let until = lease
+            .and_then(|l| l.spec.as_ref())
+            .filter(|spec| spec.holder_identity.as_deref() == Some(fence.identity.as_str()))
+            .and_then(|spec| {
+                let renewed: SystemTime = spec.renew_time.as_ref()?.0.into();
+                let duration = Duration::from_secs(spec.lease_duration_seconds?.max(0) as u64);
+                renewed.checked_add(duration.saturating_sub(fence.margin))
+            });
+        *fence
+            .valid_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = until;
+    }
+
+    /// Follows the Lease `name` in `namespace` until the task is dropped, feeding [`observe`].
+    ///
+    /// [`observe`]: Fence::observe
+    pub async fn follow(self, client: Client, namespace: String, name: String) {
+        let api: Api<Lease> = Api::namespaced(client, &namespace);
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let mut events = watcher::watcher(api, config).default_backoff().boxed();
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(Event::Apply(lease) | Event::InitApply(lease)) => self.observe(Some(&lease)),
+                Ok(Event::Delete(_)) => self.observe(None),
+                Ok(Event::Init | Event::InitDone) => {}
+                Err(error) => tracing::warn!(%error, lease = %name, "watching the Lease failed"),
+            }
+        }
+    }
+
+    /// Completes once writes are allowed (after this process acquired the Lease).
+    pub async fn opened(&self) {
+        while !self.allows_writes() {
+            tokio::time::sleep(FENCE_CHECK).await;
+        }
+    }
+
+    /// Completes once writes are no longer allowed: the Lease moved on, or this process failed
+    /// to renew it in time (for instance because it was paused).
+    pub async fn closed(&self) {
+        while self.allows_writes() {
+            tokio::time::sleep(FENCE_CHECK).await;
+        }
+    }
+}
+
+/// How often [`Fence::opened`] and [`Fence::closed`] look.
+const FENCE_CHECK: Duration = Duration::from_millis(200);
+
+/// Writes stop this long before the Lease expires: a sixth of its duration (kube-lease-manager
+/// renews a third of the duration before expiry), at least 500 ms, for clock skew between pods
+/// and the time a write takes.
+fn fence_margin(duration: Duration) -> Duration {
+    (duration / 6).max(Duration::from_millis(500))
+}
 
 /// Where the Lease lives and who competes for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,5 +184,66 @@ impl Leadership {
             Ok(Err(error)) => tracing::warn!(%error, "releasing the lease failed"),
             Err(error) => tracing::warn!(%error, "lease task failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::coordination::v1::LeaseSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn lease(holder: &str, renewed: SystemTime, seconds: i32) -> Lease {
+        Lease {
+            spec: Some(LeaseSpec {
+                holder_identity: Some(holder.into()),
+                renew_time: Some(MicroTime(Timestamp::try_from(renewed).unwrap())),
+                lease_duration_seconds: Some(seconds),
+                ..LeaseSpec::default()
+            }),
+            ..Lease::default()
+        }
+    }
+
+    #[test]
+    fn without_leader_election_writes_are_always_allowed() {
+        assert!(Fence::open().allows_writes());
+    }
+
+    #[test]
+    fn writes_are_allowed_only_while_our_renewal_is_younger_than_duration_minus_margin() {
+        let fence = Fence::for_lease("me", Duration::from_secs(15));
+        let t0 = SystemTime::now();
+        assert!(!fence.allows_writes_at(t0), "nothing observed yet");
+        fence.observe(Some(&lease("me", t0, 15)));
+        assert!(fence.allows_writes_at(t0 + Duration::from_secs(12)));
+        assert!(
+            !fence.allows_writes_at(t0 + Duration::from_millis(12_600)),
+            "closed 2.5 s before the Lease expires"
+        );
+        // A paused process resumes long after: its last renewal is too old.
+        assert!(!fence.allows_writes_at(t0 + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn a_lease_held_by_another_or_gone_closes_the_fence_at_once() {
+        let fence = Fence::for_lease("me", Duration::from_secs(4));
+        let t0 = SystemTime::now();
+        fence.observe(Some(&lease("me", t0, 4)));
+        assert!(fence.allows_writes_at(t0));
+        fence.observe(Some(&lease("other", t0, 4)));
+        assert!(!fence.allows_writes_at(t0));
+        fence.observe(Some(&lease("me", t0, 4)));
+        fence.observe(None);
+        assert!(!fence.allows_writes_at(t0));
+        assert_eq!(
+            fence_margin(Duration::from_secs(15)),
+            Duration::from_millis(2500)
+        );
+        assert_eq!(
+            fence_margin(Duration::from_secs(2)),
+            Duration::from_millis(500)
+        );
     }
 }

@@ -10,6 +10,7 @@
 //! - [`schedule`]: when to poll next (backoff with jitter) and the per-resource poll book;
 //! - [`reconciler`]: the reconcile loop (fetch, map, write, requeue);
 //! - [`status_writer`]: server-side-apply status patches and Events;
+//! - [`watch`]: the watch of `CommandInvocation`s (cache, errors, readiness, deletes);
 //! - [`controller`]: wiring (watches per namespace, leader election, shutdown, HTTP);
 //! - [`leader`], [`metrics`], [`http`], [`telemetry`], [`cli`]: process plumbing.
 
@@ -29,6 +30,7 @@ pub mod schedule;
 pub mod ssm;
 pub mod status_writer;
 pub mod telemetry;
+pub mod watch;
 
 /// The name the operator uses as field manager, Event reporter and User-Agent product.
 pub const OPERATOR_NAME: &str = "ssm-operator";
@@ -75,6 +77,9 @@ pub enum Error {
     /// This process lost the Lease while reconciling; it exits so that it restarts as follower.
     #[error("lost leadership")]
     LostLeadership,
+    /// A write was refused because this process may not be sure it still leads.
+    #[error("not the leader (lease not renewed in time): write refused")]
+    Fenced,
     /// The HTTP server could not start.
     #[error("http server on {bind}: {source}")]
     Http {
@@ -96,6 +101,7 @@ impl Error {
             Self::Kube(_) | Self::KubeConfig(_) => "kube",
             Self::Config(_) => "config",
             Self::Lease(_) | Self::LostLeadership => "lease",
+            Self::Fenced => "fenced",
             Self::Http { .. } => "http",
         }
     }

@@ -6,6 +6,9 @@
 //! - `Pending`, `InProgress`, `Delayed`, `Cancelling` and unknown future values are not terminal;
 //! - `responseCode` is -1 until SSM reports a terminal status (the SDK reads an absent code as 0);
 //! - errors keep what SSM last said for this generation, and only change the conditions;
+//! - errors an outside fix can cure (`InvocationNotFound` after the grace, `AccessDenied`) stall
+//!   the resource and are re-checked rarely; a transient error during such a re-check leaves it
+//!   exactly as it was (no Stalled → Reconciling → Stalled flapping for kstatus);
 //! - nothing is written, and no clock moves, when the result equals the current status.
 
 use std::time::Duration;
@@ -15,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use crate::api::{CloudWatchOutputConfig, CommandInvocationStatus};
 use crate::conditions::{self, Standing};
 use crate::output;
-use crate::ssm::{Invocation, SsmError};
+use crate::ssm::{Invocation, Recovery, SsmError};
 
 /// SSM statuses after which SSM changes nothing more.
 pub const TERMINAL_STATUSES: &[&str] = &["Success", "Failed", "TimedOut", "Cancelled"];
@@ -27,6 +30,8 @@ pub struct Settings {
     pub max_output_chars: usize,
     /// `--not-found-grace`: how long `InvocationDoesNotExist` counts as "not visible yet".
     pub not_found_grace: Duration,
+    /// How often a resource stalled on an error an outside fix can cure is asked again.
+    pub recheck_interval: Duration,
 }
 
 /// One answer from SSM and the facts needed to judge it.
@@ -47,7 +52,8 @@ pub struct Poll<'a> {
 pub enum Next {
     /// Keep polling with backoff.
     Poll,
-    /// Stalled on `InvocationNotFound`: look again rarely, in case it shows up after all.
+    /// Stalled on an error an outside fix can cure (`InvocationNotFound`, `AccessDenied`):
+    /// look again rarely, so the resource recovers by itself.
     RecheckRarely,
     /// Terminal or permanent error: no more SSM calls until the spec changes.
     Stop,
@@ -60,6 +66,9 @@ pub struct Note {
     pub warning: bool,
     /// Short CamelCase reason (the SSM status or the error reason).
     pub reason: String,
+    /// The transition, `<previous reason>To<reason>` (`New` when there was none), so Events of
+    /// different transitions are never folded into one series by the recorder.
+    pub action: String,
     /// Human-readable text.
     pub message: String,
 }
@@ -91,9 +100,12 @@ pub fn apply(
         Some(status) if same_generation => ssm_fields_of(status),
         _ => CommandInvocationStatus::default(),
     };
-    let judged = judge(poll, settings, &previous_fields);
-
     let previous_conditions = current.map_or(&[][..], |s| &s.conditions[..]);
+    let stalled_on = same_generation
+        .then(|| stalled_reason(previous_conditions))
+        .flatten();
+    let judged = judge(poll, settings, &previous_fields, stalled_on);
+
     let mut status = judged.fields.clone();
     status.observed_generation = poll.generation;
     status.conditions = conditions::build(
@@ -118,18 +130,23 @@ pub fn apply(
             .map(|c| (c.status.clone(), c.reason.clone()))
     };
     let error_is_news = stalled_of(previous_conditions) != stalled_of(&status.conditions);
+    let note_of = |warning| {
+        let from = previous_conditions
+            .first()
+            .map_or("New", |c| c.reason.as_str());
+        Some(Note {
+            warning,
+            reason: judged.reason.clone(),
+            action: format!("{from}To{}", judged.reason),
+            message: judged.message.clone(),
+        })
+    };
     let note = match poll.answer {
-        Ok(_) if !same_generation || previous_fields.status != judged.fields.status => Some(Note {
-            warning: judged.standing == Standing::Stalled,
-            reason: judged.reason.clone(),
-            message: judged.message.clone(),
-        }),
+        Ok(_) if !same_generation || previous_fields.status != judged.fields.status => {
+            note_of(judged.standing == Standing::Stalled)
+        }
         Err(_) if judged.quiet || !error_is_news => None,
-        Err(_) => Some(Note {
-            warning: true,
-            reason: judged.reason.clone(),
-            message: judged.message.clone(),
-        }),
+        Err(_) => note_of(true),
         Ok(_) => None,
     };
 
@@ -155,7 +172,20 @@ struct Judged {
     quiet: bool,
 }
 
-fn judge(poll: &Poll<'_>, settings: &Settings, previous: &CommandInvocationStatus) -> Judged {
+/// The reason and message of the `Stalled` condition when it is `True`.
+fn stalled_reason(conditions: &[Condition]) -> Option<(&str, &str)> {
+    conditions
+        .iter()
+        .find(|c| c.type_ == conditions::STALLED && c.status == "True")
+        .map(|c| (c.reason.as_str(), c.message.as_str()))
+}
+
+fn judge(
+    poll: &Poll<'_>,
+    settings: &Settings,
+    previous: &CommandInvocationStatus,
+    stalled_on: Option<(&str, &str)>,
+) -> Judged {
     let keep = |standing, reason: &str, message: String, next, quiet| Judged {
         fields: previous.clone(),
         standing,
@@ -164,56 +194,119 @@ fn judge(poll: &Poll<'_>, settings: &Settings, previous: &CommandInvocationStatu
         next,
         quiet,
     };
-    match poll.answer {
-        Ok(invocation) => {
-            let terminal = TERMINAL_STATUSES.contains(&invocation.status.as_str());
-            let (standing, next) = match invocation.status.as_str() {
-                "Success" => (Standing::Succeeded, Next::Stop),
-                _ if terminal => (Standing::Stalled, Next::Stop),
-                _ => (Standing::InProgress, Next::Poll),
-            };
-            Judged {
-                fields: ssm_fields_from(invocation, terminal, settings),
-                standing,
-                reason: conditions::sanitize_reason(&invocation.status),
-                message: describe(invocation, terminal),
-                next,
-                quiet: false,
-            }
-        }
-        Err(e @ SsmError::InvocationDoesNotExist(msg))
+    let error = match poll.answer {
+        Ok(invocation) => return judge_answer(invocation, settings),
+        Err(error) => error,
+    };
+    match (error, error.recovery(), stalled_on) {
+        // Stalled on an error an outside fix can cure, and this re-check could not tell:
+        // stay exactly as we are (kstatus must not see Failed -> InProgress -> Failed).
+        (_, Recovery::Transient, Some((reason, message))) => keep(
+            Standing::Stalled,
+            reason,
+            message.to_string(),
+            Next::RecheckRarely,
+            true,
+        ),
+        (SsmError::InvocationDoesNotExist(msg), _, None)
             if poll.waited < settings.not_found_grace =>
         {
             let message = format!(
                 "SSM does not show this invocation yet; waiting up to {} for it to appear (SSM: {msg})",
                 humantime::format_duration(settings.not_found_grace)
             );
-            keep(Standing::InProgress, e.reason(), message, Next::Poll, true)
+            keep(
+                Standing::InProgress,
+                error.reason(),
+                message,
+                Next::Poll,
+                true,
+            )
         }
-        Err(e @ SsmError::InvocationDoesNotExist(msg)) => {
+        (SsmError::InvocationDoesNotExist(msg), _, _) => {
             let message = format!(
                 "SSM still has no such invocation after {}: check commandId, instanceId and \
-                 pluginName (SSM keeps about 30 days of history) (SSM: {msg})",
-                humantime::format_duration(settings.not_found_grace)
+                 pluginName (SSM keeps about 30 days of history); re-checked every {} \
+                 (SSM: {msg})",
+                humantime::format_duration(settings.not_found_grace),
+                humantime::format_duration(settings.recheck_interval),
             );
             keep(
                 Standing::Stalled,
-                e.reason(),
+                error.reason(),
                 message,
                 Next::RecheckRarely,
                 false,
             )
         }
-        Err(e) if e.is_permanent() => {
-            let message = format!("{e}; fix the spec to try again");
-            keep(Standing::Stalled, e.reason(), message, Next::Stop, false)
+        (SsmError::AccessDenied(msg), _, _) => {
+            let message = format!(
+                "AWS denied the operator's identity access to this invocation: grant it \
+                 ssm:GetCommandInvocation and ssm:ListCommandInvocations (see docs/iam.md); \
+                 re-checked every {}, no spec change needed (AWS: {msg})",
+                humantime::format_duration(settings.recheck_interval),
+            );
+            keep(
+                Standing::Stalled,
+                error.reason(),
+                message,
+                Next::RecheckRarely,
+                false,
+            )
         }
-        Err(e) => {
-            let message = format!("{e}; retrying with backoff");
-            keep(Standing::InProgress, e.reason(), message, Next::Poll, false)
+        (_, Recovery::SpecChange | Recovery::OutsideFix, _) => {
+            let message = format!("{error}; fix the spec to try again");
+            keep(
+                Standing::Stalled,
+                error.reason(),
+                message,
+                Next::Stop,
+                false,
+            )
+        }
+        (_, Recovery::Transient, None) => {
+            let message = format!("{error}; retrying with backoff");
+            keep(
+                Standing::InProgress,
+                error.reason(),
+                message,
+                Next::Poll,
+                false,
+            )
         }
     }
 }
+
+/// The verdict on an answer SSM gave.
+fn judge_answer(invocation: &Invocation, settings: &Settings) -> Judged {
+    let terminal = TERMINAL_STATUSES.contains(&invocation.status.as_str());
+    let (standing, next) = match invocation.status.as_str() {
+        "Success" => (Standing::Succeeded, Next::Stop),
+        _ if terminal => (Standing::Stalled, Next::Stop),
+        _ => (Standing::InProgress, Next::Poll),
+    };
+    Judged {
+        fields: ssm_fields_from(invocation, terminal, settings),
+        standing,
+        reason: conditions::sanitize_reason(&invocation.status),
+        message: describe(invocation, terminal),
+        next,
+        quiet: false,
+    }
+}
+
+/// Whether SSM needs to be asked again for this status (of the current generation): not when
+/// it is terminal or stalled on an error only a spec change can cure; yes while running or
+/// stalled on an error an outside fix can cure (re-checked rarely).
+pub fn needs_polling(status: &CommandInvocationStatus) -> bool {
+    let finished = conditions::is_true(&status.conditions, conditions::FINISHED);
+    let rechecked = stalled_reason(&status.conditions)
+        .is_some_and(|(reason, _)| RECHECKED_REASONS.contains(&reason));
+    !finished || rechecked
+}
+
+/// Stalled reasons that are re-checked rarely, because a fix outside the cluster can cure them.
+pub const RECHECKED_REASONS: &[&str] = &["InvocationNotFound", "AccessDenied", "AssumeRoleFailed"];
 
 /// One line for condition messages and Events, e.g. `SSM reports Failed (Failed), exit code 1`.
 fn describe(invocation: &Invocation, terminal: bool) -> String {
@@ -289,6 +382,7 @@ mod tests {
     const SETTINGS: Settings = Settings {
         max_output_chars: 4000,
         not_found_grace: Duration::from_secs(300),
+        recheck_interval: Duration::from_secs(300),
     };
 
     fn at(seconds: i64) -> Time {
@@ -609,7 +703,7 @@ mod tests {
             SsmError::InvalidCommandId("bad id".into()),
             SsmError::InvalidInstanceId("bad node".into()),
             SsmError::InvalidPluginName("no such step".into()),
-            SsmError::AccessDenied("not authorized".into()),
+            SsmError::Validation("ValidationException: 1 validation error".into()),
         ] {
             let out = poll_at(&Err(err.clone()), 1);
             assert_eq!(flags(&out.status), [false, false, true, true], "{err:?}");
@@ -622,6 +716,125 @@ mod tests {
             assert_eq!(out.next, Next::Stop);
             assert!(out.note.unwrap().warning);
         }
+    }
+
+    #[test]
+    fn a_malformed_request_stalls_with_validation_error_and_is_not_retried() {
+        let out = poll_at(
+            &Err(SsmError::Validation("ValidationException: bad".into())),
+            1,
+        );
+        assert_eq!(out.status.conditions[2].reason, "ValidationError");
+        assert_eq!(out.next, Next::Stop);
+        assert!(!needs_polling(&out.status));
+    }
+
+    #[test]
+    fn access_denied_stalls_points_at_iam_and_recovers_without_a_spec_change() {
+        let denied = Err(SsmError::AccessDenied("not authorized".into()));
+        let stalled = poll_at(&denied, 1);
+        assert_eq!(flags(&stalled.status), [false, false, true, true]);
+        assert_eq!(stalled.next, Next::RecheckRarely);
+        assert!(needs_polling(&stalled.status), "re-checked rarely");
+        let message = &stalled.status.conditions[2].message;
+        assert!(message.contains("ssm:GetCommandInvocation"), "{message}");
+        assert!(message.contains("docs/iam.md"), "{message}");
+        assert!(message.contains("not authorized"), "{message}");
+        assert!(!message.contains("fix the spec"), "{message}");
+
+        let still = poll_on(Some(&stalled.status), &denied, 400);
+        assert!(!still.write && still.note.is_none(), "no news, no write");
+
+        let fixed = poll_on(
+            Some(&stalled.status),
+            &Ok(invocation("Success", "Success", 0)),
+            800,
+        );
+        assert_eq!(flags(&fixed.status), [true, false, false, true]);
+        assert_eq!(fixed.next, Next::Stop);
+        assert!(!needs_polling(&fixed.status));
+    }
+
+    #[test]
+    fn a_transient_error_during_a_rare_recheck_leaves_a_stalled_resource_as_it_was() {
+        for stalling in [
+            SsmError::AccessDenied("denied".into()),
+            SsmError::InvocationDoesNotExist("nope".into()),
+        ] {
+            let stalled = poll_at(&Err(stalling.clone()), 301);
+            assert_eq!(flags(&stalled.status), [false, false, true, true]);
+            for transient in [
+                SsmError::Throttled("Rate exceeded".into()),
+                SsmError::Unavailable("HTTP 503".into()),
+            ] {
+                let out = poll_on(Some(&stalled.status), &Err(transient), 900);
+                assert_eq!(out.status, stalled.status, "{stalling:?} then a blip");
+                assert!(!out.write && out.note.is_none());
+                assert_eq!(out.next, Next::RecheckRarely);
+            }
+        }
+    }
+
+    #[test]
+    fn not_found_stays_stalled_when_a_restart_forgets_how_long_it_waited() {
+        let not_found = Err(SsmError::InvocationDoesNotExist("nope".into()));
+        let stalled = poll_at(&not_found, 301);
+        // After a restart the grace clock of a changed spec starts again at 0.
+        let again = poll_on(Some(&stalled.status), &not_found, 0);
+        assert_eq!(again.status, stalled.status);
+        assert!(!again.write);
+    }
+
+    #[test]
+    fn only_outside_fixable_stalls_and_unfinished_ones_need_polling() {
+        let running = poll_at(&Ok(invocation("InProgress", "In Progress", -1)), 1);
+        let failed = poll_at(&Ok(invocation("Failed", "Failed", 1)), 1);
+        let bad_plugin = poll_at(&Err(SsmError::InvalidPluginName("x".into())), 1);
+        let not_found = poll_at(&Err(SsmError::InvocationDoesNotExist("x".into())), 301);
+        let verdicts =
+            [&running, &failed, &bad_plugin, &not_found].map(|o| needs_polling(&o.status));
+        assert_eq!(verdicts, [true, false, false, true]);
+    }
+
+    #[test]
+    fn reconciling_and_stalled_are_never_true_together_and_failure_is_not_ready() {
+        let answers = [
+            Ok(invocation("Pending", "Pending", -1)),
+            Ok(invocation("Failed", "Failed", 1)),
+            Ok(invocation("Cancelling", "Cancelling", -1)),
+            Err(SsmError::Throttled("x".into())),
+            Err(SsmError::AccessDenied("x".into())),
+            Err(SsmError::InvocationDoesNotExist("x".into())),
+        ];
+        for answer in &answers {
+            for seconds in [1, 301] {
+                let [ready, reconciling, stalled, finished] =
+                    flags(&poll_at(answer, seconds).status);
+                assert!(!(reconciling && stalled), "{answer:?}");
+                assert_eq!(finished, ready || stalled, "{answer:?}");
+                if stalled {
+                    assert!(!ready, "{answer:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn event_actions_name_the_transition() {
+        let pending = poll_at(&Ok(invocation("Pending", "Pending", -1)), 1);
+        assert_eq!(pending.note.as_ref().unwrap().action, "NewToPending");
+        let running = poll_on(
+            Some(&pending.status),
+            &Ok(invocation("InProgress", "In Progress", -1)),
+            2,
+        );
+        assert_eq!(running.note.unwrap().action, "PendingToInProgress");
+        let throttled = poll_on(
+            Some(&running.status),
+            &Err(SsmError::Throttled("x".into())),
+            3,
+        );
+        assert_eq!(throttled.note.unwrap().action, "InProgressToThrottled");
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub struct Metrics {
     status_writes: Counter,
     events: Counter,
     tracked: Family<StatusLabels, Gauge>,
+    watch_errors: Counter,
+    fenced_writes: Counter,
+    poll_book: Gauge,
 }
 
 impl Default for Metrics {
@@ -84,8 +87,29 @@ impl Metrics {
             "CommandInvocation resources watched, by SSM status",
             tracked.clone(),
         );
+        let watch_errors = Counter::default();
+        registry.register(
+            "watch_errors",
+            "List/watch failures of the CommandInvocation watch (RBAC, missing CRD, API server down)",
+            watch_errors.clone(),
+        );
+        let fenced_writes = Counter::default();
+        registry.register(
+            "fenced_writes",
+            "Status writes and Events refused because the Lease was not renewed in time",
+            fenced_writes.clone(),
+        );
+        let poll_book = Gauge::default();
+        registry.register(
+            "poll_book_entries",
+            "Resources with in-memory poll state",
+            poll_book.clone(),
+        );
         Self {
             registry: root,
+            watch_errors,
+            fenced_writes,
+            poll_book,
             reconciles,
             reconcile_errors,
             reconcile_duration,
@@ -131,6 +155,22 @@ impl Metrics {
         self.events.inc();
     }
 
+    /// Counts one list/watch failure.
+    pub fn watch_failed(&self) {
+        self.watch_errors.inc();
+    }
+
+    /// Counts one write or Event refused by the leadership fence.
+    pub fn write_fenced(&self) {
+        self.fenced_writes.inc();
+    }
+
+    /// Sets the number of resources with in-memory poll state.
+    pub fn set_poll_book(&self, entries: usize) {
+        self.poll_book
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+    }
+
     /// Replaces the tracked-resources gauge with fresh counts per SSM status.
     pub fn set_tracked<'a>(&self, counts: impl IntoIterator<Item = (&'a str, i64)>) {
         self.tracked.clear();
@@ -164,6 +204,9 @@ mod tests {
         m.status_written();
         m.event_recorded();
         m.set_tracked([("InProgress", 3), ("Success", 2)]);
+        m.watch_failed();
+        m.write_fenced();
+        m.set_poll_book(7);
         let text = m.encode().unwrap();
         for line in [
             "ssm_operator_reconciles_total 1",
@@ -173,6 +216,9 @@ mod tests {
             "ssm_operator_events_total 1",
             "ssm_operator_invocations{status=\"InProgress\"} 3",
             "ssm_operator_reconcile_duration_seconds_count 1",
+            "ssm_operator_watch_errors_total 1",
+            "ssm_operator_fenced_writes_total 1",
+            "ssm_operator_poll_book_entries 7",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

@@ -3,7 +3,12 @@
 //!
 //! SSM errors never fail a reconcile: they become conditions. Only Kubernetes write failures do,
 //! and [`error_policy`] retries those with backoff.
+//!
+//! A reconcile acts on what is really stored: when the watch cache has not yet shown this
+//! process's last write, it uses that write ([`StatusWriter::fresher`]). At most
+//! `--max-concurrent-reconciles` reconciles ask SSM at once, across all watched namespaces.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,17 +18,14 @@ use kube::runtime::controller::Action;
 use kube::ResourceExt;
 use tracing::{debug, info, instrument};
 
-use crate::api::{CommandInvocation, CommandInvocationStatus};
-use crate::conditions::{self, FINISHED, STALLED};
+use crate::api::CommandInvocation;
 use crate::mapping::{self, Next, Poll, Settings};
 use crate::metrics::Metrics;
 use crate::schedule::{PollBook, PollIntervals};
 use crate::ssm::{InvocationKey, Ssm};
 use crate::status_writer::StatusWriter;
+use crate::watch::Forget;
 use crate::Error;
-
-/// A Stalled `InvocationNotFound` is looked at again after this many `--poll-interval-max`.
-const RARE_RECHECK_FACTOR: u32 = 10;
 
 /// Everything a reconcile run needs, shared by all runs.
 pub struct Context {
@@ -39,6 +41,22 @@ pub struct Context {
     pub intervals: PollIntervals,
     /// Process metrics.
     pub metrics: Arc<Metrics>,
+    /// `--max-concurrent-reconciles` permits, shared by every watched namespace.
+    pub permits: tokio::sync::Semaphore,
+}
+
+impl Forget for Context {
+    fn forget(&self, uid: &str) {
+        self.book.forget(uid);
+        self.writer.forget(uid);
+        self.metrics.set_poll_book(self.book.len());
+    }
+
+    fn retain(&self, live: &HashSet<String>) {
+        self.book.retain(live);
+        self.writer.retain(live);
+        self.metrics.set_poll_book(self.book.len());
+    }
 }
 
 /// Reconciles one resource. See the module docs.
@@ -51,12 +69,14 @@ pub async fn reconcile(object: Arc<CommandInvocation>, ctx: Arc<Context>) -> Res
 }
 
 async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Action, Error> {
+    let fresher = ctx.writer.fresher(object);
+    let object = fresher.as_ref().unwrap_or(object);
     let uid = object.uid().ok_or(Error::MissingObjectKey("uid"))?;
     let generation = object.metadata.generation.unwrap_or_default();
     let current = object.status.as_ref();
     let up_to_date = current.is_some_and(|s| s.observed_generation == Some(generation));
 
-    if up_to_date && current.is_some_and(is_done) {
+    if up_to_date && current.is_some_and(|s| !mapping::needs_polling(s)) {
         ctx.book.forget(&uid);
         return Ok(Action::await_change());
     }
@@ -67,6 +87,8 @@ async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Ac
         }
     }
 
+    // The semaphore is never closed; without a permit (impossible) the call goes ahead.
+    let _permit = ctx.permits.acquire().await.ok();
     let answer = ctx.ssm.invocation(&InvocationKey::from(&object.spec)).await;
     let poll = Poll {
         answer: &answer,
@@ -94,7 +116,7 @@ async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Ac
             Action::await_change()
         }
         Next::RecheckRarely => {
-            let delay = ctx.intervals.max.saturating_mul(RARE_RECHECK_FACTOR);
+            let delay = ctx.settings.recheck_interval;
             ctx.book.record_fixed(&uid, generation, delay, now);
             Action::requeue(delay)
         }
@@ -106,18 +128,9 @@ async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Ac
             now,
         )),
     };
+    ctx.metrics.set_poll_book(ctx.book.len());
     debug!(?action, "reconciled");
     Ok(action)
-}
-
-/// Finished for good: terminal, or a permanent error. A Stalled `InvocationNotFound` is not:
-/// the invocation may still show up, so it is re-checked rarely.
-fn is_done(status: &CommandInvocationStatus) -> bool {
-    let not_found = status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == STALLED && c.status == "True" && c.reason == "InvocationNotFound");
-    conditions::is_true(&status.conditions, FINISHED) && !not_found
 }
 
 /// How long SSM has had to show the invocation: since creation for the first spec, else since

@@ -115,6 +115,12 @@ impl PollBook {
         entries.remove(uid);
     }
 
+    /// Drops the state of every resource not in `live` (deleted while nobody watched).
+    pub fn retain(&self, live: &std::collections::HashSet<String>) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.retain(|uid, _| live.contains(uid));
+    }
+
     /// Number of resources with poll state (for tests and metrics).
     pub fn len(&self) -> usize {
         self.entries
@@ -182,6 +188,19 @@ mod tests {
         assert_eq!(book.wait_left("other", 1, t0), None);
         book.forget("u");
         assert!(book.is_empty());
+    }
+
+    #[test]
+    fn entries_of_resources_no_longer_watched_are_pruned() {
+        let book = PollBook::default();
+        let t0 = Instant::now();
+        for uid in ["a", "b", "c"] {
+            book.record_poll(uid, 1, false, IV, t0);
+        }
+        book.retain(&["b".to_string()].into_iter().collect());
+        assert_eq!(book.len(), 1);
+        assert_eq!(book.wait_left("a", 1, t0), None);
+        assert!(book.wait_left("b", 1, t0).is_some());
     }
 
     #[test]

@@ -19,10 +19,8 @@ use aws_sdk_ssm::Client;
 use crate::api::CommandInvocationSpec;
 use crate::metrics::Metrics;
 
-/// Upper bound for one HTTP attempt.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Upper bound for one SSM call, retries included.
-const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// One SSM call, retries included, may take this many attempt timeouts.
+const OPERATION_ATTEMPTS: u32 = 3;
 
 /// Names one invocation (one step of one command on one node) in one region.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -101,7 +99,11 @@ pub enum SsmError {
     /// `InvalidPluginName`: permanent for this spec.
     #[error("SSM refused the plugin name: {0}")]
     InvalidPluginName(String),
-    /// `AccessDeniedException`: the operator's AWS identity may not read this invocation.
+    /// `ValidationException` and other client errors SSM will never accept for this request.
+    #[error("SSM refused the request as malformed: {0}")]
+    Validation(String),
+    /// `AccessDeniedException` (or an unrecognised/invalid AWS identity): IAM may be fixed
+    /// outside the cluster, so it is re-checked rarely.
     #[error("access denied by AWS: {0}")]
     AccessDenied(String),
     /// `ThrottlingException` and friends, after the SDK's own retries.
@@ -112,6 +114,17 @@ pub enum SsmError {
     Unavailable(String),
 }
 
+/// How an error can go away, which decides how often the operator asks again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recovery {
+    /// Only a spec change can help: never ask again for this generation.
+    SpecChange,
+    /// A fix outside the cluster (IAM, SSM catching up) can help: ask again rarely.
+    OutsideFix,
+    /// Asking again soon can help: keep polling with backoff.
+    Transient,
+}
+
 impl SsmError {
     /// The condition reason the public contract names for this error.
     pub fn reason(&self) -> &'static str {
@@ -120,21 +133,23 @@ impl SsmError {
             Self::InvalidCommandId(_) => "InvalidCommandId",
             Self::InvalidInstanceId(_) => "InvalidInstanceId",
             Self::InvalidPluginName(_) => "InvalidPluginName",
+            Self::Validation(_) => "ValidationError",
             Self::AccessDenied(_) => "AccessDenied",
             Self::Throttled(_) => "Throttled",
             Self::Unavailable(_) => "SsmUnavailable",
         }
     }
 
-    /// True when asking again cannot help until the spec changes.
-    pub fn is_permanent(&self) -> bool {
-        matches!(
-            self,
+    /// How this error can go away.
+    pub fn recovery(&self) -> Recovery {
+        match self {
             Self::InvalidCommandId(_)
-                | Self::InvalidInstanceId(_)
-                | Self::InvalidPluginName(_)
-                | Self::AccessDenied(_)
-        )
+            | Self::InvalidInstanceId(_)
+            | Self::InvalidPluginName(_)
+            | Self::Validation(_) => Recovery::SpecChange,
+            Self::InvocationDoesNotExist(_) | Self::AccessDenied(_) => Recovery::OutsideFix,
+            Self::Throttled(_) | Self::Unavailable(_) => Recovery::Transient,
+        }
     }
 
     /// SSM's (or the transport's) message, without our prefix.
@@ -144,6 +159,7 @@ impl SsmError {
             | Self::InvalidCommandId(m)
             | Self::InvalidInstanceId(m)
             | Self::InvalidPluginName(m)
+            | Self::Validation(m)
             | Self::AccessDenied(m)
             | Self::Throttled(m)
             | Self::Unavailable(m) => m,
@@ -161,7 +177,9 @@ pub struct Ssm {
 impl Ssm {
     /// Loads the standard AWS configuration chain (env, profiles, web identity, Pod Identity,
     /// `AWS_ENDPOINT_URL[_SSM]`, `AWS_RETRY_MODE`) with bounded timeouts.
-    pub async fn from_env(metrics: Arc<Metrics>) -> Self {
+    /// `attempt_timeout` bounds one HTTP attempt (`--ssm-attempt-timeout`); a whole call,
+    /// retries included, gets three times that.
+    pub async fn from_env(metrics: Arc<Metrics>, attempt_timeout: Duration) -> Self {
         // Retries: the SDK's standard mode (3 attempts, exponential backoff), overridable with
         // AWS_RETRY_MODE / AWS_MAX_ATTEMPTS. Adaptive mode is not forced: in aws-smithy-runtime
         // 1.16 its bucket caps at ~1 token for low-rate clients while a retry costs 5, so after
@@ -170,8 +188,8 @@ impl Ssm {
         let base = aws_config::defaults(BehaviorVersion::latest())
             .timeout_config(
                 TimeoutConfig::builder()
-                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-                    .operation_timeout(OPERATION_TIMEOUT)
+                    .operation_attempt_timeout(attempt_timeout)
+                    .operation_timeout(attempt_timeout.saturating_mul(OPERATION_ATTEMPTS))
                     .build(),
             )
             .load()
@@ -264,6 +282,25 @@ const THROTTLING_CODES: &[&str] = &[
     "RequestLimitExceeded",
 ];
 
+/// Error codes that say the caller's AWS identity may not do this (IAM can be fixed outside).
+const ACCESS_CODES: &[&str] = &[
+    "AccessDeniedException",
+    "AccessDenied",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "NotAuthorized",
+];
+
+/// Error codes of requests SSM will never accept as sent: asking again cannot help.
+const MALFORMED_CODES: &[&str] = &[
+    "ValidationException",
+    "SerializationException",
+    "InvalidParameterValue",
+    "InvalidParameterCombination",
+    "MissingParameter",
+    "UnknownOperationException",
+];
+
 /// Maps an SDK error to what the operator does about it.
 fn classify(err: SdkError<GetCommandInvocationError>) -> SsmError {
     let SdkError::ServiceError(service) = &err else {
@@ -286,7 +323,12 @@ fn classify(err: SdkError<GetCommandInvocationError>) -> SsmError {
         GetCommandInvocationError::InternalServerError(_) => SsmError::Unavailable(message),
         other => match other.code() {
             Some(code) if THROTTLING_CODES.contains(&code) => SsmError::Throttled(message),
-            Some("AccessDeniedException") => SsmError::AccessDenied(message),
+            Some(code) if ACCESS_CODES.contains(&code) => {
+                SsmError::AccessDenied(format!("{code}: {message}"))
+            }
+            Some(code) if MALFORMED_CODES.contains(&code) => {
+                SsmError::Validation(format!("{code}: {message}"))
+            }
             Some(code) => SsmError::Unavailable(format!("{code}: {message}")),
             None => SsmError::Unavailable(format!(
                 "HTTP {}: {message}",
@@ -301,27 +343,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn permanent_errors_are_the_ones_only_a_spec_change_can_fix() {
-        let permanent: Vec<_> = [
+    fn each_error_has_a_contract_reason_and_a_recovery_class() {
+        let all = [
             SsmError::InvocationDoesNotExist(String::new()),
             SsmError::InvalidCommandId(String::new()),
             SsmError::InvalidInstanceId(String::new()),
             SsmError::InvalidPluginName(String::new()),
+            SsmError::Validation(String::new()),
             SsmError::AccessDenied(String::new()),
             SsmError::Throttled(String::new()),
             SsmError::Unavailable(String::new()),
-        ]
-        .iter()
-        .filter(|e| e.is_permanent())
-        .map(SsmError::reason)
-        .collect();
+        ];
+        let table: Vec<_> = all.iter().map(|e| (e.reason(), e.recovery())).collect();
         assert_eq!(
-            permanent,
+            table,
             [
-                "InvalidCommandId",
-                "InvalidInstanceId",
-                "InvalidPluginName",
-                "AccessDenied"
+                ("InvocationNotFound", Recovery::OutsideFix),
+                ("InvalidCommandId", Recovery::SpecChange),
+                ("InvalidInstanceId", Recovery::SpecChange),
+                ("InvalidPluginName", Recovery::SpecChange),
+                ("ValidationError", Recovery::SpecChange),
+                ("AccessDenied", Recovery::OutsideFix),
+                ("Throttled", Recovery::Transient),
+                ("SsmUnavailable", Recovery::Transient),
             ]
         );
     }

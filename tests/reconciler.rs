@@ -16,6 +16,7 @@ use kube::runtime::controller::Action;
 use kube::Client;
 use serde_json::{json, Value};
 use ssm_operator::api::{CommandInvocation, CommandInvocationSpec, CommandInvocationStatus};
+use ssm_operator::leader::Fence;
 use ssm_operator::mapping::Settings;
 use ssm_operator::metrics::Metrics;
 use ssm_operator::reconciler::{error_policy, reconcile, Context};
@@ -64,6 +65,7 @@ impl ApiServerVerifier {
             serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap();
         let mut answer = serde_json::to_value(object).unwrap();
         answer["status"] = body["status"].clone();
+        answer["metadata"]["resourceVersion"] = json!("101");
         send.send_response(json_response(200, &answer));
         body
     }
@@ -120,6 +122,10 @@ struct Fixture {
 }
 
 async fn fixture() -> (Fixture, ApiServerVerifier) {
+    fixture_with(Fence::open(), 16).await
+}
+
+async fn fixture_with(fence: Fence, permits: usize) -> (Fixture, ApiServerVerifier) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let sim = Simulator::start().await.unwrap();
@@ -132,17 +138,19 @@ async fn fixture() -> (Fixture, ApiServerVerifier) {
     let metrics = Arc::new(Metrics::new());
     let ctx = Arc::new(Context {
         ssm: Arc::new(Ssm::new(sdk, metrics.clone())),
-        writer: StatusWriter::new(client, Some("test".into()), metrics.clone()),
+        writer: StatusWriter::new(client, Some("test".into()), metrics.clone(), fence),
         book: PollBook::default(),
         settings: Settings {
             max_output_chars: 4000,
             not_found_grace: Duration::from_secs(300),
+            recheck_interval: Duration::from_secs(300),
         },
         intervals: PollIntervals {
             min: Duration::from_secs(2),
             max: Duration::from_secs(30),
         },
         metrics,
+        permits: tokio::sync::Semaphore::new(permits),
     });
     (Fixture { ctx, sim }, ApiServerVerifier(handle))
 }
@@ -160,6 +168,7 @@ fn resource(generation: i64, status: Option<CommandInvocationStatus>) -> Command
     object.metadata.namespace = Some("ops".into());
     object.metadata.uid = Some("5c6f7a1e-0000-4000-8000-000000000001".into());
     object.metadata.generation = Some(generation);
+    object.metadata.resource_version = Some("100".into());
     object.metadata.creation_timestamp = Some(Time(Timestamp::now()));
     object.status = status;
     object
@@ -380,4 +389,85 @@ async fn a_refused_status_write_fails_the_reconcile_and_is_retried_with_backoff(
     api.expect_silence().await;
     let metrics = f.ctx.metrics.encode().unwrap();
     assert!(metrics.contains("ssm_operator_reconcile_errors_total{error=\"write_status\"} 1"));
+}
+
+#[tokio::test]
+async fn a_requeue_that_runs_before_the_watch_shows_our_write_acts_on_the_write() {
+    let (f, api) = fixture().await;
+    f.sim.add_command(command(Plugin::succeeding(
+        "aws:runShellScript",
+        Duration::ZERO,
+    )));
+    let object = resource(1, None);
+    let (action, patch, event, mut api) = run_expecting_patch_and_event(&f, api, &object).await;
+    assert_eq!(action.unwrap(), Action::await_change());
+    assert_eq!(event["reason"], "Success");
+
+    // The cache still holds the object as it was before the write (resourceVersion 100, no
+    // status): the operator must not ask SSM again, write again (moving lastTransitionTime) or
+    // record a second Success Event.
+    assert_eq!(run(&f, &object).await.unwrap(), Action::await_change());
+    assert_eq!(f.sim.calls("GetCommandInvocation"), 1, "no second SSM call");
+    api.expect_silence().await;
+
+    // Once the watch shows the write, the cached object is used as it is.
+    let mut shown = resource(1, Some(status_from(&patch)));
+    shown.metadata.resource_version = Some("101".into());
+    assert_eq!(run(&f, &shown).await.unwrap(), Action::await_change());
+    assert_eq!(f.ctx.writer.pending_len(), 0, "the memo is dropped");
+    api.expect_silence().await;
+}
+
+#[tokio::test]
+async fn a_replica_that_does_not_hold_the_lease_writes_no_status_and_no_event() {
+    // A fence for a Lease never seen (or held by another replica, or not renewed in time).
+    let (f, mut api) = fixture_with(Fence::for_lease("test", Duration::from_secs(15)), 16).await;
+    f.sim.add_command(command(Plugin::succeeding(
+        "aws:runShellScript",
+        Duration::ZERO,
+    )));
+    let error = run(&f, &resource(1, None)).await.unwrap_err();
+    assert!(matches!(error, ssm_operator::Error::Fenced), "{error}");
+    api.expect_silence().await;
+    let metrics = f.ctx.metrics.encode().unwrap();
+    assert!(
+        metrics.contains("ssm_operator_fenced_writes_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn max_concurrent_reconciles_bounds_ssm_calls_across_all_resources() {
+    let (f, mut api) = fixture_with(Fence::open(), 1).await;
+    f.sim
+        .add_command(command(Plugin::new("aws:runShellScript")));
+    f.sim.set_latency(Duration::from_millis(300));
+    let answer = tokio::spawn(async move {
+        for _ in 0..4 {
+            let (request, send) = api.next().await;
+            if request.uri().path().ends_with("/status") {
+                let mut object = resource(1, None);
+                object.metadata.resource_version = Some("101".into());
+                send.send_response(json_response(200, &serde_json::to_value(object).unwrap()));
+            } else {
+                send.send_response(json_response(201, &json!({})));
+            }
+        }
+    });
+    let mut a = resource(1, None);
+    a.metadata.uid = Some("uid-a".into());
+    let mut b = resource(1, None);
+    b.metadata.uid = Some("uid-b".into());
+    b.metadata.name = Some("patch-web-2".into());
+    let started = std::time::Instant::now();
+    let (ra, rb) = tokio::join!(run(&f, &a), run(&f, &b));
+    let took = started.elapsed();
+    answer.await.unwrap();
+    ra.unwrap();
+    rb.unwrap();
+    assert_eq!(f.sim.calls("GetCommandInvocation"), 2);
+    assert!(
+        took >= Duration::from_millis(600),
+        "with one permit the two 300 ms SSM calls ran one after the other: {took:?}"
+    );
 }

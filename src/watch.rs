@@ -1,0 +1,131 @@
+//! The watch of `CommandInvocation`s that feeds a controller: list+watch with backoff, the
+//! cache without `managedFields` (never read, and the largest part of a small object), and no
+//! silent failures: every list/watch error (403 from missing RBAC, a missing CRD, the API
+//! server down) is logged at warn, counted in `ssm_operator_watch_errors_total`, and makes
+//! `/readyz` fail until the watch works again. Deleted resources are handed to `on_gone`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use kube::api::{ListParams, WatchEvent, WatchParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, ResourceExt};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::api::CommandInvocation;
+use crate::http::Health;
+use crate::metrics::Metrics;
+
+/// How often a failed watch is probed for recovery.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// What happens to resources that left the cache.
+pub trait Forget: Send + Sync + 'static {
+    /// The resource with this uid was deleted.
+    fn forget(&self, uid: &str);
+    /// The watch re-listed: forget every resource not in `live` (deletions missed meanwhile).
+    fn retain(&self, live: &std::collections::HashSet<String>);
+}
+
+/// A watch ready to hand to `Controller::for_stream`.
+pub struct Watched {
+    /// The cache the stream fills.
+    pub store: Store<CommandInvocation>,
+    /// Applied objects (and errors) that trigger reconciles.
+    pub stream: BoxStream<'static, Result<CommandInvocation, watcher::Error>>,
+}
+
+/// Aborts the recovery prober when the stream is dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Builds the watch of `api`, registered with `health` for readiness.
+pub fn watch(
+    api: Api<CommandInvocation>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    gone: Arc<dyn Forget>,
+) -> Watched {
+    let (store, writer) = reflector::store();
+    let id = health.add_store(store.clone());
+    let failed = Arc::new(Notify::new());
+    let prober = AbortOnDrop(tokio::spawn(recover(
+        api.clone(),
+        id,
+        health.clone(),
+        failed.clone(),
+    )));
+    let stream = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(|object| object.managed_fields_mut().clear())
+        .reflect(writer)
+        .inspect(move |event| {
+            let _prober = &prober;
+            match event {
+                Ok(event) => {
+                    health.set_failing(id, false);
+                    match event {
+                        Event::Delete(object) => {
+                            if let Some(uid) = object.uid() {
+                                gone.forget(&uid);
+                            }
+                        }
+                        Event::InitDone => gone.retain(&health.live_uids()),
+                        Event::Apply(_) | Event::Init | Event::InitApply(_) => {}
+                    }
+                }
+                Err(error) => {
+                    metrics.watch_failed();
+                    health.set_failing(id, true);
+                    warn!(%error, "watching CommandInvocations failed; not ready until it works again");
+                    failed.notify_one();
+                }
+            }
+        })
+        .applied_objects()
+        .boxed();
+    Watched { store, stream }
+}
+
+/// After each failure, probes list and watch until both work, then marks the watch healthy.
+/// (The watcher itself says nothing when a watch restarts quietly after an error.)
+async fn recover(api: Api<CommandInvocation>, id: usize, health: Arc<Health>, failed: Arc<Notify>) {
+    loop {
+        failed.notified().await;
+        loop {
+            tokio::time::sleep(PROBE_EVERY).await;
+            if works(&api).await {
+                health.set_failing(id, false);
+                info!("watching CommandInvocations works again");
+                break;
+            }
+        }
+    }
+}
+
+/// One cheap list and a one-second watch, with the watch's own permissions.
+async fn works(api: &Api<CommandInvocation>) -> bool {
+    let Ok(list) = api.list_metadata(&ListParams::default().limit(1)).await else {
+        return false;
+    };
+    let version = list.metadata.resource_version.unwrap_or_default();
+    let Ok(events) = api
+        .watch_metadata(&WatchParams::default().timeout(1), &version)
+        .await
+    else {
+        return false;
+    };
+    let first = events.boxed().next().await;
+    !matches!(first, Some(Err(_)) | Some(Ok(WatchEvent::Error(_))))
+}
