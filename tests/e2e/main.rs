@@ -8,6 +8,7 @@
 
 mod chart;
 mod conformance;
+mod faults_ssm;
 mod kubectl_ux;
 mod leader;
 mod lifecycle;
@@ -58,6 +59,8 @@ fn all_scenarios() -> Vec<(&'static str, Scenario)> {
         chart::helm_template_applies_with_server_side_dry_run,
         chart::helm_install_upgrade_uninstall,
         leader::only_the_leader_reconciles_and_a_follower_takes_over,
+        faults_ssm::ssm_5xx_storms_drops_and_slow_replies_end_right,
+        faults_ssm::leader_paused_with_reconciles_in_flight_writes_nothing_after_resuming,
     ]
 }
 

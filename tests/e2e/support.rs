@@ -355,3 +355,10 @@ pub async fn get_json(world: &World, name: &str) -> Value {
     serde_json::from_str(&world.kubectl(&["get", "cinv", name, "-o", "json"]).await)
         .expect("kubectl json")
 }
+
+impl Operator {
+    /// The process id (for signals such as SIGSTOP and SIGCONT).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("operator process").id()
+    }
+}
