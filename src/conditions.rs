@@ -59,7 +59,7 @@ pub fn build(
             type_: type_.to_string(),
             status,
             reason: reason.to_string(),
-            message: message.to_string(),
+            message: crate::output::cut_to_bytes(message, MAX_MESSAGE_BYTES).to_string(),
             observed_generation: generation,
             last_transition_time,
         }
@@ -74,13 +74,20 @@ pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
         .any(|c| c.type_ == type_ && c.status == "True")
 }
 
-/// Turns any string into a valid condition reason (`^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$`),
-/// for SSM status values newer than this operator.
+/// Longest reason kept: SSM's statuses are short; the API allows 1024 characters.
+pub const MAX_REASON_CHARS: usize = 64;
+/// Longest message kept, in bytes: enough for any SSM message worth reading; the API allows
+/// 32768 bytes, and a reply SSM garbled can carry far more.
+pub const MAX_MESSAGE_BYTES: usize = 2048;
+
+/// Turns any string into a valid condition reason (`^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$`,
+/// at most [`MAX_REASON_CHARS`]), for SSM status values newer than this operator.
 pub fn sanitize_reason(raw: &str) -> String {
     let kept: String = raw
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
         .skip_while(|c| !c.is_ascii_alphabetic())
+        .take(MAX_REASON_CHARS)
         .collect();
     if kept.is_empty() {
         "Unknown".to_string()
@@ -147,5 +154,20 @@ mod tests {
         assert_eq!(sanitize_reason("Paused by user"), "Pausedbyuser");
         assert_eq!(sanitize_reason("1-Step"), "Step");
         assert_eq!(sanitize_reason("--"), "Unknown");
+        assert_eq!(sanitize_reason(&"A".repeat(5000)).len(), MAX_REASON_CHARS);
+    }
+
+    #[test]
+    fn messages_are_bounded_in_bytes() {
+        let huge = "é".repeat(100_000);
+        let built = build(
+            &[],
+            Standing::InProgress,
+            "SsmUnavailable",
+            &huge,
+            Some(1),
+            &at(0),
+        );
+        assert!(built.iter().all(|c| c.message.len() == MAX_MESSAGE_BYTES));
     }
 }

@@ -1,4 +1,5 @@
-//! Bounds command output stored in `.status`, with a visible marker when it was cut.
+//! Bounds text stored in the API server: command output in `.status`, with a visible marker
+//! when it was cut, and condition messages and Event notes by their byte limits.
 //!
 //! SSM itself returns at most 24,000 characters of stdout and 8,000 of stderr; the operator
 //! keeps at most `--max-output-chars` of each so that thousands of resources stay cheap for
@@ -24,6 +25,18 @@ pub fn bounded(text: &str, max_chars: usize) -> String {
         .nth(keep)
         .map_or(cut_at, |(index, _)| index);
     format!("{}{CUT_MARKER}", &text[..keep_end])
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+pub fn cut_to_bytes(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let end = (0..=max)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    &text[..end]
 }
 
 #[cfg(test)]

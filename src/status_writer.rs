@@ -18,24 +18,13 @@ use crate::api::{CommandInvocation, CommandInvocationStatus};
 use crate::leader::Fence;
 use crate::mapping::Note;
 use crate::metrics::Metrics;
+use crate::output::cut_to_bytes;
 use crate::{Error, OPERATOR_NAME};
 
 /// The API refuses Event notes longer than 1 kB (bytes, not characters).
 const MAX_NOTE_BYTES: usize = 1024;
 /// Event reasons and actions may be at most 128 bytes.
 const MAX_REASON_BYTES: usize = 128;
-
-/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
-pub fn cut_to_bytes(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let end = (0..=max)
-        .rev()
-        .find(|&i| text.is_char_boundary(i))
-        .unwrap_or(0);
-    &text[..end]
-}
 
 /// What the operator last wrote for one resource.
 #[derive(Clone, Debug)]

@@ -362,24 +362,10 @@ fn valid_reason(reason: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b',' | b':'))
 }
 
-/// Whether [`check_status`] holds condition reasons and messages to Kubernetes' length limits.
-///
-/// Known gap (not fixed here): the operator copies SSM's text unbounded into conditions (the
-/// `Status` into the reason, `Status`/`StatusDetails` and error messages, which for unreadable
-/// replies embed the whole raw HTTP body, into the message), so a huge reply yields a status the
-/// API server refuses. The main properties skip these two bounds; the ignored property
-/// `condition_text_fits_kubernetes_limits` checks them (`cargo test -- --ignored`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum TextLimits {
-    Checked,
-    Skipped,
-}
-
 /// What the contract promises about any status the operator writes.
 fn check_status(
     status: &CommandInvocationStatus,
     settings: &Settings,
-    limits: TextLimits,
 ) -> Result<(), TestCaseError> {
     let types: Vec<&str> = status.conditions.iter().map(|c| c.type_.as_str()).collect();
     prop_assert_eq!(types, [READY, RECONCILING, STALLED, FINISHED]);
@@ -396,9 +382,6 @@ fn check_status(
             c.type_,
             c.reason
         );
-        if limits == TextLimits::Skipped {
-            continue;
-        }
         prop_assert!(
             c.reason.chars().count() <= MAX_REASON_CHARS,
             "{}: reason of {} chars (max {MAX_REASON_CHARS})",
@@ -466,11 +449,7 @@ fn check_status(
 }
 
 /// Asks through the real client, then maps; returns the answer for strategy-specific checks.
-fn property(
-    reply: &Reply,
-    knobs: Knobs,
-    limits: TextLimits,
-) -> Result<Result<Invocation, SsmError>, TestCaseError> {
+fn property(reply: &Reply, knobs: Knobs) -> Result<Result<Invocation, SsmError>, TestCaseError> {
     let answer = ask(reply)?;
     if let Err(e) = &answer {
         prop_assert!(
@@ -500,7 +479,7 @@ fn property(
             panic_text(p.as_ref())
         ))
     })?;
-    check_status(&first.status, &settings, limits)?;
+    check_status(&first.status, &settings)?;
     if let Ok(invocation) = &answer {
         let expected = (!invocation.status.is_empty()).then(|| invocation.status.clone());
         prop_assert!(
@@ -967,23 +946,22 @@ proptest! {
 
     #[test]
     fn random_bodies_never_panic(code in http_code(), body in random_body(), knobs in knobs()) {
-        let _answer = property(&Reply { code, body }, knobs, TextLimits::Skipped)?;
+        let _answer = property(&Reply { code, body }, knobs)?;
     }
 
     #[test]
     fn damaged_invocations_never_panic(damaged in damaged_invocation(), knobs in knobs()) {
-        let _answer = property(&damaged.reply(), knobs, TextLimits::Skipped)?;
+        let _answer = property(&damaged.reply(), knobs)?;
     }
 
     #[test]
-    #[ignore = "known gap: SSM's text reaches conditions unbounded (see TextLimits)"]
     fn condition_text_fits_kubernetes_limits(reply in any_reply(), knobs in knobs()) {
-        let _answer = property(&reply.reply(), knobs, TextLimits::Checked)?;
+        let _answer = property(&reply.reply(), knobs)?;
     }
 
     #[test]
     fn error_bodies_are_classified(error in error_body(), knobs in knobs()) {
-        let answer = property(&error.reply(), knobs, TextLimits::Skipped)?;
+        let answer = property(&error.reply(), knobs)?;
         let message_is_text = matches!(error.message, None | Some(Value::String(_)));
         let expected = error.type_str().and_then(certain_reason);
         if let (Some(expected), true) = (expected, message_is_text && error.code >= 400) {
@@ -1084,5 +1062,5 @@ async fn success_is_ready() {
         out.status.standard_output_content.as_deref(),
         Some("hello\n")
     );
-    check_status(&out.status, &settings, TextLimits::Checked).unwrap();
+    check_status(&out.status, &settings).unwrap();
 }
