@@ -14,6 +14,7 @@ mod leader;
 mod lifecycle;
 mod support;
 mod validation;
+mod watch_health;
 
 use std::future::Future;
 use std::path::Path;
@@ -59,6 +60,7 @@ fn all_scenarios() -> Vec<(&'static str, Scenario)> {
         chart::helm_template_applies_with_server_side_dry_run,
         chart::helm_install_upgrade_uninstall,
         leader::only_the_leader_reconciles_and_a_follower_takes_over,
+        watch_health::missing_rbac_is_reported_and_recovers_when_granted,
         faults_ssm::ssm_5xx_storms_drops_and_slow_replies_end_right,
         faults_ssm::leader_paused_with_reconciles_in_flight_writes_nothing_after_resuming,
     ]
