@@ -9,6 +9,7 @@
 mod chart;
 mod conformance;
 mod faults_ssm;
+mod gitops;
 mod kubectl_ux;
 mod leader;
 mod lifecycle;
@@ -61,6 +62,10 @@ fn all_scenarios() -> Vec<(&'static str, Scenario)> {
         chart::helm_install_upgrade_uninstall,
         leader::only_the_leader_reconciles_and_a_follower_takes_over,
         watch_health::missing_rbac_is_reported_and_recovers_when_granted,
+        gitops::helm_wait_returns_only_once_the_invocation_succeeded,
+        gitops::helm_wait_fails_when_the_command_fails,
+        gitops::helm_wait_times_out_while_the_operator_is_stopped,
+        gitops::kubectl_wait_on_ready_and_finished,
         faults_ssm::ssm_5xx_storms_drops_and_slow_replies_end_right,
         faults_ssm::leader_paused_with_reconciles_in_flight_writes_nothing_after_resuming,
     ]
