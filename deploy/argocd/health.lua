@@ -4,9 +4,11 @@
 -- Degraded    status.status is Failed, TimedOut or Cancelled, or the operator
 --             set Stalled=True (a permanent error such as InvalidInstanceId or
 --             InvocationNotFound); the message says why.
--- Progressing everything else: no status yet, Pending, InProgress, Delayed,
---             Cancelling, transient errors (Throttled, SsmUnavailable), or a
---             status that describes an older spec generation.
+-- Progressing everything else: no status yet, the CRD's default status
+--             {observedGeneration: -1} (the operator has not observed the
+--             object yet), Pending, InProgress, Delayed, Cancelling, transient
+--             errors (Throttled, SsmUnavailable), or a status that describes an
+--             older spec generation.
 --
 -- Argo CD runs this with gopher-lua (Lua 5.1): no goto, integer division,
 -- bitwise operators or other Lua 5.2+ features.
@@ -38,6 +40,14 @@ if obj.status == nil then
   return hs
 end
 local st = obj.status
+
+-- The CRD defaults a missing status to {observedGeneration: -1}: the operator
+-- has not written anything yet.
+if st.observedGeneration ~= nil and st.observedGeneration < 0 then
+  hs.status = "Progressing"
+  hs.message = "Waiting for the operator: it has not observed this CommandInvocation yet"
+  return hs
+end
 
 local generation = nil
 if obj.metadata ~= nil then

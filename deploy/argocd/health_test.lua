@@ -167,6 +167,13 @@ end
 -- No status yet / not terminal: Progressing.
 case("no status yet", cinv(1, nil), "Progressing", "Waiting for the operator")
 case("empty status", cinv(1, {}), "Progressing", "Waiting for the operator")
+-- The CRD defaults a missing status to {observedGeneration: -1} (no conditions).
+case("status defaulted by the CRD (observedGeneration -1)", cinv(1, { observedGeneration = -1 }),
+  "Progressing", "Waiting for the operator: it has not observed this CommandInvocation yet", true)
+case("defaulted status after a spec change (generation 2)", cinv(2, { observedGeneration = -1 }),
+  "Progressing", "has not observed", false)
+case("defaulted status without metadata.generation", { metadata = { name = "x" },
+  status = { observedGeneration = -1 } }, "Progressing", "has not observed", false)
 case("Pending", cinv(1, running("Pending")), "Progressing", "Pending")
 case("InProgress", cinv(1, running("InProgress")), "Progressing", "InProgress")
 case("Delayed", cinv(1, running("Delayed")), "Progressing", "Delayed")
@@ -211,6 +218,8 @@ case("Stalled wins over a non-terminal SSM status", cinv(1, stalled_in_progress)
 
 -- Stale status: the spec changed after the status was written.
 case("Success for an older generation", cinv(2, succeeded(1)), "Progressing", "observe generation 2")
+case("InProgress for an older generation", cinv(3, running("InProgress", nil, 2)), "Progressing",
+  "Waiting for the operator to observe generation 3 (status describes generation 2)", true)
 case("Failed for an older generation", cinv(4, terminal_failure("Failed", "Failed", 1, 3)), "Progressing",
   "Waiting for the operator to observe generation 4 (status describes generation 3)", true)
 local stale_stalled = running("InProgress", nil, 2)
