@@ -8,6 +8,7 @@
 
 mod chart;
 mod conformance;
+mod faults_kube;
 mod faults_ssm;
 mod gitops;
 mod kubectl_ux;
@@ -62,6 +63,8 @@ fn all_scenarios() -> Vec<(&'static str, Scenario)> {
         chart::helm_install_upgrade_uninstall,
         leader::only_the_leader_reconciles_and_a_follower_takes_over,
         watch_health::missing_rbac_is_reported_and_recovers_when_granted,
+        faults_kube::apiserver_outage_mid_flight_loses_nothing,
+        faults_kube::operator_killed_during_a_burst_of_status_writes,
         gitops::helm_wait_returns_only_once_the_invocation_succeeded,
         gitops::helm_wait_fails_when_the_command_fails,
         gitops::helm_wait_times_out_while_the_operator_is_stopped,

@@ -357,8 +357,24 @@ pub async fn get_json(world: &World, name: &str) -> Value {
 }
 
 impl Operator {
+    /// The exit status if the process has exited (it is reaped then), `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+}
+
+impl Operator {
     /// The process id (for signals such as SIGSTOP and SIGCONT).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("operator process").id()
+    }
+}
+
+impl Operator {
+    /// Kills the process at once (SIGKILL) like [`Operator::kill`], and returns its whole log.
+    pub fn kill_and_log(self) -> String {
+        let log = self.log.clone();
+        self.kill();
+        std::fs::read_to_string(log).unwrap_or_default()
     }
 }
