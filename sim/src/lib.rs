@@ -6,8 +6,8 @@
 //! ListCommandInvocations, ListCommands, SendCommand and CancelCommand.
 //!
 //! Tests script commands whose plugins follow timelines measured from the moment the command
-//! is added, inject faults (throttling, HTTP 500, dropped connections), add latency and
-//! read per-operation call counters:
+//! is added, inject faults (throttling, HTTP 500, dropped connections), limit the request
+//! rate, add latency and read per-operation call counters:
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -43,6 +43,7 @@ mod ids;
 mod listing;
 mod model;
 mod protocol;
+mod ratelimit;
 mod render;
 mod script;
 mod server;

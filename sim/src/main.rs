@@ -25,6 +25,20 @@ struct Args {
     /// Latency added to every response, e.g. `50ms`, `1s`, `1.5s`, `0`.
     #[arg(long, value_parser = parse_duration, default_value = "0")]
     latency: Duration,
+    /// Requests per second served over all operations (token bucket, burst = the rate); the
+    /// rest answer ThrottlingException. Unlimited when not given.
+    #[arg(long, value_name = "PER_SECOND", value_parser = parse_rate)]
+    rate_limit: Option<f64>,
+}
+
+/// Parses a positive, finite number of requests per second, e.g. `20` or `2.5`.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "`{text}` is not a positive number of requests per second"
+        )),
+    }
 }
 
 /// Parses a duration made of a decimal number and a unit: `us`, `ms`, `s` or `m`
@@ -127,6 +141,7 @@ async fn main() -> ExitCode {
         }
     };
     sim.set_latency(args.latency);
+    sim.set_rate_limit(args.rate_limit);
     let count = scenario.commands.len();
     for command in scenario.commands {
         sim.add_command(command);
@@ -161,5 +176,15 @@ mod tests {
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("5h").is_err());
         assert!(parse_duration("ms").is_err());
+    }
+
+    #[test]
+    fn parses_rates() {
+        assert_eq!(parse_rate("20"), Ok(20.0));
+        assert_eq!(parse_rate("2.5"), Ok(2.5));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("-1").is_err());
+        assert!(parse_rate("inf").is_err());
+        assert!(parse_rate("fast").is_err());
     }
 }

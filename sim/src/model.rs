@@ -446,6 +446,22 @@ mod tests {
     }
 
     #[test]
+    fn fleet_builders_cap_the_start_at_the_end() {
+        let inv = one(Plugin::succeeding_at("p", ms(300), ms(200)));
+        assert_eq!(inv.view(ms(100)).status, Status::Pending);
+        let done = inv.view(ms(400));
+        assert_eq!(done.status, Status::Success);
+        assert_eq!(done.plugins[0].started, Some(ms(200)));
+        let inv = one(Plugin::failing_at("p", ms(50), ms(200), 3));
+        assert_eq!(inv.view(ms(100)).status, Status::InProgress);
+        let failed = inv.view(ms(200)).plugins[0].clone();
+        assert_eq!(
+            (failed.status, failed.details, failed.response_code),
+            (Status::Failed, "Failed", 3)
+        );
+    }
+
+    #[test]
     fn undelivered_plugin_never_starts() {
         let inv = one(Plugin::new("p").step_with(ms(10), Status::Failed, "Undeliverable", -1));
         let view = inv.view(ms(20));

@@ -1,7 +1,7 @@
 //! Wire types of the awsJson1_1 protocol for the operations the simulator serves, with the
-//! exact PascalCase member names of the SSM API. Requests ignore members they do not know
-//! (e.g. `Filters`); required members are `Option`s so their absence becomes a
-//! `ValidationException` rather than a parse failure.
+//! exact member names of the SSM API (PascalCase, except `CommandFilter`'s `key` / `value`).
+//! Requests ignore members they do not know; required members are `Option`s so their absence
+//! becomes a `ValidationException` rather than a parse failure.
 
 use std::collections::BTreeMap;
 
@@ -31,6 +31,15 @@ pub(crate) struct ListCommandInvocationsRequest {
     pub(crate) max_results: Option<i64>,
     pub(crate) next_token: Option<String>,
     pub(crate) details: Option<bool>,
+    pub(crate) filters: Option<Vec<CommandFilter>>,
+}
+
+/// One `CommandFilter` of a list request. SSM spells its members in lower case.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+pub(crate) struct CommandFilter {
+    pub(crate) key: Option<String>,
+    pub(crate) value: Option<String>,
 }
 
 /// ListCommands input.

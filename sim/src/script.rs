@@ -368,6 +368,32 @@ impl Plugin {
             .step(after, Status::Success)
     }
 
+    /// Pending, InProgress at `in_progress_at`, Success (code 0) at `done_at`: one fleet member's
+    /// timeline in a line. `in_progress_at` is capped at `done_at` (equal: it started and
+    /// succeeded at that instant).
+    pub fn succeeding_at(
+        name: impl Into<String>,
+        in_progress_at: Duration,
+        done_at: Duration,
+    ) -> Self {
+        Plugin::new(name)
+            .step(in_progress_at.min(done_at), Status::InProgress)
+            .step(done_at, Status::Success)
+    }
+
+    /// Pending, InProgress at `in_progress_at` (capped at `failed_at`), Failed (details
+    /// `Failed`, this response code) at `failed_at`.
+    pub fn failing_at(
+        name: impl Into<String>,
+        in_progress_at: Duration,
+        failed_at: Duration,
+        response_code: i32,
+    ) -> Self {
+        Plugin::new(name)
+            .step(in_progress_at.min(failed_at), Status::InProgress)
+            .step_with(failed_at, Status::Failed, "Failed", response_code)
+    }
+
     /// The timeline SendCommand gives each instance: Pending, InProgress after 1 s, Success
     /// after 3 s with stdout `hello from <instance>\n`.
     pub fn default_for(name: impl Into<String>, instance_id: &str) -> Self {

@@ -1,5 +1,5 @@
-//! The HTTP/1.1 front: accepts connections, counts calls, applies injected faults (including
-//! slow replies) and latency, and hands each request to [`crate::api`].
+//! The HTTP/1.1 front: accepts connections, counts calls, applies the rate limit, injected
+//! faults (including slow replies) and latency, and hands each request to [`crate::api`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -24,11 +24,75 @@ use crate::faults::{FaultQueue, Hit};
 use crate::ids::uuid_v4;
 use crate::model::Store;
 use crate::protocol::{CONTENT_TYPE as AMZ_JSON, TARGET_PREFIX};
+use crate::ratelimit::TokenBucket;
 
 /// Largest request body accepted.
 const BODY_LIMIT: usize = 4 * 1024 * 1024;
 /// How long shutdown waits for in-flight requests before cutting connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The operations served, whose call counters are plain atomics.
+const SERVED: [&str; 5] = [
+    "GetCommandInvocation",
+    "ListCommandInvocations",
+    "ListCommands",
+    "SendCommand",
+    "CancelCommand",
+];
+
+/// Request counters: one atomic per served operation, a map for anything else.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    served: [AtomicU64; SERVED.len()],
+    /// Requests naming an operation the simulator does not serve (or none).
+    other: Mutex<HashMap<String, u64>>,
+    total: AtomicU64,
+    throttled: AtomicU64,
+}
+
+impl Counters {
+    fn count(&self, operation: &str) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        match SERVED.iter().position(|&op| op == operation) {
+            Some(i) => {
+                self.served[i].fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                let mut other = self.other.lock().unwrap_or_else(PoisonError::into_inner);
+                match other.get_mut(operation) {
+                    Some(n) => *n += 1,
+                    None => {
+                        other.insert(operation.to_string(), 1);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Requests received for `operation`.
+    pub(crate) fn calls(&self, operation: &str) -> u64 {
+        match SERVED.iter().position(|&op| op == operation) {
+            Some(i) => self.served[i].load(Ordering::Relaxed),
+            None => self
+                .other
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(operation)
+                .copied()
+                .unwrap_or(0),
+        }
+    }
+
+    /// Requests received in all.
+    pub(crate) fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered `ThrottlingException`.
+    pub(crate) fn throttled(&self) -> u64 {
+        self.throttled.load(Ordering::Relaxed)
+    }
+}
 
 /// State shared by the server tasks and every [`crate::Simulator`] handle.
 #[derive(Debug, Default)]
@@ -39,22 +103,20 @@ pub(crate) struct Shared {
     pub(crate) faults: Mutex<FaultQueue>,
     /// Added latency in nanoseconds.
     pub(crate) latency_nanos: AtomicU64,
-    /// Requests received per operation name.
-    pub(crate) calls: Mutex<HashMap<String, u64>>,
-    /// Requests received in all.
-    pub(crate) total: AtomicU64,
+    /// The request-rate limit, if any.
+    pub(crate) rate_limit: Mutex<Option<TokenBucket>>,
+    /// Requests received, by operation, and throttled.
+    pub(crate) counters: Counters,
 }
 
 impl Shared {
-    fn count(&self, operation: &str) {
-        self.total.fetch_add(1, Ordering::Relaxed);
-        let mut calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
-        match calls.get_mut(operation) {
-            Some(n) => *n += 1,
-            None => {
-                calls.insert(operation.to_string(), 1);
-            }
-        }
+    /// Whether the rate limit (if any) lets a request through at `now`.
+    fn admit(&self, now: Instant) -> bool {
+        self.rate_limit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+            .is_none_or(|bucket| bucket.try_take(now))
     }
 
     fn next_fault(&self) -> Option<Hit> {
@@ -143,8 +205,10 @@ async fn respond(
         .strip_prefix(TARGET_PREFIX)
         .unwrap_or(target)
         .to_string();
-    shared.count(&operation);
-    let hit = shared.next_fault();
+    shared.counters.count(&operation);
+    // Over the rate limit: throttled at the door, without taking an injected fault.
+    let admitted = shared.admit(Instant::now());
+    let hit = if admitted { shared.next_fault() } else { None };
     let slow = match hit {
         Some(Hit::Slow(delay)) => delay,
         _ => Duration::ZERO,
@@ -154,6 +218,7 @@ async fn respond(
         tokio::time::sleep(delay).await;
     }
     let result = match hit {
+        _ if !admitted => Err(ApiError::throttled()),
         Some(Hit::DropConnection) => return Err(DropConnection),
         Some(Hit::Throttle) => Err(ApiError::throttled()),
         Some(Hit::ServerError) => Err(ApiError::internal()),
@@ -177,6 +242,9 @@ async fn respond(
     Ok(match result {
         Ok(body) => reply(StatusCode::OK, body),
         Err(e) => {
+            if e.code == "ThrottlingException" {
+                shared.counters.throttled.fetch_add(1, Ordering::Relaxed);
+            }
             let status =
                 StatusCode::from_u16(e.http_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             reply(status, e.body().to_string().into_bytes())

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::faults::Fault;
+use crate::ratelimit::TokenBucket;
 use crate::script::Command;
 use crate::server::{self, Shared};
 
@@ -81,30 +82,66 @@ impl Simulator {
     /// Adds a scripted command; its timelines start now. A command with the same id is
     /// replaced.
     pub fn add_command(&self, command: Command) {
-        self.inner
+        self.add_commands([command]);
+    }
+
+    /// Adds several commands at once, all with their timelines starting at the same instant,
+    /// which is returned (for measuring against the simulated times in the same clock).
+    /// Commands with an id already present replace those.
+    pub fn add_commands(&self, commands: impl IntoIterator<Item = Command>) -> Instant {
+        let mut store = self
+            .inner
             .shared
             .store
             .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .add(command, Instant::now(), SystemTime::now());
+            .unwrap_or_else(PoisonError::into_inner);
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        for command in commands {
+            store.add(command, now, wall);
+        }
+        now
     }
 
     /// Requests received for an operation (e.g. `"GetCommandInvocation"`), including those
-    /// answered by an injected fault.
+    /// answered by an injected fault or throttled by the rate limit.
     pub fn calls(&self, operation: &str) -> u64 {
-        self.inner
-            .shared
-            .calls
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(operation)
-            .copied()
-            .unwrap_or(0)
+        self.inner.shared.counters.calls(operation)
     }
 
     /// Requests received in all, whatever the operation.
     pub fn total_calls(&self) -> u64 {
-        self.inner.shared.total.load(Ordering::Relaxed)
+        self.inner.shared.counters.total()
+    }
+
+    /// Requests answered `ThrottlingException`: over the rate limit
+    /// ([`Simulator::set_rate_limit`]) or hit by an injected [`Fault::Throttle`].
+    pub fn throttled(&self) -> u64 {
+        self.inner.shared.counters.throttled()
+    }
+
+    /// Limits the requests served to `rate` per second over all operations (`None`: no
+    /// limit, the default): a token bucket holding `rate` tokens (at least one), full when
+    /// set, refilled continuously. A request finding it empty answers HTTP 400
+    /// `ThrottlingException` "Rate exceeded" (after any latency) without taking an injected
+    /// fault; it still counts in [`Simulator::calls`] and in [`Simulator::throttled`].
+    ///
+    /// # Panics
+    ///
+    /// If `rate` is not a positive, finite number.
+    pub fn set_rate_limit(&self, rate: Option<f64>) {
+        if let Some(rate) = rate {
+            assert!(
+                rate.is_finite() && rate > 0.0,
+                "ssm-sim: the rate limit must be a positive, finite number of requests per second, got {rate}"
+            );
+        }
+        *self
+            .inner
+            .shared
+            .rate_limit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) =
+            rate.map(|rate| TokenBucket::new(rate, Instant::now()));
     }
 
     /// Queues a fault; queued faults hit the next requests in order, any operation. A

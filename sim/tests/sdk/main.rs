@@ -7,5 +7,6 @@ mod errors;
 mod faults;
 mod lifecycle;
 mod listing;
+mod rate_limit;
 mod send_cancel;
 mod timelines;
