@@ -10,6 +10,7 @@ mod chart;
 mod conformance;
 mod faults_kube;
 mod faults_ssm;
+mod flux_cel;
 mod gitops;
 mod kubectl_ux;
 mod leader;
@@ -69,6 +70,7 @@ fn all_scenarios() -> Vec<(&'static str, Scenario)> {
         gitops::helm_wait_fails_when_the_command_fails,
         gitops::helm_wait_times_out_while_the_operator_is_stopped,
         gitops::kubectl_wait_on_ready_and_finished,
+        flux_cel::health_check_exprs_judge_real_objects,
         faults_ssm::ssm_5xx_storms_drops_and_slow_replies_end_right,
         faults_ssm::leader_paused_with_reconciles_in_flight_writes_nothing_after_resuming,
     ]
