@@ -1,6 +1,12 @@
 //! Writes `.status` with server-side apply (field manager `ssm-operator`, forced) and records
 //! Kubernetes Events. The only code that changes objects in the API server.
 //!
+//! Events are created directly (events.k8s.io/v1) under a name derived from the object, the
+//! transition and the status it left, so recording one twice (a retry, or a restart after a
+//! crash between the Event and the status write) is refused by the API server as a duplicate
+//! instead of creating a second Event. The reconciler records the Event before the status
+//! write, so a crash can repeat an Event attempt but never lose one.
+//!
 //! Every write and Event first asks the leadership [`Fence`]. The writer also remembers what it
 //! wrote last for each resource until the watch cache shows that write, so a reconcile that
 //! runs on the older cached object acts on what is really stored (no duplicate Event, no moved
@@ -9,8 +15,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::PostParams;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{json, Value};
 
@@ -73,7 +82,7 @@ pub fn null_removed_fields(current: &Value, next: &mut Value) {
 /// Status patches and Events for `CommandInvocation` resources.
 pub struct StatusWriter {
     client: Client,
-    recorder: Recorder,
+    instance: String,
     metrics: Arc<Metrics>,
     fence: Fence,
     written: Mutex<HashMap<String, Written>>,
@@ -88,12 +97,8 @@ impl StatusWriter {
         metrics: Arc<Metrics>,
         fence: Fence,
     ) -> Self {
-        let reporter = Reporter {
-            controller: OPERATOR_NAME.to_string(),
-            instance,
-        };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            instance: instance.unwrap_or_else(|| OPERATOR_NAME.to_string()),
             client,
             metrics,
             fence,
@@ -197,17 +202,25 @@ impl StatusWriter {
         Ok(())
     }
 
-    /// Records `note` as an Event on `object`. A failure is logged, never fatal: the status
-    /// already says what happened.
+    /// Records `note` as an Event on `object`, whose status is `object.status` (the one the
+    /// transition leaves). Already recorded (same transition from the same status) is success.
+    /// A failure is logged, never fatal: the status says what happened.
     pub async fn record(&self, object: &CommandInvocation, note: &Note) {
         if !self.fence.allows_writes() {
             self.metrics.write_fenced();
             tracing::debug!(reason = %note.reason, "not the leader: Event not recorded");
             return;
         }
-        let event = event_of(note);
-        match self.recorder.publish(&event, &object.object_ref(&())).await {
-            Ok(()) => self.metrics.event_recorded(),
+        let Some(namespace) = object.namespace() else {
+            return;
+        };
+        let event = event_of(object, note, &self.instance, Timestamp::now());
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+        match api.create(&PostParams::default(), &event).await {
+            Ok(_) => self.metrics.event_recorded(),
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                tracing::debug!(reason = %note.reason, "Event already recorded");
+            }
             Err(error) => tracing::warn!(
                 object = %object.name_any(),
                 reason = %note.reason,
@@ -218,18 +231,44 @@ impl StatusWriter {
     }
 }
 
-/// The Event for `note`, within the API's size limits.
-fn event_of(note: &Note) -> Event {
+/// FNV-1a: a hash that is the same in every process and release (std's is not promised to be).
+fn fnv1a(parts: &[&str]) -> u64 {
+    parts.iter().fold(0xcbf2_9ce4_8422_2325, |hash, part| {
+        part.bytes().chain([0xff]).fold(hash, |h, byte| {
+            (h ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        })
+    })
+}
+
+/// The Event for `note` on `object`, within the API's size limits, named after the
+/// transition: the object's uid and generation, the status it leaves (when that was polled),
+/// and the action. The same transition from the same status always gets the same name.
+fn event_of(object: &CommandInvocation, note: &Note, instance: &str, now: Timestamp) -> Event {
+    let left = object.status.as_ref();
+    let since = left
+        .and_then(|s| s.last_polled_time.as_ref())
+        .map(|Time(t)| t.to_string())
+        .unwrap_or_default();
+    let generation = object.metadata.generation.unwrap_or_default().to_string();
+    let uid = object.uid().unwrap_or_default();
+    let key = fnv1a(&[&uid, &generation, &since, &note.action, &note.reason]);
+    let object_name = object.name_any();
+    let name = format!("{}.{key:016x}", cut_to_bytes(&object_name, 253 - 17));
     Event {
-        type_: if note.warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: object.namespace(),
+            ..ObjectMeta::default()
         },
-        reason: cut_to_bytes(&note.reason, MAX_REASON_BYTES).to_string(),
+        action: Some(cut_to_bytes(&note.action, MAX_REASON_BYTES).to_string()),
+        reason: Some(cut_to_bytes(&note.reason, MAX_REASON_BYTES).to_string()),
         note: Some(cut_to_bytes(&note.message, MAX_NOTE_BYTES).to_string()),
-        action: cut_to_bytes(&note.action, MAX_REASON_BYTES).to_string(),
-        secondary: None,
+        type_: Some(if note.warning { "Warning" } else { "Normal" }.to_string()),
+        event_time: Some(MicroTime(now)),
+        regarding: Some(object.object_ref(&())),
+        reporting_controller: Some(OPERATOR_NAME.to_string()),
+        reporting_instance: Some(instance.to_string()),
+        ..Event::default()
     }
 }
 
@@ -245,7 +284,9 @@ mod tests {
             action: "InProgressToFailed".into(),
             message: "é".repeat(1000),
         };
-        let text = event_of(&note).note.unwrap();
+        let text = event_of(&object(), &note, "pod-1", Timestamp::UNIX_EPOCH)
+            .note
+            .unwrap();
         assert_eq!(text.len(), 1024, "512 two-byte characters");
         assert_eq!(text.chars().count(), 512);
         assert_eq!(cut_to_bytes("😀😀", 5), "😀", "never splits a character");
@@ -260,11 +301,73 @@ mod tests {
             action: "InProgressToThrottled".into(),
             message: "Rate exceeded".into(),
         };
-        let event = event_of(&note);
+        let event = event_of(&object(), &note, "pod-1", Timestamp::UNIX_EPOCH);
         assert_eq!(
-            (event.reason.as_str(), event.action.as_str()),
-            ("Throttled", "InProgressToThrottled")
+            (event.reason.as_deref(), event.action.as_deref()),
+            (Some("Throttled"), Some("InProgressToThrottled"))
         );
+        assert_eq!(event.reporting_instance.as_deref(), Some("pod-1"));
+        assert_eq!(
+            event.regarding.unwrap().name.as_deref(),
+            Some("patch-web-1")
+        );
+    }
+
+    fn object() -> CommandInvocation {
+        let mut object = CommandInvocation::new(
+            "patch-web-1",
+            crate::api::CommandInvocationSpec {
+                command_id: "8f2f6d1e-2b0c-4e4b-9a53-0c7b9f0e1a11".into(),
+                instance_id: "i-0123456789abcdef0".into(),
+                plugin_name: None,
+                region: None,
+            },
+        );
+        object.metadata.namespace = Some("ops".into());
+        object.metadata.uid = Some("uid-1".into());
+        object.metadata.generation = Some(1);
+        object
+    }
+
+    #[test]
+    fn the_same_transition_from_the_same_status_gets_the_same_event_name() {
+        let note = |action: &str| Note {
+            warning: false,
+            reason: "Success".into(),
+            action: action.into(),
+            message: "SSM reports Success".into(),
+        };
+        let name = |object: &CommandInvocation, action: &str, at: i64| {
+            let now = Timestamp::from_second(at).unwrap();
+            event_of(object, &note(action), "pod", now)
+                .metadata
+                .name
+                .unwrap()
+        };
+        let first = object();
+        // A retry (or a restarted process) records the same transition later: same name.
+        assert_eq!(
+            name(&first, "InProgressToSuccess", 1),
+            name(&first, "InProgressToSuccess", 9)
+        );
+        assert!(name(&first, "InProgressToSuccess", 1).starts_with("patch-web-1."));
+        assert_ne!(
+            name(&first, "InProgressToSuccess", 1),
+            name(&first, "PendingToSuccess", 1)
+        );
+        // The same transition from a later status is a new Event.
+        let mut later = object();
+        later.status = Some(CommandInvocationStatus {
+            last_polled_time: Some(Time(Timestamp::from_second(5).unwrap())),
+            ..CommandInvocationStatus::default()
+        });
+        assert_ne!(
+            name(&first, "InProgressToSuccess", 1),
+            name(&later, "InProgressToSuccess", 1)
+        );
+        let mut long = object();
+        long.metadata.name = Some("x".repeat(253));
+        assert_eq!(name(&long, "NewToPending", 1).len(), 253);
     }
 
     #[test]
