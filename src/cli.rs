@@ -79,7 +79,11 @@ pub struct RunArgs {
     #[arg(long, env = "SSM_OPERATOR_SSM_ATTEMPT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub ssm_attempt_timeout: Duration,
 
-    /// Resources reconciled at once.
+    /// SSM calls per second for the whole process (halved on throttling, recovering slowly).
+    #[arg(long, env = "SSM_OPERATOR_SSM_MAX_RATE", default_value_t = 50.0, value_parser = parse_rate)]
+    pub ssm_max_rate: f64,
+
+    /// Resources reconciled (status writes in flight) at once, across all namespaces.
     #[arg(long, env = "SSM_OPERATOR_MAX_CONCURRENT_RECONCILES", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_concurrent_reconciles: u16,
 
@@ -91,6 +95,18 @@ pub struct RunArgs {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+}
+
+/// A rate in calls per second: a finite number from 0.5 to 10,000.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if rate.is_finite() && (0.5..=10_000.0).contains(&rate) {
+        Ok(rate)
+    } else {
+        Err(format!(
+            "{rate} is not a rate from 0.5 to 10000 calls per second"
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -129,6 +145,21 @@ mod tests {
         assert_eq!(args.max_output_chars, 4000);
         assert_eq!(args.log_format, LogFormat::Json);
         assert!(!args.leader_elect);
+    }
+
+    #[test]
+    fn the_ssm_rate_defaults_to_50_and_must_be_sane() {
+        let Command::Run(args) = Cli::try_parse_from(["ssm-operator", "run"])
+            .unwrap()
+            .command
+        else {
+            panic!("expected run")
+        };
+        assert_eq!(args.ssm_max_rate, 50.0);
+        for bad in ["0", "-1", "NaN", "inf", "lots"] {
+            let parsed = Cli::try_parse_from(["ssm-operator", "run", "--ssm-max-rate", bad]);
+            assert!(parsed.is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -23,9 +23,10 @@ use crate::leader::{Fence, Leadership, LeaseSettings};
 use crate::mapping::Settings;
 use crate::metrics::Metrics;
 use crate::reconciler::{self, Context};
-use crate::schedule::{PollBook, PollIntervals};
+use crate::schedule::PollIntervals;
 use crate::ssm::Ssm;
 use crate::status_writer::StatusWriter;
+use crate::tracker::Tracker;
 use crate::watch::watch as watch_invocations;
 use crate::{Error, OPERATOR_NAME};
 
@@ -51,13 +52,15 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         max_output_chars = args.max_output_chars,
         leader_elect = args.leader_elect,
         ssm_attempt_timeout = ?args.ssm_attempt_timeout,
+        ssm_max_rate = args.ssm_max_rate,
         max_concurrent_reconciles = args.max_concurrent_reconciles,
         %identity,
         "starting ssm-operator"
     );
     let client = kube_client().await?;
     let metrics = Arc::new(Metrics::new());
-    let ssm = Arc::new(Ssm::from_env(metrics.clone(), args.ssm_attempt_timeout).await);
+    let ssm =
+        Arc::new(Ssm::from_env(metrics.clone(), args.ssm_attempt_timeout, args.ssm_max_rate).await);
     match ssm.default_region() {
         Some(region) => info!(region, "SSM default region"),
         None => warn!(
@@ -82,24 +85,30 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     } else {
         Fence::open()
     };
+    let intervals = PollIntervals {
+        min: args.poll_interval_min,
+        max: args.poll_interval_max,
+    };
+    let recheck_interval = args.poll_interval_max.saturating_mul(RECHECK_FACTOR);
     let ctx = Arc::new(Context {
-        ssm,
+        tracker: Arc::new(Tracker::new(
+            ssm,
+            intervals,
+            recheck_interval,
+            metrics.clone(),
+        )),
         writer: StatusWriter::new(
             client.clone(),
             Some(identity.clone()),
             metrics.clone(),
             fence.clone(),
         ),
-        book: PollBook::default(),
         settings: Settings {
             max_output_chars: args.max_output_chars as usize,
             not_found_grace: args.not_found_grace,
-            recheck_interval: args.poll_interval_max.saturating_mul(RECHECK_FACTOR),
+            recheck_interval,
         },
-        intervals: PollIntervals {
-            min: args.poll_interval_min,
-            max: args.poll_interval_max,
-        },
+        intervals,
         metrics,
         permits: tokio::sync::Semaphore::new(usize::from(args.max_concurrent_reconciles)),
     });
@@ -202,20 +211,21 @@ async fn run_controllers(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
-    let apis: Vec<Api<CommandInvocation>> = if args.namespaces.is_empty() {
-        vec![Api::all(client)]
+    let apis: Vec<(Option<String>, Api<CommandInvocation>)> = if args.namespaces.is_empty() {
+        vec![(None, Api::all(client))]
     } else {
         args.namespaces
             .iter()
-            .map(|ns| Api::namespaced(client.clone(), ns))
+            .map(|ns| (Some(ns.clone()), Api::namespaced(client.clone(), ns)))
             .collect()
     };
     let config = controller::Config::default().concurrency(args.max_concurrent_reconciles);
     let mut stores = Vec::new();
-    let runs = apis.into_iter().map(|api| {
+    let runs = apis.into_iter().map(|(namespace, api)| {
         let watched = watch_invocations(api, health.clone(), ctx.metrics.clone(), ctx.clone());
         stores.push(watched.store.clone());
         Controller::for_stream(watched.stream, watched.store)
+            .reconcile_on(ctx.tracker.wakes(namespace))
             .with_config(config.clone())
             .graceful_shutdown_on(shutdown.clone())
             .run(reconciler::reconcile, reconciler::error_policy, ctx.clone())
@@ -240,7 +250,11 @@ async fn run_controllers(
         }
     };
     tokio::spawn(readiness);
-    join_all(runs).await;
+    // The tracker's rounds run exactly as long as the controllers do.
+    tokio::select! {
+        _ = join_all(runs) => {}
+        () = ctx.tracker.clone().run() => {}
+    }
     health.set_ready(false);
     info!("controllers stopped");
 }

@@ -3,12 +3,15 @@
 //!
 //! Where things are decided:
 //! - [`api`]: the resource types the CRD is generated from;
-//! - [`ssm`]: the only code that talks to SSM (clients per region, error classes);
+//! - [`ssm`]: the only code that talks to SSM (clients per region, error classes, budget);
+//! - [`budget`]: pure, the process-wide SSM rate (token bucket, halved on throttling);
+//! - [`tracker`]: asks SSM per command in rounds and wakes the resources whose answer changed;
+//! - [`batch`]: pure, what a `ListCommandInvocations` entry says about one tracked step;
 //! - [`mapping`]: pure, SSM answer + current status → new status, Event, next step;
 //! - [`conditions`]: the four conditions and their transition times;
 //! - [`output`]: bounding of stdout/stderr in the status;
-//! - [`schedule`]: when to poll next (backoff with jitter) and the per-resource poll book;
-//! - [`reconciler`]: the reconcile loop (fetch, map, write, requeue);
+//! - [`schedule`]: pure, backoff with jitter and each command's round clock;
+//! - [`reconciler`]: the reconcile (the tracker's answer, map, Event, write);
 //! - [`status_writer`]: server-side-apply status patches and Events;
 //! - [`watch`]: the watch of `CommandInvocation`s (cache, errors, readiness, deletes);
 //! - [`controller`]: wiring (watches per namespace, leader election, shutdown, HTTP);
@@ -17,6 +20,8 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod batch;
+pub mod budget;
 pub mod cli;
 pub mod conditions;
 pub mod controller;
@@ -30,6 +35,7 @@ pub mod schedule;
 pub mod ssm;
 pub mod status_writer;
 pub mod telemetry;
+pub mod tracker;
 pub mod watch;
 
 /// The name the operator uses as field manager, Event reporter and User-Agent product.

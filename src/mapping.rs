@@ -104,7 +104,15 @@ pub fn apply(
     let stalled_on = same_generation
         .then(|| stalled_reason(previous_conditions))
         .flatten();
-    let judged = judge(poll, settings, &previous_fields, stalled_on);
+    let mut judged = judge(poll, settings, &previous_fields, stalled_on);
+    // A running step's elapsed time ticks at every look; that alone is not news worth a write.
+    if judged.standing == Standing::InProgress
+        && poll.answer.is_ok()
+        && previous_fields.status == judged.fields.status
+        && previous_fields.status_details == judged.fields.status_details
+    {
+        judged.fields.execution_elapsed_time = previous_fields.execution_elapsed_time.clone();
+    }
 
     let mut status = judged.fields.clone();
     status.observed_generation = poll.generation;
@@ -650,14 +658,20 @@ mod tests {
     }
 
     #[test]
-    fn a_ticking_elapsed_time_is_written_but_neither_resets_backoff_nor_records_an_event() {
-        let first = poll_at(&Ok(invocation("InProgress", "In Progress", -1)), 10);
+    fn a_ticking_elapsed_time_alone_is_not_written() {
+        let mut started = invocation("InProgress", "In Progress", -1);
+        started.execution_elapsed_time = "PT1S".into();
+        let first = poll_at(&Ok(started), 10);
         let mut more = invocation("InProgress", "In Progress", -1);
         more.execution_elapsed_time = "PT5S".into();
         let next = poll_on(Some(&first.status), &Ok(more), 20);
-        assert!(next.write);
-        assert!(!next.status_changed);
+        assert!(!next.write, "no write for a ticking clock");
         assert_eq!(next.note, None);
+        assert_eq!(next.status.execution_elapsed_time.as_deref(), Some("PT1S"));
+        let mut done = invocation("Success", "Success", 0);
+        done.execution_elapsed_time = "PT9S".into();
+        let end = poll_on(Some(&next.status), &Ok(done), 30);
+        assert_eq!(end.status.execution_elapsed_time.as_deref(), Some("PT9S"));
     }
 
     #[test]

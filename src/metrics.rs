@@ -40,6 +40,8 @@ pub struct Metrics {
     watch_errors: Counter,
     fenced_writes: Counter,
     poll_book: Gauge,
+    ssm_rate: Gauge<f64, std::sync::atomic::AtomicU64>,
+    tracked_commands: Gauge,
 }
 
 impl Default for Metrics {
@@ -102,11 +104,25 @@ impl Metrics {
         let poll_book = Gauge::default();
         registry.register(
             "poll_book_entries",
-            "Resources with in-memory poll state",
+            "Resources the tracker follows",
             poll_book.clone(),
+        );
+        let ssm_rate = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "ssm_rate_limit",
+            "SSM calls per second the process-wide budget allows now (halved on throttling)",
+            ssm_rate.clone(),
+        );
+        let tracked_commands = Gauge::default();
+        registry.register(
+            "tracked_commands",
+            "SSM commands the tracker polls (one ListCommandInvocations walk per round each)",
+            tracked_commands.clone(),
         );
         Self {
             registry: root,
+            ssm_rate,
+            tracked_commands,
             watch_errors,
             fenced_writes,
             poll_book,
@@ -165,10 +181,21 @@ impl Metrics {
         self.fenced_writes.inc();
     }
 
-    /// Sets the number of resources with in-memory poll state.
+    /// Sets the number of resources the tracker follows.
     pub fn set_poll_book(&self, entries: usize) {
         self.poll_book
             .set(i64::try_from(entries).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the number of commands the tracker polls.
+    pub fn set_tracked_commands(&self, commands: usize) {
+        self.tracked_commands
+            .set(i64::try_from(commands).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the SSM rate the budget allows now.
+    pub fn set_ssm_rate(&self, per_second: f64) {
+        self.ssm_rate.set(per_second);
     }
 
     /// Replaces the tracked-resources gauge with fresh counts per SSM status.
@@ -207,6 +234,8 @@ mod tests {
         m.watch_failed();
         m.write_fenced();
         m.set_poll_book(7);
+        m.set_tracked_commands(2);
+        m.set_ssm_rate(12.5);
         let text = m.encode().unwrap();
         for line in [
             "ssm_operator_reconciles_total 1",
@@ -219,6 +248,8 @@ mod tests {
             "ssm_operator_watch_errors_total 1",
             "ssm_operator_fenced_writes_total 1",
             "ssm_operator_poll_book_entries 7",
+            "ssm_operator_tracked_commands 2",
+            "ssm_operator_ssm_rate_limit 12.5",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

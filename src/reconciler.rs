@@ -1,43 +1,44 @@
-//! The reconcile loop for one `CommandInvocation`: decide whether SSM is due, ask it, map the
-//! answer ([`crate::mapping`]), write the status and Event if anything changed, and requeue.
+//! The reconcile of one `CommandInvocation`: take the latest SSM answer for its step from the
+//! [`Tracker`] (which asks SSM, per command, and wakes this reconcile when the answer changes),
+//! map it ([`crate::mapping`]), and record the Event and write the status if anything changed.
+//! A reconcile never waits on SSM.
 //!
 //! SSM errors never fail a reconcile: they become conditions. Only Kubernetes write failures do,
 //! and [`error_policy`] retries those with backoff.
 //!
 //! A reconcile acts on what is really stored: when the watch cache has not yet shown this
 //! process's last write, it uses that write ([`StatusWriter::fresher`]). At most
-//! `--max-concurrent-reconciles` reconciles ask SSM at once, across all watched namespaces.
+//! `--max-concurrent-reconciles` reconciles run at once, across all watched namespaces.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
 use tracing::{debug, info, instrument};
 
 use crate::api::CommandInvocation;
 use crate::mapping::{self, Next, Poll, Settings};
 use crate::metrics::Metrics;
-use crate::schedule::{PollBook, PollIntervals};
-use crate::ssm::{InvocationKey, Ssm};
+use crate::schedule::{backoff, PollIntervals};
+use crate::ssm::{InvocationKey, SsmError};
 use crate::status_writer::StatusWriter;
+use crate::tracker::Tracker;
 use crate::watch::Forget;
 use crate::Error;
 
 /// Everything a reconcile run needs, shared by all runs.
 pub struct Context {
-    /// SSM access.
-    pub ssm: Arc<Ssm>,
+    /// The SSM answers, per command.
+    pub tracker: Arc<Tracker>,
     /// Status and Event writes.
     pub writer: StatusWriter,
-    /// When each resource is due.
-    pub book: PollBook,
     /// Status-shaping settings.
     pub settings: Settings,
-    /// Poll backoff bounds.
+    /// Poll backoff bounds (also for retrying failed writes).
     pub intervals: PollIntervals,
     /// Process metrics.
     pub metrics: Arc<Metrics>,
@@ -47,15 +48,13 @@ pub struct Context {
 
 impl Forget for Context {
     fn forget(&self, uid: &str) {
-        self.book.forget(uid);
+        self.tracker.forget(uid);
         self.writer.forget(uid);
-        self.metrics.set_poll_book(self.book.len());
     }
 
     fn retain(&self, live: &HashSet<String>) {
-        self.book.retain(live);
+        self.tracker.retain(live);
         self.writer.retain(live);
-        self.metrics.set_poll_book(self.book.len());
     }
 }
 
@@ -69,6 +68,8 @@ pub async fn reconcile(object: Arc<CommandInvocation>, ctx: Arc<Context>) -> Res
 }
 
 async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Action, Error> {
+    // The semaphore is never closed; without a permit (impossible) the reconcile goes ahead.
+    let _permit = ctx.permits.acquire().await.ok();
     let fresher = ctx.writer.fresher(object);
     let object = fresher.as_ref().unwrap_or(object);
     let uid = object.uid().ok_or(Error::MissingObjectKey("uid"))?;
@@ -77,26 +78,34 @@ async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Ac
     let up_to_date = current.is_some_and(|s| s.observed_generation == Some(generation));
 
     if up_to_date && current.is_some_and(|s| !mapping::needs_polling(s)) {
-        ctx.book.forget(&uid);
+        ctx.tracker.forget(&uid);
         return Ok(Action::await_change());
     }
     let now = Instant::now();
-    if up_to_date {
-        if let Some(wait) = ctx.book.wait_left(&uid, generation, now) {
-            return Ok(Action::requeue(wait));
-        }
-    }
-
-    // The semaphore is never closed; without a permit (impossible) the call goes ahead.
-    let _permit = ctx.permits.acquire().await.ok();
-    let answer = ctx.ssm.invocation(&InvocationKey::from(&object.spec)).await;
+    let tracked = ctx.tracker.track(
+        &uid,
+        ObjectRef::from_obj(object),
+        &InvocationKey::from(&object.spec),
+        generation,
+        now,
+    );
+    let Some(answer) = tracked.answer else {
+        // Not asked yet: the tracker wakes this resource once SSM answered.
+        return Ok(Action::await_change());
+    };
+    let waited = waited(object, generation, tracked.first_seen, now);
     let poll = Poll {
-        answer: &answer,
+        answer: &answer.result,
         generation: Some(generation),
-        now: Time(Timestamp::now()),
-        waited: waited(object, ctx, &uid, generation, now),
+        now: answer.asked_at.clone(),
+        waited,
     };
     let outcome = mapping::apply(current, &poll, &ctx.settings);
+    // The Event first: a crash before the status write repeats the attempt (the API refuses
+    // the duplicate name), while a crash after it would lose the Event for good.
+    if let Some(note) = &outcome.note {
+        ctx.writer.record(object, note).await;
+    }
     if outcome.write {
         ctx.writer.write(object, &outcome.status).await?;
         let ready = outcome.status.conditions.first();
@@ -106,29 +115,17 @@ async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Ac
             "status updated"
         );
     }
-    if let Some(note) = &outcome.note {
-        ctx.writer.record(object, note).await;
-    }
-
-    let action = match outcome.next {
-        Next::Stop => {
-            ctx.book.forget(&uid);
-            Action::await_change()
+    ctx.tracker.settle(&uid, outcome.next);
+    // The answer only changes when the tracker says so; but "not visible yet" turns into
+    // Stalled when the grace runs out, with no new answer: look again then.
+    let action = match &answer.result {
+        Err(SsmError::InvocationDoesNotExist(_))
+            if outcome.next == Next::Poll && waited < ctx.settings.not_found_grace =>
+        {
+            Action::requeue(ctx.settings.not_found_grace - waited + Duration::from_millis(100))
         }
-        Next::RecheckRarely => {
-            let delay = ctx.settings.recheck_interval;
-            ctx.book.record_fixed(&uid, generation, delay, now);
-            Action::requeue(delay)
-        }
-        Next::Poll => Action::requeue(ctx.book.record_poll(
-            &uid,
-            generation,
-            outcome.status_changed,
-            ctx.intervals,
-            now,
-        )),
+        _ => Action::await_change(),
     };
-    ctx.metrics.set_poll_book(ctx.book.len());
     debug!(?action, "reconciled");
     Ok(action)
 }
@@ -137,9 +134,8 @@ async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Ac
 /// this process first saw the current spec (a restart can only lengthen the grace).
 fn waited(
     object: &CommandInvocation,
-    ctx: &Context,
-    uid: &str,
     generation: i64,
+    first_seen: Instant,
     now: Instant,
 ) -> Duration {
     let created = object.creation_timestamp().filter(|_| generation <= 1);
@@ -148,18 +144,19 @@ fn waited(
             .duration_since(created.0)
             .try_into()
             .unwrap_or(Duration::ZERO),
-        None => now.saturating_duration_since(ctx.book.first_seen(uid, generation, now)),
+        None => now.saturating_duration_since(first_seen),
     }
 }
 
-/// Retries a failed reconcile (a Kubernetes write failure) with the poll backoff.
+/// Retries a failed reconcile (a Kubernetes write failure) with the poll backoff, growing with
+/// each failure in a row.
 pub fn error_policy(object: Arc<CommandInvocation>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_failed(error.metric_label());
     tracing::warn!(name = %object.name_any(), %error, "reconcile failed; retrying");
-    let uid = object.uid().unwrap_or_default();
-    let generation = object.metadata.generation.unwrap_or_default();
-    Action::requeue(
-        ctx.book
-            .record_poll(&uid, generation, false, ctx.intervals, Instant::now()),
-    )
+    let failures = ctx.tracker.write_failed(&object.uid().unwrap_or_default());
+    Action::requeue(backoff(
+        ctx.intervals,
+        failures.saturating_sub(1),
+        fastrand::f64(),
+    ))
 }

@@ -1,11 +1,8 @@
-//! When to ask SSM next: exponential backoff with jitter between the configured bounds, and
-//! the small in-memory book of when each resource is due.
-//!
-//! The book only saves SSM calls: after a restart it is empty and every unfinished resource
-//! is polled once at once, which is always safe.
+//! Pure: when to ask SSM next. Exponential backoff with jitter between the configured bounds,
+//! and the clock of each command's rounds (the tracker walks a command's invocations once per
+//! round). Nothing here survives a restart, and nothing needs to: after one every tracked
+//! command is due at once.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// The `--poll-interval-min` / `--poll-interval-max` bounds.
@@ -33,105 +30,54 @@ pub fn backoff(intervals: PollIntervals, attempt: u32, unit: f64) -> Duration {
     base.mul_f64(factor).clamp(intervals.min, intervals.max)
 }
 
-/// Per-resource poll state, keyed by object uid.
-#[derive(Debug, Default)]
-pub struct PollBook {
-    entries: Mutex<HashMap<String, Entry>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    generation: i64,
+/// When one command's next round is due: at once when first tracked; then from `min` again
+/// after a round that brought news, else one backoff step further (up to `max`); every
+/// `recheck` while all its tracked steps are stalled on errors an outside fix can cure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoundClock {
     attempt: u32,
-    due: Instant,
-    first_seen: Instant,
+    /// When the next round is due.
+    pub due: Instant,
 }
 
-impl PollBook {
-    /// How long until the resource is due, if it was polled for this generation and is not due.
-    pub fn wait_left(&self, uid: &str, generation: i64, now: Instant) -> Option<Duration> {
-        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        entries
-            .get(uid)
-            .filter(|e| e.generation == generation && e.due > now)
-            .map(|e| e.due - now)
+impl RoundClock {
+    /// A clock due at `now`.
+    pub fn due_at(now: Instant) -> Self {
+        Self {
+            attempt: 0,
+            due: now,
+        }
     }
 
-    /// When this process first saw this generation of the resource (`now` if never).
-    pub fn first_seen(&self, uid: &str, generation: i64, now: Instant) -> Instant {
-        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        entries
-            .get(uid)
-            .filter(|e| e.generation == generation)
-            .map_or(now, |e| e.first_seen)
-    }
-
-    /// Records a poll and returns the delay until the next one: backoff from `min` again when
-    /// `reset` (SSM's answer changed, or a new generation), else one step further.
-    pub fn record_poll(
-        &self,
-        uid: &str,
-        generation: i64,
-        reset: bool,
+    /// Schedules the next round after one that ended at `now`; returns the delay. `unit` is a
+    /// random number in `[0, 1)` for jitter.
+    pub fn after_round(
+        &mut self,
+        news: bool,
+        only_rare: bool,
         intervals: PollIntervals,
+        recheck: Duration,
         now: Instant,
+        unit: f64,
     ) -> Duration {
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let previous = entries.get(uid).filter(|e| e.generation == generation);
-        let attempt = match previous {
-            Some(e) if !reset => e.attempt.saturating_add(1),
-            _ => 0,
+        self.attempt = if news {
+            0
+        } else {
+            self.attempt.saturating_add(1)
         };
-        let first_seen = previous.map_or(now, |e| e.first_seen);
-        let delay = backoff(intervals, attempt, fastrand::f64());
-        entries.insert(
-            uid.to_string(),
-            Entry {
-                generation,
-                attempt,
-                due: now + delay,
-                first_seen,
-            },
-        );
+        let delay = if only_rare {
+            recheck
+        } else {
+            backoff(intervals, self.attempt, unit)
+        };
+        self.due = now + delay;
         delay
     }
 
-    /// Schedules the next poll at a fixed delay (used for rare re-checks), keeping the attempt.
-    pub fn record_fixed(&self, uid: &str, generation: i64, delay: Duration, now: Instant) {
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let previous = entries.get(uid).filter(|e| e.generation == generation);
-        let entry = Entry {
-            generation,
-            attempt: previous.map_or(0, |e| e.attempt),
-            due: now + delay,
-            first_seen: previous.map_or(now, |e| e.first_seen),
-        };
-        entries.insert(uid.to_string(), entry);
-    }
-
-    /// Drops the resource's state (finished, or gone).
-    pub fn forget(&self, uid: &str) {
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        entries.remove(uid);
-    }
-
-    /// Drops the state of every resource not in `live` (deleted while nobody watched).
-    pub fn retain(&self, live: &std::collections::HashSet<String>) {
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        entries.retain(|uid, _| live.contains(uid));
-    }
-
-    /// Number of resources with poll state (for tests and metrics).
-    pub fn len(&self) -> usize {
-        self.entries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-
-    /// True when no resource has poll state.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Something new needs an answer (a resource or spec change): due now, backoff reset.
+    pub fn hurry(&mut self, now: Instant) {
+        self.attempt = 0;
+        self.due = self.due.min(now);
     }
 }
 
@@ -160,63 +106,46 @@ mod tests {
     }
 
     #[test]
-    fn book_grows_the_delay_until_a_change_resets_it() {
-        let book = PollBook::default();
+    fn rounds_speed_up_on_news_and_slow_down_while_nothing_changes() {
         let t0 = Instant::now();
-        let d0 = book.record_poll("u", 1, false, IV, t0);
-        let d1 = book.record_poll("u", 1, false, IV, t0);
-        let d2 = book.record_poll("u", 1, false, IV, t0);
-        assert!(d0 <= Duration::from_millis(2400));
-        assert!(d1 >= Duration::from_millis(3200) && d1 <= Duration::from_millis(4800));
-        assert!(d2 >= Duration::from_millis(6400));
-        let reset = book.record_poll("u", 1, true, IV, t0);
-        assert!(reset <= Duration::from_millis(2400));
+        let recheck = Duration::from_secs(300);
+        let mut clock = RoundClock::due_at(t0);
+        assert_eq!(clock.due, t0, "a new command is due at once");
+        let quiet: Vec<u64> = (0..6)
+            .map(|_| {
+                clock
+                    .after_round(false, false, IV, recheck, t0, 0.5)
+                    .as_secs()
+            })
+            .collect();
+        assert_eq!(quiet, [4, 8, 16, 30, 30, 30]);
+        let news = clock.after_round(true, false, IV, recheck, t0, 0.5);
+        assert_eq!(news, IV.min, "news resets to the minimum");
+        assert_eq!(clock.due, t0 + IV.min);
     }
 
     #[test]
-    fn book_knows_when_a_resource_is_not_due() {
-        let book = PollBook::default();
+    fn a_command_with_only_rarely_rechecked_steps_waits_the_recheck_interval() {
         let t0 = Instant::now();
-        let delay = book.record_poll("u", 1, false, IV, t0);
-        assert_eq!(book.wait_left("u", 1, t0), Some(delay));
-        assert_eq!(book.wait_left("u", 1, t0 + delay), None, "due now");
+        let mut clock = RoundClock::due_at(t0);
+        let recheck = Duration::from_secs(300);
+        assert_eq!(clock.after_round(true, true, IV, recheck, t0, 0.5), recheck);
+    }
+
+    #[test]
+    fn hurrying_makes_the_round_due_now_and_resets_the_backoff() {
+        let t0 = Instant::now();
+        let mut clock = RoundClock::due_at(t0);
+        clock.after_round(false, false, IV, Duration::from_secs(300), t0, 0.5);
+        clock.after_round(false, false, IV, Duration::from_secs(300), t0, 0.5);
+        let later = t0 + Duration::from_secs(1);
+        clock.hurry(later);
+        assert_eq!(clock.due, later);
+        let next = clock.after_round(false, false, IV, Duration::from_secs(300), later, 0.5);
         assert_eq!(
-            book.wait_left("u", 2, t0),
-            None,
-            "a new generation is due at once"
+            next,
+            Duration::from_secs(4),
+            "backoff restarted: one step past min"
         );
-        assert_eq!(book.wait_left("other", 1, t0), None);
-        book.forget("u");
-        assert!(book.is_empty());
-    }
-
-    #[test]
-    fn entries_of_resources_no_longer_watched_are_pruned() {
-        let book = PollBook::default();
-        let t0 = Instant::now();
-        for uid in ["a", "b", "c"] {
-            book.record_poll(uid, 1, false, IV, t0);
-        }
-        book.retain(&["b".to_string()].into_iter().collect());
-        assert_eq!(book.len(), 1);
-        assert_eq!(book.wait_left("a", 1, t0), None);
-        assert!(book.wait_left("b", 1, t0).is_some());
-    }
-
-    #[test]
-    fn first_seen_is_kept_per_generation() {
-        let book = PollBook::default();
-        let t0 = Instant::now();
-        let later = t0 + Duration::from_secs(5);
-        book.record_poll("u", 1, false, IV, t0);
-        book.record_poll("u", 1, false, IV, later);
-        assert_eq!(book.first_seen("u", 1, later), t0);
-        assert_eq!(book.first_seen("u", 2, later), later);
-        book.record_fixed("u", 1, Duration::from_secs(300), later);
-        assert_eq!(
-            book.wait_left("u", 1, later),
-            Some(Duration::from_secs(300))
-        );
-        assert_eq!(book.first_seen("u", 1, later), t0);
     }
 }

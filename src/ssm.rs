@@ -1,8 +1,9 @@
 //! The only code that talks to AWS SSM: one client per region, built once and reused, the
-//! `GetCommandInvocation` call, and the classification of its errors.
+//! `ListCommandInvocations` (one page) and `GetCommandInvocation` calls, the process-wide
+//! [`Budget`] every call waits for, and the classification of errors.
 //!
-//! The reconciler asks for an [`Invocation`] by [`InvocationKey`] and never sees SDK types, so a
-//! later change can answer many keys with one `ListCommandInvocations` call without touching it.
+//! Callers never see SDK types: a page is a list of [`Listed`] nodes, an answer an
+//! [`Invocation`] or an [`SsmError`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -11,13 +12,17 @@ use std::time::Duration;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_ssm::operation::get_command_invocation::{
-    GetCommandInvocationError, GetCommandInvocationOutput,
-};
+use aws_sdk_ssm::operation::get_command_invocation::GetCommandInvocationOutput;
+use aws_sdk_ssm::primitives::{DateTime, DateTimeFormat};
+use aws_sdk_ssm::types::{CommandInvocation as SdkInvocation, CommandPlugin};
 use aws_sdk_ssm::Client;
 
 use crate::api::CommandInvocationSpec;
+use crate::budget::Budget;
 use crate::metrics::Metrics;
+
+/// Page size of `ListCommandInvocations` (SSM's maximum).
+pub const PAGE_SIZE: i32 = 50;
 
 /// One SSM call, retries included, may take this many attempt timeouts.
 const OPERATION_ATTEMPTS: u32 = 3;
@@ -172,6 +177,53 @@ pub struct Ssm {
     base: SdkConfig,
     clients: Mutex<HashMap<Option<String>, Client>>,
     metrics: Arc<Metrics>,
+    budget: Budget,
+}
+
+/// One step (plugin) of a node's invocation as `ListCommandInvocations` reports it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ListedPlugin {
+    /// `Name`.
+    pub name: String,
+    /// `Status`, verbatim.
+    pub status: String,
+    /// `StatusDetails`.
+    pub status_details: String,
+    /// `ResponseCode`.
+    pub response_code: i32,
+    /// `ResponseStartDateTime`, ISO-8601 (empty until it started).
+    pub start: String,
+    /// `ResponseFinishDateTime`, ISO-8601 (empty until it ended).
+    pub finish: String,
+    /// Seconds between start and finish, when both are known.
+    pub elapsed_seconds: Option<f64>,
+    /// `Output`: the agent's stdout, `\n----------ERROR-------\n` and stderr, cut at 2,500.
+    pub output: String,
+    /// `StandardOutputUrl`.
+    pub standard_output_url: String,
+    /// `StandardErrorUrl`.
+    pub standard_error_url: String,
+}
+
+/// One node's invocation of a command as `ListCommandInvocations` (with details) reports it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Listed {
+    /// `InstanceId`.
+    pub instance_id: String,
+    /// The invocation-level fields (status, document, comment, CloudWatch), in [`Invocation`]
+    /// form; its step-level fields stay empty.
+    pub invocation: Invocation,
+    /// `CommandPlugins`.
+    pub plugins: Vec<ListedPlugin>,
+}
+
+/// One page of `ListCommandInvocations`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Page {
+    /// The nodes on this page.
+    pub invocations: Vec<Listed>,
+    /// Where the next page starts, if there is one.
+    pub next_token: Option<String>,
 }
 
 impl Ssm {
@@ -179,7 +231,7 @@ impl Ssm {
     /// `AWS_ENDPOINT_URL[_SSM]`, `AWS_RETRY_MODE`) with bounded timeouts.
     /// `attempt_timeout` bounds one HTTP attempt (`--ssm-attempt-timeout`); a whole call,
     /// retries included, gets three times that.
-    pub async fn from_env(metrics: Arc<Metrics>, attempt_timeout: Duration) -> Self {
+    pub async fn from_env(metrics: Arc<Metrics>, attempt_timeout: Duration, max_rate: f64) -> Self {
         // Retries: the SDK's standard mode (3 attempts, exponential backoff), overridable with
         // AWS_RETRY_MODE / AWS_MAX_ATTEMPTS. Adaptive mode is not forced: in aws-smithy-runtime
         // 1.16 its bucket caps at ~1 token for low-rate clients while a retry costs 5, so after
@@ -194,16 +246,63 @@ impl Ssm {
             )
             .load()
             .await;
-        Self::new(base, metrics)
+        Self::new(base, metrics, max_rate)
     }
 
-    /// Uses an already loaded SDK configuration.
-    pub fn new(base: SdkConfig, metrics: Arc<Metrics>) -> Self {
+    /// Uses an already loaded SDK configuration; at most `max_rate` calls per second.
+    pub fn new(base: SdkConfig, metrics: Arc<Metrics>, max_rate: f64) -> Self {
         Self {
             base,
             clients: Mutex::new(HashMap::new()),
             metrics,
+            budget: Budget::new(max_rate),
         }
+    }
+
+    /// Waits for the budget, then counts the call's outcome (and a throttle) when it is done.
+    async fn call<T>(
+        &self,
+        operation: &'static str,
+        call: impl std::future::Future<Output = Result<T, SsmError>>,
+    ) -> Result<T, SsmError> {
+        self.budget.acquire().await;
+        let result = call.await;
+        let outcome = match &result {
+            Ok(_) => "success",
+            Err(e) => e.reason(),
+        };
+        if matches!(result, Err(SsmError::Throttled(_))) {
+            self.budget.throttled();
+        }
+        self.metrics.ssm_call(operation, outcome);
+        self.metrics.set_ssm_rate(self.budget.rate());
+        result
+    }
+
+    /// One page of every node's invocation of `command_id` (`ListCommandInvocations` with
+    /// `Details`), starting at `next_token`.
+    pub async fn list_page(
+        &self,
+        region: &Option<String>,
+        command_id: &str,
+        next_token: Option<String>,
+    ) -> Result<Page, SsmError> {
+        let request = self
+            .client(region)
+            .list_command_invocations()
+            .command_id(command_id)
+            .details(true)
+            .max_results(PAGE_SIZE)
+            .set_next_token(next_token)
+            .send();
+        self.call("ListCommandInvocations", async {
+            let out = request.await.map_err(classify)?;
+            Ok(Page {
+                invocations: out.command_invocations().iter().map(Listed::from).collect(),
+                next_token: out.next_token().map(str::to_string),
+            })
+        })
+        .await
     }
 
     /// The region used for resources that name none, if configured.
@@ -228,22 +327,76 @@ impl Ssm {
 
     /// Asks SSM for one invocation (`GetCommandInvocation`).
     pub async fn invocation(&self, key: &InvocationKey) -> Result<Invocation, SsmError> {
-        let result = self
+        let request = self
             .client(&key.region)
             .get_command_invocation()
             .command_id(&key.command_id)
             .instance_id(&key.instance_id)
             .set_plugin_name(key.plugin_name.clone())
-            .send()
-            .await
-            .map(Invocation::from)
-            .map_err(classify);
-        let outcome = match &result {
-            Ok(_) => "success",
-            Err(e) => e.reason(),
+            .send();
+        self.call("GetCommandInvocation", async {
+            request.await.map(Invocation::from).map_err(classify)
+        })
+        .await
+    }
+}
+
+/// An SDK timestamp as SSM's GetCommandInvocation writes it (ISO-8601, UTC); empty if absent.
+fn iso(time: Option<&DateTime>) -> String {
+    time.and_then(|t| t.fmt(DateTimeFormat::DateTime).ok())
+        .unwrap_or_default()
+}
+
+impl From<&CommandPlugin> for ListedPlugin {
+    fn from(plugin: &CommandPlugin) -> Self {
+        let text = |s: Option<&str>| s.unwrap_or_default().to_string();
+        let start = plugin.response_start_date_time();
+        let finish = plugin.response_finish_date_time();
+        let elapsed_seconds = match (start, finish) {
+            (Some(start), Some(finish)) => {
+                Some((finish.as_secs_f64() - start.as_secs_f64()).max(0.0))
+            }
+            _ => None,
         };
-        self.metrics.ssm_call("GetCommandInvocation", outcome);
-        result
+        Self {
+            name: text(plugin.name()),
+            status: text(plugin.status().map(|s| s.as_str())),
+            status_details: text(plugin.status_details()),
+            response_code: plugin.response_code(),
+            start: iso(start),
+            finish: iso(finish),
+            elapsed_seconds,
+            output: text(plugin.output()),
+            standard_output_url: text(plugin.standard_output_url()),
+            standard_error_url: text(plugin.standard_error_url()),
+        }
+    }
+}
+
+impl From<&SdkInvocation> for Listed {
+    fn from(listed: &SdkInvocation) -> Self {
+        let text = |s: Option<&str>| s.unwrap_or_default().to_string();
+        let cloud_watch = listed.cloud_watch_output_config();
+        Self {
+            instance_id: text(listed.instance_id()),
+            invocation: Invocation {
+                status: text(listed.status().map(|s| s.as_str())),
+                status_details: text(listed.status_details()),
+                comment: text(listed.comment()),
+                document_name: text(listed.document_name()),
+                document_version: text(listed.document_version()),
+                cloud_watch_log_group_name: cloud_watch
+                    .and_then(|c| c.cloud_watch_log_group_name())
+                    .map(str::to_string),
+                cloud_watch_output_enabled: cloud_watch.map(|c| c.cloud_watch_output_enabled()),
+                ..Invocation::default()
+            },
+            plugins: listed
+                .command_plugins()
+                .iter()
+                .map(ListedPlugin::from)
+                .collect(),
+        }
     }
 }
 
@@ -301,8 +454,12 @@ const MALFORMED_CODES: &[&str] = &[
     "UnknownOperationException",
 ];
 
-/// Maps an SDK error to what the operator does about it.
-fn classify(err: SdkError<GetCommandInvocationError>) -> SsmError {
+/// Maps an SDK error of any SSM operation to what the operator does about it. SSM's error
+/// codes decide (the same code means the same thing for every operation).
+fn classify<E>(err: SdkError<E>) -> SsmError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
     let SdkError::ServiceError(service) = &err else {
         // Timeouts, dispatch (connection) failures, unreadable responses, missing
         // region or credentials: all worth retrying later.
@@ -313,28 +470,24 @@ fn classify(err: SdkError<GetCommandInvocationError>) -> SsmError {
         .message()
         .map(str::to_string)
         .unwrap_or_else(|| service_err.to_string());
-    match service_err {
-        GetCommandInvocationError::InvocationDoesNotExist(_) => {
-            SsmError::InvocationDoesNotExist(message)
+    match service_err.code() {
+        Some("InvocationDoesNotExist") => SsmError::InvocationDoesNotExist(message),
+        Some("InvalidCommandId") => SsmError::InvalidCommandId(message),
+        Some("InvalidInstanceId") => SsmError::InvalidInstanceId(message),
+        Some("InvalidPluginName") => SsmError::InvalidPluginName(message),
+        Some("InternalServerError") => SsmError::Unavailable(message),
+        Some(code) if THROTTLING_CODES.contains(&code) => SsmError::Throttled(message),
+        Some(code) if ACCESS_CODES.contains(&code) => {
+            SsmError::AccessDenied(format!("{code}: {message}"))
         }
-        GetCommandInvocationError::InvalidCommandId(_) => SsmError::InvalidCommandId(message),
-        GetCommandInvocationError::InvalidInstanceId(_) => SsmError::InvalidInstanceId(message),
-        GetCommandInvocationError::InvalidPluginName(_) => SsmError::InvalidPluginName(message),
-        GetCommandInvocationError::InternalServerError(_) => SsmError::Unavailable(message),
-        other => match other.code() {
-            Some(code) if THROTTLING_CODES.contains(&code) => SsmError::Throttled(message),
-            Some(code) if ACCESS_CODES.contains(&code) => {
-                SsmError::AccessDenied(format!("{code}: {message}"))
-            }
-            Some(code) if MALFORMED_CODES.contains(&code) => {
-                SsmError::Validation(format!("{code}: {message}"))
-            }
-            Some(code) => SsmError::Unavailable(format!("{code}: {message}")),
-            None => SsmError::Unavailable(format!(
-                "HTTP {}: {message}",
-                service.raw().status().as_u16()
-            )),
-        },
+        Some(code) if MALFORMED_CODES.contains(&code) => {
+            SsmError::Validation(format!("{code}: {message}"))
+        }
+        Some(code) => SsmError::Unavailable(format!("{code}: {message}")),
+        None => SsmError::Unavailable(format!(
+            "HTTP {}: {message}",
+            service.raw().status().as_u16()
+        )),
     }
 }
 
@@ -388,7 +541,7 @@ mod tests {
             .region(Region::new("eu-west-1"))
             .behavior_version(BehaviorVersion::latest())
             .build();
-        let ssm = Ssm::new(base, Arc::new(Metrics::new()));
+        let ssm = Ssm::new(base, Arc::new(Metrics::new()), 50.0);
         let region_of = |c: Client| c.config().region().map(|r| r.to_string());
         assert_eq!(region_of(ssm.client(&None)), Some("eu-west-1".into()));
         let us = Some("us-east-1".to_string());

@@ -143,7 +143,7 @@ impl Server {
             )
             .load()
             .await;
-        Ssm::new(sdk, Arc::new(Metrics::new()))
+        Ssm::new(sdk, Arc::new(Metrics::new()), 10_000.0)
     }
 }
 

@@ -1,10 +1,18 @@
 //! Reconciler tests: kube's `tower-test` mock plays the API server (the kube-rs controller
 //! example's verifier pattern) and the project's SSM simulator answers the real `aws-sdk-ssm`
-//! client over loopback. Each test asserts which API calls the reconciler makes and what they
-//! carry; a short timeout catches an unexpected or missing call.
+//! client over loopback, asked by the real tracker. Each test asserts which API calls the
+//! reconciler makes and what they carry; a short timeout catches an unexpected or missing call.
+//!
+//! The flow under test: the first reconcile of a resource registers it with the tracker and
+//! returns; the tracker's round asks SSM and wakes the resource; the next reconcile maps the
+//! answer and writes.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use kube::runtime::reflector::ObjectRef;
 
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_ssm::config::Credentials;
@@ -20,9 +28,10 @@ use ssm_operator::leader::Fence;
 use ssm_operator::mapping::Settings;
 use ssm_operator::metrics::Metrics;
 use ssm_operator::reconciler::{error_policy, reconcile, Context};
-use ssm_operator::schedule::{PollBook, PollIntervals};
+use ssm_operator::schedule::PollIntervals;
 use ssm_operator::ssm::Ssm;
 use ssm_operator::status_writer::StatusWriter;
+use ssm_operator::tracker::Tracker;
 use ssm_sim::{Command, Invocation, Plugin, Simulator, Status};
 
 const COMMAND_ID: &str = "8f2f6d1e-2b0c-4e4b-9a53-0c7b9f0e1a11";
@@ -70,16 +79,12 @@ impl ApiServerVerifier {
         body
     }
 
-    /// An Event: created, or patched into a series when the Recorder saw its twin before.
+    /// An Event, created under a name that identifies the transition.
     async fn expect_event(&mut self) -> Value {
         let (request, send) = self.next().await;
         let path = request.uri().path().to_string();
         let events = "/apis/events.k8s.io/v1/namespaces/ops/events";
-        match *request.method() {
-            Method::POST => assert_eq!(path, events),
-            Method::PATCH => assert!(path.starts_with(&format!("{events}/")), "{path}"),
-            ref other => panic!("unexpected {other} {path}"),
-        }
+        assert_eq!((request.method(), path.as_str()), (&Method::POST, events));
         let body: Value =
             serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap();
         send.send_response(json_response(201, &body));
@@ -116,9 +121,29 @@ fn json_response(code: u16, body: &Value) -> Response<Body> {
         .unwrap()
 }
 
+type Wakes = Pin<Box<dyn Stream<Item = ObjectRef<CommandInvocation>> + Send>>;
+
 struct Fixture {
     ctx: Arc<Context>,
     sim: Simulator,
+    wakes: tokio::sync::Mutex<Wakes>,
+    rounds: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.rounds.abort();
+    }
+}
+
+impl Fixture {
+    /// Waits until the tracker wakes a resource (its SSM answer changed).
+    async fn woken(&self) -> ObjectRef<CommandInvocation> {
+        tokio::time::timeout(WAIT, self.wakes.lock().await.next())
+            .await
+            .expect("the tracker should have woken a resource")
+            .expect("wake stream ended")
+    }
 }
 
 async fn fixture() -> (Fixture, ApiServerVerifier) {
@@ -136,23 +161,38 @@ async fn fixture_with(fence: Fence, permits: usize) -> (Fixture, ApiServerVerifi
         .load()
         .await;
     let metrics = Arc::new(Metrics::new());
+    let intervals = PollIntervals {
+        min: Duration::from_millis(200),
+        max: Duration::from_secs(2),
+    };
+    let ssm = Arc::new(Ssm::new(sdk, metrics.clone(), 1000.0));
+    let tracker = Arc::new(Tracker::new(
+        ssm,
+        intervals,
+        Duration::from_secs(300),
+        metrics.clone(),
+    ));
+    let wakes: Wakes = Box::pin(tracker.wakes(None));
+    let rounds = tokio::spawn(tracker.clone().run());
     let ctx = Arc::new(Context {
-        ssm: Arc::new(Ssm::new(sdk, metrics.clone())),
+        tracker,
         writer: StatusWriter::new(client, Some("test".into()), metrics.clone(), fence),
-        book: PollBook::default(),
         settings: Settings {
             max_output_chars: 4000,
             not_found_grace: Duration::from_secs(300),
             recheck_interval: Duration::from_secs(300),
         },
-        intervals: PollIntervals {
-            min: Duration::from_secs(2),
-            max: Duration::from_secs(30),
-        },
+        intervals,
         metrics,
         permits: tokio::sync::Semaphore::new(permits),
     });
-    (Fixture { ctx, sim }, ApiServerVerifier(handle))
+    let fixture = Fixture {
+        ctx,
+        sim,
+        wakes: tokio::sync::Mutex::new(wakes),
+        rounds,
+    };
+    (fixture, ApiServerVerifier(handle))
 }
 
 fn resource(generation: i64, status: Option<CommandInvocationStatus>) -> CommandInvocation {
@@ -184,8 +224,33 @@ async fn run(f: &Fixture, object: &CommandInvocation) -> Result<Action, ssm_oper
         .expect("reconcile finished")
 }
 
-/// Reconciles `object` while the verifier expects a status patch and then an Event.
+/// Registers `object` with the tracker (a first reconcile that writes nothing), waits until the
+/// tracker has SSM's answer, and reconciles again while the verifier expects an Event and then a
+/// status patch (the Event first, so that a crash between the two cannot lose it).
 async fn run_expecting_patch_and_event(
+    f: &Fixture,
+    mut api: ApiServerVerifier,
+    object: &CommandInvocation,
+) -> (
+    Result<Action, ssm_operator::Error>,
+    Value,
+    Value,
+    ApiServerVerifier,
+) {
+    register(f, object).await;
+    api.expect_silence().await;
+    f.woken().await;
+    answered_expecting_patch_and_event(f, api, object).await
+}
+
+/// The first reconcile of a resource the tracker has no answer for: nothing to write yet.
+async fn register(f: &Fixture, object: &CommandInvocation) {
+    let action = run(f, object).await.expect("registering reconcile");
+    assert_eq!(action, Action::await_change(), "the tracker wakes it");
+}
+
+/// Reconciles `object`, whose answer the tracker has, expecting an Event and a status patch.
+async fn answered_expecting_patch_and_event(
     f: &Fixture,
     mut api: ApiServerVerifier,
     object: &CommandInvocation,
@@ -197,8 +262,8 @@ async fn run_expecting_patch_and_event(
 ) {
     let answer_with = object.clone();
     let verifier = tokio::spawn(async move {
-        let patch = api.expect_status_patch(&answer_with).await;
         let event = api.expect_event().await;
+        let patch = api.expect_status_patch(&answer_with).await;
         (patch, event, api)
     });
     let action = run(f, object).await;
@@ -228,7 +293,8 @@ async fn first_answer_is_written_with_exactly_the_contract_fields_and_an_event()
     let object = resource(1, None);
     let (action, patch, event, _api) = run_expecting_patch_and_event(&f, api, &object).await;
     let action = action.unwrap();
-    assert_ne!(action, Action::await_change(), "keeps polling");
+    assert_eq!(action, Action::await_change(), "the tracker wakes it");
+    assert!(!f.ctx.tracker.is_empty(), "still tracked: not finished");
 
     assert_eq!(patch["apiVersion"], "ssm.operator.dev/v1alpha1");
     assert_eq!(patch["kind"], "CommandInvocation");
@@ -247,7 +313,6 @@ async fn first_answer_is_written_with_exactly_the_contract_fields_and_an_event()
             "conditions",
             "documentName",
             "documentVersion",
-            "executionElapsedTime",
             "executionStartDateTime",
             "lastPolledTime",
             "observedGeneration",
@@ -271,7 +336,8 @@ async fn first_answer_is_written_with_exactly_the_contract_fields_and_an_event()
     assert_eq!(event["type"], "Normal");
     assert_eq!(event["regarding"]["name"], "patch-web-1");
     assert_eq!(event["reportingController"], "ssm-operator");
-    assert_eq!(f.sim.calls("GetCommandInvocation"), 1);
+    assert_eq!(f.sim.calls("ListCommandInvocations"), 1, "one List page");
+    assert_eq!(f.sim.calls("GetCommandInvocation"), 0, "List had it all");
 }
 
 #[tokio::test]
@@ -282,20 +348,24 @@ async fn the_same_answer_again_writes_nothing() {
     let object = resource(1, None);
     let (_, patch, _, mut api) = run_expecting_patch_and_event(&f, api, &object).await;
 
-    // A restarted operator (empty poll book) sees the written status and asks SSM again.
+    // A restarted operator (empty tracker) sees the written status and asks SSM again, which
+    // repeats itself: nothing to write.
     let (f2, mut api2) = fixture().await;
     f2.sim
         .add_command(command(Plugin::new("aws:runShellScript")));
     let written = resource(1, Some(status_from(&patch)));
-    let action = run(&f2, &written).await.unwrap();
-    assert_ne!(action, Action::await_change());
-    assert_eq!(f2.sim.calls("GetCommandInvocation"), 1, "SSM was asked");
+    register(&f2, &written).await;
+    f2.woken().await;
+    assert_eq!(run(&f2, &written).await.unwrap(), Action::await_change());
+    assert_eq!(f2.sim.calls("ListCommandInvocations"), 1, "SSM was asked");
     api2.expect_silence().await;
 
-    // The watch event caused by our own write: not due yet, so neither SSM nor the API.
-    let action = run(&f, &written).await.unwrap();
-    assert_ne!(action, Action::await_change());
-    assert_eq!(f.sim.calls("GetCommandInvocation"), 1, "no extra SSM call");
+    // The watch event caused by our own write: neither SSM nor the API is asked.
+    let mut shown = written.clone();
+    shown.metadata.resource_version = Some("101".into());
+    let calls = f.sim.total_calls();
+    assert_eq!(run(&f, &shown).await.unwrap(), Action::await_change());
+    assert_eq!(f.sim.total_calls(), calls, "no extra SSM call");
     api.expect_silence().await;
 }
 
@@ -314,12 +384,16 @@ async fn a_finished_resource_is_never_polled_again() {
     assert_eq!(condition(&patch["status"], "Ready")["status"], "True");
     assert_eq!(condition(&patch["status"], "Finished")["status"], "True");
     assert_eq!(event["reason"], "Success");
+    assert!(f.ctx.tracker.is_empty(), "no longer tracked");
 
-    let finished = resource(1, Some(status_from(&patch)));
+    let mut finished = resource(1, Some(status_from(&patch)));
+    finished.metadata.resource_version = Some("101".into());
+    let calls = f.sim.total_calls();
     for _ in 0..3 {
         assert_eq!(run(&f, &finished).await.unwrap(), Action::await_change());
     }
-    assert_eq!(f.sim.calls("GetCommandInvocation"), 1);
+    assert_eq!(f.sim.total_calls(), calls);
+    assert!(f.ctx.tracker.is_empty());
     api.expect_silence().await;
 }
 
@@ -331,8 +405,11 @@ async fn a_spec_change_is_tracked_again_with_the_new_generation() {
         Duration::ZERO,
     )));
     let (_, patch, _, api) = run_expecting_patch_and_event(&f, api, &resource(1, None)).await;
+    let lists = f.sim.calls("ListCommandInvocations");
 
-    let changed = resource(2, Some(status_from(&patch)));
+    let mut changed = resource(2, Some(status_from(&patch)));
+    changed.metadata.resource_version = Some("101".into());
+    // The finished generation was no longer tracked: the new one is asked about at once.
     let (action, patch, _, _api) = run_expecting_patch_and_event(&f, api, &changed).await;
     assert_eq!(action.unwrap(), Action::await_change());
     assert_eq!(patch["status"]["observedGeneration"], 2);
@@ -341,7 +418,7 @@ async fn a_spec_change_is_tracked_again_with_the_new_generation() {
         .unwrap()
         .iter()
         .all(|c| c["observedGeneration"] == 2));
-    assert_eq!(f.sim.calls("GetCommandInvocation"), 2);
+    assert_eq!(f.sim.calls("ListCommandInvocations"), lists + 1, "asked again");
 }
 
 #[tokio::test]
@@ -362,6 +439,12 @@ async fn a_wrong_plugin_name_stalls_with_a_warning_and_stops_polling() {
     assert!(status.get("status").is_none(), "no SSM status was reported");
     assert_eq!(event["type"], "Warning");
     assert_eq!(event["reason"], "InvalidPluginName");
+    assert_eq!(
+        f.sim.calls("GetCommandInvocation"),
+        1,
+        "List cannot judge a step name: SSM's own answer decides"
+    );
+    assert!(f.ctx.tracker.is_empty(), "no longer tracked");
 }
 
 #[tokio::test]
@@ -372,7 +455,10 @@ async fn a_refused_status_write_fails_the_reconcile_and_is_retried_with_backoff(
         Duration::ZERO,
     )));
     let object = resource(1, None);
+    register(&f, &object).await;
+    f.woken().await;
     let verifier = tokio::spawn(async move {
+        api.expect_event().await;
         api.refuse_status_patch(500).await;
         api
     });
@@ -404,10 +490,12 @@ async fn a_requeue_that_runs_before_the_watch_shows_our_write_acts_on_the_write(
     assert_eq!(event["reason"], "Success");
 
     // The cache still holds the object as it was before the write (resourceVersion 100, no
-    // status): the operator must not ask SSM again, write again (moving lastTransitionTime) or
-    // record a second Success Event.
+    // status): the operator must not track it again, write again (moving
+    // lastTransitionTime) or record a second Success Event.
+    let calls = f.sim.total_calls();
     assert_eq!(run(&f, &object).await.unwrap(), Action::await_change());
-    assert_eq!(f.sim.calls("GetCommandInvocation"), 1, "no second SSM call");
+    assert!(f.ctx.tracker.is_empty(), "not tracked again");
+    assert_eq!(f.sim.total_calls(), calls, "no second SSM call");
     api.expect_silence().await;
 
     // Once the watch shows the write, the cached object is used as it is.
@@ -426,48 +514,55 @@ async fn a_replica_that_does_not_hold_the_lease_writes_no_status_and_no_event() 
         "aws:runShellScript",
         Duration::ZERO,
     )));
-    let error = run(&f, &resource(1, None)).await.unwrap_err();
+    let object = resource(1, None);
+    register(&f, &object).await;
+    f.woken().await;
+    let error = run(&f, &object).await.unwrap_err();
     assert!(matches!(error, ssm_operator::Error::Fenced), "{error}");
     api.expect_silence().await;
     let metrics = f.ctx.metrics.encode().unwrap();
     assert!(
-        metrics.contains("ssm_operator_fenced_writes_total 1"),
-        "{metrics}"
+        metrics.contains("ssm_operator_fenced_writes_total 2"),
+        "the Event and the status write were refused; {metrics}"
     );
 }
 
 #[tokio::test]
-async fn max_concurrent_reconciles_bounds_ssm_calls_across_all_resources() {
-    let (f, mut api) = fixture_with(Fence::open(), 1).await;
-    f.sim
-        .add_command(command(Plugin::new("aws:runShellScript")));
-    f.sim.set_latency(Duration::from_millis(300));
-    let answer = tokio::spawn(async move {
-        for _ in 0..4 {
-            let (request, send) = api.next().await;
-            if request.uri().path().ends_with("/status") {
-                let mut object = resource(1, None);
-                object.metadata.resource_version = Some("101".into());
-                send.send_response(json_response(200, &serde_json::to_value(object).unwrap()));
-            } else {
-                send.send_response(json_response(201, &json!({})));
-            }
-        }
-    });
-    let mut a = resource(1, None);
-    a.metadata.uid = Some("uid-a".into());
-    let mut b = resource(1, None);
-    b.metadata.uid = Some("uid-b".into());
-    b.metadata.name = Some("patch-web-2".into());
-    let started = std::time::Instant::now();
-    let (ra, rb) = tokio::join!(run(&f, &a), run(&f, &b));
-    let took = started.elapsed();
-    answer.await.unwrap();
-    ra.unwrap();
-    rb.unwrap();
-    assert_eq!(f.sim.calls("GetCommandInvocation"), 2);
-    assert!(
-        took >= Duration::from_millis(600),
-        "with one permit the two 300 ms SSM calls ran one after the other: {took:?}"
-    );
+async fn one_list_call_answers_every_node_of_a_command() {
+    let (f, mut api) = fixture().await;
+    let nodes = [
+        "i-0123456789abcdef0",
+        "i-0123456789abcdef1",
+        "i-0123456789abcdef2",
+    ];
+    let mut command = Command::new(COMMAND_ID);
+    for node in nodes {
+        command = command.invocation(
+            Invocation::new(node).plugin(Plugin::succeeding("aws:runShellScript", Duration::ZERO)),
+        );
+    }
+    f.sim.add_command(command);
+    let objects: Vec<CommandInvocation> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            let mut object = resource(1, None);
+            object.metadata.name = Some(format!("node-{i}"));
+            object.metadata.uid = Some(format!("uid-{i}"));
+            object.spec.instance_id = (*node).into();
+            object
+        })
+        .collect();
+    for object in &objects {
+        register(&f, object).await;
+    }
+    let mut woken: Vec<String> = Vec::new();
+    for _ in &objects {
+        woken.push(f.woken().await.name);
+    }
+    woken.sort();
+    assert_eq!(woken, ["node-0", "node-1", "node-2"]);
+    assert_eq!(f.sim.calls("ListCommandInvocations"), 1);
+    assert_eq!(f.sim.calls("GetCommandInvocation"), 0);
+    api.expect_silence().await;
 }

@@ -405,7 +405,7 @@ const LEASE_DURATION: Duration = Duration::from_secs(4);
 const STEP_DOWN_MARGIN: Duration = Duration::from_secs(5);
 /// How long after SIGCONT the old leader is watched writing nothing (a deliberate window).
 const WATCH_AFTER_RESUME: Duration = Duration::from_secs(5);
-/// Simulator latency: keeps a GetCommandInvocation in flight when the leader is paused.
+/// Simulator latency: keeps an SSM call in flight when the leader is paused.
 const SSM_LATENCY: Duration = Duration::from_millis(800);
 const PAUSED_NAME: &str = "paused-leader";
 
@@ -574,9 +574,9 @@ pub async fn leader_paused_with_reconciles_in_flight_writes_nothing_after_resumi
             tries <= 5,
             "could not pause {leader_id} with an SSM call in flight in 5 tries"
         );
-        let calls = sim.calls("GetCommandInvocation");
+        let calls = sim.total_calls();
         let waiting = Instant::now();
-        while sim.calls("GetCommandInvocation") == calls {
+        while sim.total_calls() == calls {
             assert!(
                 waiting.elapsed() < DEADLINE,
                 "{leader_id} made no further SSM call after InProgress"
@@ -591,7 +591,7 @@ pub async fn leader_paused_with_reconciles_in_flight_writes_nothing_after_resumi
         signal(leader.pid(), "-STOP");
         let paused = Instant::now();
         let in_flight = paused - arrived < SSM_LATENCY - ms(100)
-            && sim.calls("GetCommandInvocation") == calls + 1
+            && sim.total_calls() == calls + 1
             && leader.log().matches("status updated").count() == logged;
         if in_flight {
             break (writes, paused);
@@ -603,7 +603,7 @@ pub async fn leader_paused_with_reconciles_in_flight_writes_nothing_after_resumi
         );
     };
     eprintln!(
-        "paused-leader: {leader_id} paused with a GetCommandInvocation in flight, after \
+        "paused-leader: {leader_id} paused with an SSM call in flight, after \
          {writes_before} status writes"
     );
 

@@ -150,7 +150,9 @@ pub async fn metrics_health_and_readiness_are_served(cluster: Arc<TestCluster>) 
     world.wait_condition("measured", "Ready", "True").await;
     let metrics = operator.metrics().await;
     for needle in [
-        "ssm_operator_ssm_calls_total{operation=\"GetCommandInvocation\",outcome=\"success\"}",
+        "ssm_operator_ssm_calls_total{operation=\"ListCommandInvocations\",outcome=\"success\"}",
+        "ssm_operator_ssm_rate_limit 50",
+        "ssm_operator_tracked_commands",
         "ssm_operator_invocations{status=\"Success\"} 1",
         "ssm_operator_status_writes_total",
         "ssm_operator_reconciles_total",

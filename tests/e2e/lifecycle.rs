@@ -263,9 +263,9 @@ pub async fn invocation_never_found_stalls_and_is_rechecked_rarely(cluster: Arc<
     assert!(stalled.message.contains("2s"), "{}", stalled.message);
     assert_eq!(conditions_row(&obj), ["False", "False", "True", "True"]);
     // Re-checks are 10 x --poll-interval-max (10 s) apart: none in a 3 s window.
-    let before = sim.calls("GetCommandInvocation");
+    let before = sim.total_calls();
     observe_quietly(Duration::from_secs(3)).await;
-    let after = sim.calls("GetCommandInvocation");
+    let after = sim.total_calls();
     assert!(after <= before + 1, "hot loop: {before} -> {after} calls");
     assert!(world
         .event_reasons("ghost")
@@ -292,13 +292,9 @@ pub async fn wrong_plugin_name_stalls_without_a_hot_loop(cluster: Arc<TestCluste
         stalled.message
     );
     assert_eq!(conditions_row(&obj), ["False", "False", "True", "True"]);
-    let before = sim.calls("GetCommandInvocation");
+    let before = sim.total_calls();
     observe_quietly(Duration::from_secs(3)).await;
-    assert_eq!(
-        sim.calls("GetCommandInvocation"),
-        before,
-        "no retry until the spec changes"
-    );
+    assert_eq!(sim.total_calls(), before, "no retry until the spec changes");
     assert!(world
         .event_reasons("typo")
         .await
@@ -321,10 +317,7 @@ pub async fn throttling_storm_still_ends_right(cluster: Arc<TestCluster>) {
         obj.status.and_then(|s| s.status),
         Some("Success".to_string())
     );
-    assert!(
-        sim.calls("GetCommandInvocation") > 30,
-        "the storm was served"
-    );
+    assert!(sim.total_calls() > 30, "the storm was served");
     let reasons = world.event_reasons("storm").await;
     assert!(reasons.contains(&"Throttled".to_string()), "{reasons:?}");
     let metrics = operator.metrics().await;
@@ -477,13 +470,9 @@ pub async fn finished_resources_are_never_polled_again(cluster: Arc<TestCluster>
     ));
     world.create("done-once", spec(None)).await;
     world.wait_condition("done-once", "Finished", "True").await;
-    let calls = sim.calls("GetCommandInvocation");
+    let calls = sim.total_calls();
     observe_quietly(Duration::from_secs(2)).await;
-    assert_eq!(
-        sim.calls("GetCommandInvocation"),
-        calls,
-        "polled after Finished"
-    );
+    assert_eq!(sim.total_calls(), calls, "polled after Finished");
     operator.stop().await;
 
     // A new operator process lists the finished resource and still asks SSM nothing.
@@ -500,10 +489,6 @@ pub async fn finished_resources_are_never_polled_again(cluster: Arc<TestCluster>
         .metrics_containing("ssm_operator_invocations{status=\"Success\"} 1")
         .await;
     observe_quietly(Duration::from_secs(2)).await;
-    assert_eq!(
-        sim.calls("GetCommandInvocation"),
-        calls,
-        "polled after restart"
-    );
+    assert_eq!(sim.total_calls(), calls, "polled after restart");
     restarted.stop().await;
 }

@@ -1,0 +1,176 @@
+//! One SSM budget for the whole process: a token bucket that every SSM call takes a token from
+//! (`--ssm-max-rate` requests per second, bursts up to one second's worth). On a
+//! `ThrottlingException` it halves its rate (multiplicative decrease, never below
+//! [`MIN_RATE`]); each second without one it climbs back by [`RECOVERY_PER_SECOND`] of the
+//! configured rate (additive increase), so the whole fleet backs off together instead of every
+//! resource retrying on its own.
+//!
+//! [`Bucket`] is the pure state machine (time is passed in); [`Budget`] shares it and waits.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// The rate never drops below this many requests per second.
+pub const MIN_RATE: f64 = 0.5;
+/// Share of the configured rate regained per second without throttling.
+pub const RECOVERY_PER_SECOND: f64 = 0.02;
+
+/// Token bucket with an adaptive rate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bucket {
+    max_rate: f64,
+    rate: f64,
+    tokens: f64,
+    updated: Instant,
+}
+
+impl Bucket {
+    /// A full bucket allowing `max_rate` requests per second.
+    pub fn new(max_rate: f64, now: Instant) -> Self {
+        let max_rate = max_rate.max(MIN_RATE);
+        Self {
+            max_rate,
+            rate: max_rate,
+            tokens: max_rate,
+            updated: now,
+        }
+    }
+
+    /// The rate currently allowed, in requests per second.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.updated = now.max(self.updated);
+        self.rate = (self.rate + self.max_rate * RECOVERY_PER_SECOND * elapsed).min(self.max_rate);
+        // Bursts of up to one second's worth at the current rate.
+        self.tokens = (self.tokens + self.rate * elapsed).min(self.rate.max(1.0));
+    }
+
+    /// Takes a token at `now`, or says how long to wait before asking again.
+    pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+        }
+    }
+
+    /// SSM throttled a call: halve the rate and drop the saved burst.
+    pub fn throttled(&mut self, now: Instant) {
+        self.refill(now);
+        self.rate = (self.rate / 2.0).max(MIN_RATE);
+        self.tokens = self.tokens.min(0.0);
+    }
+}
+
+/// The shared budget: waits for a token before each SSM call.
+#[derive(Debug)]
+pub struct Budget {
+    bucket: Mutex<Bucket>,
+}
+
+impl Budget {
+    /// A budget of `max_rate` requests per second.
+    pub fn new(max_rate: f64) -> Self {
+        Self {
+            bucket: Mutex::new(Bucket::new(max_rate, Instant::now())),
+        }
+    }
+
+    /// Waits until a call may be made.
+    pub async fn acquire(&self) {
+        loop {
+            let wait = {
+                let mut bucket = self.bucket.lock().unwrap_or_else(PoisonError::into_inner);
+                match bucket.take(Instant::now()) {
+                    Ok(()) => return,
+                    Err(wait) => wait,
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Reports a throttled call.
+    pub fn throttled(&self) {
+        self.bucket
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .throttled(Instant::now());
+    }
+
+    /// The rate currently allowed, in requests per second.
+    pub fn rate(&self) -> f64 {
+        let mut bucket = self.bucket.lock().unwrap_or_else(PoisonError::into_inner);
+        bucket.refill(Instant::now());
+        bucket.rate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn takes_within(bucket: &mut Bucket, start: Instant, window: Duration) -> u32 {
+        let mut now = start;
+        let mut taken = 0;
+        while now < start + window {
+            match bucket.take(now) {
+                Ok(()) => taken += 1,
+                Err(wait) => now += wait.max(Duration::from_micros(1)),
+            }
+        }
+        taken
+    }
+
+    #[test]
+    fn a_full_bucket_allows_a_one_second_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut bucket = Bucket::new(50.0, t0);
+        let taken = takes_within(&mut bucket, t0, Duration::from_secs(2));
+        // 50 saved + 50/s for 2 s, give or take the last token.
+        assert!((149..=151).contains(&taken), "{taken}");
+    }
+
+    #[test]
+    fn throttling_halves_the_rate_down_to_the_floor() {
+        let t0 = Instant::now();
+        let mut bucket = Bucket::new(40.0, t0);
+        bucket.throttled(t0);
+        assert_eq!(bucket.rate(), 20.0);
+        for _ in 0..20 {
+            bucket.throttled(t0);
+        }
+        assert_eq!(bucket.rate(), MIN_RATE);
+        assert!(bucket.take(t0).is_err(), "the saved burst is dropped");
+    }
+
+    #[test]
+    fn the_rate_recovers_additively_to_the_configured_maximum() {
+        let t0 = Instant::now();
+        let mut bucket = Bucket::new(50.0, t0);
+        bucket.throttled(t0);
+        assert_eq!(bucket.rate(), 25.0);
+        bucket.refill(t0 + Duration::from_secs(10));
+        assert!((bucket.rate() - 35.0).abs() < 1e-9, "{}", bucket.rate());
+        bucket.refill(t0 + Duration::from_secs(100));
+        assert_eq!(bucket.rate(), 50.0, "never above the maximum");
+    }
+
+    #[test]
+    fn waits_are_what_the_next_token_needs() {
+        let t0 = Instant::now();
+        let mut bucket = Bucket::new(10.0, t0);
+        for _ in 0..10 {
+            bucket.take(t0).unwrap();
+        }
+        let wait = bucket.take(t0).unwrap_err();
+        assert!((wait.as_secs_f64() - 0.1).abs() < 1e-6, "{wait:?}");
+        assert!(bucket.take(t0 + wait).is_ok());
+    }
+}

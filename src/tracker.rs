@@ -1,0 +1,588 @@
+//! The tracker: the one place that decides when to ask SSM, per command instead of per
+//! resource.
+//!
+//! Resources are grouped by (region, command id). Each group gets rounds on its own
+//! [`RoundClock`]: one `ListCommandInvocations` walk (details, 50 per page) answers every
+//! tracked step of the command; `GetCommandInvocation` is asked only for what List cannot answer
+//! ([`batch::from_list`]). The answers are kept here; resources whose answer changed are woken
+//! (a stream per controller), and their reconcile maps the answer and writes. A reconcile never
+//! waits on SSM. Every call takes a token from the process-wide SSM budget (in [`Ssm`]).
+//!
+//! If List keeps failing (an endpoint or IAM policy without it), rounds fall back to one
+//! `GetCommandInvocation` per step and try List again now and then.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::reflector::ObjectRef;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinSet;
+use tracing::debug;
+
+use crate::api::CommandInvocation;
+use crate::batch::{self, FromList, Why};
+use crate::mapping::Next;
+use crate::metrics::Metrics;
+use crate::schedule::{PollIntervals, RoundClock};
+use crate::ssm::{Invocation, InvocationKey, Ssm, SsmError};
+
+/// After this many failed List walks in a row, a transient error is shown on the resources and
+/// (unless SSM is throttling) rounds ask `GetCommandInvocation` per step instead.
+const LIST_FAILURES_TOLERATED: u32 = 2;
+/// While List keeps failing, it is tried again every this many rounds.
+const LIST_RETRY_EVERY: u32 = 5;
+/// At most this many `GetCommandInvocation` calls per command per round; the rest wait.
+const MAX_GETS_PER_ROUND: usize = 50;
+/// `GetCommandInvocation` calls of one round in flight at once.
+const GETS_IN_FLIGHT: usize = 8;
+/// A walk stops after this many pages (100,000 nodes), whatever SSM says.
+const MAX_PAGES: usize = 2000;
+
+/// What SSM last said about one step, and when it was asked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer {
+    /// SSM's answer.
+    pub result: Result<Invocation, SsmError>,
+    /// When SSM was asked.
+    pub asked_at: Time,
+}
+
+/// What the tracker knows for one resource.
+#[derive(Clone, Debug)]
+pub struct Tracked {
+    /// The latest answer for its step, if SSM was asked yet.
+    pub answer: Option<Answer>,
+    /// When the tracker first saw this generation of the resource.
+    pub first_seen: Instant,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct CommandKey {
+    region: Option<String>,
+    command_id: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Step {
+    instance_id: String,
+    plugin_name: Option<String>,
+}
+
+#[derive(Debug)]
+struct Member {
+    object: ObjectRef<CommandInvocation>,
+    step: Step,
+    generation: i64,
+    first_seen: Instant,
+    /// Stalled on an error an outside fix can cure: asked only every recheck interval.
+    rare: bool,
+    /// Status writes that failed in a row (for the retry backoff).
+    write_failures: u32,
+}
+
+#[derive(Debug)]
+struct Command {
+    members: HashMap<String, Member>,
+    answers: HashMap<Step, Answer>,
+    clock: RoundClock,
+    running: bool,
+    list_failures: u32,
+    rounds: u32,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    commands: HashMap<CommandKey, Command>,
+    command_of: HashMap<String, CommandKey>,
+}
+
+impl State {
+    fn remove(&mut self, uid: &str) {
+        let Some(key) = self.command_of.remove(uid) else {
+            return;
+        };
+        if let Some(command) = self.commands.get_mut(&key) {
+            command.members.remove(uid);
+            if command.members.is_empty() {
+                self.commands.remove(&key);
+            }
+        }
+    }
+}
+
+type Waker = (
+    Option<String>,
+    mpsc::UnboundedSender<ObjectRef<CommandInvocation>>,
+);
+
+/// See the module docs.
+pub struct Tracker {
+    ssm: Arc<Ssm>,
+    intervals: PollIntervals,
+    recheck: Duration,
+    metrics: Arc<Metrics>,
+    state: Mutex<State>,
+    changed: Notify,
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl Tracker {
+    /// A tracker asking `ssm`, with rounds between `intervals` and rare re-checks every
+    /// `recheck`.
+    pub fn new(
+        ssm: Arc<Ssm>,
+        intervals: PollIntervals,
+        recheck: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            ssm,
+            intervals,
+            recheck,
+            metrics,
+            state: Mutex::new(State::default()),
+            changed: Notify::new(),
+            wakers: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The resources of `namespace` (`None`: all) whose answer changed, for a controller's
+    /// `reconcile_on`.
+    pub fn wakes(
+        &self,
+        namespace: Option<String>,
+    ) -> impl Stream<Item = ObjectRef<CommandInvocation>> + Send + 'static {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.wakers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((namespace, tx));
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|o| (o, rx)) })
+    }
+
+    fn wake(&self, objects: Vec<ObjectRef<CommandInvocation>>) {
+        let wakers = self.wakers.lock().unwrap_or_else(PoisonError::into_inner);
+        for object in objects {
+            for (namespace, tx) in wakers.iter() {
+                if namespace.is_none() || *namespace == object.namespace {
+                    let _ = tx.send(object.clone());
+                }
+            }
+        }
+    }
+
+    /// Tracks the resource `uid` (its step `key`, its `generation`) and returns what is known.
+    /// A new resource, a new generation or a step without an answer makes its command due now.
+    pub fn track(
+        &self,
+        uid: &str,
+        object: ObjectRef<CommandInvocation>,
+        key: &InvocationKey,
+        generation: i64,
+        now: Instant,
+    ) -> Tracked {
+        let command_key = CommandKey {
+            region: key.region.clone(),
+            command_id: key.command_id.clone(),
+        };
+        let step = Step {
+            instance_id: key.instance_id.clone(),
+            plugin_name: key.plugin_name.clone(),
+        };
+        let mut state = self.state();
+        if state
+            .command_of
+            .get(uid)
+            .is_some_and(|old| *old != command_key)
+        {
+            state.remove(uid);
+        }
+        state
+            .command_of
+            .insert(uid.to_string(), command_key.clone());
+        let command = state
+            .commands
+            .entry(command_key)
+            .or_insert_with(|| Command {
+                members: HashMap::new(),
+                answers: HashMap::new(),
+                clock: RoundClock::due_at(now),
+                running: false,
+                list_failures: 0,
+                rounds: 0,
+            });
+        let answer = command.answers.get(&step).cloned();
+        let member = command
+            .members
+            .entry(uid.to_string())
+            .or_insert_with(|| Member {
+                object,
+                step: step.clone(),
+                generation: generation - 1,
+                first_seen: now,
+                rare: false,
+                write_failures: 0,
+            });
+        let new_generation = member.generation != generation || member.step != step;
+        if new_generation {
+            member.step = step;
+            member.generation = generation;
+            member.first_seen = now;
+            member.rare = false;
+        }
+        let first_seen = member.first_seen;
+        if new_generation || answer.is_none() {
+            command.clock.hurry(now);
+            self.changed.notify_one();
+        }
+        let members = state.command_of.len();
+        let commands = state.commands.len();
+        drop(state);
+        self.metrics.set_poll_book(members);
+        self.metrics.set_tracked_commands(commands);
+        Tracked { answer, first_seen }
+    }
+
+    /// What the reconcile concluded: stop tracking, re-check rarely, or keep going.
+    pub fn settle(&self, uid: &str, next: Next) {
+        if next == Next::Stop {
+            self.forget(uid);
+            return;
+        }
+        let mut state = self.state();
+        let Some(key) = state.command_of.get(uid).cloned() else {
+            return;
+        };
+        let Some(command) = state.commands.get_mut(&key) else {
+            return;
+        };
+        if let Some(member) = command.members.get_mut(uid) {
+            member.rare = next == Next::RecheckRarely;
+            member.write_failures = 0;
+        }
+        // Only rarely re-checked steps left: the next round waits the recheck interval.
+        if command.members.values().all(|m| m.rare) {
+            let rare_due = Instant::now() + self.recheck;
+            command.clock.due = command.clock.due.max(rare_due);
+        }
+    }
+
+    /// Counts a failed status write of `uid`; returns how many failed in a row.
+    pub fn write_failed(&self, uid: &str) -> u32 {
+        let mut state = self.state();
+        let Some(key) = state.command_of.get(uid).cloned() else {
+            return 1;
+        };
+        state
+            .commands
+            .get_mut(&key)
+            .and_then(|c| c.members.get_mut(uid))
+            .map_or(1, |m| {
+                m.write_failures = m.write_failures.saturating_add(1);
+                m.write_failures
+            })
+    }
+
+    /// Stops tracking `uid` (finished, or deleted).
+    pub fn forget(&self, uid: &str) {
+        let mut state = self.state();
+        state.remove(uid);
+        let (members, commands) = (state.command_of.len(), state.commands.len());
+        drop(state);
+        self.metrics.set_poll_book(members);
+        self.metrics.set_tracked_commands(commands);
+    }
+
+    /// Stops tracking every resource not in `live`.
+    pub fn retain(&self, live: &HashSet<String>) {
+        let mut state = self.state();
+        let gone: Vec<String> = state
+            .command_of
+            .keys()
+            .filter(|uid| !live.contains(*uid))
+            .cloned()
+            .collect();
+        for uid in gone {
+            state.remove(&uid);
+        }
+        let (members, commands) = (state.command_of.len(), state.commands.len());
+        drop(state);
+        self.metrics.set_poll_book(members);
+        self.metrics.set_tracked_commands(commands);
+    }
+
+    /// Number of tracked resources.
+    pub fn len(&self) -> usize {
+        self.state().command_of.len()
+    }
+
+    /// True when no resource is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Runs rounds as they fall due, until dropped.
+    pub async fn run(self: Arc<Self>) {
+        let mut rounds = JoinSet::new();
+        loop {
+            let now = Instant::now();
+            let (due, next) = self.start_due(now);
+            for key in due {
+                rounds.spawn(self.clone().round(key));
+            }
+            let sleep = next
+                .map_or(Duration::from_secs(1), |at| {
+                    at.saturating_duration_since(now)
+                })
+                .min(Duration::from_secs(1));
+            tokio::select! {
+                () = tokio::time::sleep(sleep) => {}
+                () = self.changed.notified() => {}
+                Some(_) = rounds.join_next(), if !rounds.is_empty() => {}
+            }
+        }
+    }
+
+    /// Marks the commands due at `now` as running; returns them and the next due time.
+    fn start_due(&self, now: Instant) -> (Vec<CommandKey>, Option<Instant>) {
+        let mut state = self.state();
+        let mut due = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (key, command) in state.commands.iter_mut() {
+            if command.running {
+                continue;
+            }
+            if command.clock.due <= now {
+                command.running = true;
+                command.rounds = command.rounds.wrapping_add(1);
+                due.push(key.clone());
+            } else {
+                next = Some(next.map_or(command.clock.due, |n| n.min(command.clock.due)));
+            }
+        }
+        (due, next)
+    }
+
+    /// One round of one command: ask SSM, keep the answers, wake whose answer changed.
+    async fn round(self: Arc<Self>, key: CommandKey) {
+        let (steps, use_list) = {
+            let state = self.state();
+            let Some(command) = state.commands.get(&key) else {
+                return;
+            };
+            let steps: HashSet<Step> = command.members.values().map(|m| m.step.clone()).collect();
+            let use_list = command.list_failures < LIST_FAILURES_TOLERATED
+                || command.rounds % LIST_RETRY_EVERY == 0;
+            (steps, use_list)
+        };
+        let asked_at = Time(Timestamp::now());
+        let mut fresh: Vec<(Step, Result<Invocation, SsmError>)> = Vec::new();
+        let mut gets: Vec<Step> = Vec::new();
+        let mut list_result = None;
+        if use_list {
+            let walked = self.walk(&key, &steps).await;
+            match walked {
+                Ok((answered, not_listed, unclear)) => {
+                    fresh.extend(answered);
+                    gets.extend(unclear);
+                    fresh.extend(self.not_listed(&key, not_listed, &mut gets).await);
+                    list_result = Some(None);
+                }
+                Err(error) => list_result = Some(Some(error)),
+            }
+        }
+        let failures = self.note_list_result(&key, list_result.as_ref());
+        match list_result {
+            Some(None) => {}
+            Some(Some(error)) if failures >= LIST_FAILURES_TOLERATED => {
+                if matches!(error, SsmError::Throttled(_)) {
+                    fresh.extend(steps.iter().map(|s| (s.clone(), Err(error.clone()))));
+                } else {
+                    gets.extend(steps.iter().cloned());
+                }
+            }
+            Some(Some(error)) => {
+                debug!(command = %key.command_id, %error, "List failed; trying again next round")
+            }
+            None => gets.extend(steps.iter().cloned()),
+        }
+        let more_left = gets.len() > MAX_GETS_PER_ROUND;
+        gets.truncate(MAX_GETS_PER_ROUND);
+        fresh.extend(self.get_each(&key, gets).await);
+        self.keep(&key, fresh, asked_at, more_left);
+    }
+
+    /// Walks every page of the command. Returns the steps List answered, the steps whose node
+    /// it did not list, and the steps only Get can answer.
+    #[allow(clippy::type_complexity)]
+    async fn walk(
+        &self,
+        key: &CommandKey,
+        steps: &HashSet<Step>,
+    ) -> Result<
+        (
+            Vec<(Step, Result<Invocation, SsmError>)>,
+            Vec<Step>,
+            Vec<Step>,
+        ),
+        SsmError,
+    > {
+        let mut wanted: HashMap<&str, Vec<&Step>> = HashMap::new();
+        for step in steps {
+            wanted.entry(&step.instance_id).or_default().push(step);
+        }
+        let mut answered = Vec::new();
+        let mut unclear = Vec::new();
+        let mut token = None;
+        for _ in 0..MAX_PAGES {
+            let page = self
+                .ssm
+                .list_page(&key.region, &key.command_id, token)
+                .await?;
+            for listed in &page.invocations {
+                for step in wanted
+                    .remove(listed.instance_id.as_str())
+                    .unwrap_or_default()
+                {
+                    match batch::from_list(Some(listed), step.plugin_name.as_deref()) {
+                        FromList::Answer(invocation) => {
+                            answered.push((step.clone(), Ok(*invocation)))
+                        }
+                        FromList::NeedsGet(_) => unclear.push(step.clone()),
+                    }
+                }
+            }
+            token = page.next_token.filter(|t| !t.is_empty());
+            if token.is_none() || wanted.is_empty() {
+                break;
+            }
+        }
+        let not_listed = wanted.into_values().flatten().cloned().collect();
+        Ok((answered, not_listed, unclear))
+    }
+
+    /// Steps whose node List did not show: one `GetCommandInvocation` probes; if SSM has no
+    /// such invocation either (just sent, or gone), that is every such step's answer, else the
+    /// rest are asked one by one.
+    async fn not_listed(
+        &self,
+        key: &CommandKey,
+        steps: Vec<Step>,
+        gets: &mut Vec<Step>,
+    ) -> Vec<(Step, Result<Invocation, SsmError>)> {
+        let Some(first) = steps.first().cloned() else {
+            return Vec::new();
+        };
+        let probe = self.get(key, &first).await;
+        debug!(command = %key.command_id, steps = steps.len(), why = ?Why::NotListed, "not listed; asked GetCommandInvocation");
+        if matches!(probe, Err(SsmError::InvocationDoesNotExist(_))) {
+            steps.into_iter().map(|s| (s, probe.clone())).collect()
+        } else {
+            gets.extend(steps.into_iter().skip(1));
+            vec![(first, probe)]
+        }
+    }
+
+    async fn get(&self, key: &CommandKey, step: &Step) -> Result<Invocation, SsmError> {
+        self.ssm
+            .invocation(&InvocationKey {
+                region: key.region.clone(),
+                command_id: key.command_id.clone(),
+                instance_id: step.instance_id.clone(),
+                plugin_name: step.plugin_name.clone(),
+            })
+            .await
+    }
+
+    async fn get_each(
+        &self,
+        key: &CommandKey,
+        steps: Vec<Step>,
+    ) -> Vec<(Step, Result<Invocation, SsmError>)> {
+        futures::stream::iter(steps)
+            .map(|step| async move {
+                let answer = self.get(key, &step).await;
+                (step, answer)
+            })
+            .buffer_unordered(GETS_IN_FLIGHT)
+            .collect()
+            .await
+    }
+
+    /// Counts List failures in a row (`None`: List was not asked); returns the count.
+    fn note_list_result(&self, key: &CommandKey, result: Option<&Option<SsmError>>) -> u32 {
+        let mut state = self.state();
+        let Some(command) = state.commands.get_mut(key) else {
+            return 0;
+        };
+        match result {
+            Some(None) => command.list_failures = 0,
+            Some(Some(_)) => command.list_failures = command.list_failures.saturating_add(1),
+            None => {}
+        }
+        command.list_failures
+    }
+
+    /// Keeps the round's answers, schedules the next round and wakes the resources whose
+    /// answer changed.
+    fn keep(
+        &self,
+        key: &CommandKey,
+        fresh: Vec<(Step, Result<Invocation, SsmError>)>,
+        asked_at: Time,
+        more_left: bool,
+    ) {
+        let mut wake = Vec::new();
+        {
+            let mut state = self.state();
+            let Some(command) = state.commands.get_mut(key) else {
+                return;
+            };
+            let mut news = more_left;
+            for (step, result) in fresh {
+                if command
+                    .answers
+                    .get(&step)
+                    .is_some_and(|a| a.result == result)
+                {
+                    continue;
+                }
+                news = true;
+                wake.extend(
+                    command
+                        .members
+                        .values()
+                        .filter(|m| m.step == step)
+                        .map(|m| m.object.clone()),
+                );
+                let answer = Answer {
+                    result,
+                    asked_at: asked_at.clone(),
+                };
+                command.answers.insert(step, answer);
+            }
+            let tracked: HashSet<&Step> = command.members.values().map(|m| &m.step).collect();
+            command.answers.retain(|step, _| tracked.contains(step));
+            let only_rare = command.members.values().all(|m| m.rare);
+            command.clock.after_round(
+                news,
+                only_rare,
+                self.intervals,
+                self.recheck,
+                Instant::now(),
+                fastrand::f64(),
+            );
+            command.running = false;
+        }
+        self.wake(wake);
+        self.changed.notify_one();
+    }
+}
