@@ -1,8 +1,8 @@
 //! The watch of `CommandInvocation`s that feeds a controller: list+watch with backoff, the
-//! cache without `managedFields` (never read, and the largest part of a small object), and no
+//! cache without `managedFields` and annotations (never read; most of a small object), and no
 //! silent failures: every list/watch error (403 from missing RBAC, a missing CRD, the API
 //! server down) is logged at warn, counted in `ssm_operator_watch_errors_total`, and makes
-//! `/readyz` fail until the watch works again. Deleted resources are handed to `on_gone`.
+//! `/readyz` fail until the watch works again. Deleted resources are handed to [`Forget`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,7 +68,12 @@ pub fn watch(
     )));
     let stream = watcher::watcher(api, watcher::Config::default())
         .default_backoff()
-        .modify(|object| object.managed_fields_mut().clear())
+        // Never read, and most of a small object's size (kubectl's last-applied annotation
+        // repeats the whole spec): 10,000 resources keep only what reconciles use.
+        .modify(|object| {
+            object.managed_fields_mut().clear();
+            object.annotations_mut().clear();
+        })
         .reflect(writer)
         .inspect(move |event| {
             let _prober = &prober;
