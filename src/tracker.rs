@@ -547,6 +547,13 @@ impl Tracker {
                 return;
             };
             let mut news = more_left;
+            let mut members_of: HashMap<&Step, Vec<&ObjectRef<CommandInvocation>>> = HashMap::new();
+            for member in command.members.values() {
+                members_of
+                    .entry(&member.step)
+                    .or_default()
+                    .push(&member.object);
+            }
             for (step, result) in fresh {
                 if command
                     .answers
@@ -556,13 +563,9 @@ impl Tracker {
                     continue;
                 }
                 news = true;
-                wake.extend(
-                    command
-                        .members
-                        .values()
-                        .filter(|m| m.step == step)
-                        .map(|m| m.object.clone()),
-                );
+                if let Some(objects) = members_of.get(&step) {
+                    wake.extend(objects.iter().map(|o| (*o).clone()));
+                }
                 let answer = Answer {
                     result,
                     asked_at: asked_at.clone(),
