@@ -23,7 +23,7 @@ pub enum Command {
     /// Print the CommandInvocation CRD as YAML.
     Crd,
     /// Run the controller until SIGTERM or SIGINT.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 /// Flags of `ssm-operator run`.
@@ -78,6 +78,11 @@ pub struct RunArgs {
     /// Upper bound of one SSM HTTP attempt (a whole call, retries included, gets 3×).
     #[arg(long, env = "SSM_OPERATOR_SSM_ATTEMPT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub ssm_attempt_timeout: Duration,
+
+    /// Assume the role a Namespace names (annotation `ssm.operator.dev/role-arn`) for its
+    /// resources' SSM calls.
+    #[arg(long, env = "SSM_OPERATOR_NAMESPACE_ROLES")]
+    pub namespace_roles: bool,
 
     /// SSM calls per second for the whole process (halved on throttling, recovering slowly).
     #[arg(long, env = "SSM_OPERATOR_SSM_MAX_RATE", default_value_t = 50.0, value_parser = parse_rate)]

@@ -23,6 +23,7 @@ use crate::leader::{Fence, Leadership, LeaseSettings};
 use crate::mapping::Settings;
 use crate::metrics::Metrics;
 use crate::reconciler::{self, Context};
+use crate::roles::Roles;
 use crate::schedule::PollIntervals;
 use crate::ssm::Ssm;
 use crate::status_writer::StatusWriter;
@@ -51,6 +52,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         not_found_grace = ?args.not_found_grace,
         max_output_chars = args.max_output_chars,
         leader_elect = args.leader_elect,
+        namespace_roles = args.namespace_roles,
         ssm_attempt_timeout = ?args.ssm_attempt_timeout,
         ssm_max_rate = args.ssm_max_rate,
         max_concurrent_reconciles = args.max_concurrent_reconciles,
@@ -90,6 +92,11 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         max: args.poll_interval_max,
     };
     let recheck_interval = args.poll_interval_max.saturating_mul(RECHECK_FACTOR);
+    let roles = Arc::new(if args.namespace_roles {
+        Roles::enabled()
+    } else {
+        Roles::disabled()
+    });
     let ctx = Arc::new(Context {
         tracker: Arc::new(Tracker::new(
             ssm,
@@ -97,6 +104,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             recheck_interval,
             metrics.clone(),
         )),
+        roles: roles.clone(),
         writer: StatusWriter::new(
             client.clone(),
             Some(identity.clone()),
@@ -113,6 +121,11 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         permits: tokio::sync::Semaphore::new(usize::from(args.max_concurrent_reconciles)),
     });
 
+    let roles_task = tokio::spawn(roles.clone().follow(
+        client.clone(),
+        ctx.tracker.clone(),
+        ctx.metrics.clone(),
+    ));
     let result = if args.leader_elect {
         let settings = LeaseSettings {
             namespace: args.lease_namespace.clone(),
@@ -133,6 +146,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         Ok(())
     };
 
+    roles_task.abort();
     stop.send_replace(true);
     if let Ok(Err(error)) = server.await {
         warn!(%error, "http server stopped with an error");
@@ -211,6 +225,11 @@ async fn run_controllers(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    // No reconcile before every namespace's role is known (a no-op without --namespace-roles).
+    tokio::select! {
+        () = ctx.roles.synced() => {}
+        () = shutdown.clone() => return,
+    }
     let apis: Vec<(Option<String>, Api<CommandInvocation>)> = if args.namespaces.is_empty() {
         vec![(None, Api::all(client))]
     } else {

@@ -31,7 +31,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(controller::run(args)) {
+            match runtime.block_on(controller::run(*args)) {
                 Ok(()) => {
                     tracing::info!("stopped");
                     ExitCode::SUCCESS

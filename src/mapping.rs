@@ -262,6 +262,21 @@ fn judge(
                 false,
             )
         }
+        (SsmError::AssumeRoleFailed(msg), _, _) => {
+            let message = format!(
+                "the operator could not assume this namespace's role (annotation \
+                 ssm.operator.dev/role-arn): check the role's trust policy names the operator's \
+                 role and the external id (see docs/iam.md); re-checked every {} (STS: {msg})",
+                humantime::format_duration(settings.recheck_interval),
+            );
+            keep(
+                Standing::Stalled,
+                error.reason(),
+                message,
+                Next::RecheckRarely,
+                false,
+            )
+        }
         (_, Recovery::SpecChange | Recovery::OutsideFix, _) => {
             let message = format!("{error}; fix the spec to try again");
             keep(
@@ -767,6 +782,23 @@ mod tests {
         assert_eq!(flags(&fixed.status), [true, false, false, true]);
         assert_eq!(fixed.next, Next::Stop);
         assert!(!needs_polling(&fixed.status));
+    }
+
+    #[test]
+    fn a_role_that_cannot_be_assumed_stalls_and_is_rechecked_rarely() {
+        let failed = Err(SsmError::AssumeRoleFailed(
+            "AccessDenied: not trusted".into(),
+        ));
+        let out = poll_at(&failed, 1);
+        assert_eq!(flags(&out.status), [false, false, true, true]);
+        assert_eq!(out.status.conditions[2].reason, "AssumeRoleFailed");
+        assert_eq!(out.next, Next::RecheckRarely);
+        assert!(needs_polling(&out.status));
+        let message = &out.status.conditions[2].message;
+        assert!(
+            message.contains("not trusted") && message.contains("trust policy"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -21,8 +21,10 @@ use kube::ResourceExt;
 use tracing::{debug, info, instrument};
 
 use crate::api::CommandInvocation;
+use crate::api::CommandInvocationSpec;
 use crate::mapping::{self, Next, Poll, Settings};
 use crate::metrics::Metrics;
+use crate::roles::Roles;
 use crate::schedule::{backoff, PollIntervals};
 use crate::ssm::{InvocationKey, SsmError};
 use crate::status_writer::StatusWriter;
@@ -34,6 +36,8 @@ use crate::Error;
 pub struct Context {
     /// The SSM answers, per command.
     pub tracker: Arc<Tracker>,
+    /// The role each namespace's calls use (`--namespace-roles`).
+    pub roles: Arc<Roles>,
     /// Status and Event writes.
     pub writer: StatusWriter,
     /// Status-shaping settings.
@@ -82,10 +86,11 @@ async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Ac
         return Ok(Action::await_change());
     }
     let now = Instant::now();
+    let role = ctx.roles.role_for(&object.namespace().unwrap_or_default());
     let tracked = ctx.tracker.track(
         &uid,
         ObjectRef::from_obj(object),
-        &InvocationKey::from(&object.spec),
+        &key_of(&object.spec, role),
         generation,
         now,
     );
@@ -128,6 +133,17 @@ async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Ac
     };
     debug!(?action, "reconciled");
     Ok(action)
+}
+
+/// The step to ask SSM about, with the identity to ask with.
+fn key_of(spec: &CommandInvocationSpec, role: Option<crate::sts::Role>) -> InvocationKey {
+    InvocationKey {
+        region: spec.region.clone(),
+        command_id: spec.command_id.clone(),
+        instance_id: spec.instance_id.clone(),
+        plugin_name: spec.plugin_name.clone(),
+        role,
+    }
 }
 
 /// How long SSM has had to show the invocation: since creation for the first spec, else since

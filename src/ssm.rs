@@ -17,9 +17,9 @@ use aws_sdk_ssm::primitives::{DateTime, DateTimeFormat};
 use aws_sdk_ssm::types::{CommandInvocation as SdkInvocation, CommandPlugin};
 use aws_sdk_ssm::Client;
 
-use crate::api::CommandInvocationSpec;
 use crate::budget::Budget;
 use crate::metrics::Metrics;
+use crate::sts::Role;
 
 /// Page size of `ListCommandInvocations` (SSM's maximum).
 pub const PAGE_SIZE: i32 = 50;
@@ -38,17 +38,8 @@ pub struct InvocationKey {
     pub instance_id: String,
     /// Step (plugin) name, when the resource names one.
     pub plugin_name: Option<String>,
-}
-
-impl From<&CommandInvocationSpec> for InvocationKey {
-    fn from(spec: &CommandInvocationSpec) -> Self {
-        Self {
-            region: spec.region.clone(),
-            command_id: spec.command_id.clone(),
-            instance_id: spec.instance_id.clone(),
-            plugin_name: spec.plugin_name.clone(),
-        }
-    }
+    /// The role to ask with (`--namespace-roles`); `None`: the operator's own identity.
+    pub role: Option<Role>,
 }
 
 /// What SSM reported for one invocation, in SSM's terms (strings verbatim; empty means unset).
@@ -111,6 +102,9 @@ pub enum SsmError {
     /// outside the cluster, so it is re-checked rarely.
     #[error("access denied by AWS: {0}")]
     AccessDenied(String),
+    /// The namespace's role could not be assumed (STS refused, or its credentials failed).
+    #[error("could not assume the namespace's role: {0}")]
+    AssumeRoleFailed(String),
     /// `ThrottlingException` and friends, after the SDK's own retries.
     #[error("throttled by SSM: {0}")]
     Throttled(String),
@@ -140,6 +134,7 @@ impl SsmError {
             Self::InvalidPluginName(_) => "InvalidPluginName",
             Self::Validation(_) => "ValidationError",
             Self::AccessDenied(_) => "AccessDenied",
+            Self::AssumeRoleFailed(_) => "AssumeRoleFailed",
             Self::Throttled(_) => "Throttled",
             Self::Unavailable(_) => "SsmUnavailable",
         }
@@ -152,7 +147,9 @@ impl SsmError {
             | Self::InvalidInstanceId(_)
             | Self::InvalidPluginName(_)
             | Self::Validation(_) => Recovery::SpecChange,
-            Self::InvocationDoesNotExist(_) | Self::AccessDenied(_) => Recovery::OutsideFix,
+            Self::InvocationDoesNotExist(_) | Self::AccessDenied(_) | Self::AssumeRoleFailed(_) => {
+                Recovery::OutsideFix
+            }
             Self::Throttled(_) | Self::Unavailable(_) => Recovery::Transient,
         }
     }
@@ -166,16 +163,20 @@ impl SsmError {
             | Self::InvalidPluginName(m)
             | Self::Validation(m)
             | Self::AccessDenied(m)
+            | Self::AssumeRoleFailed(m)
             | Self::Throttled(m)
             | Self::Unavailable(m) => m,
         }
     }
 }
 
+/// A client per region (`None`: the default) and identity (`None`: the operator's own).
+type ClientKey = (Option<String>, Option<Role>);
+
 /// SSM access for the whole operator: shared SDK configuration and a client per region.
 pub struct Ssm {
     base: SdkConfig,
-    clients: Mutex<HashMap<Option<String>, Client>>,
+    clients: Mutex<HashMap<ClientKey, Client>>,
     metrics: Arc<Metrics>,
     budget: Budget,
 }
@@ -284,11 +285,14 @@ impl Ssm {
     pub async fn list_page(
         &self,
         region: &Option<String>,
+        role: &Option<Role>,
         command_id: &str,
         next_token: Option<String>,
     ) -> Result<Page, SsmError> {
+        let with_role = role.is_some();
         let request = self
-            .client(region)
+            .client(region, role)
+            .await
             .list_command_invocations()
             .command_id(command_id)
             .details(true)
@@ -296,7 +300,7 @@ impl Ssm {
             .set_next_token(next_token)
             .send();
         self.call("ListCommandInvocations", async {
-            let out = request.await.map_err(classify)?;
+            let out = request.await.map_err(|e| classify(e, with_role))?;
             Ok(Page {
                 invocations: out.command_invocations().iter().map(Listed::from).collect(),
                 next_token: out.next_token().map(str::to_string),
@@ -311,31 +315,51 @@ impl Ssm {
     }
 
     /// The client for `region` (`None`: the default region), built on first use.
-    fn client(&self, region: &Option<String>) -> Client {
-        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        clients
-            .entry(region.clone())
-            .or_insert_with(|| {
-                let mut config = aws_sdk_ssm::config::Builder::from(&self.base);
-                if let Some(region) = region {
-                    config = config.region(Region::new(region.clone()));
-                }
-                Client::from_conf(config.build())
-            })
+    /// The client for `region` (`None`: the default region) and `role` (`None`: the
+    /// operator's own identity), built on first use and reused (with the role's credentials
+    /// cached and refreshed by the SDK).
+    async fn client(&self, region: &Option<String>, role: &Option<Role>) -> Client {
+        let key = (region.clone(), role.clone());
+        if let Some(client) = self
+            .clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return client.clone();
+        }
+        let mut config = aws_sdk_ssm::config::Builder::from(&self.base);
+        if let Some(region) = region {
+            config = config.region(Region::new(region.clone()));
+        }
+        if let Some(role) = role {
+            config = config.credentials_provider(role.credentials(&self.base).await);
+        }
+        let client = Client::from_conf(config.build());
+        self.clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key)
+            .or_insert(client)
             .clone()
     }
 
     /// Asks SSM for one invocation (`GetCommandInvocation`).
     pub async fn invocation(&self, key: &InvocationKey) -> Result<Invocation, SsmError> {
+        let with_role = key.role.is_some();
         let request = self
-            .client(&key.region)
+            .client(&key.region, &key.role)
+            .await
             .get_command_invocation()
             .command_id(&key.command_id)
             .instance_id(&key.instance_id)
             .set_plugin_name(key.plugin_name.clone())
             .send();
         self.call("GetCommandInvocation", async {
-            request.await.map(Invocation::from).map_err(classify)
+            request
+                .await
+                .map(Invocation::from)
+                .map_err(|e| classify(e, with_role))
         })
         .await
     }
@@ -435,6 +459,15 @@ const THROTTLING_CODES: &[&str] = &[
     "RequestLimitExceeded",
 ];
 
+/// Whether a non-service SDK error comes from loading credentials (the credentials provider's
+/// own error texts all name "credential").
+fn is_credentials_failure<E, R>(err: &SdkError<E, R>, text: &str) -> bool {
+    matches!(
+        err,
+        SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_)
+    ) && text.to_ascii_lowercase().contains("credential")
+}
+
 /// Error codes that say the caller's AWS identity may not do this (IAM can be fixed outside).
 const ACCESS_CODES: &[&str] = &[
     "AccessDeniedException",
@@ -455,15 +488,22 @@ const MALFORMED_CODES: &[&str] = &[
 ];
 
 /// Maps an SDK error of any SSM operation to what the operator does about it. SSM's error
-/// codes decide (the same code means the same thing for every operation).
-fn classify<E>(err: SdkError<E>) -> SsmError
+/// codes decide (the same code means the same thing for every operation). `with_role`: the
+/// client uses a namespace's role, so a credentials failure means the role was not assumed.
+fn classify<E>(err: SdkError<E>, with_role: bool) -> SsmError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     let SdkError::ServiceError(service) = &err else {
+        let text = DisplayErrorContext(&err).to_string();
+        // A role that cannot be assumed reaches here as a dispatch failure of the credentials
+        // provider, holding STS's answer: an outside fix (IAM, trust policy) cures it.
+        if with_role && is_credentials_failure(&err, &text) {
+            return SsmError::AssumeRoleFailed(text);
+        }
         // Timeouts, dispatch (connection) failures, unreadable responses, missing
         // region or credentials: all worth retrying later.
-        return SsmError::Unavailable(DisplayErrorContext(&err).to_string());
+        return SsmError::Unavailable(text);
     };
     let service_err = service.err();
     let message = service_err
@@ -504,6 +544,7 @@ mod tests {
             SsmError::InvalidPluginName(String::new()),
             SsmError::Validation(String::new()),
             SsmError::AccessDenied(String::new()),
+            SsmError::AssumeRoleFailed(String::new()),
             SsmError::Throttled(String::new()),
             SsmError::Unavailable(String::new()),
         ];
@@ -517,6 +558,7 @@ mod tests {
                 ("InvalidPluginName", Recovery::SpecChange),
                 ("ValidationError", Recovery::SpecChange),
                 ("AccessDenied", Recovery::OutsideFix),
+                ("AssumeRoleFailed", Recovery::OutsideFix),
                 ("Throttled", Recovery::Transient),
                 ("SsmUnavailable", Recovery::Transient),
             ]
@@ -543,10 +585,14 @@ mod tests {
             .build();
         let ssm = Ssm::new(base, Arc::new(Metrics::new()), 50.0);
         let region_of = |c: Client| c.config().region().map(|r| r.to_string());
-        assert_eq!(region_of(ssm.client(&None)), Some("eu-west-1".into()));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let client = |region: &Option<String>| runtime.block_on(ssm.client(region, &None));
+        assert_eq!(region_of(client(&None)), Some("eu-west-1".into()));
         let us = Some("us-east-1".to_string());
-        assert_eq!(region_of(ssm.client(&us)), Some("us-east-1".into()));
-        assert_eq!(region_of(ssm.client(&us)), Some("us-east-1".into()));
+        assert_eq!(region_of(client(&us)), Some("us-east-1".into()));
+        assert_eq!(region_of(client(&us)), Some("us-east-1".into()));
         assert_eq!(ssm.clients.lock().unwrap().len(), 2, "reused, not rebuilt");
         assert_eq!(ssm.default_region(), Some("eu-west-1"));
     }

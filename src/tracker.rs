@@ -29,6 +29,7 @@ use crate::mapping::Next;
 use crate::metrics::Metrics;
 use crate::schedule::{PollIntervals, RoundClock};
 use crate::ssm::{Invocation, InvocationKey, Ssm, SsmError};
+use crate::sts::Role;
 
 /// After this many failed List walks in a row, a transient error is shown on the resources and
 /// (unless SSM is throttling) rounds ask `GetCommandInvocation` per step instead.
@@ -60,9 +61,12 @@ pub struct Tracked {
     pub first_seen: Instant,
 }
 
+/// A batch: one command in one region, asked with one identity (two namespaces with
+/// different roles never share a call).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct CommandKey {
     region: Option<String>,
+    role: Option<Role>,
     command_id: String,
 }
 
@@ -191,6 +195,7 @@ impl Tracker {
     ) -> Tracked {
         let command_key = CommandKey {
             region: key.region.clone(),
+            role: key.role.clone(),
             command_id: key.command_id.clone(),
         };
         let step = Step {
@@ -319,6 +324,20 @@ impl Tracker {
         self.metrics.set_tracked_commands(commands);
     }
 
+    /// Wakes every tracked resource of `namespace` (its role changed: the reconcile re-keys
+    /// it, and its command is asked at once with the new identity).
+    pub fn wake_namespace(&self, namespace: &str) {
+        let objects: Vec<ObjectRef<CommandInvocation>> = self
+            .state()
+            .commands
+            .values()
+            .flat_map(|c| c.members.values())
+            .filter(|m| m.object.namespace.as_deref() == Some(namespace))
+            .map(|m| m.object.clone())
+            .collect();
+        self.wake(objects);
+    }
+
     /// Number of tracked resources.
     pub fn len(&self) -> usize {
         self.state().command_of.len()
@@ -445,7 +464,7 @@ impl Tracker {
         for _ in 0..MAX_PAGES {
             let page = self
                 .ssm
-                .list_page(&key.region, &key.command_id, token)
+                .list_page(&key.region, &key.role, &key.command_id, token)
                 .await?;
             for listed in &page.invocations {
                 for step in wanted
@@ -498,6 +517,7 @@ impl Tracker {
                 command_id: key.command_id.clone(),
                 instance_id: step.instance_id.clone(),
                 plugin_name: step.plugin_name.clone(),
+                role: key.role.clone(),
             })
             .await
     }

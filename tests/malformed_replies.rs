@@ -203,6 +203,7 @@ fn key() -> InvocationKey {
         command_id: "11111111-2222-3333-4444-555555555555".into(),
         instance_id: "i-0123456789abcdef0".into(),
         plugin_name: None,
+        role: None,
     }
 }
 

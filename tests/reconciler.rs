@@ -28,6 +28,7 @@ use ssm_operator::leader::Fence;
 use ssm_operator::mapping::Settings;
 use ssm_operator::metrics::Metrics;
 use ssm_operator::reconciler::{error_policy, reconcile, Context};
+use ssm_operator::roles::Roles;
 use ssm_operator::schedule::PollIntervals;
 use ssm_operator::ssm::Ssm;
 use ssm_operator::status_writer::StatusWriter;
@@ -176,6 +177,7 @@ async fn fixture_with(fence: Fence, permits: usize) -> (Fixture, ApiServerVerifi
     let rounds = tokio::spawn(tracker.clone().run());
     let ctx = Arc::new(Context {
         tracker,
+        roles: Arc::new(Roles::disabled()),
         writer: StatusWriter::new(client, Some("test".into()), metrics.clone(), fence),
         settings: Settings {
             max_output_chars: 4000,
@@ -418,7 +420,11 @@ async fn a_spec_change_is_tracked_again_with_the_new_generation() {
         .unwrap()
         .iter()
         .all(|c| c["observedGeneration"] == 2));
-    assert_eq!(f.sim.calls("ListCommandInvocations"), lists + 1, "asked again");
+    assert_eq!(
+        f.sim.calls("ListCommandInvocations"),
+        lists + 1,
+        "asked again"
+    );
 }
 
 #[tokio::test]
