@@ -81,6 +81,7 @@ config:
   httpBindAddress: "::"
   httpPort: 9090
 aws: {region: eu-west-1, endpointUrl: "https://ssm.eu-west-1.amazonaws.com"}
+namespaceRoles: {enabled: true, stsEndpointUrl: "https://sts.eu-west-1.amazonaws.com"}
 extraEnv: [{name: RUST_LOG, value: debug}]
 extraArgs: ["--log-format=json"]
 podAnnotations: {example.com/owner: ops}
@@ -231,6 +232,12 @@ check "everything: extra env" has everything 'name: RUST_LOG$'
 check "everything: lease name" has everything 'resourceNames: \["ssm-operator-leader"\]'
 check "everything: PDB is policy/v1beta1 on 1.20" has everything '^apiVersion: policy/v1beta1$'
 check "everything: ServiceMonitor namespace" has everything '^  namespace: monitoring$'
+check "everything: namespace roles flag" eq "$(env_value everything SSM_OPERATOR_NAMESPACE_ROLES)" '"true"'
+check "everything: STS endpoint" eq "$(env_value everything AWS_ENDPOINT_URL_STS)" '"https://sts.eu-west-1.amazonaws.com"'
+check "everything: namespaces readable for roles" has everything 'resources: \["namespaces"\]'
+check "defaults: no namespace access without namespace roles" hasnt defaults 'resources: \["namespaces"\]'
+check "defaults: namespace roles off" eq "$(env_value defaults SSM_OPERATOR_NAMESPACE_ROLES)" '"false"'
+check "defaults: SSM budget" eq "$(env_value defaults SSM_OPERATOR_SSM_MAX_RATE)" '"50"'
 
 check "no-leader: no lease Role" hasnt no-leader 'coordination\.k8s\.io'
 check "no-leader: flag off" eq "$(env_value no-leader SSM_OPERATOR_LEADER_ELECT)" '"false"'
