@@ -84,6 +84,14 @@ pub struct RunArgs {
     #[arg(long, env = "SSM_OPERATOR_NAMESPACE_ROLES")]
     pub namespace_roles: bool,
 
+    /// SQS queue URL that an EventBridge rule fills with SSM status-change events (push).
+    #[arg(long, env = "SSM_OPERATOR_SQS_QUEUE_URL")]
+    pub sqs_queue_url: Option<String>,
+
+    /// Interval of the regular rounds while the push queue delivers events (the backstop).
+    #[arg(long, env = "SSM_OPERATOR_PUSH_BACKSTOP", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub push_backstop: Duration,
+
     /// SSM calls per second for the whole process (halved on throttling, recovering slowly).
     #[arg(long, env = "SSM_OPERATOR_SSM_MAX_RATE", default_value_t = 50.0, value_parser = parse_rate)]
     pub ssm_max_rate: f64,

@@ -25,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::reconciler::{self, Context};
 use crate::roles::Roles;
 use crate::schedule::PollIntervals;
+use crate::sqs::Queue;
 use crate::ssm::Ssm;
 use crate::status_writer::StatusWriter;
 use crate::tracker::Tracker;
@@ -53,6 +54,8 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         max_output_chars = args.max_output_chars,
         leader_elect = args.leader_elect,
         namespace_roles = args.namespace_roles,
+        sqs_queue_url = ?args.sqs_queue_url,
+        push_backstop = ?args.push_backstop,
         ssm_attempt_timeout = ?args.ssm_attempt_timeout,
         ssm_max_rate = args.ssm_max_rate,
         max_concurrent_reconciles = args.max_concurrent_reconciles,
@@ -99,9 +102,10 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     });
     let ctx = Arc::new(Context {
         tracker: Arc::new(Tracker::new(
-            ssm,
+            ssm.clone(),
             intervals,
             recheck_interval,
+            args.push_backstop,
             metrics.clone(),
         )),
         roles: roles.clone(),
@@ -121,6 +125,10 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         permits: tokio::sync::Semaphore::new(usize::from(args.max_concurrent_reconciles)),
     });
 
+    let queue = args
+        .sqs_queue_url
+        .clone()
+        .map(|url| Queue::new(ssm.sdk_config(), url, ctx.metrics.clone()));
     let roles_task = tokio::spawn(roles.clone().follow(
         client.clone(),
         ctx.tracker.clone(),
@@ -138,11 +146,30 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             settings.namespace.clone(),
             settings.name.clone(),
         ));
-        let result = run_as_leader(&args, client, ctx, health, &stop, settings, fence).await;
+        let result = run_as_leader(
+            Parts {
+                args: &args,
+                client,
+                ctx,
+                health,
+                queue,
+            },
+            &stop,
+            settings,
+            fence,
+        )
+        .await;
         follower.abort();
         result
     } else {
-        run_controllers(&args, client, ctx, health, stopped(stop.subscribe())).await;
+        let parts = Parts {
+            args: &args,
+            client,
+            ctx,
+            health,
+            queue,
+        };
+        run_controllers(parts, stopped(stop.subscribe())).await;
         Ok(())
     };
 
@@ -155,17 +182,23 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
 }
 
 /// Waits for the Lease, reconciles while holding it, and gives it up on shutdown.
-async fn run_as_leader(
-    args: &RunArgs,
+/// What the controllers run with.
+struct Parts<'a> {
+    args: &'a RunArgs,
     client: Client,
     ctx: Arc<Context>,
     health: Arc<Health>,
+    queue: Option<Queue>,
+}
+
+async fn run_as_leader(
+    parts: Parts<'_>,
     stop: &watch::Sender<bool>,
     settings: LeaseSettings,
     fence: Fence,
 ) -> Result<(), Error> {
-    let mut leadership = Leadership::campaign(client.clone(), &settings).await?;
-    health.set_ready(true);
+    let mut leadership = Leadership::campaign(parts.client.clone(), &settings).await?;
+    parts.health.set_ready(true);
     info!(lease = %settings.name, namespace = %settings.namespace, identity = %settings.identity, "waiting for leadership");
     tokio::select! {
         acquired = leadership.acquired() => acquired?,
@@ -184,7 +217,7 @@ async fn run_as_leader(
         }
     }
     info!("leading: starting controllers");
-    health.set_ready(false);
+    parts.health.set_ready(false);
 
     let (lost_tx, lost_rx) = watch::channel(false);
     let mut signals = stop.subscribe();
@@ -195,7 +228,7 @@ async fn run_as_leader(
             _ = lost.wait_for(|lost| *lost) => {},
         }
     };
-    let controllers = run_controllers(args, client, ctx, health, trigger);
+    let controllers = run_controllers(parts, trigger);
     tokio::pin!(controllers);
     // On loss, return at once: the fence already refuses writes, and in-flight SSM calls
     // are not worth waiting for (dropping the controllers cancels them).
@@ -218,12 +251,16 @@ async fn run_as_leader(
 
 /// Runs one controller per watched namespace until `shutdown` completes.
 async fn run_controllers(
-    args: &RunArgs,
-    client: Client,
-    ctx: Arc<Context>,
-    health: Arc<Health>,
+    parts: Parts<'_>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let Parts {
+        args,
+        client,
+        ctx,
+        health,
+        queue,
+    } = parts;
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
     // No reconcile before every namespace's role is known (a no-op without --namespace-roles).
     tokio::select! {
@@ -269,10 +306,18 @@ async fn run_controllers(
         }
     };
     tokio::spawn(readiness);
-    // The tracker's rounds run exactly as long as the controllers do.
+    // The tracker's rounds, and the push queue (only the leader consumes), run exactly as
+    // long as the controllers do.
+    let consume = async {
+        match queue {
+            Some(queue) => queue.consume(ctx.tracker.clone()).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = join_all(runs) => {}
         () = ctx.tracker.clone().run() => {}
+        () = consume => {}
     }
     health.set_ready(false);
     info!("controllers stopped");

@@ -22,6 +22,11 @@ struct CallLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PushLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
     status: String,
 }
@@ -42,6 +47,7 @@ pub struct Metrics {
     poll_book: Gauge,
     ssm_rate: Gauge<f64, std::sync::atomic::AtomicU64>,
     tracked_commands: Gauge,
+    push_messages: Family<PushLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -119,8 +125,15 @@ impl Metrics {
             "SSM commands the tracker polls (one ListCommandInvocations walk per round each)",
             tracked_commands.clone(),
         );
+        let push_messages = Family::<PushLabels, Counter>::default();
+        registry.register(
+            "push_messages",
+            "Push queue outcomes: hint, foreign, malformed (messages, all deleted), queue_error, delete_error",
+            push_messages.clone(),
+        );
         Self {
             registry: root,
+            push_messages,
             ssm_rate,
             tracked_commands,
             watch_errors,
@@ -193,6 +206,16 @@ impl Metrics {
             .set(i64::try_from(commands).unwrap_or(i64::MAX));
     }
 
+    /// Counts one push-queue outcome (`hint`, `foreign`, `malformed`, `queue_error`,
+    /// `delete_error`).
+    pub fn push_message(&self, kind: &str) {
+        self.push_messages
+            .get_or_create(&PushLabels {
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
     /// Sets the SSM rate the budget allows now.
     pub fn set_ssm_rate(&self, per_second: f64) {
         self.ssm_rate.set(per_second);
@@ -236,6 +259,7 @@ mod tests {
         m.set_poll_book(7);
         m.set_tracked_commands(2);
         m.set_ssm_rate(12.5);
+        m.push_message("malformed");
         let text = m.encode().unwrap();
         for line in [
             "ssm_operator_reconciles_total 1",
@@ -250,6 +274,7 @@ mod tests {
             "ssm_operator_poll_book_entries 7",
             "ssm_operator_tracked_commands 2",
             "ssm_operator_ssm_rate_limit 12.5",
+            "ssm_operator_push_messages_total{kind=\"malformed\"} 1",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

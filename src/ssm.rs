@@ -309,6 +309,11 @@ impl Ssm {
         .await
     }
 
+    /// The SDK configuration every client starts from (credentials, region, endpoints).
+    pub fn sdk_config(&self) -> &SdkConfig {
+        &self.base
+    }
+
     /// The region used for resources that name none, if configured.
     pub fn default_region(&self) -> Option<&str> {
         self.base.region().map(Region::as_ref)

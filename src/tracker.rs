@@ -10,6 +10,12 @@
 //!
 //! If List keeps failing (an endpoint or IAM policy without it), rounds fall back to one
 //! `GetCommandInvocation` per step and try List again now and then.
+//!
+//! Push (`--sqs-queue-url`): an event that a node reached a terminal state is a hint: within
+//! [`HINT_COALESCE`] the hinted nodes of a command are read with one `GetCommandInvocation`
+//! each (or one List walk when that is cheaper), so a finished invocation costs one read. While
+//! the queue delivers, regular rounds slow to the backstop interval (`--push-backstop`), never
+//! stopping: delivery is best effort.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -42,6 +48,10 @@ const MAX_GETS_PER_ROUND: usize = 50;
 const GETS_IN_FLIGHT: usize = 8;
 /// A walk stops after this many pages (100,000 nodes), whatever SSM says.
 const MAX_PAGES: usize = 2000;
+/// Hints arriving within this window are read together.
+pub const HINT_COALESCE: Duration = Duration::from_millis(100);
+/// The queue counts as delivering while its last SSM event is younger than this.
+const PUSH_FRESH: Duration = Duration::from_secs(600);
 
 /// What SSM last said about one step, and when it was asked.
 #[derive(Clone, Debug, PartialEq)]
@@ -96,6 +106,9 @@ struct Command {
     running: bool,
     list_failures: u32,
     rounds: u32,
+    /// Nodes an event said reached a terminal state, to read at `hint_due`.
+    hinted: HashSet<String>,
+    hint_due: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -128,29 +141,99 @@ pub struct Tracker {
     ssm: Arc<Ssm>,
     intervals: PollIntervals,
     recheck: Duration,
+    backstop: Duration,
     metrics: Arc<Metrics>,
     state: Mutex<State>,
     changed: Notify,
     wakers: Mutex<Vec<Waker>>,
+    push: Mutex<Push>,
+}
+
+/// What the push queue has shown.
+#[derive(Debug, Default)]
+struct Push {
+    reachable: bool,
+    last_event: Option<Instant>,
 }
 
 impl Tracker {
     /// A tracker asking `ssm`, with rounds between `intervals` and rare re-checks every
-    /// `recheck`.
+    /// `recheck`; every `backstop` while push events arrive.
     pub fn new(
         ssm: Arc<Ssm>,
         intervals: PollIntervals,
         recheck: Duration,
+        backstop: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             ssm,
             intervals,
             recheck,
+            backstop,
             metrics,
             state: Mutex::new(State::default()),
             changed: Notify::new(),
             wakers: Mutex::new(Vec::new()),
+            push: Mutex::new(Push::default()),
+        }
+    }
+
+    fn push(&self) -> MutexGuard<'_, Push> {
+        self.push.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The push queue answered (`true`) or failed (`false`).
+    pub fn push_reachable(&self, reachable: bool) {
+        self.push().reachable = reachable;
+    }
+
+    /// Whether regular rounds may slow to the backstop: the queue answers and has delivered
+    /// an SSM event recently.
+    fn push_active(&self, now: Instant) -> bool {
+        let push = self.push();
+        push.reachable
+            && push
+                .last_event
+                .is_some_and(|at| now.saturating_duration_since(at) < PUSH_FRESH)
+    }
+
+    /// An SSM event (a hint, never truth): a node of a command reached a terminal state, or
+    /// the whole command did. The hinted nodes are read shortly, together.
+    pub fn hint(&self, hint: &crate::events::Hint) {
+        let now = Instant::now();
+        self.push().last_event = Some(now);
+        if !hint.is_terminal() {
+            return;
+        }
+        let mut state = self.state();
+        let mut any = false;
+        for (key, command) in state.commands.iter_mut() {
+            if key.command_id != hint.command_id {
+                continue;
+            }
+            match &hint.instance_id {
+                Some(node) => {
+                    if command
+                        .members
+                        .values()
+                        .any(|m| m.step.instance_id == *node)
+                    {
+                        command.hinted.insert(node.clone());
+                        let due = now + HINT_COALESCE;
+                        command.hint_due = Some(command.hint_due.map_or(due, |d| d.min(due)));
+                        any = true;
+                    }
+                }
+                None => {
+                    command.clock.hurry(now);
+                    any = true;
+                }
+            }
+        }
+        drop(state);
+        if any {
+            self.changed.notify_one();
         }
     }
 
@@ -223,6 +306,8 @@ impl Tracker {
                 running: false,
                 list_failures: 0,
                 rounds: 0,
+                hinted: HashSet::new(),
+                hint_due: None,
             });
         let answer = command.answers.get(&step).cloned();
         let member = command
@@ -354,8 +439,8 @@ impl Tracker {
         loop {
             let now = Instant::now();
             let (due, next) = self.start_due(now);
-            for key in due {
-                rounds.spawn(self.clone().round(key));
+            for (key, regular) in due {
+                rounds.spawn(self.clone().round(key, regular));
             }
             let sleep = next
                 .map_or(Duration::from_secs(1), |at| {
@@ -370,8 +455,9 @@ impl Tracker {
         }
     }
 
-    /// Marks the commands due at `now` as running; returns them and the next due time.
-    fn start_due(&self, now: Instant) -> (Vec<CommandKey>, Option<Instant>) {
+    /// Marks the commands due at `now` as running; returns them (and whether the round is a
+    /// regular one, or only reads hinted nodes) and the next due time.
+    fn start_due(&self, now: Instant) -> (Vec<(CommandKey, bool)>, Option<Instant>) {
         let mut state = self.state();
         let mut due = Vec::new();
         let mut next: Option<Instant> = None;
@@ -379,29 +465,50 @@ impl Tracker {
             if command.running {
                 continue;
             }
-            if command.clock.due <= now {
+            let regular = command.clock.due <= now;
+            let hinted = command.hint_due.is_some_and(|at| at <= now);
+            if regular || hinted {
                 command.running = true;
                 command.rounds = command.rounds.wrapping_add(1);
-                due.push(key.clone());
+                due.push((key.clone(), regular));
             } else {
-                next = Some(next.map_or(command.clock.due, |n| n.min(command.clock.due)));
+                let at = command
+                    .hint_due
+                    .map_or(command.clock.due, |h| h.min(command.clock.due));
+                next = Some(next.map_or(at, |n| n.min(at)));
             }
         }
         (due, next)
     }
 
-    /// One round of one command: ask SSM, keep the answers, wake whose answer changed.
-    async fn round(self: Arc<Self>, key: CommandKey) {
-        let (steps, use_list) = {
-            let state = self.state();
-            let Some(command) = state.commands.get(&key) else {
+    /// One round of one command: ask SSM, keep the answers, wake whose answer changed. A
+    /// round that is not `regular` only reads the nodes events hinted at.
+    async fn round(self: Arc<Self>, key: CommandKey, regular: bool) {
+        let (steps, use_list, hinted) = {
+            let mut state = self.state();
+            let Some(command) = state.commands.get_mut(&key) else {
                 return;
             };
             let steps: HashSet<Step> = command.members.values().map(|m| m.step.clone()).collect();
             let use_list = command.list_failures < LIST_FAILURES_TOLERATED
                 || command.rounds % LIST_RETRY_EVERY == 0;
-            (steps, use_list)
+            command.hint_due = None;
+            let hinted = std::mem::take(&mut command.hinted);
+            (steps, use_list, hinted)
         };
+        let pages = steps.len().div_ceil(crate::ssm::PAGE_SIZE as usize);
+        let hinted: Vec<Step> = steps
+            .iter()
+            .filter(|s| hinted.contains(&s.instance_id))
+            .cloned()
+            .collect();
+        if !regular && hinted.len() <= pages {
+            // Fewer hinted nodes than pages in a walk: one Get each is the cheapest read.
+            let asked_at = Time(Timestamp::now());
+            let fresh = self.get_each(&key, hinted).await;
+            self.keep(&key, fresh, asked_at, false, false);
+            return;
+        }
         let asked_at = Time(Timestamp::now());
         let mut fresh: Vec<(Step, Result<Invocation, SsmError>)> = Vec::new();
         let mut gets: Vec<Step> = Vec::new();
@@ -436,7 +543,7 @@ impl Tracker {
         let more_left = gets.len() > MAX_GETS_PER_ROUND;
         gets.truncate(MAX_GETS_PER_ROUND);
         fresh.extend(self.get_each(&key, gets).await);
-        self.keep(&key, fresh, asked_at, more_left);
+        self.keep(&key, fresh, asked_at, more_left, regular);
     }
 
     /// Walks every page of the command. Returns the steps List answered, the steps whose node
@@ -559,7 +666,17 @@ impl Tracker {
         fresh: Vec<(Step, Result<Invocation, SsmError>)>,
         asked_at: Time,
         more_left: bool,
+        regular: bool,
     ) {
+        let now = Instant::now();
+        let intervals = if self.push_active(now) {
+            PollIntervals {
+                min: self.backstop,
+                max: self.backstop.max(self.intervals.max),
+            }
+        } else {
+            self.intervals
+        };
         let mut wake = Vec::new();
         {
             let mut state = self.state();
@@ -595,14 +712,17 @@ impl Tracker {
             let tracked: HashSet<&Step> = command.members.values().map(|m| &m.step).collect();
             command.answers.retain(|step, _| tracked.contains(step));
             let only_rare = command.members.values().all(|m| m.rare);
-            command.clock.after_round(
-                news,
-                only_rare,
-                self.intervals,
-                self.recheck,
-                Instant::now(),
-                fastrand::f64(),
-            );
+            // A hint-only round leaves the regular rounds' clock alone.
+            if regular {
+                command.clock.after_round(
+                    news,
+                    only_rare,
+                    intervals,
+                    self.recheck,
+                    now,
+                    fastrand::f64(),
+                );
+            }
             command.running = false;
         }
         self.wake(wake);

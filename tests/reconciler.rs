@@ -152,6 +152,18 @@ async fn fixture() -> (Fixture, ApiServerVerifier) {
 }
 
 async fn fixture_with(fence: Fence, permits: usize) -> (Fixture, ApiServerVerifier) {
+    let intervals = PollIntervals {
+        min: Duration::from_millis(200),
+        max: Duration::from_secs(2),
+    };
+    fixture_full(fence, permits, intervals).await
+}
+
+async fn fixture_full(
+    fence: Fence,
+    permits: usize,
+    intervals: PollIntervals,
+) -> (Fixture, ApiServerVerifier) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let sim = Simulator::start().await.unwrap();
@@ -162,15 +174,12 @@ async fn fixture_with(fence: Fence, permits: usize) -> (Fixture, ApiServerVerifi
         .load()
         .await;
     let metrics = Arc::new(Metrics::new());
-    let intervals = PollIntervals {
-        min: Duration::from_millis(200),
-        max: Duration::from_secs(2),
-    };
     let ssm = Arc::new(Ssm::new(sdk, metrics.clone(), 1000.0));
     let tracker = Arc::new(Tracker::new(
         ssm,
         intervals,
         Duration::from_secs(300),
+        Duration::from_secs(30),
         metrics.clone(),
     ));
     let wakes: Wakes = Box::pin(tracker.wakes(None));
@@ -570,5 +579,73 @@ async fn one_list_call_answers_every_node_of_a_command() {
     assert_eq!(woken, ["node-0", "node-1", "node-2"]);
     assert_eq!(f.sim.calls("ListCommandInvocations"), 1);
     assert_eq!(f.sim.calls("GetCommandInvocation"), 0);
+    api.expect_silence().await;
+}
+
+#[tokio::test]
+async fn a_terminal_event_is_read_with_one_get_not_a_walk() {
+    // Regular rounds far apart: only the first one happens during the test.
+    let slow = PollIntervals {
+        min: Duration::from_secs(60),
+        max: Duration::from_secs(60),
+    };
+    let (f, mut api) = fixture_full(Fence::open(), 16, slow).await;
+    f.sim.add_command(command(
+        Plugin::new("aws:runShellScript")
+            .step(Duration::ZERO, Status::InProgress)
+            .step(Duration::from_millis(300), Status::Success),
+    ));
+    let object = resource(1, None);
+    register(&f, &object).await;
+    f.woken().await;
+    assert_eq!(f.sim.calls("ListCommandInvocations"), 1);
+
+    let hint = ssm_operator::events::Hint {
+        region: None,
+        command_id: COMMAND_ID.into(),
+        instance_id: Some(INSTANCE_ID.into()),
+        status: "Success".into(),
+    };
+    // The event may arrive before SSM shows the change (it is a hint, not truth): hint again
+    // until the read shows it, as repeated events would.
+    let key = ssm_operator::ssm::InvocationKey {
+        region: None,
+        command_id: COMMAND_ID.into(),
+        instance_id: INSTANCE_ID.into(),
+        plugin_name: None,
+        role: None,
+    };
+    let uid = object.metadata.uid.clone().unwrap();
+    let status = loop {
+        f.ctx.tracker.hint(&hint);
+        let next = tokio::time::timeout(Duration::from_millis(500), async {
+            f.wakes.lock().await.next().await
+        });
+        if let Ok(Some(woken)) = next.await {
+            let tracked = f
+                .ctx
+                .tracker
+                .track(&uid, woken, &key, 1, std::time::Instant::now());
+            let answer = tracked
+                .answer
+                .expect("answered")
+                .result
+                .expect("an invocation");
+            if answer.status == "Success" {
+                break answer.status;
+            }
+        }
+        assert!(
+            f.sim.calls("GetCommandInvocation") < 20,
+            "the hinted read never showed Success"
+        );
+    };
+    assert_eq!(status, "Success");
+    assert_eq!(
+        f.sim.calls("ListCommandInvocations"),
+        1,
+        "no walk for one hinted node"
+    );
+    assert!(f.sim.calls("GetCommandInvocation") >= 1);
     api.expect_silence().await;
 }
