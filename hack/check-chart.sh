@@ -82,6 +82,7 @@ config:
   httpPort: 9090
 aws: {region: eu-west-1, endpointUrl: "https://ssm.eu-west-1.amazonaws.com"}
 namespaceRoles: {enabled: true, stsEndpointUrl: "https://sts.eu-west-1.amazonaws.com"}
+push: {sqsQueueUrl: "https://sqs.eu-west-1.amazonaws.com/111122223333/ssm-events", backstop: 1m, sqsEndpointUrl: "https://sqs.eu-west-1.amazonaws.com"}
 extraEnv: [{name: RUST_LOG, value: debug}]
 extraArgs: ["--log-format=json"]
 podAnnotations: {example.com/owner: ops}
@@ -238,6 +239,10 @@ check "everything: namespaces readable for roles" has everything 'resources: \["
 check "defaults: no namespace access without namespace roles" hasnt defaults 'resources: \["namespaces"\]'
 check "defaults: namespace roles off" eq "$(env_value defaults SSM_OPERATOR_NAMESPACE_ROLES)" '"false"'
 check "defaults: SSM budget" eq "$(env_value defaults SSM_OPERATOR_SSM_MAX_RATE)" '"50"'
+check "defaults: no queue without a URL" hasnt defaults 'name: SSM_OPERATOR_SQS_QUEUE_URL$'
+check "everything: queue URL" eq "$(env_value everything SSM_OPERATOR_SQS_QUEUE_URL)" '"https://sqs.eu-west-1.amazonaws.com/111122223333/ssm-events"'
+check "everything: backstop" eq "$(env_value everything SSM_OPERATOR_PUSH_BACKSTOP)" '"1m"'
+check "everything: SQS endpoint" has everything 'name: AWS_ENDPOINT_URL_SQS$'
 
 check "no-leader: no lease Role" hasnt no-leader 'coordination\.k8s\.io'
 check "no-leader: flag off" eq "$(env_value no-leader SSM_OPERATOR_LEADER_ELECT)" '"false"'
