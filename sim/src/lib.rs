@@ -48,6 +48,7 @@ mod render;
 mod script;
 mod server;
 mod simulator;
+pub mod sts;
 
 pub use faults::Fault;
 pub use script::{
@@ -55,3 +56,4 @@ pub use script::{
     DEFAULT_S3_REGION,
 };
 pub use simulator::Simulator;
+pub use sts::StsSimulator;

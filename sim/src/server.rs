@@ -107,6 +107,8 @@ pub(crate) struct Shared {
     pub(crate) rate_limit: Mutex<Option<TokenBucket>>,
     /// Requests received, by operation, and throttled.
     pub(crate) counters: Counters,
+    /// Which access key signed the requests, by operation.
+    pub(crate) signers: crate::sts::Signers,
 }
 
 impl Shared {
@@ -206,6 +208,7 @@ async fn respond(
         .unwrap_or(target)
         .to_string();
     shared.counters.count(&operation);
+    shared.signers.record(req.headers(), &operation);
     // Over the rate limit: throttled at the door, without taking an injected fault.
     let admitted = shared.admit(Instant::now());
     let hit = if admitted { shared.next_fault() } else { None };

@@ -119,6 +119,23 @@ impl Simulator {
         self.inner.shared.counters.throttled()
     }
 
+    /// The distinct access key ids that signed requests (the `Credential=` of SigV4's
+    /// `Authorization` header), first seen first. Unsigned requests are not recorded.
+    pub fn signers(&self) -> Vec<String> {
+        self.inner.shared.signers.signers()
+    }
+
+    /// Requests signed with access key id `akid`, whatever the operation (faulted and
+    /// throttled ones included, as in [`Simulator::calls`]).
+    pub fn calls_signed_by(&self, akid: &str) -> usize {
+        self.inner.shared.signers.calls(akid, None)
+    }
+
+    /// Requests for `operation` signed with access key id `akid`.
+    pub fn operation_calls_signed_by(&self, operation: &str, akid: &str) -> usize {
+        self.inner.shared.signers.calls(akid, Some(operation))
+    }
+
     /// Limits the requests served to `rate` per second over all operations (`None`: no
     /// limit, the default): a token bucket holding `rate` tokens (at least one), full when
     /// set, refilled continuously. A request finding it empty answers HTTP 400

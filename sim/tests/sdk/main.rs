@@ -5,6 +5,7 @@
 mod common;
 mod errors;
 mod faults;
+mod identity;
 mod lifecycle;
 mod listing;
 mod rate_limit;
