@@ -370,10 +370,16 @@ impl Ssm {
     }
 }
 
-/// An SDK timestamp as SSM's GetCommandInvocation writes it (ISO-8601, UTC); empty if absent.
+/// An SDK timestamp as SSM's GetCommandInvocation writes it (ISO-8601, UTC, milliseconds:
+/// `2026-11-30T09:50:44.230Z`); empty if absent.
 fn iso(time: Option<&DateTime>) -> String {
-    time.and_then(|t| t.fmt(DateTimeFormat::DateTime).ok())
-        .unwrap_or_default()
+    let Some(time) = time else {
+        return String::new();
+    };
+    match k8s_openapi::jiff::Timestamp::new(time.secs(), time.subsec_nanos() as i32) {
+        Ok(at) => at.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        Err(_) => time.fmt(DateTimeFormat::DateTime).unwrap_or_default(),
+    }
 }
 
 impl From<&CommandPlugin> for ListedPlugin {
@@ -600,6 +606,13 @@ mod tests {
         assert_eq!(region_of(client(&us)), Some("us-east-1".into()));
         assert_eq!(ssm.clients.lock().unwrap().len(), 2, "reused, not rebuilt");
         assert_eq!(ssm.default_region(), Some("eu-west-1"));
+    }
+
+    #[test]
+    fn list_times_are_written_the_way_ssm_writes_them() {
+        let at = DateTime::from_secs_and_nanos(1_796_032_244, 230_999_000);
+        assert_eq!(iso(Some(&at)), "2026-11-30T09:50:44.230Z");
+        assert_eq!(iso(None), "");
     }
 
     #[test]
