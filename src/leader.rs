@@ -119,11 +119,17 @@ impl Fence {
 /// How often [`Fence::opened`] and [`Fence::closed`] look.
 const FENCE_CHECK: Duration = Duration::from_millis(200);
 
-/// Writes stop this long before the Lease expires: a sixth of its duration (kube-lease-manager
-/// renews a third of the duration before expiry), at least 500 ms, for clock skew between pods
-/// and the time a write takes.
+/// Writes stop this long before the Lease expires: an eighth of its duration, at least 300 ms,
+/// for clock skew between pods and the time a write takes. The Lease is renewed at half its
+/// duration ([`renew_grace`]), so a renewal has `duration / 2 - margin` to be written and
+/// seen by the fence's watch before the fence closes on a healthy leader.
 fn fence_margin(duration: Duration) -> Duration {
-    (duration / 6).max(Duration::from_millis(500))
+    (duration / 8).max(Duration::from_millis(300))
+}
+
+/// kube-lease-manager renews this many seconds before the Lease expires: half its duration.
+fn renew_grace(seconds: u64) -> u64 {
+    (seconds / 2).max(1)
 }
 
 /// Where the Lease lives and who competes for it.
@@ -154,7 +160,7 @@ impl Leadership {
             .with_identity(&settings.identity)
             .with_field_manager(format!("{OPERATOR_NAME}-{}", settings.identity))
             .with_duration(seconds)
-            .with_grace((seconds / 3).max(1))
+            .with_grace(renew_grace(seconds))
             .build()
             .await?;
         let (is_leader, task) = manager.watch().await;
@@ -217,10 +223,10 @@ mod tests {
         let t0 = SystemTime::now();
         assert!(!fence.allows_writes_at(t0), "nothing observed yet");
         fence.observe(Some(&lease("me", t0, 15)));
-        assert!(fence.allows_writes_at(t0 + Duration::from_secs(12)));
+        assert!(fence.allows_writes_at(t0 + Duration::from_secs(13)));
         assert!(
-            !fence.allows_writes_at(t0 + Duration::from_millis(12_600)),
-            "closed 2.5 s before the Lease expires"
+            !fence.allows_writes_at(t0 + Duration::from_millis(13_200)),
+            "closed 1.875 s before the Lease expires"
         );
         // A paused process resumes long after: its last renewal is too old.
         assert!(!fence.allows_writes_at(t0 + Duration::from_secs(60)));
@@ -239,11 +245,25 @@ mod tests {
         assert!(!fence.allows_writes_at(t0));
         assert_eq!(
             fence_margin(Duration::from_secs(15)),
-            Duration::from_millis(2500)
+            Duration::from_millis(1875)
         );
         assert_eq!(
             fence_margin(Duration::from_secs(2)),
-            Duration::from_millis(500)
+            Duration::from_millis(300)
         );
+    }
+
+    #[test]
+    fn a_healthy_leader_has_slack_between_renewal_and_the_fence_closing() {
+        for seconds in [2u64, 4, 15, 60] {
+            let duration = Duration::from_secs(seconds);
+            let renewed_after = duration - Duration::from_secs(renew_grace(seconds));
+            let closes_after = duration - fence_margin(duration);
+            let slack = closes_after - renewed_after;
+            assert!(
+                slack >= duration / 4 && slack >= Duration::from_millis(700),
+                "{seconds} s lease: only {slack:?} for a renewal to be seen"
+            );
+        }
     }
 }
