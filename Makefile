@@ -42,7 +42,9 @@ checks:
 	bash hack/check-dockerfile.sh
 	bash hack/test-argocd-health.sh
 
-## bench: figures for N CommandInvocations at once (BENCH_INVOCATIONS, default 1000); not part of test.
+## bench: figures for a fleet (BENCH_COMMANDS x BENCH_INSTANCES, default 20 x 500, terminal times over
+## BENCH_SPREAD, default 60s) on the operator's default flags; BENCH_VARIANT=plain|throttled|all
+## (default all; throttled: SSM throttles above BENCH_RATE_LIMIT, default 20 requests/s). Not part of test.
 bench:
 	KUBEBUILDER_ASSETS="$$(bash hack/envtest-assets.sh)" $(CARGO) bench --locked --bench scale
 

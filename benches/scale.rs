@@ -1,38 +1,54 @@
-//! `make bench`: how the operator copes with many CommandInvocations at once.
+//! `make bench`: the operator on a fleet, with its default settings.
 //!
-//! One run starts a real etcd + kube-apiserver (`testbed`, binaries from `KUBEBUILDER_ASSETS`),
-//! installs the shipped CRD, starts the SSM simulator in this process and the real
-//! `ssm-operator` binary as a subprocess (`--poll-interval-min 500ms --poll-interval-max 5s`).
-//! The simulator gets ONE command with N invocations (`BENCH_INVOCATIONS`, default 1000): each
-//! is InProgress at 1 s and Success at a time spread evenly over 3 s ..< 8 s by index. The
-//! bench then creates the N CommandInvocations (32 at a time) and follows a watch until every
-//! one shows `Finished=True` (deadline 180 s from the first create).
+//! The workload (sizes from the environment):
+//! - `BENCH_COMMANDS` commands (default 20) × `BENCH_INSTANCES` instances (default 500) =
+//!   N CommandInvocations (10,000), one per (command, instance), single plugin.
+//! - Each invocation's timeline, drawn with a seeded RNG (`BENCH_SEED`, default 1): Pending,
+//!   InProgress at a uniform time in [0, T], terminal at T uniform in [0, `BENCH_SPREAD`]
+//!   (default `60s`); 5 % end Failed with exit code 1, the rest Success with exit code 0.
 //!
-//! It prints figures, never a verdict on speed:
-//! - creation time, time from the first create to all Finished, and when 50 / 90 / 100 % were
-//!   Finished next to when 50 / 90 / 100 % were simulated complete;
-//! - lag per invocation = seen Finished − max(simulated Success, its create returned), p50 /
-//!   p90 / max (a resource created after its Success cannot be seen earlier than its create);
-//! - GetCommandInvocation calls (counted by the simulator), in all and per invocation;
-//! - status writes, reconciles, reconcile errors and mean reconcile duration from the
-//!   operator's `/metrics`, its peak RSS (`VmHWM`), and the CPU time of the operator,
-//!   kube-apiserver, etcd and this process (everything shares the machine's cores);
-//! - GetCommandInvocation calls and status writes in a 5 s window after all were Finished
-//!   (expected 0: finished resources are never polled again).
+//! One run of a variant:
+//! 1. starts a real etcd + kube-apiserver (`testbed`, binaries from `KUBEBUILDER_ASSETS`),
+//!    installs the shipped CRD, and starts the SSM simulator in this process;
+//! 2. creates all N CommandInvocations (64 creates in flight), the operator not running yet;
+//! 3. starts a watch of them (until its initial list is done), then adds the commands to the
+//!    simulator: every timeline starts at that instant;
+//! 4. starts the real `ssm-operator run` binary with its DEFAULT flags (only `--namespace`,
+//!    `--http-bind`, kubeconfig and AWS environment; `BENCH_OPERATOR_ARGS` adds flags for
+//!    experiments) and follows the watch until every resource is `Finished=True`
+//!    (`BENCH_DEADLINE` from the operator's start, default `10m`);
+//! 5. counts SSM calls for 5 s more (0 expected), then stops the operator (SIGTERM, exit 0).
 //!
-//! Then the operator gets SIGTERM and must exit 0. The bench exits 1 only when something broke
-//! (set-up failed, the deadline passed, a bad exit), after printing what was missing.
+//! Variants (`BENCH_VARIANT`, default `all`): `plain`, then `throttled`, where the simulator
+//! answers `ThrottlingException` above `BENCH_RATE_LIMIT` requests per second over all
+//! operations (default 20; token bucket, burst = the rate). Each variant gets a fresh API
+//! server, simulator and operator.
+//!
+//! Printed for each variant, as figures, never as a verdict on speed:
+//! - SSM calls by operation and in all (the simulator's counters, so SDK retries count),
+//!   throttled answers, and the operator's own count by outcome;
+//! - the same timelines served to a per-invocation waiter polling GetCommandInvocation every
+//!   5 s from the timeline's start (at 0, 5, 10, ... s until it sees the terminal state:
+//!   1 + ceil(T / 5 s) calls, lag = that poll − T): its calls, lag p50/p99, and waiter calls /
+//!   operator calls;
+//! - status lag after SSM's terminal state = when the watch first saw `Finished=True` − T,
+//!   p50/p90/p99/max (both instants in this process's monotonic clock, the simulator's too);
+//! - status writes and Events per resource (operator metrics), resources whose final status
+//!   differs from the script (must be 0);
+//! - operator CPU seconds (`/proc/<pid>/stat`, whole run) and peak RSS (`VmHWM`), CPU of
+//!   kube-apiserver, etcd and this process from the operator's start to the end;
+//! - SSM calls and status writes in the 5 s after all were Finished.
+//!
+//! The bench exits 1 only if something broke (set-up failed, the deadline passed, a wrong
+//! final status, the operator died or did not exit 0 on SIGTERM), after printing what it had.
 //!
 //! ```console
-//! $ make bench                                            # N = 1000
-//! $ BENCH_INVOCATIONS=200 make bench
+//! $ make bench                                                    # 20 × 500, both variants
+//! $ BENCH_COMMANDS=2 BENCH_INSTANCES=50 BENCH_VARIANT=plain make bench
 //! $ BENCH_OPERATOR_LOG=/tmp/op.log RUST_LOG=info,ssm_operator=debug make bench   # keep the log
 //! ```
-//!
-//! The last line sums it up: `bench scale: N=1000 all finished in 12.0 s, 2.6
-//! GetCommandInvocation calls per invocation, 0 calls after finish`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -47,54 +63,273 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, ResourceExt};
 use ssm_operator::api::{CommandInvocation, CommandInvocationSpec};
-use ssm_sim::{Command, Invocation, Plugin, Simulator, Status};
+use ssm_sim::{Command, Invocation, Plugin, Simulator};
 use testbed::TestCluster;
 use tokio::sync::{mpsc, oneshot};
 
 /// The operator binary, built by cargo for this bench.
 const OPERATOR_BIN: &str = env!("CARGO_BIN_EXE_ssm-operator");
 const NAMESPACE: &str = "bench-scale";
-const COMMAND_ID: &str = "5e3f1a2b-7c4d-4e8f-9a0b-1c2d3e4f5a6b";
 const PLUGIN: &str = "aws:runShellScript";
-const DEFAULT_INVOCATIONS: usize = 1000;
 /// Creates in flight at once.
-const CREATE_CONCURRENCY: usize = 32;
-/// From the first create until every resource must be Finished.
-const DEADLINE: Duration = Duration::from_secs(180);
+const CREATE_CONCURRENCY: usize = 64;
+/// Share of invocations that fail, in percent.
+const FAILED_PERCENT: f64 = 5.0;
+/// The comparison waiter's poll interval.
+const WAITER_INTERVAL: Duration = Duration::from_secs(5);
 /// Watched after all are Finished, for SSM calls that should not happen.
 const QUIET_WINDOW: Duration = Duration::from_secs(5);
 /// Status writes after all Finished are counted from this long after it.
 const WRITE_SETTLE: Duration = Duration::from_millis(250);
-const IN_PROGRESS_AT: Duration = Duration::from_secs(1);
-const SUCCESS_FROM_MS: u64 = 3_000;
-const SUCCESS_SPREAD_MS: u64 = 5_000;
+/// How often a progress line is printed while waiting.
+const PROGRESS_EVERY: Duration = Duration::from_secs(15);
 
-fn main() -> ExitCode {
-    ssm_operator::install_crypto_provider();
-    let n = match std::env::var("BENCH_INVOCATIONS") {
-        Err(_) => DEFAULT_INVOCATIONS,
-        Ok(text) => match text.trim().parse::<usize>() {
-            Ok(n) if n > 0 => n,
-            _ => {
-                eprintln!(
-                    "bench scale: BENCH_INVOCATIONS must be a positive integer, got {text:?}"
-                );
-                return ExitCode::FAILURE;
-            }
-        },
-    };
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match runtime.block_on(run(n)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("bench scale: FAILED: {message}");
-            ExitCode::FAILURE
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Plain,
+    Throttled,
+}
+
+impl Variant {
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Plain => "plain",
+            Variant::Throttled => "throttled",
         }
     }
 }
 
-async fn run(n: usize) -> Result<(), String> {
-    println!("bench scale: N={n}, setting up (API server, CRD, simulator, operator)");
+/// What the environment asks for.
+#[derive(Debug, Clone)]
+struct Config {
+    commands: usize,
+    instances: usize,
+    spread: Duration,
+    variants: Vec<Variant>,
+    rate_limit: f64,
+    deadline: Duration,
+    seed: u64,
+    operator_args: Vec<String>,
+    operator_log: Option<PathBuf>,
+}
+
+impl Config {
+    fn from_env() -> Result<Config, String> {
+        if std::env::var_os("BENCH_INVOCATIONS").is_some() {
+            return Err("BENCH_INVOCATIONS is gone: the bench runs a fleet of \
+                 BENCH_COMMANDS × BENCH_INSTANCES (e.g. BENCH_COMMANDS=1 BENCH_INSTANCES=1000)"
+                .into());
+        }
+        let variants = match env_or("BENCH_VARIANT", "all").as_str() {
+            "all" => vec![Variant::Plain, Variant::Throttled],
+            "plain" => vec![Variant::Plain],
+            "throttled" => vec![Variant::Throttled],
+            other => {
+                return Err(format!(
+                    "BENCH_VARIANT must be plain, throttled or all, got {other:?}"
+                ))
+            }
+        };
+        let rate_limit = match env_or("BENCH_RATE_LIMIT", "20").parse::<f64>() {
+            Ok(rate) if rate.is_finite() && rate > 0.0 => rate,
+            _ => return Err("BENCH_RATE_LIMIT must be a positive number".into()),
+        };
+        Ok(Config {
+            commands: positive("BENCH_COMMANDS", 20)?,
+            instances: positive("BENCH_INSTANCES", 500)?,
+            spread: duration("BENCH_SPREAD", "60s")?,
+            variants,
+            rate_limit,
+            deadline: duration("BENCH_DEADLINE", "10m")?,
+            seed: env_or("BENCH_SEED", "1")
+                .parse()
+                .map_err(|_| "BENCH_SEED must be an unsigned integer".to_string())?,
+            operator_args: env_or("BENCH_OPERATOR_ARGS", "")
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
+            operator_log: std::env::var_os("BENCH_OPERATOR_LOG").map(PathBuf::from),
+        })
+    }
+
+    fn n(&self) -> usize {
+        self.commands * self.instances
+    }
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .map_or_else(|| default.to_string(), |v| v.trim().to_string())
+}
+
+fn positive(name: &str, default: usize) -> Result<usize, String> {
+    match env_or(name, &default.to_string()).parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{name} must be a positive integer")),
+    }
+}
+
+fn duration(name: &str, default: &str) -> Result<Duration, String> {
+    let text = env_or(name, default);
+    humantime::parse_duration(&text)
+        .map_err(|e| format!("{name} must be a duration like 60s or 2m, got {text:?}: {e}"))
+}
+
+fn main() -> ExitCode {
+    ssm_operator::install_crypto_provider();
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("bench scale: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let mut summaries = Vec::new();
+    let mut failed = false;
+    for &variant in &config.variants {
+        match runtime.block_on(run(&config, variant)) {
+            Ok(summary) => summaries.push(summary),
+            Err(message) => {
+                eprintln!("bench scale: variant {}: FAILED: {message}", variant.name());
+                summaries.push(format!("{}: FAILED ({message})", variant.name()));
+                failed = true;
+            }
+        }
+    }
+    println!();
+    for summary in summaries {
+        println!("bench scale: {summary}");
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// One invocation's script.
+#[derive(Debug, Clone, Copy)]
+struct Timeline {
+    in_progress: Duration,
+    terminal: Duration,
+    failed: bool,
+}
+
+impl Timeline {
+    fn status(&self) -> &'static str {
+        if self.failed {
+            "Failed"
+        } else {
+            "Success"
+        }
+    }
+
+    fn code(&self) -> i32 {
+        i32::from(self.failed)
+    }
+}
+
+/// The timelines of all N invocations, index = command × instances + instance.
+fn timelines(config: &Config) -> Vec<Timeline> {
+    let mut rng = fastrand::Rng::with_seed(config.seed);
+    let spread_ms = u64::try_from(config.spread.as_millis()).unwrap_or(u64::MAX);
+    (0..config.n())
+        .map(|_| {
+            let terminal = rng.u64(0..=spread_ms);
+            Timeline {
+                in_progress: Duration::from_millis(rng.u64(0..=terminal)),
+                terminal: Duration::from_millis(terminal),
+                failed: rng.f64() * 100.0 < FAILED_PERCENT,
+            }
+        })
+        .collect()
+}
+
+/// A UUID-shaped command id for command `c`.
+fn command_id(c: usize) -> String {
+    format!("5e3f1a2b-7c4d-4e8f-9a0b-{c:012x}")
+}
+
+/// `i-` and 17 hex digits, unique per instance.
+fn instance_id(i: usize) -> String {
+    format!("i-{i:017x}")
+}
+
+/// The resource name of invocation `k`.
+fn name(config: &Config, k: usize) -> String {
+    format!(
+        "bench-c{:03}-i{:05}",
+        k / config.instances,
+        k % config.instances
+    )
+}
+
+/// Parses a name made by [`name`] back into its index.
+fn index_of(config: &Config, name: &str) -> Option<usize> {
+    let rest = name.strip_prefix("bench-c")?;
+    let (c, i) = rest.split_once("-i")?;
+    let (c, i) = (c.parse::<usize>().ok()?, i.parse::<usize>().ok()?);
+    (c < config.commands && i < config.instances).then_some(c * config.instances + i)
+}
+
+/// The simulator's commands for these timelines.
+fn scripted_commands(config: &Config, timelines: &[Timeline]) -> Vec<Command> {
+    (0..config.commands)
+        .map(|c| {
+            let mut command = Command::new(command_id(c)).comment(format!("bench fleet #{c}"));
+            for i in 0..config.instances {
+                let t = timelines[c * config.instances + i];
+                let instance = instance_id(i);
+                let plugin = if t.failed {
+                    Plugin::failing_at(PLUGIN, t.in_progress, t.terminal, 1)
+                        .stderr(format!("patch failed on {instance}: exit status 1\n"))
+                } else {
+                    Plugin::succeeding_at(PLUGIN, t.in_progress, t.terminal)
+                };
+                command = command.invocation(
+                    Invocation::new(&instance)
+                        .plugin(plugin.stdout(format!("patching {instance}\n"))),
+                );
+            }
+            command
+        })
+        .collect()
+}
+
+/// What the watch saw first for one resource: when it was first `Finished=True`, and its SSM
+/// status and response code then.
+#[derive(Debug, Clone)]
+struct Seen {
+    at: Instant,
+    status: Option<String>,
+    code: Option<i32>,
+}
+
+async fn run(config: &Config, variant: Variant) -> Result<String, String> {
+    let n = config.n();
+    let throttled_variant = variant == Variant::Throttled;
+    println!();
+    println!(
+        "== bench scale, variant {}: {} commands × {} instances = {n} CommandInvocations, \
+         terminal times over {:?}, operator default flags{}{} ==",
+        variant.name(),
+        config.commands,
+        config.instances,
+        config.spread,
+        if throttled_variant {
+            format!(", SSM throttles above {} requests/s", config.rate_limit)
+        } else {
+            String::new()
+        },
+        if config.operator_args.is_empty() {
+            String::new()
+        } else {
+            format!(" + {}", config.operator_args.join(" "))
+        },
+    );
     let cluster = TestCluster::start()
         .await
         .map_err(|e| format!("cannot start the test API server: {e}"))?;
@@ -102,11 +337,40 @@ async fn run(n: usize) -> Result<(), String> {
     let client = cluster.client().await.map_err(|e| e.to_string())?;
     create_namespace(&client).await?;
     let api: Api<CommandInvocation> = Api::namespaced(client.clone(), NAMESPACE);
-
     let sim = Simulator::start().await.map_err(|e| e.to_string())?;
-    let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut operator = Operator::start(&cluster, &sim.endpoint(), scratch.path())?;
-    operator.wait_ready().await?;
+    let timelines = timelines(config);
+
+    // All resources first, the operator not running yet.
+    let first_create = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|k| {
+            let api = api.clone();
+            let spec = CommandInvocationSpec {
+                command_id: command_id(k / config.instances),
+                instance_id: instance_id(k % config.instances),
+                plugin_name: None,
+                region: None,
+            };
+            let name = name(config, k);
+            async move {
+                api.create(&PostParams::default(), &CommandInvocation::new(&name, spec))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("create {name}: {e}"))
+            }
+        })
+        .buffer_unordered(CREATE_CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let creation = first_create.elapsed();
+    row(
+        format!("created ({CREATE_CONCURRENCY} in flight)"),
+        format!(
+            "{n} in {:.1} s ({:.0}/s)",
+            secs(creation),
+            n as f64 / creation.as_secs_f64()
+        ),
+    );
 
     let (finished_tx, mut finished_rx) = mpsc::unbounded_channel();
     let (synced_tx, synced_rx) = oneshot::channel();
@@ -115,251 +379,409 @@ async fn run(n: usize) -> Result<(), String> {
         .await
         .map_err(|_| "the bench's watch ended before it synced".to_string())?;
 
-    // The simulated timelines start here.
-    let instances: Vec<String> = (0..n).map(instance_id).collect();
-    let success_at: Vec<Duration> = (0..n).map(|i| success_offset(i, n)).collect();
-    let mut command = Command::new(COMMAND_ID).comment("bench scale");
-    for (instance, at) in instances.iter().zip(&success_at) {
-        command = command.invocation(
-            Invocation::new(instance).plugin(
-                Plugin::new(PLUGIN)
-                    .step(IN_PROGRESS_AT, Status::InProgress)
-                    .step(*at, Status::Success)
-                    .stdout(format!("patched {instance}\n")),
-            ),
-        );
+    // The timelines start here, then the operator.
+    if throttled_variant {
+        sim.set_rate_limit(Some(config.rate_limit));
     }
-    sim.add_command(command);
-    let sim_start = Instant::now();
-
-    // Create all resources, CREATE_CONCURRENCY at a time.
-    let processes = [
-        ("operator", operator.pid()),
-        ("kube-apiserver", Some(cluster.apiserver_pid())),
-        ("etcd", Some(cluster.etcd_pid())),
-        (
-            "bench (simulator, watch, creates)",
-            Some(std::process::id()),
-        ),
+    let commands = scripted_commands(config, &timelines);
+    let t0 = sim.add_commands(commands);
+    let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let log = match &config.operator_log {
+        Some(path) if config.variants.len() > 1 => {
+            let mut path = path.clone().into_os_string();
+            path.push(format!(".{}", variant.name()));
+            PathBuf::from(path)
+        }
+        Some(path) => path.clone(),
+        None => scratch.path().join("operator.log"),
+    };
+    let mut operator = Operator::start(&cluster, &sim.endpoint(), &log, &config.operator_args)?;
+    let operator_start = Instant::now();
+    let others = [
+        ("kube-apiserver", cluster.apiserver_pid()),
+        ("etcd", cluster.etcd_pid()),
+        ("bench (simulator, watch)", std::process::id()),
     ];
-    let cpu_before = processes.map(|(_, pid)| pid.and_then(cpu_seconds));
-    let first_create = Instant::now();
-    let created: Vec<(usize, Instant)> = futures::stream::iter(0..n)
-        .map(|i| {
-            let api = api.clone();
-            let spec = CommandInvocationSpec {
-                command_id: COMMAND_ID.into(),
-                instance_id: instances[i].clone(),
-                plugin_name: None,
-                region: None,
-            };
-            async move {
-                api.create(
-                    &PostParams::default(),
-                    &CommandInvocation::new(&name(i), spec),
-                )
-                .await
-                .map(|_| (i, Instant::now()))
-                .map_err(|e| format!("create {}: {e}", name(i)))
-            }
-        })
-        .buffer_unordered(CREATE_CONCURRENCY)
-        .try_collect()
-        .await?;
-    let creation = first_create.elapsed();
-    let mut created_at = vec![first_create; n];
-    for (i, at) in created {
-        created_at[i] = at;
-    }
+    let cpu_before = others.map(|(_, pid)| cpu_seconds(pid));
 
     // Follow the watch until every resource is Finished.
-    let deadline = tokio::time::Instant::from_std(first_create + DEADLINE);
-    let mut finished: HashMap<String, Instant> = HashMap::with_capacity(n);
-    while finished.len() < n {
-        match tokio::time::timeout_at(deadline, finished_rx.recv()).await {
-            Ok(Some((name, at))) => {
-                finished.entry(name).or_insert(at);
-            }
-            Ok(None) => return Err("the bench's watch ended".into()),
-            Err(_) => {
-                watch.abort();
-                report_missing(&api, &finished, n, &operator).await;
-                return Err(format!(
-                    "only {} of {n} Finished within {DEADLINE:?} of the first create",
-                    finished.len()
+    let deadline = tokio::time::Instant::from_std(operator_start + config.deadline);
+    let mut seen: Vec<Option<Seen>> = vec![None; n];
+    let mut count = 0;
+    let mut ready_at: Option<Instant> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut next_progress = operator_start + PROGRESS_EVERY;
+    let mut rate = PeakRate::new(operator_start, sim.total_calls());
+    let mut broken: Option<String> = None;
+    while count < n {
+        tokio::select! {
+            got = finished_rx.recv() => match got {
+                Some((name, at, status, code)) => {
+                    if let Some(k) = index_of(config, &name) {
+                        if seen[k].is_none() {
+                            seen[k] = Some(Seen { at, status, code });
+                            count += 1;
+                        }
+                    }
+                }
+                None => {
+                    broken = Some("the bench's watch ended".into());
+                    break;
+                }
+            },
+            _ = tick.tick() => {
+                if let Some(status) = operator.exited() {
+                    broken = Some(format!("the operator exited early ({status})"));
+                    break;
+                }
+                if ready_at.is_none() && operator.ready().await {
+                    ready_at = Some(Instant::now());
+                }
+                let now = Instant::now();
+                rate.sample(now, sim.total_calls());
+                if now >= next_progress {
+                    next_progress = now + PROGRESS_EVERY;
+                    println!(
+                        "  … {:>5.0} s after the timelines started: {count} of {n} Finished, \
+                         {} SSM calls, {} throttled",
+                        secs(now - t0),
+                        sim.total_calls(),
+                        sim.throttled()
+                    );
+                }
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                broken = Some(format!(
+                    "only {count} of {n} Finished within {:?} of the operator's start",
+                    config.deadline
                 ));
+                break;
             }
         }
     }
-    let all_finished = first_create.elapsed();
-    let calls_at_finish = sim.calls("GetCommandInvocation");
-    // The operator counts a status write once its patch returns, which can be just after the
-    // watch delivered the change: its write counter is read a moment later.
-    tokio::time::sleep(WRITE_SETTLE).await;
-    let metrics_at_finish = operator.metrics()?;
+    let all_finished = Instant::now();
     watch.abort();
-
-    tokio::time::sleep(QUIET_WINDOW - WRITE_SETTLE).await;
-    let calls_total = sim.calls("GetCommandInvocation");
-    let calls_after = calls_total - calls_at_finish;
-    let metrics = operator.metrics()?;
+    let ssm_at_finish = SsmCounts::read(&sim);
+    let metrics_at_finish = if broken.is_none() {
+        // The operator counts a status write once its patch returns, which can be just
+        // after the watch delivered the change.
+        tokio::time::sleep(WRITE_SETTLE).await;
+        let metrics = operator.metrics().await;
+        tokio::time::sleep(QUIET_WINDOW - WRITE_SETTLE).await;
+        metrics
+    } else {
+        None
+    };
+    let ssm = SsmCounts::read(&sim);
+    let metrics = operator.metrics().await.unwrap_or_default();
+    let operator_cpu = operator.pid().and_then(cpu_seconds);
     let peak_rss = operator.peak_rss();
-    let cpu = processes
+    let cpu_others: Vec<String> = others
         .iter()
         .zip(&cpu_before)
         .map(|((what, pid), before)| {
-            let used = pid.and_then(cpu_seconds).zip(*before).map(|(a, b)| a - b);
+            let used = cpu_seconds(*pid).zip(*before).map(|(a, b)| a - b);
             format!(
                 "{what} {}",
                 used.map_or("?".into(), |s| format!("{s:.1} s"))
             )
         })
-        .collect::<Vec<_>>()
-        .join(", ");
-    let reconcile_mean = metric(
-        &metrics,
-        "ssm_operator_reconcile_duration_seconds_sum",
-        None,
-    ) / metric(
-        &metrics,
-        "ssm_operator_reconcile_duration_seconds_count",
-        None,
-    );
+        .collect();
 
-    // Lag after the simulated completion, and the 50/90/100 % marks.
-    let mut lags = Vec::with_capacity(n);
-    let mut seen = Vec::with_capacity(n);
-    let mut simulated = Vec::with_capacity(n);
-    let mut created_late = 0;
-    for i in 0..n {
-        let done = finished[&name(i)];
-        let success = sim_start + success_at[i];
-        if created_at[i] > success {
-            created_late += 1;
-        }
-        lags.push(done.saturating_duration_since(success.max(created_at[i])));
-        seen.push(done.saturating_duration_since(first_create));
-        simulated.push(success.saturating_duration_since(first_create));
-    }
-    lags.sort();
-    seen.sort();
-    simulated.sort();
-
-    let writes = metric(&metrics, "ssm_operator_status_writes_total", None);
-    let writes_after =
-        writes - metric(&metrics_at_finish, "ssm_operator_status_writes_total", None);
-    let reconciles = metric(&metrics, "ssm_operator_reconciles_total", None);
-    let errors = metric(&metrics, "ssm_operator_reconcile_errors_total", None);
-    let gci_ok = metric(
-        &metrics,
-        "ssm_operator_ssm_calls_total",
-        Some(r#"outcome="success""#),
-    );
-    let gci_all = metric(&metrics, "ssm_operator_ssm_calls_total", None);
-    let per = |x: f64| x / n as f64;
-    let calls_per = calls_total as f64 / n as f64;
-
-    let late = if created_late > 0 {
-        format!(" ({created_late} created after their Success: lag counted from the create)")
-    } else {
-        String::new()
-    };
-    println!();
-    row("invocations", n);
+    // Figures.
+    let last_terminal = timelines
+        .iter()
+        .map(|t| t.terminal)
+        .max()
+        .unwrap_or_default();
     row(
-        format!("creation ({CREATE_CONCURRENCY} at a time)"),
+        "operator ready (/readyz)",
+        ready_at.map_or("not seen".into(), |at| {
+            format!("{:.1} s after the timelines started", secs(at - t0))
+        }),
+    );
+    row(
+        "all Finished",
+        if broken.is_none() {
+            format!(
+                "{:.1} s after the timelines started (last SSM terminal state at {:.1} s)",
+                secs(all_finished - t0),
+                secs(last_terminal)
+            )
+        } else {
+            format!("no: {count} of {n}")
+        },
+    );
+    let operator_calls = ssm_at_finish.total;
+    row(
+        "SSM calls (simulator)",
         format!(
-            "{:.2} s ({:.0} creates/s)",
-            secs(creation),
-            n as f64 / creation.as_secs_f64()
+            "{}; total {operator_calls} = {:.2} per invocation",
+            ssm_at_finish.by_operation(),
+            operator_calls as f64 / n as f64
         ),
     );
     row(
-        "first create -> all Finished",
-        format!("{:.2} s", secs(all_finished)),
+        "throttled (simulator)",
+        format!(
+            "{}{}",
+            ssm_at_finish.throttled,
+            if throttled_variant {
+                format!(
+                    " = {:.1} % of calls (limit {} requests/s)",
+                    percent(ssm_at_finish.throttled, operator_calls),
+                    config.rate_limit
+                )
+            } else {
+                String::new()
+            }
+        ),
     );
-    row("s since first create", "simulated complete / seen Finished");
-    for pct in [50, 90, 100] {
+    row(
+        "SSM calls (operator, by outcome)",
+        by_label(&metrics, "ssm_operator_ssm_calls_total", "outcome"),
+    );
+    row(
+        "SSM call rate (simulator)",
+        format!(
+            "mean {:.1}/s from the operator's start, peak {:.1}/s (1 s windows)",
+            operator_calls as f64 / all_finished.duration_since(operator_start).as_secs_f64(),
+            rate.peak
+        ),
+    );
+    if metrics.contains("ssm_operator_ssm_rate_limit ") {
         row(
-            format!("  {pct:>3} %"),
+            "operator's SSM budget at the end",
             format!(
-                "{:>8.2} / {:>8.2}",
-                secs(quantile(&simulated, pct)),
-                secs(quantile(&seen, pct))
+                "{:.1} calls/s",
+                metric(&metrics, "ssm_operator_ssm_rate_limit", None)
             ),
         );
     }
+
+    let (waiter_calls, mut waiter_lags) = waiter(&timelines);
+    waiter_lags.sort();
     row(
-        "lag after simulated completion",
+        format!("{}s waiter, same timelines", WAITER_INTERVAL.as_secs()),
         format!(
-            "p50 {:.2} s, p90 {:.2} s, max {:.2} s{late}",
-            secs(quantile(&lags, 50)),
-            secs(quantile(&lags, 90)),
-            secs(quantile(&lags, 100)),
+            "{waiter_calls} GetCommandInvocation calls = {:.2} per invocation; lag p50 {:.2} s, p99 {:.2} s",
+            waiter_calls as f64 / n as f64,
+            secs(quantile(&waiter_lags, 50.0)),
+            secs(quantile(&waiter_lags, 99.0)),
         ),
     );
     row(
-        "GetCommandInvocation calls",
-        format!(
-            "{calls_total} = {calls_per:.2} per invocation \
-             (simulator; operator counted {gci_all:.0} SSM calls, {gci_ok:.0} success)"
-        ),
+        "waiter calls / operator calls",
+        if operator_calls == 0 {
+            "n/a (no operator calls)".to_string()
+        } else {
+            format!("{:.2}", waiter_calls as f64 / operator_calls as f64)
+        },
     );
+
+    let mut lags: Vec<Duration> = Vec::with_capacity(n);
+    let mut wrong: Vec<String> = Vec::new();
+    for (k, (t, s)) in timelines.iter().zip(&seen).enumerate() {
+        let Some(s) = s else { continue };
+        lags.push(s.at.saturating_duration_since(t0 + t.terminal));
+        if s.status.as_deref() != Some(t.status()) || s.code != Some(t.code()) {
+            wrong.push(format!(
+                "{}: {:?}/{:?}, scripted {}/{}",
+                name(config, k),
+                s.status,
+                s.code,
+                t.status(),
+                t.code()
+            ));
+        }
+    }
+    lags.sort();
+    row(
+        "status lag after SSM terminal",
+        if lags.is_empty() {
+            "none Finished".to_string()
+        } else {
+            format!(
+                "p50 {:.2} s, p90 {:.2} s, p99 {:.2} s, max {:.2} s{}",
+                secs(quantile(&lags, 50.0)),
+                secs(quantile(&lags, 90.0)),
+                secs(quantile(&lags, 99.0)),
+                secs(quantile(&lags, 100.0)),
+                if lags.len() < n {
+                    format!(" (over the {} Finished)", lags.len())
+                } else {
+                    String::new()
+                }
+            )
+        },
+    );
+    row(
+        "final status as scripted",
+        if wrong.is_empty() {
+            format!("all {} Finished", lags.len())
+        } else {
+            format!(
+                "{} WRONG, e.g. {}",
+                wrong.len(),
+                wrong[..wrong.len().min(3)].join("; ")
+            )
+        },
+    );
+    let writes = metric(&metrics, "ssm_operator_status_writes_total", None);
+    let events = metric(&metrics, "ssm_operator_events_total", None);
     row(
         "status writes",
-        format!("{writes:.0} = {:.2} per invocation", per(writes)),
+        format!("{writes:.0} = {:.2} per resource", writes / n as f64),
+    );
+    row(
+        "Events",
+        format!("{events:.0} = {:.2} per resource", events / n as f64),
     );
     row(
         "reconciles",
         format!(
-            "{reconciles:.0} = {:.2} per invocation, {errors:.0} errors",
-            per(reconciles)
+            "{:.0}, {:.0} errors",
+            metric(&metrics, "ssm_operator_reconciles_total", None),
+            metric(&metrics, "ssm_operator_reconcile_errors_total", None)
         ),
     );
     row(
-        "mean reconcile duration",
-        format!("{:.1} ms", reconcile_mean * 1000.0),
+        "operator CPU, whole run",
+        operator_cpu.map_or("?".into(), |s| format!("{s:.1} s")),
     );
-    row("CPU used from first create", cpu);
     row(
         "operator peak RSS (VmHWM)",
-        peak_rss.map_or("unknown".into(), |kb| {
-            format!("{:.1} MiB", kb as f64 / 1024.0)
-        }),
+        peak_rss.map_or("?".into(), |kb| format!("{:.1} MiB", kb as f64 / 1024.0)),
     );
-    row(
-        format!("{QUIET_WINDOW:?} after all Finished"),
-        format!(
-            "{calls_after} GetCommandInvocation calls, \
-             {writes_after:.0} status writes (from +{WRITE_SETTLE:?})"
-        ),
-    );
+    row("CPU from the operator's start", cpu_others.join(", "));
+    if let Some(at_finish) = &metrics_at_finish {
+        row(
+            format!("{QUIET_WINDOW:?} after all Finished"),
+            format!(
+                "{} SSM calls, {:.0} status writes (from +{WRITE_SETTLE:?})",
+                ssm.total - ssm_at_finish.total,
+                writes - metric(at_finish, "ssm_operator_status_writes_total", None)
+            ),
+        );
+    }
 
+    if let Some(problem) = broken {
+        report_missing(config, &api, &seen).await;
+        eprintln!("--- operator log (tail) ---\n{}", operator.log_tail());
+        return Err(problem);
+    }
     operator.stop().await?;
     drop(sim);
     drop(cluster);
-    println!();
-    println!(
-        "bench scale: N={n} all finished in {:.1} s, {calls_per:.1} GetCommandInvocation calls per invocation, {calls_after} calls after finish",
-        secs(all_finished)
-    );
-    Ok(())
+    if !wrong.is_empty() {
+        return Err(format!(
+            "{} resources ended with a wrong status",
+            wrong.len()
+        ));
+    }
+    Ok(format!(
+        "{}: N={n} all Finished {:.1} s after the timelines started; {operator_calls} SSM calls \
+         ({:.2}/invocation, {} throttled), 5 s waiter {waiter_calls} ({:.1}× the operator); \
+         lag p50 {:.2} s p99 {:.2} s; {:.2} writes/resource; operator CPU {}",
+        variant.name(),
+        secs(all_finished - t0),
+        operator_calls as f64 / n as f64,
+        ssm_at_finish.throttled,
+        waiter_calls as f64 / operator_calls.max(1) as f64,
+        secs(quantile(&lags, 50.0)),
+        secs(quantile(&lags, 99.0)),
+        writes / n as f64,
+        operator_cpu.map_or("?".into(), |s| format!("{s:.1} s")),
+    ))
 }
 
-/// The resource name of invocation `i`.
-fn name(i: usize) -> String {
-    format!("bench-{i:05}")
+/// The per-invocation GetCommandInvocation waiter on the same timelines: its total calls and
+/// each invocation's lag (first poll at or after the terminal time − that time).
+fn waiter(timelines: &[Timeline]) -> (u64, Vec<Duration>) {
+    let interval = WAITER_INTERVAL.as_millis();
+    let mut calls = 0u64;
+    let lags = timelines
+        .iter()
+        .map(|t| {
+            let polls_after_start = t.terminal.as_millis().div_ceil(interval);
+            calls += 1 + polls_after_start as u64;
+            let seen_at = Duration::from_millis((polls_after_start * interval) as u64);
+            seen_at - t.terminal
+        })
+        .collect();
+    (calls, lags)
 }
 
-/// `i-` and 17 hex digits, unique per index.
-fn instance_id(i: usize) -> String {
-    format!("i-{i:017x}")
+/// The highest request rate over windows of about a second.
+#[derive(Debug)]
+struct PeakRate {
+    since: Instant,
+    calls: u64,
+    peak: f64,
 }
 
-/// Success time of invocation `i` of `n`: evenly spread over 3 s ..< 8 s, in index order (the
-/// order they are created in, roughly), so a resource normally exists before it succeeds.
-fn success_offset(i: usize, n: usize) -> Duration {
-    Duration::from_millis(SUCCESS_FROM_MS + SUCCESS_SPREAD_MS * i as u64 / n as u64)
+impl PeakRate {
+    fn new(now: Instant, calls: u64) -> PeakRate {
+        PeakRate {
+            since: now,
+            calls,
+            peak: 0.0,
+        }
+    }
+
+    /// Closes a window once a second has passed since it opened.
+    fn sample(&mut self, now: Instant, calls: u64) {
+        let window = now.duration_since(self.since).as_secs_f64();
+        if window >= 1.0 {
+            self.peak = self
+                .peak
+                .max(calls.saturating_sub(self.calls) as f64 / window);
+            self.since = now;
+            self.calls = calls;
+        }
+    }
+}
+
+/// The simulator's counters at one moment.
+#[derive(Debug, Clone)]
+struct SsmCounts {
+    calls: BTreeMap<&'static str, u64>,
+    total: u64,
+    throttled: u64,
+}
+
+impl SsmCounts {
+    const OPERATIONS: [&'static str; 5] = [
+        "GetCommandInvocation",
+        "ListCommandInvocations",
+        "ListCommands",
+        "SendCommand",
+        "CancelCommand",
+    ];
+
+    fn read(sim: &Simulator) -> SsmCounts {
+        SsmCounts {
+            calls: Self::OPERATIONS
+                .iter()
+                .map(|&op| (op, sim.calls(op)))
+                .collect(),
+            total: sim.total_calls(),
+            throttled: sim.throttled(),
+        }
+    }
+
+    /// `GetCommandInvocation 123, ListCommandInvocations 45` (operations never called left
+    /// out, except the first two).
+    fn by_operation(&self) -> String {
+        self.calls
+            .iter()
+            .filter(|(op, n)| {
+                **n > 0 || matches!(**op, "GetCommandInvocation" | "ListCommandInvocations")
+            })
+            .map(|(op, n)| format!("{op} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// One figure: label column, then the value.
@@ -371,56 +793,101 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        100.0 * part as f64 / whole as f64
+    }
+}
+
 /// The `pct`-th percentile (nearest rank) of sorted durations.
-fn quantile(sorted: &[Duration], pct: usize) -> Duration {
+fn quantile(sorted: &[Duration], pct: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
-    let rank = (sorted.len() * pct).div_ceil(100).max(1);
+    let rank = ((sorted.len() as f64 * pct / 100.0).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
 }
 
 /// Sums a metric's samples in OpenMetrics text, optionally only those whose labels contain
 /// `label` (e.g. `outcome="success"`).
 fn metric(text: &str, name: &str, label: Option<&str>) -> f64 {
-    text.lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix(name)?;
-            let value = if let Some(labelled) = rest.strip_prefix('{') {
-                let (labels, value) = labelled.split_once('}')?;
-                if label.is_some_and(|l| !labels.contains(l)) {
-                    return None;
-                }
-                value
-            } else if rest.starts_with(' ') && label.is_none() {
-                rest
-            } else {
-                return None;
-            };
-            value.split_whitespace().next()?.parse::<f64>().ok()
-        })
+    samples(text, name)
+        .filter(|(labels, _)| label.is_none_or(|l| labels.contains(l)))
+        .map(|(_, value)| value)
+        // Not `sum()`: a float sum of nothing is -0.
         .fold(0.0, |sum, x| sum + x)
 }
 
-/// Sends the name and arrival time of every resource seen with `Finished=True`; signals
-/// `synced` once the initial list is done.
+/// A metric's samples: (label text, value).
+fn samples<'a>(text: &'a str, name: &'a str) -> impl Iterator<Item = (&'a str, f64)> + 'a {
+    text.lines().filter_map(move |line| {
+        let rest = line.strip_prefix(name)?;
+        let (labels, value) = if let Some(labelled) = rest.strip_prefix('{') {
+            labelled.split_once('}')?
+        } else if rest.starts_with(' ') {
+            ("", rest)
+        } else {
+            return None;
+        };
+        Some((
+            labels,
+            value.split_whitespace().next()?.parse::<f64>().ok()?,
+        ))
+    })
+}
+
+/// A metric summed by one label's value: `success 123, Throttled 4` (`none` if no samples).
+fn by_label(text: &str, name: &str, label: &str) -> String {
+    let mut sums: BTreeMap<String, f64> = BTreeMap::new();
+    for (labels, value) in samples(text, name) {
+        let key = labels
+            .split(',')
+            .find_map(|pair| pair.trim().strip_prefix(&format!("{label}=")))
+            .map_or("?".to_string(), |v| v.trim_matches('"').to_string());
+        *sums.entry(key).or_default() += value;
+    }
+    if sums.is_empty() {
+        return "none".into();
+    }
+    let total = sums.values().fold(0.0, |sum, x| sum + x);
+    let parts: Vec<String> = sums.iter().map(|(k, v)| format!("{k} {v:.0}")).collect();
+    format!("{total:.0} ({})", parts.join(", "))
+}
+
+/// Sends the name, arrival time, SSM status and response code of every resource the first
+/// time it is seen with `Finished=True`; signals `synced` once the initial list is done.
 async fn watch_finished(
     api: Api<CommandInvocation>,
-    finished: mpsc::UnboundedSender<(String, Instant)>,
+    finished: mpsc::UnboundedSender<(String, Instant, Option<String>, Option<i32>)>,
     synced: oneshot::Sender<()>,
 ) {
     let mut synced = Some(synced);
+    let mut sent: HashSet<String> = HashSet::new();
     let mut stream = pin!(watcher::watcher(api, watcher::Config::default()).default_backoff());
     while let Some(event) = stream.next().await {
         match event {
             Ok(Event::Apply(obj) | Event::InitApply(obj)) => {
-                if obj
-                    .condition("Finished")
-                    .is_some_and(|c| c.status == "True")
-                    && finished.send((obj.name_any(), Instant::now())).is_err()
-                {
+                let at = Instant::now();
+                if obj.condition("Finished").is_none_or(|c| c.status != "True") {
+                    continue;
+                }
+                let name = obj.name_any();
+                if sent.contains(&name) {
+                    continue;
+                }
+                let status = obj.status.as_ref();
+                let message = (
+                    name.clone(),
+                    at,
+                    status.and_then(|s| s.status.clone()),
+                    status.and_then(|s| s.response_code),
+                );
+                if finished.send(message).is_err() {
                     return;
                 }
+                sent.insert(name);
             }
             Ok(Event::InitDone) => {
                 if let Some(synced) = synced.take() {
@@ -433,17 +900,17 @@ async fn watch_finished(
     }
 }
 
-/// After the deadline: which resources never finished and what they last showed.
-async fn report_missing(
-    api: &Api<CommandInvocation>,
-    finished: &HashMap<String, Instant>,
-    n: usize,
-    operator: &Operator,
-) {
-    let missing: Vec<String> = (0..n)
-        .map(name)
-        .filter(|m| !finished.contains_key(m))
+/// After a failure: which resources never finished and what they last showed.
+async fn report_missing(config: &Config, api: &Api<CommandInvocation>, seen: &[Option<Seen>]) {
+    let missing: Vec<String> = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.is_none())
+        .map(|(k, _)| name(config, k))
         .collect();
+    if missing.is_empty() {
+        return;
+    }
     eprintln!("bench scale: {} not Finished, e.g.:", missing.len());
     for m in missing.iter().take(10) {
         let shown = match api.get(m).await {
@@ -464,7 +931,6 @@ async fn report_missing(
         };
         eprintln!("  {m}: {shown}");
     }
-    eprintln!("--- operator log (tail) ---\n{}", operator.log_tail());
 }
 
 /// Installs the shipped CRD with kubectl and waits until it is served (as the e2e suite does).
@@ -518,10 +984,13 @@ struct Operator {
 }
 
 impl Operator {
-    fn start(cluster: &TestCluster, ssm_endpoint: &str, dir: &Path) -> Result<Operator, String> {
-        let log = std::env::var_os("BENCH_OPERATOR_LOG")
-            .map_or_else(|| dir.join("operator.log"), PathBuf::from);
-        let file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+    fn start(
+        cluster: &TestCluster,
+        ssm_endpoint: &str,
+        log: &Path,
+        extra_args: &[String],
+    ) -> Result<Operator, String> {
+        let file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
         let stderr = file.try_clone().map_err(|e| e.to_string())?;
         let http = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -529,8 +998,8 @@ impl Operator {
         let child = StdCommand::new(OPERATOR_BIN)
             .arg("run")
             .args(["--namespace", NAMESPACE])
-            .args(["--poll-interval-min", "500ms", "--poll-interval-max", "5s"])
             .args(["--http-bind", &http.to_string()])
+            .args(extra_args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("KUBECONFIG", cluster.kubeconfig_path())
@@ -550,40 +1019,25 @@ impl Operator {
             .map_err(|e| format!("start {OPERATOR_BIN}: {e}"))?;
         Ok(Operator {
             child: Some(child),
-            log,
+            log: log.to_path_buf(),
             http,
         })
     }
 
-    /// Waits until `/readyz` answers 200 (caches synced).
-    async fn wait_ready(&mut self) -> Result<(), String> {
-        let start = Instant::now();
-        loop {
-            if matches!(http_get(self.http, "readyz"), Some((200, _))) {
-                return Ok(());
-            }
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return Err(format!(
-                        "the operator exited at start-up ({status}); log:\n{}",
-                        self.log_tail()
-                    ));
-                }
-            }
-            if start.elapsed() > Duration::from_secs(60) {
-                return Err(format!(
-                    "the operator was not ready within 60 s; log:\n{}",
-                    self.log_tail()
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    /// Whether `/readyz` answers 200.
+    async fn ready(&self) -> bool {
+        matches!(http_get(self.http, "readyz").await, Some((200, _)))
     }
 
-    fn metrics(&self) -> Result<String, String> {
-        match http_get(self.http, "metrics") {
-            Some((200, body)) => Ok(body),
-            other => Err(format!("GET /metrics: {other:?}")),
+    /// The exit status, if the process has ended.
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    async fn metrics(&self) -> Option<String> {
+        match http_get(self.http, "metrics").await {
+            Some((200, body)) => Some(body),
+            _ => None,
         }
     }
 
@@ -661,30 +1115,42 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    let per_second = StdCommand::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .unwrap_or(100.0);
-    Some(ticks / per_second)
+    Some(ticks / clock_ticks_per_second())
 }
 
-/// A plain HTTP/1.0 GET on loopback: status code and body.
-fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(stream, "GET /{path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body.to_string()))
+/// `getconf CLK_TCK`, asked once.
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        StdCommand::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(100.0)
+    })
+}
+
+/// A plain HTTP/1.0 GET on loopback (on a blocking thread): status code and body.
+async fn http_get(addr: SocketAddr, path: &'static str) -> Option<(u16, String)> {
+    tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .ok()?;
+        write!(stream, "GET /{path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        let code = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some((code, body.to_string()))
+    })
+    .await
+    .ok()
+    .flatten()
 }
