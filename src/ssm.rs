@@ -479,6 +479,21 @@ fn is_credentials_failure<E, R>(err: &SdkError<E, R>, text: &str) -> bool {
     ) && text.to_ascii_lowercase().contains("credential")
 }
 
+/// STS's own words from a credentials failure: `Code: Message` from the XML error it sent,
+/// else the start of the error text (the SDK's dump holds raw headers and bodies).
+fn sts_summary(text: &str) -> String {
+    let between = |open: &str, close: &str| {
+        let start = text.find(open)? + open.len();
+        let end = text[start..].find(close)? + start;
+        Some(text[start..end].trim().to_string())
+    };
+    match (between("<Code>", "</Code>"), between("<Message>", "</Message>")) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code,
+        _ => text.chars().take(300).collect(),
+    }
+}
+
 /// Error codes that say the caller's AWS identity may not do this (IAM can be fixed outside).
 const ACCESS_CODES: &[&str] = &[
     "AccessDeniedException",
@@ -510,7 +525,7 @@ where
         // A role that cannot be assumed reaches here as a dispatch failure of the credentials
         // provider, holding STS's answer: an outside fix (IAM, trust policy) cures it.
         if with_role && is_credentials_failure(&err, &text) {
-            return SsmError::AssumeRoleFailed(text);
+            return SsmError::AssumeRoleFailed(sts_summary(&text));
         }
         // Timeouts, dispatch (connection) failures, unreadable responses, missing
         // region or credentials: all worth retrying later.
@@ -606,6 +621,17 @@ mod tests {
         assert_eq!(region_of(client(&us)), Some("us-east-1".into()));
         assert_eq!(ssm.clients.lock().unwrap().len(), 2, "reused, not rebuilt");
         assert_eq!(ssm.default_region(), Some("eu-west-1"));
+    }
+
+    #[test]
+    fn a_refused_role_is_summed_up_in_sts_words() {
+        let dump = r#"dispatch failure: other: an error occurred while loading credentials: ProviderError { raw: Response { status: 403, headers: {"x": "y"}, body: b"<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>User: arn:aws:iam::1:user/test is not authorized to perform: sts:AssumeRole on resource: arn:aws:iam::2:role/r</Message></Error></ErrorResponse>" } }"#;
+        assert_eq!(
+            sts_summary(dump),
+            "AccessDenied: User: arn:aws:iam::1:user/test is not authorized to perform: \
+             sts:AssumeRole on resource: arn:aws:iam::2:role/r"
+        );
+        assert_eq!(sts_summary(&"x".repeat(1000)).len(), 300);
     }
 
     #[test]
