@@ -231,62 +231,20 @@ fn judge(
                 true,
             )
         }
-        (SsmError::InvocationDoesNotExist(msg), _, _) => {
-            let message = format!(
-                "SSM still has no such invocation after {}: check commandId, instanceId and \
-                 pluginName (SSM keeps about 30 days of history); re-checked every {} \
-                 (SSM: {msg})",
-                humantime::format_duration(settings.not_found_grace),
-                humantime::format_duration(settings.recheck_interval),
-            );
-            keep(
-                Standing::Stalled,
-                error.reason(),
-                message,
-                Next::RecheckRarely,
-                false,
-            )
-        }
-        (SsmError::AccessDenied(msg), _, _) => {
-            let message = format!(
-                "AWS denied the operator's identity access to this invocation: grant it \
-                 ssm:GetCommandInvocation and ssm:ListCommandInvocations (see docs/iam.md); \
-                 re-checked every {}, no spec change needed (AWS: {msg})",
-                humantime::format_duration(settings.recheck_interval),
-            );
-            keep(
-                Standing::Stalled,
-                error.reason(),
-                message,
-                Next::RecheckRarely,
-                false,
-            )
-        }
-        (SsmError::AssumeRoleFailed(msg), _, _) => {
-            let message = format!(
-                "the operator could not assume this namespace's role (annotation \
-                 ssm.operator.dev/role-arn): check the role's trust policy names the operator's \
-                 role and the external id (see docs/iam.md); re-checked every {} (STS: {msg})",
-                humantime::format_duration(settings.recheck_interval),
-            );
-            keep(
-                Standing::Stalled,
-                error.reason(),
-                message,
-                Next::RecheckRarely,
-                false,
-            )
-        }
-        (_, Recovery::SpecChange | Recovery::OutsideFix, _) => {
-            let message = format!("{error}; fix the spec to try again");
-            keep(
-                Standing::Stalled,
-                error.reason(),
-                message,
-                Next::Stop,
-                false,
-            )
-        }
+        (_, Recovery::OutsideFix, _) => keep(
+            Standing::Stalled,
+            error.reason(),
+            outside_fix_message(error, settings),
+            Next::RecheckRarely,
+            false,
+        ),
+        (_, Recovery::SpecChange, _) => keep(
+            Standing::Stalled,
+            error.reason(),
+            format!("{error}; fix the spec to try again"),
+            Next::Stop,
+            false,
+        ),
         (_, Recovery::Transient, None) => {
             let message = format!("{error}; retrying with backoff");
             keep(
@@ -297,6 +255,31 @@ fn judge(
                 false,
             )
         }
+    }
+}
+
+/// What to tell the user about an error that a fix outside the cluster can cure: what to fix,
+/// and that the resource is re-checked by itself.
+fn outside_fix_message(error: &SsmError, settings: &Settings) -> String {
+    let every = humantime::format_duration(settings.recheck_interval);
+    match error {
+        SsmError::InvocationDoesNotExist(msg) => format!(
+            "SSM still has no such invocation after {}: check commandId, instanceId and \
+             pluginName (SSM keeps about 30 days of history); re-checked every {every} \
+             (SSM: {msg})",
+            humantime::format_duration(settings.not_found_grace),
+        ),
+        SsmError::AccessDenied(msg) => format!(
+            "AWS denied the operator's identity access to this invocation: grant it \
+             ssm:GetCommandInvocation and ssm:ListCommandInvocations (see docs/iam.md); \
+             re-checked every {every}, no spec change needed (AWS: {msg})"
+        ),
+        SsmError::AssumeRoleFailed(msg) => format!(
+            "the operator could not assume this namespace's role (annotation \
+             ssm.operator.dev/role-arn): check the role's trust policy names the operator's \
+             role and the external id (see docs/iam.md); re-checked every {every} (STS: {msg})"
+        ),
+        other => format!("{other}; re-checked every {every}"),
     }
 }
 
