@@ -48,6 +48,7 @@ mod render;
 mod script;
 mod server;
 mod simulator;
+pub mod sqs;
 pub mod sts;
 
 pub use faults::Fault;
@@ -56,4 +57,5 @@ pub use script::{
     DEFAULT_S3_REGION,
 };
 pub use simulator::Simulator;
+pub use sqs::SqsSimulator;
 pub use sts::StsSimulator;

@@ -29,6 +29,8 @@ struct Inner {
     addr: SocketAddr,
     stop: watch::Sender<bool>,
     server: Mutex<Option<JoinHandle<()>>>,
+    /// Where the events of added commands go ([`Simulator::publish_events_to`]).
+    events: crate::sqs::EventHook,
 }
 
 impl Drop for Inner {
@@ -65,6 +67,7 @@ impl Simulator {
                 addr,
                 stop,
                 server: Mutex::new(Some(server)),
+                events: Default::default(),
             }),
         })
     }
@@ -77,6 +80,14 @@ impl Simulator {
     /// The address served.
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.addr
+    }
+
+    /// Puts EventBridge's events for the commands added from now on (see
+    /// [`crate::sqs`]) on `sqs`'s queue, each at the instant its status changes,
+    /// instead of on any queue given before. Commands made by SendCommand, and
+    /// CancelCommand, send no events.
+    pub fn publish_events_to(&self, sqs: &crate::SqsSimulator) {
+        self.inner.events.connect(sqs);
     }
 
     /// Adds a scripted command; its timelines start now. A command with the same id is
@@ -97,7 +108,9 @@ impl Simulator {
             .unwrap_or_else(PoisonError::into_inner);
         let (now, wall) = (Instant::now(), SystemTime::now());
         for command in commands {
+            let id = command.command_id().to_string();
             store.add(command, now, wall);
+            self.inner.events.command_added(&store, &id);
         }
         now
     }

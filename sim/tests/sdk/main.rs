@@ -10,4 +10,5 @@ mod lifecycle;
 mod listing;
 mod rate_limit;
 mod send_cancel;
+mod sqs;
 mod timelines;
