@@ -15,6 +15,7 @@ mod gitops;
 mod kubectl_ux;
 mod leader;
 mod lifecycle;
+mod push;
 mod roles;
 mod support;
 mod validation;
@@ -77,6 +78,10 @@ fn all_scenarios() -> Vec<(&'static str, Scenario)> {
         roles::each_namespace_is_asked_with_its_own_identity,
         roles::a_role_that_cannot_be_assumed_stalls_only_its_namespace,
         roles::short_lived_credentials_are_refreshed,
+        push::status_arrives_within_a_second_with_polling_at_its_backstop,
+        push::lost_events_only_slow_things_down,
+        push::a_poisoned_message_does_not_block_the_queue,
+        push::moto_sqs_speaks_the_same_protocol,
     ]
 }
 
@@ -111,7 +116,8 @@ fn main() -> ExitCode {
         .into_iter()
         .map(|(name, scenario)| {
             let cluster = cluster.clone();
-            let without_moto = name.starts_with("conformance::")
+            let without_moto = (name.starts_with("conformance::")
+                || name == "push::moto_sqs_speaks_the_same_protocol")
                 && conformance::moto_server().is_none()
                 && std::env::var_os("SSM_OPERATOR_REQUIRE_MOTO").is_none();
             Trial::test(name, move || {

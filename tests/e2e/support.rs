@@ -378,3 +378,47 @@ impl Operator {
         std::fs::read_to_string(log).unwrap_or_default()
     }
 }
+
+impl Operator {
+    /// Starts the operator like [`Operator::start`], but polling between `min` and `max`
+    /// (e.g. `"10s"`, `"30s"`) instead of the fast test intervals: clap refuses a repeated
+    /// `--poll-interval-min`, so the flags cannot simply be given again in `options.args`.
+    pub fn start_polling(
+        world: &World,
+        options: &OperatorOptions,
+        min: &str,
+        max: &str,
+    ) -> Operator {
+        static STARTS: AtomicUsize = AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, Ordering::SeqCst);
+        let log = world.dir.path().join(format!("operator-polling-{n}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let port = free_port();
+        let child = StdCommand::new(OPERATOR_BIN)
+            .arg("run")
+            .args(["--namespace", &world.namespace])
+            .args(["--poll-interval-min", min, "--poll-interval-max", max])
+            .args(["--http-bind", &format!("127.0.0.1:{port}")])
+            .args(&options.args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("KUBECONFIG", world.cluster.kubeconfig_path())
+            .env("AWS_ENDPOINT_URL_SSM", &options.ssm_endpoint)
+            .env("AWS_REGION", "eu-west-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("RUST_LOG", "info,ssm_operator=debug")
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .expect("start ssm-operator");
+        Operator {
+            child: Some(child),
+            log,
+            http: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
