@@ -8,6 +8,7 @@
 //! yet, a multi-step document without a step name, output that may be cut once the step ended)
 //! is left to `GetCommandInvocation`, which is also what reports SSM's own errors.
 
+use crate::mapping::is_terminal;
 use crate::ssm::{Invocation, Listed, ListedPlugin};
 
 /// Where the agent's combined `Output` switches from stdout to stderr.
@@ -34,11 +35,6 @@ pub enum Why {
     StepUnclear,
     /// The step ended and its output may have been cut at 2,500 characters.
     OutputCut,
-}
-
-/// SSM statuses after which a step changes no more.
-fn is_terminal(status: &str) -> bool {
-    matches!(status, "Success" | "Failed" | "TimedOut" | "Cancelled")
 }
 
 /// The answer for the step `plugin_name` (or the only step) of `listed`, if List has it.

@@ -23,6 +23,11 @@ use crate::ssm::{Invocation, Recovery, SsmError};
 /// SSM statuses after which SSM changes nothing more.
 pub const TERMINAL_STATUSES: &[&str] = &["Success", "Failed", "TimedOut", "Cancelled"];
 
+/// Whether SSM changes nothing more after `status`.
+pub fn is_terminal(status: &str) -> bool {
+    TERMINAL_STATUSES.contains(&status)
+}
+
 /// The operator settings that shape the status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -285,7 +290,7 @@ fn outside_fix_message(error: &SsmError, settings: &Settings) -> String {
 
 /// The verdict on an answer SSM gave.
 fn judge_answer(invocation: &Invocation, settings: &Settings) -> Judged {
-    let terminal = TERMINAL_STATUSES.contains(&invocation.status.as_str());
+    let terminal = is_terminal(&invocation.status);
     let (standing, next) = match invocation.status.as_str() {
         "Success" => (Standing::Succeeded, Next::Stop),
         _ if terminal => (Standing::Stalled, Next::Stop),

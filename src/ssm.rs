@@ -487,7 +487,10 @@ fn sts_summary(text: &str) -> String {
         let end = text[start..].find(close)? + start;
         Some(text[start..end].trim().to_string())
     };
-    match (between("<Code>", "</Code>"), between("<Message>", "</Message>")) {
+    match (
+        between("<Code>", "</Code>"),
+        between("<Message>", "</Message>"),
+    ) {
         (Some(code), Some(message)) => format!("{code}: {message}"),
         (Some(code), None) => code,
         _ => text.chars().take(300).collect(),

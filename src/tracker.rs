@@ -31,7 +31,7 @@ use tracing::debug;
 
 use crate::api::CommandInvocation;
 use crate::batch::{self, FromList, Why};
-use crate::mapping::Next;
+use crate::mapping::{is_terminal, Next};
 use crate::metrics::Metrics;
 use crate::schedule::{PollIntervals, RoundClock};
 use crate::ssm::{Invocation, InvocationKey, Ssm, SsmError};
@@ -669,10 +669,12 @@ impl Tracker {
         regular: bool,
     ) {
         let now = Instant::now();
+        // While the queue delivers, regular rounds come every backstop interval, no slower, so
+        // a lost event delays an update by at most that long.
         let intervals = if self.push_active(now) {
             PollIntervals {
                 min: self.backstop,
-                max: self.backstop.max(self.intervals.max),
+                max: self.backstop,
             }
         } else {
             self.intervals
@@ -711,7 +713,15 @@ impl Tracker {
             }
             let tracked: HashSet<&Step> = command.members.values().map(|m| &m.step).collect();
             command.answers.retain(|step, _| tracked.contains(step));
-            let only_rare = command.members.values().all(|m| m.rare);
+            // Every step stalled on an outside fix, or already answered with a terminal status
+            // (its reconcile only has to write it): nothing to ask SSM soon.
+            let only_rare = command.members.values().all(|m| {
+                m.rare
+                    || command
+                        .answers
+                        .get(&m.step)
+                        .is_some_and(|a| a.result.as_ref().is_ok_and(|i| is_terminal(&i.status)))
+            });
             // A hint-only round leaves the regular rounds' clock alone.
             if regular {
                 command.clock.after_round(
