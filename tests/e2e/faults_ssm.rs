@@ -24,8 +24,8 @@ use testbed::TestCluster;
 use tokio::task::JoinHandle;
 
 use crate::support::{
-    observe_quietly, poll_until, spec, ssm_status, Operator, OperatorOptions, World, COMMAND_ID,
-    DEADLINE, INSTANCE_ID,
+    leader_elected, lease_holder, observe_quietly, poll_until, signal, spec, ssm_status, wait_log,
+    Operator, OperatorOptions, World, COMMAND_ID, DEADLINE, INSTANCE_ID,
 };
 
 const PLUGIN: &str = "aws:runShellScript";
@@ -409,51 +409,6 @@ const WATCH_AFTER_RESUME: Duration = Duration::from_secs(5);
 const SSM_LATENCY: Duration = Duration::from_millis(800);
 const PAUSED_NAME: &str = "paused-leader";
 
-async fn lease_holder(leases: &Api<Lease>, name: &str) -> Option<String> {
-    leases
-        .get_opt(name)
-        .await
-        .expect("get Lease")?
-        .spec?
-        .holder_identity
-}
-
-fn leader_elected(world: &World, sim: &Simulator, identity: &str) -> Operator {
-    let args = [
-        "--leader-elect",
-        "--lease-namespace",
-        &world.namespace,
-        "--lease-name",
-        LEASE_NAME,
-        "--lease-duration",
-        &format!("{}s", LEASE_DURATION.as_secs()),
-    ];
-    Operator::start(
-        world,
-        &OperatorOptions {
-            ssm_endpoint: sim.endpoint(),
-            args: args.map(String::from).to_vec(),
-            env: vec![("POD_NAME".into(), identity.into())],
-        },
-    )
-}
-
-async fn wait_log(operator: &Operator, who: &str, needle: &str) {
-    poll_until(&format!("{who}'s log to show {needle:?}"), || async {
-        operator.log().contains(needle).then_some(())
-    })
-    .await;
-}
-
-/// Sends `which` (e.g. `-STOP`) to `pid` with kill(1).
-fn signal(pid: u32, which: &str) {
-    let status = std::process::Command::new("kill")
-        .args([which, &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill {which} {pid}");
-}
-
 /// True once process `pid` (a child not reaped yet) has exited.
 fn exited(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -526,8 +481,20 @@ pub async fn leader_paused_with_reconciles_in_flight_writes_nothing_after_resumi
     sim.set_latency(SSM_LATENCY);
     let leases: Api<Lease> = Api::namespaced(world.client.clone(), &world.namespace);
 
-    let a = leader_elected(&world, &sim, "operator-a");
-    let b = leader_elected(&world, &sim, "operator-b");
+    let a = leader_elected(
+        &world,
+        &sim.endpoint(),
+        "operator-a",
+        LEASE_NAME,
+        LEASE_DURATION,
+    );
+    let b = leader_elected(
+        &world,
+        &sim.endpoint(),
+        "operator-b",
+        LEASE_NAME,
+        LEASE_DURATION,
+    );
     let holder = poll_until("a Lease holder", || lease_holder(&leases, LEASE_NAME)).await;
     let (leader, follower, leader_id, follower_id) = match holder.as_str() {
         "operator-a" => (a, b, "operator-a", "operator-b"),

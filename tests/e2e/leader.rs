@@ -13,7 +13,8 @@ use ssm_sim::{Command, Invocation, Plugin, Simulator, Status};
 use testbed::TestCluster;
 
 use crate::support::{
-    poll_until, spec, Operator, OperatorOptions, World, COMMAND_ID, DEADLINE, INSTANCE_ID,
+    leader_elected, lease_holder, poll_until, spec, wait_log, World, COMMAND_ID, DEADLINE,
+    INSTANCE_ID,
 };
 
 const LEASE_NAME: &str = "ssm-operator-e2e-leader";
@@ -24,43 +25,6 @@ const LEASE_DURATION: Duration = Duration::from_secs(4);
 /// clearing the Lease, and API round trips.
 const TAKEOVER_MARGIN: Duration = Duration::from_secs(4);
 const NAME: &str = "long-patch";
-
-async fn lease_holder(leases: &Api<Lease>) -> Option<String> {
-    leases
-        .get_opt(LEASE_NAME)
-        .await
-        .expect("get Lease")?
-        .spec?
-        .holder_identity
-}
-
-fn operator(world: &World, sim: &Simulator, identity: &str) -> Operator {
-    let args = [
-        "--leader-elect",
-        "--lease-namespace",
-        &world.namespace,
-        "--lease-name",
-        LEASE_NAME,
-        "--lease-duration",
-        &format!("{}s", LEASE_DURATION.as_secs()),
-    ];
-    Operator::start(
-        world,
-        &OperatorOptions {
-            ssm_endpoint: sim.endpoint(),
-            args: args.map(String::from).to_vec(),
-            // The identity a pod gets from the chart's downward API.
-            env: vec![("POD_NAME".into(), identity.into())],
-        },
-    )
-}
-
-async fn wait_log(operator: &Operator, who: &str, needle: &str) {
-    poll_until(&format!("{who}'s log to show {needle:?}"), || async {
-        operator.log().contains(needle).then_some(())
-    })
-    .await;
-}
 
 fn reconciles(metrics: &str) -> u64 {
     metrics
@@ -76,9 +40,21 @@ pub async fn only_the_leader_reconciles_and_a_follower_takes_over(cluster: Arc<T
     let leases: Api<Lease> = Api::namespaced(world.client.clone(), &world.namespace);
 
     // Both start at once and race for the Lease.
-    let a = operator(&world, &sim, "operator-a");
-    let b = operator(&world, &sim, "operator-b");
-    let holder = poll_until("a Lease holder", || lease_holder(&leases)).await;
+    let a = leader_elected(
+        &world,
+        &sim.endpoint(),
+        "operator-a",
+        LEASE_NAME,
+        LEASE_DURATION,
+    );
+    let b = leader_elected(
+        &world,
+        &sim.endpoint(),
+        "operator-b",
+        LEASE_NAME,
+        LEASE_DURATION,
+    );
+    let holder = poll_until("a Lease holder", || lease_holder(&leases, LEASE_NAME)).await;
     let (leader, follower, leader_id, follower_id) = match holder.as_str() {
         "operator-a" => (a, b, "operator-a", "operator-b"),
         "operator-b" => (b, a, "operator-b", "operator-a"),
@@ -126,7 +102,7 @@ pub async fn only_the_leader_reconciles_and_a_follower_takes_over(cluster: Arc<T
         "the follower's reconcile counter while following"
     );
     assert_eq!(
-        lease_holder(&leases).await.as_deref(),
+        lease_holder(&leases, LEASE_NAME).await.as_deref(),
         Some(leader_id),
         "the Lease holder while the leader runs"
     );
@@ -135,7 +111,7 @@ pub async fn only_the_leader_reconciles_and_a_follower_takes_over(cluster: Arc<T
     let killed = Instant::now();
     leader.kill();
     loop {
-        let holder = lease_holder(&leases).await;
+        let holder = lease_holder(&leases, LEASE_NAME).await;
         if holder.as_deref() == Some(follower_id) {
             break;
         }
@@ -157,11 +133,8 @@ pub async fn only_the_leader_reconciles_and_a_follower_takes_over(cluster: Arc<T
     let status = obj.status.clone().expect("status");
     assert_eq!(status.status.as_deref(), Some("Success"), "{status:#?}");
     assert_eq!(status.standard_output_content.as_deref(), Some("patched\n"));
-    assert!(
-        follower.log().contains("status updated"),
-        "the new leader ({follower_id}) wrote no status:\n{}",
-        follower.log_tail()
-    );
+    // The log line follows the write's reply, which may come after the watch showed it.
+    wait_log(&follower, follower_id, "status updated").await;
 
     // Each SSM status change was recorded once, by the process that saw it first: Pending and
     // InProgress by the first leader, Success by the second. A second writer would show up
@@ -250,7 +223,7 @@ pub async fn only_the_leader_reconciles_and_a_follower_takes_over(cluster: Arc<T
     // A clean stop gives the Lease up at once, so a restart does not wait out the duration.
     follower.stop().await;
     assert_eq!(
-        lease_holder(&leases).await,
+        lease_holder(&leases, LEASE_NAME).await,
         None,
         "the Lease holder after the survivor stopped cleanly"
     );

@@ -198,37 +198,7 @@ pub struct Operator {
 impl Operator {
     /// Starts the operator watching the world's namespace with fast test intervals.
     pub fn start(world: &World, options: &OperatorOptions) -> Operator {
-        static STARTS: AtomicUsize = AtomicUsize::new(0);
-        let n = STARTS.fetch_add(1, Ordering::SeqCst);
-        let log = world.dir.path().join(format!("operator-{n}.log"));
-        let file = std::fs::File::create(&log).expect("log file");
-        let port = free_port();
-        let child = StdCommand::new(OPERATOR_BIN)
-            .arg("run")
-            .args(["--namespace", &world.namespace])
-            .args(["--poll-interval-min", "100ms", "--poll-interval-max", "1s"])
-            .args(["--http-bind", &format!("127.0.0.1:{port}")])
-            .args(&options.args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("KUBECONFIG", world.cluster.kubeconfig_path())
-            .env("AWS_ENDPOINT_URL_SSM", &options.ssm_endpoint)
-            .env("AWS_REGION", "eu-west-1")
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("RUST_LOG", "info,ssm_operator=debug")
-            .envs(options.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file)
-            .spawn()
-            .expect("start ssm-operator");
-        Operator {
-            child: Some(child),
-            log,
-            http: format!("http://127.0.0.1:{port}"),
-        }
+        Operator::start_polling(world, options, "100ms", "1s")
     }
 
     /// Sends SIGTERM and asserts a clean exit (code 0) within the deadline.
@@ -306,7 +276,8 @@ impl Drop for Operator {
     }
 }
 
-fn signal(pid: u32, which: &str) {
+/// Sends `which` (e.g. `-STOP`) to `pid` with kill(1).
+pub fn signal(pid: u32, which: &str) {
     let status = StdCommand::new("kill")
         .args([which, &pid.to_string()])
         .status()
@@ -359,7 +330,9 @@ pub async fn get_json(world: &World, name: &str) -> Value {
 impl Operator {
     /// The exit status if the process has exited (it is reaped then), `None` while it runs.
     pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 }
 
@@ -391,7 +364,7 @@ impl Operator {
     ) -> Operator {
         static STARTS: AtomicUsize = AtomicUsize::new(0);
         let n = STARTS.fetch_add(1, Ordering::SeqCst);
-        let log = world.dir.path().join(format!("operator-polling-{n}.log"));
+        let log = world.dir.path().join(format!("operator-{n}.log"));
         let file = std::fs::File::create(&log).expect("log file");
         let port = free_port();
         let child = StdCommand::new(OPERATOR_BIN)
@@ -421,4 +394,53 @@ impl Operator {
             http: format!("http://127.0.0.1:{port}"),
         }
     }
+}
+
+/// The identity holding the Lease `name`, if any.
+pub async fn lease_holder(
+    leases: &kube::Api<k8s_openapi::api::coordination::v1::Lease>,
+    name: &str,
+) -> Option<String> {
+    leases
+        .get_opt(name)
+        .await
+        .expect("get Lease")?
+        .spec?
+        .holder_identity
+}
+
+/// An operator electing a leader on the Lease `lease` in the world's namespace, known as
+/// `identity` (the pod name the chart's downward API would give it).
+pub fn leader_elected(
+    world: &World,
+    ssm_endpoint: &str,
+    identity: &str,
+    lease: &str,
+    duration: Duration,
+) -> Operator {
+    let args = [
+        "--leader-elect",
+        "--lease-namespace",
+        &world.namespace,
+        "--lease-name",
+        lease,
+        "--lease-duration",
+        &format!("{}s", duration.as_secs()),
+    ];
+    Operator::start(
+        world,
+        &OperatorOptions {
+            ssm_endpoint: ssm_endpoint.to_string(),
+            args: args.map(String::from).to_vec(),
+            env: vec![("POD_NAME".into(), identity.into())],
+        },
+    )
+}
+
+/// Waits until `operator`'s log shows `needle`.
+pub async fn wait_log(operator: &Operator, who: &str, needle: &str) {
+    poll_until(&format!("{who}'s log to show {needle:?}"), || async {
+        operator.log().contains(needle).then_some(())
+    })
+    .await;
 }
