@@ -333,12 +333,16 @@ impl Tracker {
             command.clock.hurry(now);
             self.changed.notify_one();
         }
-        let members = state.command_of.len();
-        let commands = state.commands.len();
+        self.report_sizes(state);
+        Tracked { answer, first_seen }
+    }
+
+    /// Publishes how many resources and commands are tracked, and lets the lock go.
+    fn report_sizes(&self, state: MutexGuard<'_, State>) {
+        let (members, commands) = (state.command_of.len(), state.commands.len());
         drop(state);
         self.metrics.set_poll_book(members);
         self.metrics.set_tracked_commands(commands);
-        Tracked { answer, first_seen }
     }
 
     /// What the reconcile concluded: stop tracking, re-check rarely, or keep going.
@@ -385,10 +389,7 @@ impl Tracker {
     pub fn forget(&self, uid: &str) {
         let mut state = self.state();
         state.remove(uid);
-        let (members, commands) = (state.command_of.len(), state.commands.len());
-        drop(state);
-        self.metrics.set_poll_book(members);
-        self.metrics.set_tracked_commands(commands);
+        self.report_sizes(state);
     }
 
     /// Stops tracking every resource not in `live`.
@@ -403,10 +404,7 @@ impl Tracker {
         for uid in gone {
             state.remove(&uid);
         }
-        let (members, commands) = (state.command_of.len(), state.commands.len());
-        drop(state);
-        self.metrics.set_poll_book(members);
-        self.metrics.set_tracked_commands(commands);
+        self.report_sizes(state);
     }
 
     /// Wakes every tracked resource of `namespace` (its role changed: the reconcile re-keys
