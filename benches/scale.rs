@@ -14,15 +14,23 @@
 //! 3. starts a watch of them (until its initial list is done), then adds the commands to the
 //!    simulator: every timeline starts at that instant;
 //! 4. starts the real `ssm-operator run` binary with its DEFAULT flags (only `--namespace`,
-//!    `--http-bind`, kubeconfig and AWS environment; `BENCH_OPERATOR_ARGS` adds flags for
+//!    `--http-bind`, kubeconfig and AWS environment; `BENCH_OPERATOR_ARGS` adds flags and
+//!    `BENCH_OPERATOR_ENV` (`K=V,K2=V2`) environment variables, to the operator only, for
 //!    experiments) and follows the watch until every resource is `Finished=True`
 //!    (`BENCH_DEADLINE` from the operator's start, default `10m`);
 //! 5. counts SSM calls for 5 s more (0 expected), then stops the operator (SIGTERM, exit 0).
 //!
-//! Variants (`BENCH_VARIANT`, default `all`): `plain`, then `throttled`, where the simulator
-//! answers `ThrottlingException` above `BENCH_RATE_LIMIT` requests per second over all
-//! operations (default 20; token bucket, burst = the rate). Each variant gets a fresh API
-//! server, simulator and operator.
+//! Variants (`BENCH_VARIANT`, default `all`, which runs all four in this order):
+//! - `plain`;
+//! - `throttled`: the simulator answers `ThrottlingException` above `BENCH_RATE_LIMIT`
+//!   requests per second over all operations (default 20; token bucket, burst = the rate);
+//! - `push`: an SQS simulator gets the EventBridge events of every status change the
+//!   timelines make (connected before the commands are added, since their events are
+//!   scheduled then), and the operator runs with `--sqs-queue-url` on it
+//!   (`AWS_ENDPOINT_URL_SQS`), otherwise defaults (backstop 30 s);
+//! - `push-lossy`: the same, with 20 % of the events dropped (dice seeded by `BENCH_SEED`).
+//!
+//! Each variant gets a fresh API server, simulator(s) and operator.
 //!
 //! Printed for each variant, as figures, never as a verdict on speed:
 //! - SSM calls by operation and in all (the simulator's counters, so SDK retries count),
@@ -37,14 +45,20 @@
 //!   differs from the script (must be 0);
 //! - operator CPU seconds (`/proc/<pid>/stat`, whole run) and peak RSS (`VmHWM`), CPU of
 //!   kube-apiserver, etcd and this process from the operator's start to the end;
-//! - SSM calls and status writes in the 5 s after all were Finished.
+//! - SSM calls and status writes in the 5 s after all were Finished;
+//! - push variants also: SSM calls per invocation (the issue's push target: ≤ 1.2 with lag
+//!   p99 ≤ 1.5 s), the SQS simulator's events (published, dropped) and messages (sent,
+//!   received, deleted, left), its calls, the operator's `ssm_operator_push_messages_total`
+//!   by kind, and the lag of invocations whose terminal event reached the queue apart from
+//!   those whose event was dropped (bounded by the backstop).
 //!
 //! The bench exits 1 only if something broke (set-up failed, the deadline passed, a wrong
 //! final status, the operator died or did not exit 0 on SIGTERM), after printing what it had.
 //!
 //! ```console
-//! $ make bench                                                    # 20 × 500, both variants
-//! $ BENCH_COMMANDS=2 BENCH_INSTANCES=50 BENCH_VARIANT=plain make bench
+//! $ make bench                                                    # 20 × 500, all variants
+//! $ BENCH_COMMANDS=2 BENCH_INSTANCES=50 BENCH_VARIANT=push make bench
+//! $ BENCH_VARIANT=plain BENCH_OPERATOR_ENV=MALLOC_ARENA_MAX=2 make bench
 //! $ BENCH_OPERATOR_LOG=/tmp/op.log RUST_LOG=info,ssm_operator=debug make bench   # keep the log
 //! ```
 
@@ -63,7 +77,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, ResourceExt};
 use ssm_operator::api::{CommandInvocation, CommandInvocationSpec};
-use ssm_sim::{Command, Invocation, Plugin, Simulator};
+use ssm_sim::{Command, Invocation, Plugin, Simulator, SqsSimulator};
 use testbed::TestCluster;
 use tokio::sync::{mpsc, oneshot};
 
@@ -84,17 +98,47 @@ const WRITE_SETTLE: Duration = Duration::from_millis(250);
 /// How often a progress line is printed while waiting.
 const PROGRESS_EVERY: Duration = Duration::from_secs(15);
 
+/// Share of SSM events the `push-lossy` variant's queue drops.
+const LOSSY_DROP_RATIO: f64 = 0.2;
+/// The operator's `--push-backstop` unless `BENCH_OPERATOR_ARGS` gives one.
+const DEFAULT_BACKSTOP: &str = "30s";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Variant {
     Plain,
     Throttled,
+    Push,
+    PushLossy,
 }
 
 impl Variant {
+    const ALL: [Variant; 4] = [
+        Variant::Plain,
+        Variant::Throttled,
+        Variant::Push,
+        Variant::PushLossy,
+    ];
+
     fn name(self) -> &'static str {
         match self {
             Variant::Plain => "plain",
             Variant::Throttled => "throttled",
+            Variant::Push => "push",
+            Variant::PushLossy => "push-lossy",
+        }
+    }
+
+    /// Whether the operator consumes the SQS simulator's events.
+    fn push(self) -> bool {
+        matches!(self, Variant::Push | Variant::PushLossy)
+    }
+
+    /// The share of events the queue drops.
+    fn drop_ratio(self) -> f64 {
+        if self == Variant::PushLossy {
+            LOSSY_DROP_RATIO
+        } else {
+            0.0
         }
     }
 }
@@ -110,6 +154,8 @@ struct Config {
     deadline: Duration,
     seed: u64,
     operator_args: Vec<String>,
+    /// `BENCH_OPERATOR_ENV`: set in the operator's environment only.
+    operator_env: Vec<(String, String)>,
     operator_log: Option<PathBuf>,
 }
 
@@ -121,14 +167,16 @@ impl Config {
                 .into());
         }
         let variants = match env_or("BENCH_VARIANT", "all").as_str() {
-            "all" => vec![Variant::Plain, Variant::Throttled],
-            "plain" => vec![Variant::Plain],
-            "throttled" => vec![Variant::Throttled],
-            other => {
-                return Err(format!(
-                    "BENCH_VARIANT must be plain, throttled or all, got {other:?}"
-                ))
-            }
+            "all" => Variant::ALL.to_vec(),
+            other => match Variant::ALL.into_iter().find(|v| v.name() == other) {
+                Some(variant) => vec![variant],
+                None => {
+                    return Err(format!(
+                        "BENCH_VARIANT must be plain, throttled, push, push-lossy or all, \
+                         got {other:?}"
+                    ))
+                }
+            },
         };
         let rate_limit = match env_or("BENCH_RATE_LIMIT", "20").parse::<f64>() {
             Ok(rate) if rate.is_finite() && rate > 0.0 => rate,
@@ -148,13 +196,47 @@ impl Config {
                 .split_whitespace()
                 .map(str::to_string)
                 .collect(),
+            operator_env: operator_env(&env_or("BENCH_OPERATOR_ENV", ""))?,
             operator_log: std::env::var_os("BENCH_OPERATOR_LOG").map(PathBuf::from),
         })
+    }
+
+    /// The operator's `--push-backstop`: the last one in `BENCH_OPERATOR_ARGS`, else its
+    /// default.
+    fn backstop(&self) -> String {
+        let mut backstop = DEFAULT_BACKSTOP.to_string();
+        let mut args = self.operator_args.iter();
+        while let Some(arg) = args.next() {
+            if let Some(value) = arg.strip_prefix("--push-backstop=") {
+                backstop = value.to_string();
+            } else if arg == "--push-backstop" {
+                if let Some(value) = args.next() {
+                    backstop.clone_from(value);
+                }
+            }
+        }
+        backstop
     }
 
     fn n(&self) -> usize {
         self.commands * self.instances
     }
+}
+
+/// `K=V,K2=V2` (blank: none) as pairs, for the operator's environment only.
+fn operator_env(text: &str) -> Result<Vec<(String, String)>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => {
+                Ok((key.trim().to_string(), value.trim().to_string()))
+            }
+            _ => Err(format!(
+                "BENCH_OPERATOR_ENV must be comma-separated K=V pairs, got {pair:?}"
+            )),
+        })
+        .collect()
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -248,9 +330,12 @@ fn timelines(config: &Config) -> Vec<Timeline> {
         .collect()
 }
 
+/// Command ids are this and `c` in 12 hex digits.
+const COMMAND_ID_PREFIX: &str = "5e3f1a2b-7c4d-4e8f-9a0b-";
+
 /// A UUID-shaped command id for command `c`.
 fn command_id(c: usize) -> String {
-    format!("5e3f1a2b-7c4d-4e8f-9a0b-{c:012x}")
+    format!("{COMMAND_ID_PREFIX}{c:012x}")
 }
 
 /// `i-` and 17 hex digits, unique per instance.
@@ -314,7 +399,7 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
     println!();
     println!(
         "== bench scale, variant {}: {} commands × {} instances = {n} CommandInvocations, \
-         terminal times over {:?}, operator default flags{}{} ==",
+         terminal times over {:?}, operator default flags{}{}{}{} ==",
         variant.name(),
         config.commands,
         config.instances,
@@ -324,10 +409,29 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
         } else {
             String::new()
         },
+        match variant {
+            Variant::Push => " + --sqs-queue-url (every SSM event published)".to_string(),
+            Variant::PushLossy => format!(
+                " + --sqs-queue-url ({:.0} % of SSM events dropped, seed {})",
+                variant.drop_ratio() * 100.0,
+                config.seed
+            ),
+            Variant::Plain | Variant::Throttled => String::new(),
+        },
         if config.operator_args.is_empty() {
             String::new()
         } else {
             format!(" + {}", config.operator_args.join(" "))
+        },
+        if config.operator_env.is_empty() {
+            String::new()
+        } else {
+            let pairs: Vec<String> = config
+                .operator_env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            format!(", operator environment {}", pairs.join(" "))
         },
     );
     let cluster = TestCluster::start()
@@ -379,10 +483,20 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
         .await
         .map_err(|_| "the bench's watch ended before it synced".to_string())?;
 
-    // The timelines start here, then the operator.
+    // The timelines start here, then the operator. Events are scheduled when a command is
+    // added, so the queue is connected (and its faults set) first.
     if throttled_variant {
         sim.set_rate_limit(Some(config.rate_limit));
     }
+    let sqs = if variant.push() {
+        let sqs = SqsSimulator::start().await.map_err(|e| e.to_string())?;
+        sqs.set_seed(config.seed);
+        sqs.drop_ratio(variant.drop_ratio());
+        sim.publish_events_to(&sqs);
+        Some(sqs)
+    } else {
+        None
+    };
     let commands = scripted_commands(config, &timelines);
     let t0 = sim.add_commands(commands);
     let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -395,7 +509,21 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
         Some(path) => path.clone(),
         None => scratch.path().join("operator.log"),
     };
-    let mut operator = Operator::start(&cluster, &sim.endpoint(), &log, &config.operator_args)?;
+    let mut operator_args = Vec::new();
+    let mut operator_env = Vec::new();
+    if let Some(sqs) = &sqs {
+        operator_args.extend(["--sqs-queue-url".to_string(), sqs.queue_url()]);
+        operator_env.push(("AWS_ENDPOINT_URL_SQS".to_string(), sqs.endpoint()));
+    }
+    operator_args.extend(config.operator_args.iter().cloned());
+    operator_env.extend(config.operator_env.iter().cloned());
+    let mut operator = Operator::start(
+        &cluster,
+        &sim.endpoint(),
+        &log,
+        &operator_args,
+        &operator_env,
+    )?;
     let operator_start = Instant::now();
     let others = [
         ("kube-apiserver", cluster.apiserver_pid()),
@@ -627,6 +755,19 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
             )
         },
     );
+    let push_summary = match &sqs {
+        Some(sqs) => push_figures(
+            config,
+            variant,
+            sqs,
+            &metrics,
+            &timelines,
+            &seen,
+            t0,
+            operator_calls,
+        ),
+        None => String::new(),
+    };
     let writes = metric(&metrics, "ssm_operator_status_writes_total", None);
     let events = metric(&metrics, "ssm_operator_events_total", None);
     row(
@@ -671,6 +812,9 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
         return Err(problem);
     }
     operator.stop().await?;
+    if let Some(sqs) = sqs {
+        sqs.shutdown().await;
+    }
     drop(sim);
     drop(cluster);
     if !wrong.is_empty() {
@@ -682,7 +826,8 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
     Ok(format!(
         "{}: N={n} all Finished {:.1} s after the timelines started; {operator_calls} SSM calls \
          ({:.2}/invocation, {} throttled), 5 s waiter {waiter_calls} ({:.1}× the operator); \
-         lag p50 {:.2} s p99 {:.2} s; {:.2} writes/resource; operator CPU {}",
+         lag p50 {:.2} s p99 {:.2} s max {:.2} s; {:.2} writes/resource; operator CPU {}, \
+         peak RSS {}{push_summary}",
         variant.name(),
         secs(all_finished - t0),
         operator_calls as f64 / n as f64,
@@ -690,9 +835,160 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
         waiter_calls as f64 / operator_calls.max(1) as f64,
         secs(quantile(&lags, 50.0)),
         secs(quantile(&lags, 99.0)),
+        secs(quantile(&lags, 100.0)),
         writes / n as f64,
         operator_cpu.map_or("?".into(), |s| format!("{s:.1} s")),
+        peak_rss.map_or("?".into(), |kb| format!("{:.1} MiB", kb as f64 / 1024.0)),
     ))
+}
+
+/// The push variants' own figures (printed as rows); returns a piece for the summary line.
+#[allow(clippy::too_many_arguments)]
+fn push_figures(
+    config: &Config,
+    variant: Variant,
+    sqs: &SqsSimulator,
+    metrics: &str,
+    timelines: &[Timeline],
+    seen: &[Option<Seen>],
+    t0: Instant,
+    operator_calls: u64,
+) -> String {
+    let n = timelines.len();
+    row(
+        "SSM calls per invocation",
+        format!(
+            "{:.2} (issue target for push: ≤ 1.2, with lag p99 ≤ 1.5 s)",
+            operator_calls as f64 / n as f64
+        ),
+    );
+    let (published, dropped) = (sqs.events_published(), sqs.events_dropped());
+    row(
+        "SQS events (simulator)",
+        format!(
+            "published {published}, dropped {dropped} ({:.1} %), duplicated {}, reordered {}; \
+             not yet due {}",
+            percent(dropped, published),
+            sqs.events_duplicated(),
+            sqs.events_reordered(),
+            sqs.pending_events()
+        ),
+    );
+    row(
+        "SQS messages (simulator)",
+        format!(
+            "sent {}, received {}, deleted {}; left {} visible, {} in flight",
+            sqs.sent(),
+            sqs.received(),
+            sqs.deleted(),
+            sqs.visible(),
+            sqs.in_flight()
+        ),
+    );
+    row(
+        "SQS calls (simulator)",
+        ["ReceiveMessage", "DeleteMessageBatch", "DeleteMessage"]
+            .iter()
+            .map(|op| format!("{op} {}", sqs.calls(op)))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    row(
+        "push messages (operator, by kind)",
+        by_label(metrics, "ssm_operator_push_messages_total", "kind"),
+    );
+
+    // Lag of the invocations whose terminal node event reached the queue, and of those whose
+    // event was dropped (only a regular round, at most a backstop away, or their command's
+    // terminal event could bring them).
+    let mut node_lost: HashSet<usize> = HashSet::new();
+    let mut command_lost: HashSet<usize> = HashSet::new();
+    for body in sqs.dropped_events() {
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(&body) else {
+            continue;
+        };
+        let detail = &event["detail"];
+        if !matches!(
+            detail["status"].as_str(),
+            Some("Success" | "Failed" | "TimedOut" | "Cancelled")
+        ) {
+            continue;
+        }
+        let Some(c) = detail["command-id"]
+            .as_str()
+            .and_then(command_index)
+            .filter(|&c| c < config.commands)
+        else {
+            continue;
+        };
+        match detail["instance-id"].as_str() {
+            Some(instance) => {
+                if let Some(i) = instance_index(instance).filter(|&i| i < config.instances) {
+                    node_lost.insert(c * config.instances + i);
+                }
+            }
+            None => {
+                command_lost.insert(c);
+            }
+        }
+    }
+    let mut delivered_lags = Vec::new();
+    let mut lost_lags = Vec::new();
+    for (k, (t, s)) in timelines.iter().zip(seen).enumerate() {
+        let Some(s) = s else { continue };
+        let lag = s.at.saturating_duration_since(t0 + t.terminal);
+        if node_lost.contains(&k) {
+            lost_lags.push(lag);
+        } else {
+            delivered_lags.push(lag);
+        }
+    }
+    delivered_lags.sort();
+    lost_lags.sort();
+    let spread = |lags: &[Duration]| {
+        if lags.is_empty() {
+            "none".to_string()
+        } else {
+            format!(
+                "{}: p50 {:.2} s, p90 {:.2} s, p99 {:.2} s, max {:.2} s",
+                lags.len(),
+                secs(quantile(lags, 50.0)),
+                secs(quantile(lags, 90.0)),
+                secs(quantile(lags, 99.0)),
+                secs(quantile(lags, 100.0))
+            )
+        }
+    };
+    row("lag, terminal node event on queue", spread(&delivered_lags));
+    if variant.drop_ratio() > 0.0 {
+        row(
+            "lag, terminal node event dropped",
+            format!(
+                "{} (backstop {}; {} command terminal events dropped)",
+                spread(&lost_lags),
+                config.backstop(),
+                command_lost.len()
+            ),
+        );
+    }
+    format!(
+        "; SQS events {published} published, {dropped} dropped, {} received, {} deleted; \
+         push messages {}",
+        sqs.received(),
+        sqs.deleted(),
+        by_label(metrics, "ssm_operator_push_messages_total", "kind")
+    )
+}
+
+/// The index of a command id made by [`command_id`].
+fn command_index(id: &str) -> Option<usize> {
+    let hex = id.strip_prefix(COMMAND_ID_PREFIX)?;
+    usize::from_str_radix(hex, 16).ok()
+}
+
+/// The index of an instance id made by [`instance_id`].
+fn instance_index(id: &str) -> Option<usize> {
+    usize::from_str_radix(id.strip_prefix("i-")?, 16).ok()
 }
 
 /// The per-invocation GetCommandInvocation waiter on the same timelines: its total calls and
@@ -989,6 +1285,7 @@ impl Operator {
         ssm_endpoint: &str,
         log: &Path,
         extra_args: &[String],
+        extra_env: &[(String, String)],
     ) -> Result<Operator, String> {
         let file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
         let stderr = file.try_clone().map_err(|e| e.to_string())?;
@@ -1012,6 +1309,7 @@ impl Operator {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(extra_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(file)
             .stderr(stderr)
