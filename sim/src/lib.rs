@@ -47,6 +47,7 @@ mod ratelimit;
 mod render;
 mod script;
 mod server;
+mod serving;
 mod simulator;
 pub mod sqs;
 pub mod sts;

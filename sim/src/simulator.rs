@@ -1,19 +1,16 @@
 //! [`Simulator`]: the handle tests hold to start, script, inspect and stop the server.
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
-
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::faults::Fault;
 use crate::ratelimit::TokenBucket;
 use crate::script::Command;
 use crate::server::{self, Shared};
+use crate::serving::{Server, LOOPBACK};
 
 /// A running SSM Run Command simulator on loopback.
 ///
@@ -26,23 +23,17 @@ pub struct Simulator {
 
 struct Inner {
     shared: Arc<Shared>,
-    addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    server: Mutex<Option<JoinHandle<()>>>,
+    /// Stops when dropped, with the last handle.
+    server: Server,
     /// Where the events of added commands go ([`Simulator::publish_events_to`]).
     events: crate::sqs::EventHook,
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.stop.send_replace(true);
-    }
-}
-
 impl fmt::Debug for Simulator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Simulator")
-            .field("endpoint", &self.endpoint())
+        self.inner
+            .server
+            .debug_struct(f, "Simulator")
             .finish_non_exhaustive()
     }
 }
@@ -50,23 +41,20 @@ impl fmt::Debug for Simulator {
 impl Simulator {
     /// Starts serving on `127.0.0.1` at a free port.
     pub async fn start() -> std::io::Result<Simulator> {
-        Simulator::start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await
+        Simulator::start_on(LOOPBACK).await
     }
 
     /// Starts serving on `addr` (port 0 picks a free one). Must run inside a Tokio runtime,
     /// which then carries the server tasks.
     pub async fn start_on(addr: SocketAddr) -> std::io::Result<Simulator> {
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::default());
-        let (stop, stopped) = watch::channel(false);
-        let server = tokio::spawn(server::serve(listener, shared.clone(), stopped));
+        let serving = shared.clone();
+        let server =
+            Server::start(addr, move |req, _| server::respond(serving.clone(), req)).await?;
         Ok(Simulator {
             inner: Arc::new(Inner {
                 shared,
-                addr,
-                stop,
-                server: Mutex::new(Some(server)),
+                server,
                 events: Default::default(),
             }),
         })
@@ -74,12 +62,12 @@ impl Simulator {
 
     /// The base URL to give the SDK as `endpoint_url`, e.g. `http://127.0.0.1:40123`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.inner.addr)
+        self.inner.server.endpoint()
     }
 
     /// The address served.
     pub fn local_addr(&self) -> SocketAddr {
-        self.inner.addr
+        self.inner.server.local_addr()
     }
 
     /// Puts EventBridge's events for the commands added from now on (see
@@ -208,15 +196,6 @@ impl Simulator {
     /// Stops serving (for every handle), lets in-flight requests finish for up to two
     /// seconds, and returns once the port is released.
     pub async fn shutdown(self) {
-        self.inner.stop.send_replace(true);
-        let server = self
-            .inner
-            .server
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(server) = server {
-            let _ = server.await;
-        }
+        self.inner.server.shutdown().await;
     }
 }

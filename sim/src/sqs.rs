@@ -40,27 +40,24 @@ use std::cmp::Ordering as CmpOrdering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::{Request, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 use crate::clock::iso_instant;
 use crate::ids::uuid_v4;
 use crate::model::{CommandState, Store};
+use crate::script::Status;
+use crate::serving::{json_operation, read_body, reply, Reply, Server, Stop, LOOPBACK};
 
 /// The account in queue URLs, ARNs and events.
 pub const SQS_ACCOUNT: &str = "123456789012";
@@ -89,8 +86,6 @@ const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 const RETENTION_SECONDS: u64 = 345_600;
 /// Largest request body accepted.
 const BODY_LIMIT: usize = 2 * MAX_MESSAGE_BYTES;
-/// How long shutdown waits for in-flight requests before cutting connections.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// What an SSM command event's `expire-after` adds to `requested-date-time` (SendCommand's
 /// default delivery timeout).
 const EXPIRE_AFTER: Duration = Duration::from_secs(3600);
@@ -120,21 +115,15 @@ pub struct SqsSimulator {
 
 struct Inner {
     state: Arc<State>,
-    addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.stop.send_replace(true);
-    }
+    /// Serves the queue and releases events; stops when dropped, with the last handle.
+    server: Server,
 }
 
 impl fmt::Debug for SqsSimulator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SqsSimulator")
-            .field("endpoint", &self.endpoint())
+        self.inner
+            .server
+            .debug_struct(f, "SqsSimulator")
             .field("queue_url", &self.queue_url())
             .finish_non_exhaustive()
     }
@@ -143,7 +132,7 @@ impl fmt::Debug for SqsSimulator {
 impl SqsSimulator {
     /// Starts serving on `127.0.0.1` at a free port.
     pub async fn start() -> std::io::Result<SqsSimulator> {
-        SqsSimulator::start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await
+        SqsSimulator::start_on(LOOPBACK).await
     }
 
     /// Starts serving on `addr` (port 0 picks a free one). Must run inside a Tokio runtime,
@@ -154,27 +143,25 @@ impl SqsSimulator {
         let state = Arc::new(State::new(format!(
             "http://{addr}/{SQS_ACCOUNT}/{SQS_QUEUE_NAME}"
         )));
-        let (stop, stopped) = watch::channel(false);
-        let server = tokio::spawn(serve(listener, state.clone(), stopped.clone()));
-        let events = tokio::spawn(release_events(state.clone(), stopped));
+        let serving = state.clone();
+        let server = Server::serve(listener, move |req, stop| {
+            respond(serving.clone(), req, stop)
+        })?;
+        let releasing = state.clone();
+        server.spawn(move |stop| release_events(releasing, stop));
         Ok(SqsSimulator {
-            inner: Arc::new(Inner {
-                state,
-                addr,
-                stop,
-                tasks: Mutex::new(vec![server, events]),
-            }),
+            inner: Arc::new(Inner { state, server }),
         })
     }
 
     /// The base URL to give the SDK, e.g. as `AWS_ENDPOINT_URL_SQS`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.inner.addr)
+        self.inner.server.endpoint()
     }
 
     /// The address served.
     pub fn local_addr(&self) -> SocketAddr {
-        self.inner.addr
+        self.inner.server.local_addr()
     }
 
     /// The queue's URL, `http://127.0.0.1:<port>/123456789012/ssm-operator-events`.
@@ -240,35 +227,24 @@ impl SqsSimulator {
 
     /// Messages a receive would get now.
     pub fn visible(&self) -> usize {
-        let now = Instant::now();
-        let queue = self.inner.state.queue();
-        queue
-            .messages
-            .iter()
-            .filter(|m| m.visible_at <= now)
-            .count()
+        self.count_messages(|m, now| m.visible_at <= now)
     }
 
     /// Messages received and neither deleted nor visible again yet.
     pub fn in_flight(&self) -> usize {
-        let now = Instant::now();
-        let queue = self.inner.state.queue();
-        queue
-            .messages
-            .iter()
-            .filter(|m| m.visible_at > now && m.receive_count > 0)
-            .count()
+        self.count_messages(|m, now| m.visible_at > now && m.receive_count > 0)
     }
 
     /// Messages sent with a delay that has not passed yet (never received).
     pub fn delayed(&self) -> usize {
+        self.count_messages(|m, now| m.visible_at > now && m.receive_count == 0)
+    }
+
+    /// Messages on the queue for which `test(message, now)` holds.
+    fn count_messages(&self, test: impl Fn(&Message, Instant) -> bool) -> usize {
         let now = Instant::now();
         let queue = self.inner.state.queue();
-        queue
-            .messages
-            .iter()
-            .filter(|m| m.visible_at > now && m.receive_count == 0)
-            .count()
+        queue.messages.iter().filter(|m| test(m, now)).count()
     }
 
     /// Events scheduled (or held back by [`SqsSimulator::delay_events`] /
@@ -349,17 +325,7 @@ impl SqsSimulator {
     /// Stops serving (for every handle), ends long polls at once, lets other in-flight
     /// requests finish for up to two seconds, and returns once the port is released.
     pub async fn shutdown(self) {
-        self.inner.stop.send_replace(true);
-        let tasks = std::mem::take(
-            &mut *self
-                .inner
-                .tasks
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        for task in tasks {
-            let _ = task.await;
-        }
+        self.inner.server.shutdown().await;
     }
 }
 
@@ -421,15 +387,7 @@ pub(crate) fn schedule(command: &CommandState) -> Vec<(Duration, String)> {
                 .iter()
                 .flat_map(|p| p.steps.iter().map(|s| s.after)),
         );
-        times.sort_unstable();
-        times.dedup();
-        let mut last = None;
-        for &t in &times {
-            let status = inv.view(t).status;
-            if last == Some(status) {
-                continue;
-            }
-            last = Some(status);
+        for (t, status) in changes(&mut times, |t| inv.view(t).status) {
             let detail = InvocationDetail {
                 command_id: &spec.command_id,
                 document_name: &spec.document_name,
@@ -449,15 +407,9 @@ pub(crate) fn schedule(command: &CommandState) -> Vec<(Duration, String)> {
         }
         all_times.extend(times);
     }
-    all_times.sort_unstable();
-    all_times.dedup();
-    let mut last = None;
-    for &t in &all_times {
-        let status = command.summary(command.added + t).status;
-        if last == Some(status) {
-            continue;
-        }
-        last = Some(status);
+    for (t, status) in changes(&mut all_times, |t| {
+        command.summary(command.added + t).status
+    }) {
         let detail = CommandDetail {
             command_id: &spec.command_id,
             document_name: &spec.document_name,
@@ -474,6 +426,24 @@ pub(crate) fn schedule(command: &CommandState) -> Vec<(Duration, String)> {
     // Stable: invocation events stay ahead of a command event at the same time.
     events.sort_by_key(|(t, _)| *t);
     events
+}
+
+/// Sorts `times` (dropping repeats) and returns those at which `status_at` differs from the
+/// time before, the first included, each with its status from then on.
+fn changes(
+    times: &mut Vec<Duration>,
+    status_at: impl Fn(Duration) -> Status,
+) -> Vec<(Duration, Status)> {
+    times.sort_unstable();
+    times.dedup();
+    let mut out: Vec<(Duration, Status)> = Vec::new();
+    for &t in times.iter() {
+        let status = status_at(t);
+        if out.last().is_none_or(|&(_, last)| last != status) {
+            out.push((t, status));
+        }
+    }
+    out
 }
 
 /// An EventBridge event, its members in the order EventBridge writes them.
@@ -917,7 +887,7 @@ struct Received {
 }
 
 /// Releases scheduled events when their time comes, until stopped.
-async fn release_events(state: Arc<State>, mut stop: watch::Receiver<bool>) {
+async fn release_events(state: Arc<State>, mut stop: Stop) {
     loop {
         let changed = state.events_changed.notified();
         tokio::pin!(changed);
@@ -932,7 +902,7 @@ async fn release_events(state: Arc<State>, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = changed => {}
             _ = sleep => {}
-            _ = stopped(&mut stop) => return,
+            _ = stop.requested() => return,
         }
     }
 }
@@ -991,73 +961,26 @@ impl SqsError {
     }
 }
 
-async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
-    let mut connections = JoinSet::new();
-    let for_connections = stop.clone();
-    loop {
-        tokio::select! {
-            _ = stopped(&mut stop) => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    connections.spawn(connection(stream, state.clone(), for_connections.clone()));
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    drop(listener);
-    let drained = async { while connections.join_next().await.is_some() {} };
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, drained).await;
-}
-
-/// Resolves once `stop` turns true or its sender is gone.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|&stopped| stopped).await;
-}
-
-async fn connection(stream: TcpStream, state: Arc<State>, mut stop: watch::Receiver<bool>) {
-    let _ = stream.set_nodelay(true);
-    let for_requests = stop.clone();
-    let service = service_fn(move |req| respond(state.clone(), req, for_requests.clone()));
-    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => return,
-        _ = stopped(&mut stop) => {}
-    }
-    conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
-}
-
+/// Answers one SQS request; a long poll ends at once with no messages when `stop` fires.
 async fn respond(
     state: Arc<State>,
     req: Request<Incoming>,
-    stop: watch::Receiver<bool>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let target = req
-        .headers()
-        .get("x-amz-target")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let operation = target
-        .strip_prefix(TARGET_PREFIX)
-        .unwrap_or(&target)
-        .to_string();
+    stop: Stop,
+) -> Result<Reply, Infallible> {
+    let (operation, served) = json_operation(&req, TARGET_PREFIX);
     state.count(&operation);
-    let result = if req.method() != Method::POST || !target.starts_with(TARGET_PREFIX) {
+    let result = if !served {
         Err(SqsError::new(
             "com.amazon.coral.service#UnknownOperationException",
             "",
         ))
     } else {
-        match Limited::new(req.into_body(), BODY_LIMIT).collect().await {
-            Err(e) => Err(SqsError::new(
+        match read_body(req, BODY_LIMIT).await {
+            Err(message) => Err(SqsError::new(
                 "com.amazon.coral.service#SerializationException",
-                format!("Unreadable body: {e}"),
+                message,
             )),
-            Ok(body) => handle(&state, &operation, &body.to_bytes(), stop).await,
+            Ok(body) => handle(&state, &operation, &body, stop).await,
         }
     };
     let (status, body, query_error) = match result {
@@ -1068,15 +991,9 @@ async fn respond(
             e.query_code.map(|q| format!("{q};Sender")),
         ),
     };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static(AMZ_JSON));
-    if let Ok(id) = HeaderValue::from_str(&uuid_v4()) {
-        headers.insert("x-amzn-requestid", id);
-    }
+    let mut response = reply(status, AMZ_JSON, &uuid_v4(), body);
     if let Some(value) = query_error.and_then(|q| HeaderValue::from_str(&q).ok()) {
-        headers.insert("x-amzn-query-error", value);
+        response.headers_mut().insert("x-amzn-query-error", value);
     }
     Ok(response)
 }
@@ -1109,7 +1026,7 @@ async fn handle(
     state: &State,
     operation: &str,
     body: &[u8],
-    stop: watch::Receiver<bool>,
+    stop: Stop,
 ) -> Result<Value, SqsError> {
     let req: QueueRequest = serde_json::from_slice(body).map_err(|e| {
         SqsError::new(
@@ -1288,7 +1205,7 @@ fn in_range(
 async fn receive_message(
     state: &State,
     req: &QueueRequest,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Stop,
 ) -> Result<Value, SqsError> {
     check_url(req)?;
     let max = in_range(req.max_number_of_messages, "MaxNumberOfMessages", 1, 1..=10)?;
@@ -1320,7 +1237,7 @@ async fn receive_message(
         tokio::select! {
             _ = arrived => {}
             _ = tokio::time::sleep_until(wake.into()) => {}
-            _ = stopped(&mut stop) => break Vec::new(),
+            _ = stop.requested() => break Vec::new(),
         }
     };
     if messages.is_empty() {

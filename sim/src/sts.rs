@@ -26,24 +26,18 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, AUTHORIZATION};
+use hyper::{Method, Request, StatusCode};
 
 use crate::clock::iso_instant;
 use crate::ids::uuid_v4;
+use crate::serving::{read_body, reply, Reply, Server, LOOPBACK};
 
 /// The XML namespace of STS's answers.
 const XMLNS: &str = "https://sts.amazonaws.com/doc/2011-06-15/";
@@ -53,8 +47,6 @@ const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 const DURATION_SECONDS: std::ops::RangeInclusive<u64> = 900..=43_200;
 /// Largest request body accepted.
 const BODY_LIMIT: usize = 64 * 1024;
-/// How long shutdown waits for in-flight requests before cutting connections.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One granted `AssumeRole`: (role ARN, role session name, external id, access key id issued).
 pub type Assumed = (String, String, Option<String>, String);
@@ -78,21 +70,15 @@ pub struct StsSimulator {
 
 struct Inner {
     state: Arc<State>,
-    addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    server: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.stop.send_replace(true);
-    }
+    /// Stops when dropped, with the last handle.
+    server: Server,
 }
 
 impl fmt::Debug for StsSimulator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StsSimulator")
-            .field("endpoint", &self.endpoint())
+        self.inner
+            .server
+            .debug_struct(f, "StsSimulator")
             .finish_non_exhaustive()
     }
 }
@@ -100,35 +86,28 @@ impl fmt::Debug for StsSimulator {
 impl StsSimulator {
     /// Starts serving on `127.0.0.1` at a free port.
     pub async fn start() -> std::io::Result<StsSimulator> {
-        StsSimulator::start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await
+        StsSimulator::start_on(LOOPBACK).await
     }
 
     /// Starts serving on `addr` (port 0 picks a free one). Must run inside a Tokio runtime,
     /// which then carries the server tasks.
     pub async fn start_on(addr: SocketAddr) -> std::io::Result<StsSimulator> {
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
         let state = Arc::new(State::default());
-        let (stop, stopped) = watch::channel(false);
-        let server = tokio::spawn(serve(listener, state.clone(), stopped));
+        let serving = state.clone();
+        let server = Server::start(addr, move |req, _| respond(serving.clone(), req)).await?;
         Ok(StsSimulator {
-            inner: Arc::new(Inner {
-                state,
-                addr,
-                stop,
-                server: Mutex::new(Some(server)),
-            }),
+            inner: Arc::new(Inner { state, server }),
         })
     }
 
     /// The base URL to give the SDK, e.g. as `AWS_ENDPOINT_URL_STS`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.inner.addr)
+        self.inner.server.endpoint()
     }
 
     /// The address served.
     pub fn local_addr(&self) -> SocketAddr {
-        self.inner.addr
+        self.inner.server.local_addr()
     }
 
     /// Lets `role_arn` be assumed; with `Some(external_id)`, only by callers giving exactly
@@ -196,16 +175,7 @@ impl StsSimulator {
     /// Stops serving (for every handle), lets in-flight requests finish for up to two
     /// seconds, and returns once the port is released.
     pub async fn shutdown(self) {
-        self.inner.stop.send_replace(true);
-        let server = self
-            .inner
-            .server
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(server) = server {
-            let _ = server.await;
-        }
+        self.inner.server.shutdown().await;
     }
 }
 
@@ -557,65 +527,18 @@ impl Signers {
     }
 }
 
-/// Serves `listener` until `stop` turns true (or its sender is gone), then lets in-flight
-/// requests finish for up to two seconds.
-async fn serve(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
-    let mut connections = JoinSet::new();
-    let for_connections = stop.clone();
-    loop {
-        tokio::select! {
-            _ = stopped(&mut stop) => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    connections.spawn(connection(stream, state.clone(), for_connections.clone()));
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    drop(listener);
-    let drained = async { while connections.join_next().await.is_some() {} };
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, drained).await;
-}
-
-/// Resolves once `stop` turns true or its sender is gone.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|&stopped| stopped).await;
-}
-
-async fn connection(stream: TcpStream, state: Arc<State>, mut stop: watch::Receiver<bool>) {
-    let _ = stream.set_nodelay(true);
-    let service = service_fn(move |req| respond(state.clone(), req));
-    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => return,
-        _ = stopped(&mut stop) => {}
-    }
-    conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
-}
-
-async fn respond(
-    state: Arc<State>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+/// Answers one STS request.
+async fn respond(state: Arc<State>, req: Request<Incoming>) -> Result<Reply, Infallible> {
     state.requests.fetch_add(1, Ordering::Relaxed);
     let request_id = uuid_v4();
     let caller = access_key_id(req.headers()).map(str::to_string);
     let mut params = parse_form(req.uri().query().unwrap_or_default());
     let post = req.method() == Method::POST;
-    let body = Limited::new(req.into_body(), BODY_LIMIT).collect().await;
-    let result = match body {
-        Err(e) => Err(StsError::new(
-            400,
-            "MalformedInput",
-            format!("Unreadable body: {e}"),
-        )),
+    let result = match read_body(req, BODY_LIMIT).await {
+        Err(message) => Err(StsError::new(400, "MalformedInput", message)),
         Ok(body) => {
             if post {
-                params.extend(parse_form(&String::from_utf8_lossy(&body.to_bytes())));
+                params.extend(parse_form(&String::from_utf8_lossy(&body)));
             }
             state.handle(&params, caller.as_deref(), SystemTime::now(), &request_id)
         }
@@ -627,19 +550,13 @@ async fn respond(
             e.body(&request_id),
         ),
     };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/xml"));
-    if let Ok(id) = HeaderValue::from_str(&request_id) {
-        headers.insert("x-amzn-requestid", id);
-    }
-    Ok(response)
+    Ok(reply(status, "text/xml", &request_id, body))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::header::HeaderValue;
     use std::time::UNIX_EPOCH;
 
     const ROLE: &str = "arn:aws:iam::111122223333:role/ssm-reader";

@@ -6,30 +6,19 @@ use aws_sdk_ssm::config::retry::RetryConfig;
 use aws_sdk_ssm::config::timeout::TimeoutConfig;
 use aws_sdk_ssm::error::SdkError;
 use aws_sdk_ssm::operation::get_command_invocation::GetCommandInvocationError;
-use ssm_sim::{Command, Fault, Invocation, Simulator};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use ssm_sim::{Fault, Simulator};
 
-use crate::common::{client, client_with_retries, code, fast_retries};
+use crate::common::{
+    client, client_with_retries, code, fast_retries, get_invocation, raw_post, simulator_with,
+};
 
 const CMD: &str = "3e4f5a6b-7c8d-4e9f-a0b1-c2d3e4f5a6b7";
 
-async fn simulator() -> Simulator {
-    let sim = Simulator::start().await.unwrap();
-    sim.add_command(Command::new(CMD).invocation(Invocation::new("i-1")));
-    sim
-}
-
 #[tokio::test]
 async fn throttling_is_consumed_one_request_at_a_time() {
-    let sim = simulator().await;
+    let sim = simulator_with(CMD).await;
     let ssm = client(&sim);
-    let get = || {
-        ssm.get_command_invocation()
-            .command_id(CMD)
-            .instance_id("i-1")
-            .send()
-    };
+    let get = || get_invocation(&ssm, CMD, "i-1").send();
     sim.inject(Fault::Throttle { count: 2 });
     for _ in 0..2 {
         let err = get().await.unwrap_err();
@@ -41,13 +30,7 @@ async fn throttling_is_consumed_one_request_at_a_time() {
     // The SDK's standard retries ride over it.
     let retrying = client_with_retries(&sim, fast_retries(3));
     sim.inject(Fault::Throttle { count: 2 });
-    retrying
-        .get_command_invocation()
-        .command_id(CMD)
-        .instance_id("i-1")
-        .send()
-        .await
-        .unwrap();
+    get_invocation(&retrying, CMD, "i-1").send().await.unwrap();
     assert_eq!(sim.calls("GetCommandInvocation"), 6);
 
     // Faults hit any operation, and can be cleared.
@@ -61,41 +44,24 @@ async fn throttling_is_consumed_one_request_at_a_time() {
 
 #[tokio::test]
 async fn server_errors_answer_500() {
-    let sim = simulator().await;
+    let sim = simulator_with(CMD).await;
     let ssm = client(&sim);
     sim.inject(Fault::ServerError { count: 1 });
-    let err = ssm
-        .get_command_invocation()
-        .command_id(CMD)
-        .instance_id("i-1")
-        .send()
-        .await
-        .unwrap_err();
+    let err = get_invocation(&ssm, CMD, "i-1").send().await.unwrap_err();
     assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(500));
     assert!(matches!(
         err.into_service_error(),
         GetCommandInvocationError::InternalServerError(_)
     ));
-    ssm.get_command_invocation()
-        .command_id(CMD)
-        .instance_id("i-1")
-        .send()
-        .await
-        .unwrap();
+    get_invocation(&ssm, CMD, "i-1").send().await.unwrap();
 }
 
 #[tokio::test]
 async fn dropped_connections_get_no_answer() {
-    let sim = simulator().await;
+    let sim = simulator_with(CMD).await;
     let ssm = client(&sim);
     sim.inject(Fault::DropConnection { count: 1 });
-    let err = ssm
-        .get_command_invocation()
-        .command_id(CMD)
-        .instance_id("i-1")
-        .send()
-        .await
-        .unwrap_err();
+    let err = get_invocation(&ssm, CMD, "i-1").send().await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -103,22 +69,11 @@ async fn dropped_connections_get_no_answer() {
         ),
         "{err:?}"
     );
-    ssm.get_command_invocation()
-        .command_id(CMD)
-        .instance_id("i-1")
-        .send()
-        .await
-        .unwrap();
+    get_invocation(&ssm, CMD, "i-1").send().await.unwrap();
 
     let retrying = client_with_retries(&sim, fast_retries(3));
     sim.inject(Fault::DropConnection { count: 2 });
-    retrying
-        .get_command_invocation()
-        .command_id(CMD)
-        .instance_id("i-1")
-        .send()
-        .await
-        .unwrap();
+    get_invocation(&retrying, CMD, "i-1").send().await.unwrap();
     assert_eq!(sim.calls("GetCommandInvocation"), 5);
 }
 
@@ -139,20 +94,14 @@ fn impatient(sim: &Simulator, retry: RetryConfig, attempt: Duration) -> aws_sdk_
 
 #[tokio::test]
 async fn slow_replies_outlast_an_impatient_client_and_answer_a_patient_one() {
-    let sim = simulator().await;
+    let sim = simulator_with(CMD).await;
     let delay = Duration::from_millis(600);
 
     // An attempt timeout shorter than the delay: the client gives up, the call still counts.
     let ssm = impatient(&sim, RetryConfig::disabled(), Duration::from_millis(150));
     sim.inject(Fault::Slow { count: 1, delay });
     let started = Instant::now();
-    let err = ssm
-        .get_command_invocation()
-        .command_id(CMD)
-        .instance_id("i-1")
-        .send()
-        .await
-        .unwrap_err();
+    let err = get_invocation(&ssm, CMD, "i-1").send().await.unwrap_err();
     assert!(matches!(err, SdkError::TimeoutError(_)), "{err:?}");
     assert!(
         started.elapsed() < delay,
@@ -163,25 +112,14 @@ async fn slow_replies_outlast_an_impatient_client_and_answer_a_patient_one() {
 
     // The fault is used up: the next request is answered at once.
     let started = Instant::now();
-    ssm.get_command_invocation()
-        .command_id(CMD)
-        .instance_id("i-1")
-        .send()
-        .await
-        .unwrap();
+    get_invocation(&ssm, CMD, "i-1").send().await.unwrap();
     assert!(started.elapsed() < delay, "took {:?}", started.elapsed());
 
     // A patient client gets the normal answer, only late.
     let patient = client(&sim);
     sim.inject(Fault::Slow { count: 1, delay });
     let started = Instant::now();
-    let out = patient
-        .get_command_invocation()
-        .command_id(CMD)
-        .instance_id("i-1")
-        .send()
-        .await
-        .unwrap();
+    let out = get_invocation(&patient, CMD, "i-1").send().await.unwrap();
     assert!(
         started.elapsed() >= delay,
         "answered after {:?}",
@@ -192,19 +130,13 @@ async fn slow_replies_outlast_an_impatient_client_and_answer_a_patient_one() {
     // Retries ride over a few slow replies: each timed-out attempt is one more call.
     let retrying = impatient(&sim, fast_retries(3), Duration::from_millis(150));
     sim.inject(Fault::Slow { count: 2, delay });
-    retrying
-        .get_command_invocation()
-        .command_id(CMD)
-        .instance_id("i-1")
-        .send()
-        .await
-        .unwrap();
+    get_invocation(&retrying, CMD, "i-1").send().await.unwrap();
     assert_eq!(sim.calls("GetCommandInvocation"), 6);
 }
 
 #[tokio::test]
 async fn latency_and_counters() {
-    let sim = simulator().await;
+    let sim = simulator_with(CMD).await;
     let ssm = client(&sim);
     assert_eq!(sim.total_calls(), 0);
     sim.set_latency(Duration::from_millis(300));
@@ -217,12 +149,7 @@ async fn latency_and_counters() {
         .send()
         .await
         .unwrap();
-    ssm.get_command_invocation()
-        .command_id(CMD)
-        .instance_id("i-1")
-        .send()
-        .await
-        .unwrap();
+    get_invocation(&ssm, CMD, "i-1").send().await.unwrap();
     assert_eq!(sim.calls("ListCommands"), 1);
     assert_eq!(sim.calls("ListCommandInvocations"), 1);
     assert_eq!(sim.calls("GetCommandInvocation"), 1);
@@ -230,24 +157,14 @@ async fn latency_and_counters() {
     assert_eq!(sim.total_calls(), 3);
 }
 
-/// Sends one raw HTTP request and returns the whole answer.
+/// One raw SSM request; the whole answer.
 async fn raw(sim: &Simulator, target: &str, body: &str) -> String {
-    let mut stream = TcpStream::connect(sim.local_addr()).await.unwrap();
-    let request = format!(
-        "POST / HTTP/1.1\r\nHost: localhost\r\nX-Amz-Target: {target}\r\n\
-         Content-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
-    answer
+    raw_post(sim.local_addr(), "application/x-amz-json-1.1", target, body).await
 }
 
 #[tokio::test]
 async fn wire_format_of_errors_and_unknown_operations() {
-    let sim = simulator().await;
+    let sim = simulator_with(CMD).await;
     let answer = raw(&sim, "AmazonSSM.DeleteEverything", "{}").await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer

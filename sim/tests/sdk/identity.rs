@@ -6,14 +6,12 @@ use std::time::{Duration, SystemTime};
 use aws_config::sts::AssumeRoleProvider;
 use aws_config::SdkConfig;
 use aws_sdk_ssm::config::retry::RetryConfig;
-use aws_sdk_ssm::config::{
-    BehaviorVersion, Credentials, ProvideCredentials, Region, SharedCredentialsProvider,
-};
+use aws_sdk_ssm::config::{BehaviorVersion, Credentials, ProvideCredentials, Region};
 use aws_sdk_ssm::error::DisplayErrorContext;
 use aws_sdk_ssm::Client;
 use ssm_sim::{Simulator, StsSimulator};
 
-use crate::common::client;
+use crate::common::{client, sdk_config};
 
 const ROLE: &str = "arn:aws:iam::111122223333:role/ssm-reader";
 const OTHER_ROLE: &str = "arn:aws:iam::444455556666:role/not-trusted";
@@ -47,15 +45,14 @@ async fn provider(sts: &StsSimulator, role: &str, external_id: Option<&str>) -> 
 
 /// An SSM client for `sim` whose credentials are `role` assumed through `sts`.
 async fn ssm_as_role(sim: &Simulator, sts: &StsSimulator, role: &str) -> Client {
-    let credentials = SharedCredentialsProvider::new(provider(sts, role, None).await);
-    let config = aws_sdk_ssm::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("eu-west-1"))
-        .credentials_provider(credentials)
-        .endpoint_url(sim.endpoint())
-        .retry_config(RetryConfig::disabled())
-        .build();
-    Client::from_conf(config)
+    let roles = provider(sts, role, None).await;
+    let config = sdk_config(
+        &sim.endpoint(),
+        roles,
+        RetryConfig::disabled(),
+        Duration::from_secs(10),
+    );
+    Client::new(&config)
 }
 
 #[tokio::test]

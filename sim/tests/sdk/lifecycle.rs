@@ -1,14 +1,15 @@
 //! Starting and stopping: shutdown, dropping the last handle, and the `ssm-sim` binary.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Command as Process, Stdio};
+use std::ffi::OsStr;
+use std::io::Read;
 use std::time::Duration;
 
+use aws_sdk_ssm::config::retry::RetryConfig;
 use aws_sdk_ssm::types::CommandInvocationStatus;
 use ssm_sim::Simulator;
 use tokio::net::TcpStream;
 
-use crate::common::{client, eventually};
+use crate::common::{client, client_at, eventually, get_invocation, spawn_binary, terminate};
 
 #[tokio::test]
 async fn shutdown_releases_the_port() {
@@ -48,59 +49,20 @@ async fn binary_serves_a_scenario_and_stops_on_sigterm() {
               "steps":[{"after_ms":0,"status":"Success"}]}]}]}]}"#,
     )
     .unwrap();
-    let mut child = Process::new(env!("CARGO_BIN_EXE_ssm-sim"))
-        .args(["--bind", "127.0.0.1:0", "--latency", "5ms", "--scenario"])
-        .arg(&scenario)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        (line, stdout)
-    });
-    let (line, mut stdout) = tokio::time::timeout(Duration::from_secs(10), line)
-        .await
-        .expect("the listening line")
-        .unwrap();
-    let endpoint = line
-        .strip_prefix("ssm-sim listening on ")
-        .expect("the listening line")
-        .trim_end()
-        .to_string();
-    assert!(endpoint.starts_with("http://127.0.0.1:"), "{line}");
+    let args = ["--bind", "127.0.0.1:0", "--latency", "5ms", "--scenario"].map(OsStr::new);
+    let (mut child, endpoint, mut stdout) =
+        spawn_binary(args.into_iter().chain([scenario.as_os_str()])).await;
 
-    let port: u16 = endpoint.rsplit(':').next().unwrap().parse().unwrap();
-    let config = aws_sdk_ssm::Config::builder()
-        .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
-        .region(aws_sdk_ssm::config::Region::new("eu-west-1"))
-        .credentials_provider(aws_sdk_ssm::config::Credentials::new(
-            "AKIDSSMSIMTEST",
-            "secret",
-            None,
-            None,
-            "test",
-        ))
-        .endpoint_url(format!("http://127.0.0.1:{port}"))
-        .build();
-    let ssm = aws_sdk_ssm::Client::from_conf(config);
-    let out = ssm
-        .get_command_invocation()
-        .command_id("from-file")
-        .instance_id("i-1")
+    // The SDK's default retries: standard, three attempts.
+    let ssm = client_at(&endpoint, RetryConfig::standard());
+    let out = get_invocation(&ssm, "from-file", "i-1")
         .send()
         .await
         .unwrap();
     assert_eq!(out.status(), Some(&CommandInvocationStatus::Success));
     assert_eq!(out.standard_output_content(), Some("ok\n"));
 
-    let killed = Process::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    terminate(&child);
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()

@@ -194,6 +194,15 @@ async fn list_commands_filters_and_pages_newest_first() {
     );
 }
 
+/// A ListCommandInvocations filter: `key` = `value`.
+fn filter(key: CommandFilterKey, value: &str) -> CommandFilter {
+    CommandFilter::builder()
+        .key(key)
+        .value(value)
+        .build()
+        .unwrap()
+}
+
 /// Every page of a command through the SDK, with details: (instance, status) in order.
 async fn walk(
     ssm: &aws_sdk_ssm::Client,
@@ -212,13 +221,7 @@ async fn walk(
             .max_results(max_results)
             .set_next_token(token.take());
         if let Some(status) = status {
-            request = request.filters(
-                CommandFilter::builder()
-                    .key(CommandFilterKey::Status)
-                    .value(status)
-                    .build()
-                    .unwrap(),
-            );
+            request = request.filters(filter(CommandFilterKey::Status, status));
         }
         let page = request.send().await.unwrap();
         pages += 1;
@@ -301,20 +304,8 @@ async fn list_command_invocations_filters_by_status() {
     let both = |a: &str, b: &str| {
         ssm.list_command_invocations()
             .command_id(cmd)
-            .filters(
-                CommandFilter::builder()
-                    .key(CommandFilterKey::Status)
-                    .value(a)
-                    .build()
-                    .unwrap(),
-            )
-            .filters(
-                CommandFilter::builder()
-                    .key(CommandFilterKey::DocumentName)
-                    .value(b)
-                    .build()
-                    .unwrap(),
-            )
+            .filters(filter(CommandFilterKey::Status, a))
+            .filters(filter(CommandFilterKey::DocumentName, b))
             .send()
     };
     let page = both("Pending", "Some-Other-Document").await.unwrap();
@@ -322,20 +313,8 @@ async fn list_command_invocations_filters_by_status() {
     let page = ssm
         .list_command_invocations()
         .command_id(cmd)
-        .filters(
-            CommandFilter::builder()
-                .key(CommandFilterKey::Status)
-                .value("Success")
-                .build()
-                .unwrap(),
-        )
-        .filters(
-            CommandFilter::builder()
-                .key(CommandFilterKey::Status)
-                .value("Failed")
-                .build()
-                .unwrap(),
-        )
+        .filters(filter(CommandFilterKey::Status, "Success"))
+        .filters(filter(CommandFilterKey::Status, "Failed"))
         .send()
         .await
         .unwrap();
@@ -345,13 +324,7 @@ async fn list_command_invocations_filters_by_status() {
     let page = ssm
         .list_command_invocations()
         .instance_id("i-failed")
-        .filters(
-            CommandFilter::builder()
-                .key(CommandFilterKey::Status)
-                .value("Failed")
-                .build()
-                .unwrap(),
-        )
+        .filters(filter(CommandFilterKey::Status, "Failed"))
         .send()
         .await
         .unwrap();
@@ -360,13 +333,7 @@ async fn list_command_invocations_filters_by_status() {
         .list_command_invocations()
         .command_id(cmd)
         .instance_id("i-failed")
-        .filters(
-            CommandFilter::builder()
-                .key(CommandFilterKey::Status)
-                .value("Success")
-                .build()
-                .unwrap(),
-        )
+        .filters(filter(CommandFilterKey::Status, "Success"))
         .send()
         .await
         .unwrap();
@@ -376,13 +343,7 @@ async fn list_command_invocations_filters_by_status() {
     let err = ssm
         .list_command_invocations()
         .command_id(cmd)
-        .filters(
-            CommandFilter::builder()
-                .key(CommandFilterKey::Status)
-                .value("Cancelling")
-                .build()
-                .unwrap(),
-        )
+        .filters(filter(CommandFilterKey::Status, "Cancelling"))
         .send()
         .await
         .unwrap_err();

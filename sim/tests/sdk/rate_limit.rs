@@ -1,21 +1,22 @@
 //! The request-rate limit: a token bucket over all operations, throttling what is above it.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_ssm::config::retry::RetryConfig;
 use aws_sdk_ssm::error::ProvideErrorMetadata;
-use ssm_sim::{Command, Fault, Invocation, Simulator};
+use ssm_sim::Fault;
 
-use crate::common::{client, client_with_retries, code};
+use crate::common::{
+    client, client_with_retries, code, get_invocation, raw_post, simulator_with, spawn_binary,
+    terminate,
+};
 
 const CMD: &str = "4f5a6b7c-8d9e-4fa0-b1c2-d3e4f5a6b7c8";
 
 #[tokio::test]
 async fn requests_above_the_rate_are_throttled() {
-    let sim = Simulator::start().await.unwrap();
-    sim.add_command(Command::new(CMD).invocation(Invocation::new("i-1")));
+    let sim = simulator_with(CMD).await;
     let ssm = client(&sim);
     let rate = 4.0;
     sim.set_rate_limit(Some(rate));
@@ -25,9 +26,7 @@ async fn requests_above_the_rate_are_throttled() {
     for n in 0..30 {
         // Any operation draws from the same bucket.
         let result = if n % 2 == 0 {
-            ssm.get_command_invocation()
-                .command_id(CMD)
-                .instance_id("i-1")
+            get_invocation(&ssm, CMD, "i-1")
                 .send()
                 .await
                 .map(|_| ())
@@ -86,15 +85,9 @@ async fn requests_above_the_rate_are_throttled() {
 
 #[tokio::test]
 async fn throttled_requests_leave_injected_faults_queued() {
-    let sim = Simulator::start().await.unwrap();
-    sim.add_command(Command::new(CMD).invocation(Invocation::new("i-1")));
+    let sim = simulator_with(CMD).await;
     let ssm = client(&sim);
-    let get = || {
-        ssm.get_command_invocation()
-            .command_id(CMD)
-            .instance_id("i-1")
-            .send()
-    };
+    let get = || get_invocation(&ssm, CMD, "i-1").send();
     sim.set_rate_limit(Some(1.0));
     get().await.unwrap();
     sim.inject(Fault::ServerError { count: 1 });
@@ -115,8 +108,7 @@ async fn throttled_requests_leave_injected_faults_queued() {
 
 #[tokio::test]
 async fn sdk_retries_wait_out_a_short_throttle() {
-    let sim = Simulator::start().await.unwrap();
-    sim.add_command(Command::new(CMD).invocation(Invocation::new("i-1")));
+    let sim = simulator_with(CMD).await;
     // Jittered backoffs from 100 ms (about 0.75 s over four retries) against a bucket
     // refilling 5 per second.
     let retrying = client_with_retries(
@@ -143,35 +135,19 @@ async fn sdk_retries_wait_out_a_short_throttle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_takes_a_rate_limit() {
-    let mut child = Process::new(env!("CARGO_BIN_EXE_ssm-sim"))
-        .args(["--rate-limit", "1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        stdout.read_line(&mut line).map(|_| line)
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    let endpoint = line
-        .trim()
-        .strip_prefix("ssm-sim listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    let post = |endpoint: String| async move {
-        tokio::task::spawn_blocking(move || raw_post(&endpoint, "ListCommands"))
-            .await
-            .unwrap()
+    let (mut child, endpoint, _stdout) = spawn_binary(["--rate-limit", "1"]).await;
+    let addr = endpoint.trim_start_matches("http://").parse().unwrap();
+    let post = || {
+        raw_post(
+            addr,
+            "application/x-amz-json-1.1",
+            "AmazonSSM.ListCommands",
+            "{}",
+        )
     };
-    let first = post(endpoint.clone()).await;
-    let second = post(endpoint.clone()).await;
-    let _ = Process::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    let first = post().await;
+    let second = post().await;
+    terminate(&child);
     let status = child.wait().unwrap();
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
     assert!(second.starts_with("HTTP/1.1 400"), "{second}");
@@ -186,23 +162,4 @@ async fn binary_takes_a_rate_limit() {
         .status()
         .unwrap();
     assert!(!refused.success());
-}
-
-/// One awsJson request over a fresh connection; the whole reply as text.
-fn raw_post(endpoint: &str, operation: &str) -> String {
-    use std::io::{Read, Write};
-    let addr = endpoint.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "POST / HTTP/1.1\r\nHost: {addr}\r\nX-Amz-Target: AmazonSSM.{operation}\r\n\
-         Content-Type: application/x-amz-json-1.1\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
-    )
-    .unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).unwrap();
-    reply
 }

@@ -4,9 +4,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::config::retry::RetryConfig;
-use aws_sdk_sqs::config::timeout::TimeoutConfig;
-use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_sqs::error::ProvideErrorMetadata;
 use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName,
@@ -14,42 +11,13 @@ use aws_sdk_sqs::types::{
 use aws_sdk_sqs::Client;
 use serde_json::Value;
 use ssm_sim::{Command, Invocation, Plugin, Simulator, SqsSimulator, Status};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use crate::common::client as ssm_client;
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-/// An SQS client for `sqs`, static test credentials, no retries.
-fn client(sqs: &SqsSimulator) -> Client {
-    let config = aws_sdk_sqs::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("eu-west-1"))
-        .credentials_provider(Credentials::new(
-            "AKIDSQSSIMTEST",
-            "sqs-sim-test-secret",
-            None,
-            None,
-            "sqs-sim-tests",
-        ))
-        .endpoint_url(sqs.endpoint())
-        .retry_config(RetryConfig::disabled())
-        .timeout_config(
-            TimeoutConfig::builder()
-                .operation_timeout(Duration::from_secs(30))
-                .build(),
-        )
-        .build();
-    Client::from_conf(config)
-}
+use crate::common::{client as ssm_client, ms, raw_post, sqs_client};
 
 #[tokio::test]
 async fn the_queue_round_trips_messages_through_the_sdk() {
     let sqs = SqsSimulator::start().await.unwrap();
-    let c = client(&sqs);
+    let c = sqs_client(&sqs);
     let url = c
         .create_queue()
         .queue_name("ssm-operator-events")
@@ -183,7 +151,7 @@ async fn the_queue_round_trips_messages_through_the_sdk() {
 #[tokio::test]
 async fn errors_look_like_sqs() {
     let sqs = SqsSimulator::start().await.unwrap();
-    let c = client(&sqs);
+    let c = sqs_client(&sqs);
     let url = sqs.queue_url();
 
     // Errors SQS's Query protocol named differently carry x-amzn-query-error, which the SDK
@@ -260,17 +228,7 @@ async fn errors_look_like_sqs() {
 
 /// One raw request: (status, headers, body).
 async fn raw(sqs: &SqsSimulator, target: &str, body: &str) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(sqs.local_addr()).await.unwrap();
-    let request = format!(
-        "POST / HTTP/1.1\r\nHost: {}\r\nX-Amz-Target: {target}\r\n\
-         Content-Type: application/x-amz-json-1.0\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        sqs.local_addr(),
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).await.unwrap();
+    let reply = raw_post(sqs.local_addr(), "application/x-amz-json-1.0", target, body).await;
     let (head, body) = reply.split_once("\r\n\r\n").unwrap();
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
     (status, head.to_string(), body.to_string())
@@ -279,7 +237,7 @@ async fn raw(sqs: &SqsSimulator, target: &str, body: &str) -> (u16, String, Stri
 #[tokio::test]
 async fn a_long_poll_answers_as_soon_as_a_message_arrives() {
     let sqs = SqsSimulator::start().await.unwrap();
-    let c = client(&sqs);
+    let c = sqs_client(&sqs);
     let start = Instant::now();
     let poll = c
         .receive_message()
@@ -330,7 +288,7 @@ async fn a_long_poll_answers_as_soon_as_a_message_arrives() {
 #[tokio::test]
 async fn a_received_message_comes_back_after_its_visibility_timeout() {
     let sqs = SqsSimulator::start().await.unwrap();
-    let c = client(&sqs);
+    let c = sqs_client(&sqs);
     let url = sqs.queue_url();
     sqs.send_raw("again");
     let first = c
@@ -387,43 +345,56 @@ async fn a_received_message_comes_back_after_its_visibility_timeout() {
     assert_eq!((sqs.in_flight(), sqs.visible()), (0, 1));
 }
 
-/// Every message until the queue has been empty with no events pending: (arrival since
-/// `start`, event).
-async fn drain(c: &Client, sqs: &SqsSimulator, start: Instant) -> Vec<(Duration, Value)> {
+/// One receive of up to 10 messages, long-polling up to `wait_seconds`, whose messages are
+/// then deleted in one batch: (arrival since `start`, event) for each.
+async fn take(
+    c: &Client,
+    sqs: &SqsSimulator,
+    wait_seconds: i32,
+    start: Instant,
+) -> Vec<(Duration, Value)> {
+    let got = c
+        .receive_message()
+        .queue_url(sqs.queue_url())
+        .wait_time_seconds(wait_seconds)
+        .max_number_of_messages(10)
+        .send()
+        .await
+        .unwrap();
+    let arrived = start.elapsed();
     let mut out = Vec::new();
-    loop {
-        let got = c
-            .receive_message()
-            .queue_url(sqs.queue_url())
-            .wait_time_seconds(1)
-            .max_number_of_messages(10)
-            .send()
-            .await
-            .unwrap();
-        let arrived = start.elapsed();
-        let mut entries = Vec::new();
-        for (n, m) in got.messages().iter().enumerate() {
-            out.push((arrived, serde_json::from_str(m.body().unwrap()).unwrap()));
-            entries.push(
-                DeleteMessageBatchRequestEntry::builder()
-                    .id(n.to_string())
-                    .receipt_handle(m.receipt_handle().unwrap())
-                    .build()
-                    .unwrap(),
-            );
-        }
-        if entries.is_empty() {
-            if sqs.pending_events() == 0 && sqs.visible() == 0 {
-                return out;
-            }
-            continue;
-        }
+    let mut entries = Vec::new();
+    for (n, m) in got.messages().iter().enumerate() {
+        out.push((arrived, serde_json::from_str(m.body().unwrap()).unwrap()));
+        entries.push(
+            DeleteMessageBatchRequestEntry::builder()
+                .id(n.to_string())
+                .receipt_handle(m.receipt_handle().unwrap())
+                .build()
+                .unwrap(),
+        );
+    }
+    if !entries.is_empty() {
         c.delete_message_batch()
             .queue_url(sqs.queue_url())
             .set_entries(Some(entries))
             .send()
             .await
             .unwrap();
+    }
+    out
+}
+
+/// Every message until the queue has been empty with no events pending: (arrival since
+/// `start`, event).
+async fn drain(c: &Client, sqs: &SqsSimulator, start: Instant) -> Vec<(Duration, Value)> {
+    let mut out = Vec::new();
+    loop {
+        let got = take(c, sqs, 1, start).await;
+        if got.is_empty() && sqs.pending_events() == 0 && sqs.visible() == 0 {
+            return out;
+        }
+        out.extend(got);
     }
 }
 
@@ -442,7 +413,7 @@ async fn events_follow_the_ssm_timelines_and_never_run_ahead_of_the_api() {
     let ssm = Simulator::start().await.unwrap();
     let sqs = SqsSimulator::start().await.unwrap();
     ssm.publish_events_to(&sqs);
-    let c = client(&sqs);
+    let c = sqs_client(&sqs);
     let api = ssm_client(&ssm);
     let start = ssm.add_commands([Command::new(CMD)
         .document("AWS-RunShellScript", "1")
@@ -464,19 +435,9 @@ async fn events_follow_the_ssm_timelines_and_never_run_ahead_of_the_api() {
     // Each event: when it is received, GetCommandInvocation already says so.
     let mut seen = Vec::new();
     while seen.len() < 9 {
-        let got = c
-            .receive_message()
-            .queue_url(sqs.queue_url())
-            .wait_time_seconds(5)
-            .max_number_of_messages(10)
-            .send()
-            .await
-            .unwrap();
-        assert!(!got.messages().is_empty(), "events stopped after {seen:?}");
-        let arrived = start.elapsed();
-        let mut entries = Vec::new();
-        for (n, m) in got.messages().iter().enumerate() {
-            let event: Value = serde_json::from_str(m.body().unwrap()).unwrap();
+        let got = take(&c, &sqs, 5, start).await;
+        assert!(!got.is_empty(), "events stopped after {seen:?}");
+        for (arrived, event) in got {
             let (kind, instance, status) = what(&event);
             if !instance.is_empty() {
                 let now = api
@@ -496,20 +457,7 @@ async fn events_follow_the_ssm_timelines_and_never_run_ahead_of_the_api() {
                 assert_eq!(event["resources"].as_array().map(Vec::len), Some(2));
                 seen.push((arrived, "command".to_string(), status));
             }
-            entries.push(
-                DeleteMessageBatchRequestEntry::builder()
-                    .id(n.to_string())
-                    .receipt_handle(m.receipt_handle().unwrap())
-                    .build()
-                    .unwrap(),
-            );
         }
-        c.delete_message_batch()
-            .queue_url(sqs.queue_url())
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .unwrap();
     }
     let statuses: Vec<(&str, &str)> = seen
         .iter()
@@ -556,7 +504,7 @@ async fn faulted_run(seed: u64) -> (BTreeMap<(String, String, String), usize>, [
     sqs.drop_ratio(0.2);
     sqs.duplicate_ratio(0.1);
     sqs.reorder(0.2, ms(300));
-    let c = client(&sqs);
+    let c = sqs_client(&sqs);
     let commands = (0..40).map(|n| {
         Command::new(format!("00000000-0000-4000-8000-{n:012}")).invocation(
             Invocation::new(format!("i-{n:017x}")).plugin(Plugin::succeeding_at(
@@ -608,7 +556,7 @@ async fn a_replaced_command_sends_only_its_new_events_and_delays_apply() {
     let ssm = Simulator::start().await.unwrap();
     let sqs = SqsSimulator::start().await.unwrap();
     ssm.publish_events_to(&sqs);
-    let c = client(&sqs);
+    let c = sqs_client(&sqs);
     ssm.add_command(
         Command::new(CMD).invocation(Invocation::new("i-1").plugin(Plugin::succeeding_at(
             "p",

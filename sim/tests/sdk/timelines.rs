@@ -6,13 +6,9 @@ use aws_sdk_ssm::operation::get_command_invocation::GetCommandInvocationError;
 use aws_sdk_ssm::types::CommandInvocationStatus;
 use ssm_sim::{Command, Invocation, Plugin, Simulator, Status};
 
-use crate::common::{assert_iso_instant, client, eventually};
+use crate::common::{assert_iso_instant, client, eventually, ms};
 
 const CMD: &str = "0b5c3a4e-1d2f-4a6b-8c7d-9e0f1a2b3c4d";
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 #[tokio::test]
 async fn status_progresses_along_the_timeline() {
