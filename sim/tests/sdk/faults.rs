@@ -95,10 +95,11 @@ fn impatient(sim: &Simulator, retry: RetryConfig, attempt: Duration) -> aws_sdk_
 #[tokio::test]
 async fn slow_replies_outlast_an_impatient_client_and_answer_a_patient_one() {
     let sim = simulator_with(CMD).await;
-    let delay = Duration::from_millis(600);
+    // Wide margins: on a loaded 2-core machine a normal reply can take well over 150 ms.
+    let delay = Duration::from_millis(1500);
 
     // An attempt timeout shorter than the delay: the client gives up, the call still counts.
-    let ssm = impatient(&sim, RetryConfig::disabled(), Duration::from_millis(150));
+    let ssm = impatient(&sim, RetryConfig::disabled(), Duration::from_millis(400));
     sim.inject(Fault::Slow { count: 1, delay });
     let started = Instant::now();
     let err = get_invocation(&ssm, CMD, "i-1").send().await.unwrap_err();
@@ -128,7 +129,7 @@ async fn slow_replies_outlast_an_impatient_client_and_answer_a_patient_one() {
     assert_eq!(out.instance_id(), Some("i-1"));
 
     // Retries ride over a few slow replies: each timed-out attempt is one more call.
-    let retrying = impatient(&sim, fast_retries(3), Duration::from_millis(150));
+    let retrying = impatient(&sim, fast_retries(3), Duration::from_millis(400));
     sim.inject(Fault::Slow { count: 2, delay });
     get_invocation(&retrying, CMD, "i-1").send().await.unwrap();
     assert_eq!(sim.calls("GetCommandInvocation"), 6);
