@@ -85,9 +85,6 @@ pub struct Outcome {
     pub status: CommandInvocationStatus,
     /// The status differs from the current one: write it.
     pub write: bool,
-    /// SSM's `Status` or `StatusDetails` changed (or the generation did): restart polling at
-    /// the minimum. Other fields (such as a ticking elapsed time) are written but do not reset.
-    pub status_changed: bool,
     /// The Event to record, if the change deserves one.
     pub note: Option<Note>,
     /// What to do next.
@@ -164,9 +161,6 @@ pub fn apply(
     };
 
     Outcome {
-        status_changed: !same_generation
-            || previous_fields.status != judged.fields.status
-            || previous_fields.status_details != judged.fields.status_details,
         status,
         write,
         note,
@@ -624,7 +618,6 @@ mod tests {
         let first = poll_at(&answer, 10);
         let again = poll_on(Some(&first.status), &answer, 20);
         assert!(!again.write);
-        assert!(!again.status_changed);
         assert_eq!(again.note, None);
         assert_eq!(
             again.status, first.status,
@@ -640,7 +633,7 @@ mod tests {
             &Ok(invocation("InProgress", "In Progress", -1)),
             20,
         );
-        assert!(next.write && next.status_changed);
+        assert!(next.write);
         assert_eq!(next.status.last_polled_time, Some(at(20)));
         let note = next.note.unwrap();
         assert_eq!((note.warning, note.reason.as_str()), (false, "InProgress"));
@@ -884,7 +877,6 @@ mod tests {
         assert_eq!(flags(&first.status), [false, true, false, false]);
         assert_eq!(condition_row(&first.status)[1].2, "Throttled");
         assert!(first.write);
-        assert!(!first.status_changed, "errors never reset the backoff");
         assert_eq!(first.next, Next::Poll);
         assert_eq!(first.note.as_ref().unwrap().reason, "Throttled");
         let second = poll_on(Some(&first.status), &throttled, 30);
@@ -918,6 +910,6 @@ mod tests {
             .conditions
             .iter()
             .all(|c| c.observed_generation == Some(2)));
-        assert!(out.status_changed && out.write);
+        assert!(out.write);
     }
 }
