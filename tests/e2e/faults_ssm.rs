@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::ListParams;
 use kube::runtime::{watcher, WatchStreamExt};
@@ -24,8 +23,8 @@ use testbed::TestCluster;
 use tokio::task::JoinHandle;
 
 use crate::support::{
-    leader_elected, lease_holder, observe_quietly, poll_until, signal, spec, ssm_status, wait_log,
-    Operator, OperatorOptions, World, COMMAND_ID, DEADLINE, INSTANCE_ID,
+    leader_and_follower, observe_quietly, poll_until, signal, spec, ssm_status, wait_log, Operator,
+    OperatorOptions, World, COMMAND_ID, DEADLINE, INSTANCE_ID,
 };
 
 const PLUGIN: &str = "aws:runShellScript";
@@ -479,30 +478,9 @@ pub async fn leader_paused_with_reconciles_in_flight_writes_nothing_after_resumi
     let world = World::new(cluster, "paused-leader").await;
     let sim = Simulator::start().await.expect("simulator");
     sim.set_latency(SSM_LATENCY);
-    let leases: Api<Lease> = Api::namespaced(world.client.clone(), &world.namespace);
 
-    let a = leader_elected(
-        &world,
-        &sim.endpoint(),
-        "operator-a",
-        LEASE_NAME,
-        LEASE_DURATION,
-    );
-    let b = leader_elected(
-        &world,
-        &sim.endpoint(),
-        "operator-b",
-        LEASE_NAME,
-        LEASE_DURATION,
-    );
-    let holder = poll_until("a Lease holder", || lease_holder(&leases, LEASE_NAME)).await;
-    let (leader, follower, leader_id, follower_id) = match holder.as_str() {
-        "operator-a" => (a, b, "operator-a", "operator-b"),
-        "operator-b" => (b, a, "operator-b", "operator-a"),
-        other => panic!("Lease held by {other:?}, neither operator-a nor operator-b"),
-    };
-    wait_log(&leader, leader_id, "leading: starting controllers").await;
-    wait_log(&follower, follower_id, "waiting for leadership").await;
+    let (leader, follower, leader_id, follower_id) =
+        leader_and_follower(&world, &sim.endpoint(), LEASE_NAME, LEASE_DURATION).await;
 
     let history = History::start(&world).await;
     sim.add_command(

@@ -13,8 +13,7 @@ use ssm_sim::{Command, Invocation, Plugin, Simulator, Status};
 use testbed::TestCluster;
 
 use crate::support::{
-    leader_elected, lease_holder, poll_until, spec, wait_log, World, COMMAND_ID, DEADLINE,
-    INSTANCE_ID,
+    leader_and_follower, lease_holder, spec, wait_log, World, COMMAND_ID, DEADLINE, INSTANCE_ID,
 };
 
 const LEASE_NAME: &str = "ssm-operator-e2e-leader";
@@ -40,28 +39,8 @@ pub async fn only_the_leader_reconciles_and_a_follower_takes_over(cluster: Arc<T
     let leases: Api<Lease> = Api::namespaced(world.client.clone(), &world.namespace);
 
     // Both start at once and race for the Lease.
-    let a = leader_elected(
-        &world,
-        &sim.endpoint(),
-        "operator-a",
-        LEASE_NAME,
-        LEASE_DURATION,
-    );
-    let b = leader_elected(
-        &world,
-        &sim.endpoint(),
-        "operator-b",
-        LEASE_NAME,
-        LEASE_DURATION,
-    );
-    let holder = poll_until("a Lease holder", || lease_holder(&leases, LEASE_NAME)).await;
-    let (leader, follower, leader_id, follower_id) = match holder.as_str() {
-        "operator-a" => (a, b, "operator-a", "operator-b"),
-        "operator-b" => (b, a, "operator-b", "operator-a"),
-        other => panic!("Lease held by {other:?}, neither operator-a nor operator-b"),
-    };
-    wait_log(&leader, leader_id, "leading: starting controllers").await;
-    wait_log(&follower, follower_id, "waiting for leadership").await;
+    let (leader, follower, leader_id, follower_id) =
+        leader_and_follower(&world, &sim.endpoint(), LEASE_NAME, LEASE_DURATION).await;
 
     // Pending for 2 s (so the leader's first polls see it), InProgress until well after the
     // takeover, then Success.

@@ -444,3 +444,26 @@ pub async fn wait_log(operator: &Operator, who: &str, needle: &str) {
     })
     .await;
 }
+
+/// Two operators racing for the Lease `lease`: waits until one leads and the other stands by,
+/// and returns `(leader, follower, leader's identity, follower's identity)`.
+pub async fn leader_and_follower(
+    world: &World,
+    ssm_endpoint: &str,
+    lease: &str,
+    duration: Duration,
+) -> (Operator, Operator, &'static str, &'static str) {
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(world.client.clone(), &world.namespace);
+    let a = leader_elected(world, ssm_endpoint, "operator-a", lease, duration);
+    let b = leader_elected(world, ssm_endpoint, "operator-b", lease, duration);
+    let holder = poll_until("a Lease holder", || lease_holder(&leases, lease)).await;
+    let (leader, follower, leader_id, follower_id) = match holder.as_str() {
+        "operator-a" => (a, b, "operator-a", "operator-b"),
+        "operator-b" => (b, a, "operator-b", "operator-a"),
+        other => panic!("Lease held by {other:?}, neither operator-a nor operator-b"),
+    };
+    wait_log(&leader, leader_id, "leading: starting controllers").await;
+    wait_log(&follower, follower_id, "waiting for leadership").await;
+    (leader, follower, leader_id, follower_id)
+}
