@@ -22,33 +22,52 @@ pub fn moto_server() -> Option<PathBuf> {
     path.exists().then_some(path)
 }
 
-struct Moto(Child);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A running moto server on a free loopback port; killed on drop.
+pub struct Moto {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub endpoint: String,
 }
 
-pub async fn moto_speaks_the_same_protocol(cluster: Arc<TestCluster>) {
-    let server = moto_server().expect("moto_server: run hack/test-deps.sh");
-    let port = free_port();
-    let _moto = Moto(
-        StdCommand::new(server)
+impl Moto {
+    /// Starts moto's server (installed by `hack/test-deps.sh`).
+    pub fn start() -> Moto {
+        let server = moto_server().expect("moto_server: run hack/test-deps.sh");
+        let port = free_port();
+        let child = StdCommand::new(server)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start moto_server"),
-    );
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let sdk = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new("eu-west-1"))
-        .endpoint_url(&endpoint)
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-        .load()
-        .await;
+            .expect("start moto_server");
+        Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// The SDK configuration that reaches this moto (region eu-west-1, static test keys).
+    pub async fn sdk_config(&self) -> aws_config::SdkConfig {
+        aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new("eu-west-1"))
+            .endpoint_url(&self.endpoint)
+            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+            .load()
+            .await
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn moto_speaks_the_same_protocol(cluster: Arc<TestCluster>) {
+    let moto = Moto::start();
+    let endpoint = moto.endpoint.clone();
+    let sdk = moto.sdk_config().await;
     let ssm = aws_sdk_ssm::Client::new(&sdk);
     let sent = poll_until("moto to accept SendCommand", || async {
         ssm.send_command()

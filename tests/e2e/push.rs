@@ -8,13 +8,9 @@
 //! independent check of the wire protocol.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::process::{Child, Command as StdCommand, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_config::{BehaviorVersion, Region};
-use aws_sdk_sqs::config::Credentials;
 use aws_sdk_sqs::types::QueueAttributeName;
 use futures::future::join_all;
 use serde_json::{json, Value};
@@ -22,7 +18,8 @@ use ssm_operator::api::{CommandInvocation, CommandInvocationSpec};
 use ssm_sim::{Command, Invocation, Plugin, Simulator, SqsSimulator, Status};
 use testbed::TestCluster;
 
-use crate::support::{free_port, poll_until, ssm_status, Operator, OperatorOptions, World};
+use crate::conformance::Moto;
+use crate::support::{poll_until, ssm_status, Operator, OperatorOptions, World};
 
 /// The regular polling of these scenarios: a status change found by polling shows up at least
 /// this late after the first round.
@@ -400,36 +397,10 @@ pub async fn a_poisoned_message_does_not_block_the_queue(cluster: Arc<TestCluste
     push.operator.stop().await;
 }
 
-struct Moto(Child);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn moto_server() -> PathBuf {
-    crate::conformance::moto_server().expect("moto_server: run hack/test-deps.sh")
-}
-
 pub async fn moto_sqs_speaks_the_same_protocol(cluster: Arc<TestCluster>) {
-    let port = free_port();
-    let _moto = Moto(
-        StdCommand::new(moto_server())
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start moto_server"),
-    );
-    let moto = format!("http://127.0.0.1:{port}");
-    let sdk = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new("eu-west-1"))
-        .endpoint_url(&moto)
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-        .load()
-        .await;
+    let moto_server = Moto::start();
+    let moto = moto_server.endpoint.clone();
+    let sdk = moto_server.sdk_config().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let queue_url = poll_until("moto to create the queue", || async {
         sqs.create_queue()
