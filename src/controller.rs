@@ -219,16 +219,8 @@ async fn run_as_leader(
     info!("leading: starting controllers");
     parts.health.set_ready(false);
 
-    let (lost_tx, lost_rx) = watch::channel(false);
-    let mut signals = stop.subscribe();
-    let trigger = async move {
-        let mut lost = lost_rx;
-        tokio::select! {
-            _ = signals.wait_for(|stop| *stop) => {},
-            _ = lost.wait_for(|lost| *lost) => {},
-        }
-    };
-    let controllers = run_controllers(parts, trigger);
+    // A signal stops the controllers gracefully; a loss drops them below.
+    let controllers = run_controllers(parts, stopped(stop.subscribe()));
     tokio::pin!(controllers);
     // On loss, return at once: the fence already refuses writes, and in-flight SSM calls
     // are not worth waiting for (dropping the controllers cancels them).
@@ -236,12 +228,10 @@ async fn run_as_leader(
         () = &mut controllers => {},
         () = leadership.lost() => {
             warn!("lost leadership: stopping at once");
-            lost_tx.send_replace(true);
             return Err(Error::LostLeadership);
         }
         () = fence.closed() => {
             warn!("lost leadership: the Lease was not renewed in time; stopping at once");
-            lost_tx.send_replace(true);
             return Err(Error::LostLeadership);
         }
     }
