@@ -70,6 +70,17 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// Recording an Event failed in a way a retry may fix; the status waits for it.
+    #[error("recording an Event for {namespace}/{name}: {source}")]
+    RecordEvent {
+        /// Namespace of the resource.
+        namespace: String,
+        /// Name of the resource.
+        name: String,
+        /// What the API server (or the connection to it) said.
+        #[source]
+        source: kube::Error,
+    },
     /// The status could not be turned into JSON (a bug, not a runtime condition).
     #[error("serializing status: {0}")]
     Serialize(#[source] serde_json::Error),
@@ -110,6 +121,7 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::WriteStatus { .. } => "write_status",
+            Self::RecordEvent { .. } => "record_event",
             Self::MissingObjectKey(_) => "missing_object_key",
             Self::Serialize(_) => "serialize",
             Self::Kube(_) | Self::KubeConfig(_) => "kube",

@@ -106,10 +106,11 @@ async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Ac
         waited,
     };
     let outcome = mapping::apply(current, &poll, &ctx.settings);
-    // The Event first: a crash before the status write repeats the attempt (the API refuses
-    // the duplicate name), while a crash after it would lose the Event for good.
+    // The Event first: a crash or an unreachable API server before the status write repeats
+    // the attempt (the API refuses the duplicate name), while a status written first would
+    // lose the Event for good.
     if let Some(note) = &outcome.note {
-        ctx.writer.record(object, note).await;
+        ctx.writer.record(object, note).await?;
     }
     if outcome.write {
         ctx.writer.write(object, &outcome.status).await?;

@@ -204,16 +204,20 @@ impl StatusWriter {
 
     /// Records `note` as an Event on `object`, whose status is `object.status` (the one the
     /// transition leaves). Already recorded (same transition from the same status) is success.
-    /// A failure is logged, never fatal: the status says what happened.
-    pub async fn record(&self, object: &CommandInvocation, note: &Note) {
+    ///
+    /// A failure that a retry can get past (API server unreachable, 5xx, 429) is returned, so
+    /// the reconcile fails before the status write and the Event is tried again: writing the
+    /// status first would lose the Event for good. A refusal no retry changes (RBAC, an invalid
+    /// Event) is logged and counted; the status is written anyway, as it says what happened.
+    pub async fn record(&self, object: &CommandInvocation, note: &Note) -> Result<(), Error> {
         if !self.fence.allows_writes() {
             self.metrics.write_fenced();
             tracing::debug!(reason = %note.reason, "not the leader: Event not recorded");
-            return;
+            return Ok(());
         }
-        let Some(namespace) = object.namespace() else {
-            return;
-        };
+        let namespace = object
+            .namespace()
+            .ok_or(Error::MissingObjectKey("namespace"))?;
         let event = event_of(object, note, &self.instance, Timestamp::now());
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
         match api.create(&PostParams::default(), &event).await {
@@ -221,13 +225,32 @@ impl StatusWriter {
             Err(kube::Error::Api(status)) if status.code == 409 => {
                 tracing::debug!(reason = %note.reason, "Event already recorded");
             }
+            Err(source) if worth_retrying(&source) => {
+                return Err(Error::RecordEvent {
+                    namespace,
+                    name: object.name_any(),
+                    source,
+                })
+            }
             Err(error) => tracing::warn!(
                 object = %object.name_any(),
                 reason = %note.reason,
                 %error,
-                "could not record Event"
+                "could not record Event; the API server refuses it, so the status is written \
+                 without it"
             ),
         }
+        Ok(())
+    }
+}
+
+/// Whether a failed API call may succeed when repeated unchanged: the server was unreachable,
+/// overloaded (429) or failed (5xx). Other answers (403, 404, 422, ...) will not change.
+fn worth_retrying(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(status) => status.code == 429 || status.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
+        _ => false,
     }
 }
 

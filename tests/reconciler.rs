@@ -92,6 +92,22 @@ impl ApiServerVerifier {
         body
     }
 
+    /// An Event that the API server refuses with `code`.
+    async fn refuse_event(&mut self, code: u16) {
+        let (request, send) = self.next().await;
+        assert_eq!(request.method(), Method::POST);
+        assert!(
+            request.uri().path().ends_with("/events"),
+            "{}",
+            request.uri()
+        );
+        let status = json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": "refused", "reason": "Refused", "code": code
+        });
+        send.send_response(json_response(code, &status));
+    }
+
     /// A status patch that the API server refuses with `code`.
     async fn refuse_status_patch(&mut self, code: u16) {
         let (request, send) = self.next().await;
@@ -460,6 +476,67 @@ async fn a_wrong_plugin_name_stalls_with_a_warning_and_stops_polling() {
         "List cannot judge a step name: SSM's own answer decides"
     );
     assert!(f.ctx.tracker.is_empty(), "no longer tracked");
+}
+
+#[tokio::test]
+async fn an_event_the_api_server_could_not_take_yet_holds_the_status_back_until_a_retry() {
+    let (f, mut api) = fixture().await;
+    f.sim.add_command(command(Plugin::succeeding(
+        "aws:runShellScript",
+        Duration::ZERO,
+    )));
+    let object = resource(1, None);
+    register(&f, &object).await;
+    f.woken().await;
+    let verifier = tokio::spawn(async move {
+        api.refuse_event(503).await;
+        api.expect_silence().await;
+        api
+    });
+    let error = run(&f, &object).await.unwrap_err();
+    let api = verifier.await.unwrap();
+    assert!(
+        error
+            .to_string()
+            .contains("recording an Event for ops/patch-web-1"),
+        "{error}"
+    );
+    assert_ne!(
+        error_policy(Arc::new(object.clone()), &error, f.ctx.clone()),
+        Action::await_change(),
+        "retried with backoff"
+    );
+    // The retry records the Event under the same name, then writes the status.
+    let (action, patch, event, _api) = answered_expecting_patch_and_event(&f, api, &object).await;
+    assert_eq!(action.unwrap(), Action::await_change());
+    assert_eq!(patch["status"]["status"], "Success");
+    assert_eq!(event["reason"], "Success");
+    let metrics = f.ctx.metrics.encode().unwrap();
+    assert!(
+        metrics.contains("ssm_operator_reconcile_errors_total{error=\"record_event\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn an_event_the_api_server_refuses_for_good_does_not_hold_the_status_back() {
+    let (f, mut api) = fixture().await;
+    f.sim.add_command(command(Plugin::succeeding(
+        "aws:runShellScript",
+        Duration::ZERO,
+    )));
+    let object = resource(1, None);
+    register(&f, &object).await;
+    f.woken().await;
+    let answer_with = object.clone();
+    let verifier = tokio::spawn(async move {
+        api.refuse_event(403).await;
+        api.expect_status_patch(&answer_with).await
+    });
+    let action = run(&f, &object).await.unwrap();
+    let patch = verifier.await.unwrap();
+    assert_eq!(action, Action::await_change());
+    assert_eq!(patch["status"]["status"], "Success");
 }
 
 #[tokio::test]
