@@ -55,8 +55,9 @@ demo:
 
 ## crds: regenerate the CRD YAML from the Rust types (a test fails when they drift).
 crds:
-	$(CARGO) run --quiet --locked --bin ssm-operator -- crd > crds/commandinvocation.yaml
-	cp crds/commandinvocation.yaml charts/ssm-operator/crds/commandinvocation.yaml
+	$(CARGO) run --quiet --locked --bin ssm-operator -- crd commandinvocation > crds/commandinvocation.yaml
+	$(CARGO) run --quiet --locked --bin ssm-operator -- crd command > crds/command.yaml
+	cp crds/commandinvocation.yaml crds/command.yaml charts/ssm-operator/crds/
 
 clean:
 	$(CARGO) clean

@@ -1,4 +1,5 @@
-//! The `CommandInvocation` custom resource (`ssm.operator.dev/v1alpha1`): spec and status types.
+//! The custom resources (`ssm.operator.dev/v1alpha1`): `CommandInvocation` here, `Command`
+//! in [`command`].
 //!
 //! The CRD YAML in `crds/` and in the Helm chart is generated from these types
 //! (`ssm-operator crd`); never edit it by hand. Field names and validation follow the public
@@ -8,6 +9,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+mod command;
+pub use command::{
+    Command, CommandSpec, CommandStatus, SendRecord, Target, DOCUMENT_NAME_PATTERN,
+    MAX_COMMENT_CHARS,
+};
 
 /// SSM's pattern for a managed node id: EC2 instances (`i-`) and hybrid nodes (`mi-`).
 pub const INSTANCE_ID_PATTERN: &str = r"(^i-(\w{8}|\w{17})$)|(^mi-\w{17}$)";

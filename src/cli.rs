@@ -20,10 +20,23 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print the CommandInvocation CRD as YAML.
-    Crd,
+    /// Print the CRDs as YAML (both, as two documents, unless one kind is named).
+    Crd {
+        /// Only this kind's CRD.
+        #[arg(value_enum)]
+        kind: Option<CrdKind>,
+    },
     /// Run the controller until SIGTERM or SIGINT.
     Run(Box<RunArgs>),
+}
+
+/// The kinds whose CRD `ssm-operator crd` can print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CrdKind {
+    /// `commandinvocations.ssm.operator.dev`.
+    Commandinvocation,
+    /// `commands.ssm.operator.dev`.
+    Command,
 }
 
 /// Flags of `ssm-operator run`.

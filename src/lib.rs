@@ -38,6 +38,7 @@ pub mod output;
 pub mod reconciler;
 pub mod roles;
 pub mod schedule;
+pub mod send;
 pub mod sqs;
 pub mod ssm;
 pub mod status_writer;

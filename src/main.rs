@@ -4,24 +4,33 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kube::CustomResourceExt;
-use ssm_operator::api::CommandInvocation;
-use ssm_operator::cli::{Cli, Command};
+use ssm_operator::api::{Command as SsmCommand, CommandInvocation};
+use ssm_operator::cli::{Cli, Command, CrdKind};
 use ssm_operator::{controller, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     ssm_operator::install_crypto_provider();
     match cli.command {
-        Command::Crd => match serde_yaml_ng::to_string(&CommandInvocation::crd()) {
-            Ok(yaml) => {
-                print!("{yaml}");
-                ExitCode::SUCCESS
+        Command::Crd { kind } => {
+            let crds = match kind {
+                Some(CrdKind::Commandinvocation) => vec![CommandInvocation::crd()],
+                Some(CrdKind::Command) => vec![SsmCommand::crd()],
+                None => vec![CommandInvocation::crd(), SsmCommand::crd()],
+            };
+            let mut documents = Vec::new();
+            for crd in &crds {
+                match serde_yaml_ng::to_string(crd) {
+                    Ok(yaml) => documents.push(yaml),
+                    Err(error) => {
+                        eprintln!("ssm-operator: rendering the CRD failed: {error}");
+                        return ExitCode::FAILURE;
+                    }
+                }
             }
-            Err(error) => {
-                eprintln!("ssm-operator: rendering the CRD failed: {error}");
-                ExitCode::FAILURE
-            }
-        },
+            print!("{}", documents.join("---\n"));
+            ExitCode::SUCCESS
+        }
         Command::Run(args) => {
             telemetry::init(args.log_format);
             let runtime = match tokio::runtime::Runtime::new() {
