@@ -113,6 +113,19 @@ pub struct RunArgs {
     #[arg(long, env = "SSM_OPERATOR_MAX_CONCURRENT_RECONCILES", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_concurrent_reconciles: u16,
 
+    /// Send Run Command for `Command` resources (off: they are Stalled with SendingDisabled).
+    #[arg(long, env = "SSM_OPERATOR_SEND_COMMANDS")]
+    pub send_commands: bool,
+
+    /// Documents a `Command` may send: shell globs over the document name (repeatable, or
+    /// comma-separated in the environment variable); none given: every document.
+    #[arg(
+        long = "allowed-documents",
+        env = "SSM_OPERATOR_ALLOWED_DOCUMENTS",
+        value_delimiter = ','
+    )]
+    pub allowed_documents: Vec<String>,
+
     /// Log line format.
     #[arg(
         long,
@@ -186,6 +199,37 @@ mod tests {
             let parsed = Cli::try_parse_from(["ssm-operator", "run", "--ssm-max-rate", bad]);
             assert!(parsed.is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn sending_is_off_by_default_and_documents_repeat() {
+        let Command::Run(args) = Cli::try_parse_from(["ssm-operator", "run"])
+            .unwrap()
+            .command
+        else {
+            panic!("expected run")
+        };
+        assert!(!args.send_commands);
+        assert!(args.allowed_documents.is_empty());
+        let Command::Run(args) = Cli::try_parse_from([
+            "ssm-operator",
+            "run",
+            "--send-commands",
+            "--allowed-documents",
+            "AWS-RunShellScript,Team-*",
+            "--allowed-documents",
+            "Other",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("expected run")
+        };
+        assert!(args.send_commands);
+        assert_eq!(
+            args.allowed_documents,
+            ["AWS-RunShellScript", "Team-*", "Other"]
+        );
     }
 
     #[test]

@@ -12,12 +12,14 @@ use futures::future::join_all;
 use futures::StreamExt;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::api::CommandInvocation;
+use crate::api::{Command, CommandInvocation};
 use crate::cli::RunArgs;
+use crate::command_reconciler::{self, CommandContext};
 use crate::http::{self, Health};
 use crate::leader::{Fence, Leadership, LeaseSettings};
 use crate::mapping::Settings;
@@ -25,6 +27,7 @@ use crate::metrics::Metrics;
 use crate::reconciler::{self, Context};
 use crate::roles::Roles;
 use crate::schedule::PollIntervals;
+use crate::send::Policy;
 use crate::sqs::Queue;
 use crate::ssm::Ssm;
 use crate::status_writer::StatusWriter;
@@ -59,6 +62,8 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         ssm_attempt_timeout = ?args.ssm_attempt_timeout,
         ssm_max_rate = args.ssm_max_rate,
         max_concurrent_reconciles = args.max_concurrent_reconciles,
+        send_commands = args.send_commands,
+        allowed_documents = ?args.allowed_documents,
         %identity,
         "starting ssm-operator"
     );
@@ -125,6 +130,24 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         permits: tokio::sync::Semaphore::new(usize::from(args.max_concurrent_reconciles)),
     });
 
+    let policy = Policy::new(args.send_commands, &args.allowed_documents)
+        .map_err(|e| Error::Config(format!("--allowed-documents: {e}")))?;
+    let commands = Arc::new(CommandContext::new(
+        client.clone(),
+        ssm.clone(),
+        roles.clone(),
+        StatusWriter::new(
+            client.clone(),
+            Some(identity.clone()),
+            ctx.metrics.clone(),
+            fence.clone(),
+        ),
+        policy,
+        intervals,
+        recheck_interval,
+        fence.clone(),
+        ctx.metrics.clone(),
+    ));
     let queue = args
         .sqs_queue_url
         .clone()
@@ -151,6 +174,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
                 args: &args,
                 client,
                 ctx,
+                commands,
                 health,
                 queue,
             },
@@ -166,6 +190,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             args: &args,
             client,
             ctx,
+            commands,
             health,
             queue,
         };
@@ -187,6 +212,7 @@ struct Parts<'a> {
     args: &'a RunArgs,
     client: Client,
     ctx: Arc<Context>,
+    commands: Arc<CommandContext>,
     health: Arc<Health>,
     queue: Option<Queue>,
 }
@@ -248,6 +274,7 @@ async fn run_controllers(
         args,
         client,
         ctx,
+        commands,
         health,
         queue,
     } = parts;
@@ -257,6 +284,14 @@ async fn run_controllers(
         () = ctx.roles.synced() => {}
         () = shutdown.clone() => return,
     }
+    let command_apis: Vec<Api<Command>> = if args.namespaces.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        args.namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
+    };
     let apis: Vec<(Option<String>, Api<CommandInvocation>)> = if args.namespaces.is_empty() {
         vec![(None, Api::all(client))]
     } else {
@@ -282,7 +317,30 @@ async fn run_controllers(
                 }
             })
     });
-    let runs: Vec<_> = runs.collect();
+    let mut runs: Vec<_> = runs.map(futures::FutureExt::boxed).collect();
+    // Commands: few objects, each reconcile short; their children are CommandInvocations
+    // above. A missing Command CRD or RBAC shows as warnings here, not as unreadiness.
+    runs.extend(command_apis.into_iter().map(|api| {
+        let run = Controller::new(api, watcher::Config::default())
+            .with_config(config.clone())
+            .graceful_shutdown_on(shutdown.clone())
+            .run(
+                command_reconciler::reconcile,
+                command_reconciler::error_policy,
+                commands.clone(),
+            )
+            .for_each(|result| async move {
+                if let Err(error) = result {
+                    match error {
+                        controller::Error::QueueError(error) => {
+                            warn!(%error, "watching Commands failed (is the Command CRD installed, and may the operator list and watch commands?)")
+                        }
+                        error => tracing::debug!(%error, "Command controller event"),
+                    }
+                }
+            });
+        futures::FutureExt::boxed(run)
+    }));
     let readiness = {
         let health = health.clone();
         async move {

@@ -16,6 +16,11 @@
 //! - [`output`]: bounding of stdout/stderr in the status;
 //! - [`schedule`]: pure, backoff with jitter and each command's round clock;
 //! - [`reconciler`]: the reconcile (the tracker's answer, map, Event, write);
+//! - [`send`]: pure, the exactly-once send of a `Command` generation (intent, marker, search);
+//! - [`command_status`]: pure, a `Command`'s status and conditions for each step of its run;
+//! - [`children`]: pure, the child `CommandInvocation` of a `Command` for one node;
+//! - [`command_reconciler`]: the reconcile of a `Command` (send or search, track, children,
+//!   cancel on deletion);
 //! - [`status_writer`]: server-side-apply status patches and Events;
 //! - [`watch`]: the watch of `CommandInvocation`s (cache, errors, readiness, deletes);
 //! - [`controller`]: wiring (watches per namespace, leader election, shutdown, HTTP);
@@ -26,7 +31,10 @@
 pub mod api;
 pub mod batch;
 pub mod budget;
+pub mod children;
 pub mod cli;
+pub mod command_reconciler;
+pub mod command_status;
 pub mod conditions;
 pub mod controller;
 pub mod events;
@@ -82,6 +90,9 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// Cancelling a deleted Command's run failed in a way a retry may fix.
+    #[error("{0}")]
+    Cancel(String),
     /// The status could not be turned into JSON (a bug, not a runtime condition).
     #[error("serializing status: {0}")]
     Serialize(#[source] serde_json::Error),
@@ -123,6 +134,7 @@ impl Error {
         match self {
             Self::WriteStatus { .. } => "write_status",
             Self::RecordEvent { .. } => "record_event",
+            Self::Cancel(_) => "cancel",
             Self::MissingObjectKey(_) => "missing_object_key",
             Self::Serialize(_) => "serialize",
             Self::Kube(_) | Self::KubeConfig(_) => "kube",

@@ -52,6 +52,45 @@ pub enum Gate {
     DocumentNotAllowed,
 }
 
+/// The operator's sending policy: `--send-commands` and `--allowed-documents`.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    enabled: bool,
+    /// `None`: every document.
+    allowed: Option<globset::GlobSet>,
+}
+
+impl Policy {
+    /// The policy for the flags; an invalid glob is refused with its own message.
+    pub fn new(enabled: bool, allowed: &[String]) -> Result<Self, globset::Error> {
+        let allowed = if allowed.is_empty() {
+            None
+        } else {
+            let mut set = globset::GlobSetBuilder::new();
+            for pattern in allowed {
+                set.add(globset::Glob::new(pattern)?);
+            }
+            Some(set.build()?)
+        };
+        Ok(Self { enabled, allowed })
+    }
+
+    /// Whether `document` may be sent.
+    pub fn gate(&self, document: &str) -> Gate {
+        if !self.enabled {
+            Gate::SendingDisabled
+        } else if self
+            .allowed
+            .as_ref()
+            .is_some_and(|set| !set.is_match(document))
+        {
+            Gate::DocumentNotAllowed
+        } else {
+            Gate::Open
+        }
+    }
+}
+
 /// What the operator knows when it decides.
 #[derive(Clone, Debug)]
 pub struct Facts<'a> {
@@ -393,6 +432,23 @@ mod tests {
             known_unsent: false,
             now: at(now),
         }
+    }
+
+    #[test]
+    fn the_policy_is_off_by_default_and_globs_match_whole_names() {
+        let off = Policy::new(false, &["*".into()]).unwrap();
+        assert_eq!(off.gate("AWS-RunShellScript"), Gate::SendingDisabled);
+        let all = Policy::new(true, &[]).unwrap();
+        assert_eq!(all.gate("Anything"), Gate::Open);
+        let some = Policy::new(true, &["AWS-RunShellScript".into(), "Team-*".into()]).unwrap();
+        assert_eq!(some.gate("AWS-RunShellScript"), Gate::Open);
+        assert_eq!(some.gate("Team-Patch"), Gate::Open);
+        assert_eq!(some.gate("AWS-RunShellScriptX"), Gate::DocumentNotAllowed);
+        assert_eq!(
+            some.gate("AWS-RunPowerShellScript"),
+            Gate::DocumentNotAllowed
+        );
+        assert!(Policy::new(true, &["a[".into()]).is_err());
     }
 
     #[test]

@@ -17,6 +17,9 @@ use aws_sdk_ssm::primitives::{DateTime, DateTimeFormat};
 use aws_sdk_ssm::types::{CommandInvocation as SdkInvocation, CommandPlugin};
 use aws_sdk_ssm::Client;
 
+mod commands;
+pub use commands::{CommandSummary, Scope};
+
 use crate::budget::Budget;
 use crate::metrics::Metrics;
 use crate::sts::Role;

@@ -23,7 +23,7 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{json, Value};
 
-use crate::api::{CommandInvocation, CommandInvocationStatus};
+use crate::api::{Command, CommandInvocation, CommandInvocationStatus, CommandStatus};
 use crate::leader::Fence;
 use crate::mapping::Note;
 use crate::metrics::Metrics;
@@ -210,6 +210,22 @@ impl StatusWriter {
     /// status first would lose the Event for good. A refusal no retry changes (RBAC, an invalid
     /// Event) is logged and counted; the status is written anyway, as it says what happened.
     pub async fn record(&self, object: &CommandInvocation, note: &Note) -> Result<(), Error> {
+        let event = event_of(object, note, &self.instance, Timestamp::now());
+        self.create_event(object, event, note).await
+    }
+
+    /// Records `note` as an Event on a `Command` whose stored resourceVersion identifies the
+    /// status the transition leaves. Failures as for [`StatusWriter::record`].
+    pub async fn record_command(&self, object: &Command, note: &Note) -> Result<(), Error> {
+        let since = object.resource_version().unwrap_or_default();
+        let event = event_for(object, &since, note, &self.instance, Timestamp::now());
+        self.create_event(object, event, note).await
+    }
+
+    async fn create_event<K>(&self, object: &K, event: Event, note: &Note) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = ()>,
+    {
         if !self.fence.allows_writes() {
             self.metrics.write_fenced();
             tracing::debug!(reason = %note.reason, "not the leader: Event not recorded");
@@ -218,7 +234,6 @@ impl StatusWriter {
         let namespace = object
             .namespace()
             .ok_or(Error::MissingObjectKey("namespace"))?;
-        let event = event_of(object, note, &self.instance, Timestamp::now());
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
         match api.create(&PostParams::default(), &event).await {
             Ok(_) => self.metrics.event_recorded(),
@@ -242,6 +257,58 @@ impl StatusWriter {
         }
         Ok(())
     }
+
+    /// Writes a `Command`'s whole status if the object is still at the resourceVersion
+    /// `object` carries (compare-and-swap): a stale cache, or another writer in between, gets
+    /// `Ok(None)` and must decide again on the stored object. Returns the stored object.
+    pub async fn write_command(
+        &self,
+        object: &Command,
+        status: &CommandStatus,
+    ) -> Result<Option<Command>, Error> {
+        let namespace = object
+            .namespace()
+            .ok_or(Error::MissingObjectKey("namespace"))?;
+        let name = object.name_any();
+        let version = object
+            .resource_version()
+            .ok_or(Error::MissingObjectKey("resourceVersion"))?;
+        let api: Api<Command> = Api::namespaced(self.client.clone(), &namespace);
+        let mut body = serde_json::to_value(status).map_err(Error::Serialize)?;
+        if let Some(current) = &object.status {
+            let current = serde_json::to_value(current).map_err(Error::Serialize)?;
+            null_removed_fields(&current, &mut body);
+        }
+        let patch = json!({
+            "apiVersion": Command::api_version(&()),
+            "kind": Command::kind(&()),
+            "metadata": { "name": name, "resourceVersion": version },
+            "status": body,
+        });
+        if !self.fence.allows_writes() {
+            self.metrics.write_fenced();
+            return Err(Error::Fenced);
+        }
+        match api
+            .patch_status(
+                &name,
+                &PatchParams::apply(OPERATOR_NAME).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+        {
+            Ok(stored) => {
+                self.metrics.status_written();
+                Ok(Some(stored))
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(None),
+            Err(source) => Err(Error::WriteStatus {
+                namespace,
+                name,
+                source,
+            }),
+        }
+    }
 }
 
 /// Whether a failed API call may succeed when repeated unchanged: the server was unreachable,
@@ -263,18 +330,28 @@ fn fnv1a(parts: &[&str]) -> u64 {
     })
 }
 
-/// The Event for `note` on `object`, within the API's size limits, named after the
-/// transition: the object's uid and generation, the status it leaves (when that was polled),
-/// and the action. The same transition from the same status always gets the same name.
+/// The Event for `note` on a `CommandInvocation`, named after the transition: the status it
+/// leaves is identified by when that was polled.
 fn event_of(object: &CommandInvocation, note: &Note, instance: &str, now: Timestamp) -> Event {
-    let left = object.status.as_ref();
-    let since = left
+    let since = object
+        .status
+        .as_ref()
         .and_then(|s| s.last_polled_time.as_ref())
         .map(|Time(t)| t.to_string())
         .unwrap_or_default();
-    let generation = object.metadata.generation.unwrap_or_default().to_string();
+    event_for(object, &since, note, instance, now)
+}
+
+/// The Event for `note` on `object`, within the API's size limits, named after the
+/// transition: the object's uid and generation, `since` (what identifies the status it
+/// leaves), and the action. The same transition from the same status always gets the same name.
+fn event_for<K>(object: &K, since: &str, note: &Note, instance: &str, now: Timestamp) -> Event
+where
+    K: Resource<DynamicType = ()>,
+{
+    let generation = object.meta().generation.unwrap_or_default().to_string();
     let uid = object.uid().unwrap_or_default();
-    let key = fnv1a(&[&uid, &generation, &since, &note.action, &note.reason]);
+    let key = fnv1a(&[&uid, &generation, since, &note.action, &note.reason]);
     let object_name = object.name_any();
     let name = format!("{}.{key:016x}", cut_to_bytes(&object_name, 253 - 17));
     Event {

@@ -1,0 +1,324 @@
+//! SSM's command-level operations, for the `Command` kind: `SendCommand` (with the SDK's retries
+//! off: a retried send whose reply was lost creates a second command), `ListCommands` (the
+//! search for a marker, and one command's counts), `CancelCommand`, and the node ids of a
+//! command (`ListCommandInvocations` without details).
+
+use aws_sdk_ssm::config::retry::RetryConfig;
+use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ssm::types::{
+    CloudWatchOutputConfig as SdkCloudWatch, Command as SdkCommand, CommandFilter,
+    CommandFilterKey, Target as SdkTarget,
+};
+use k8s_openapi::jiff::Timestamp;
+
+use super::{classify, iso, Ssm, SsmError, THROTTLING_CODES};
+use crate::api::CommandSpec;
+use crate::send::{carries, Found, SearchResult, SendResult};
+use crate::sts::Role;
+
+/// Page size of `ListCommands` (SSM's maximum).
+const COMMANDS_PAGE: i32 = 50;
+
+/// Where a command lives and who asks: the region (`None`: the operator's) and the role
+/// (`None`: the operator's own identity).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scope {
+    /// The region.
+    pub region: Option<String>,
+    /// The role.
+    pub role: Option<Role>,
+}
+
+/// SSM's `Command`: the counts and state of one run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommandSummary {
+    /// `CommandId`.
+    pub command_id: String,
+    /// `Status`, verbatim.
+    pub status: String,
+    /// `StatusDetails`.
+    pub status_details: String,
+    /// `RequestedDateTime`, ISO-8601 (empty if absent).
+    pub requested: String,
+    /// `TargetCount`.
+    pub target_count: i32,
+    /// `CompletedCount`.
+    pub completed_count: i32,
+    /// `ErrorCount`.
+    pub error_count: i32,
+    /// `DeliveryTimedOutCount`.
+    pub delivery_timed_out_count: i32,
+}
+
+impl From<&SdkCommand> for CommandSummary {
+    fn from(c: &SdkCommand) -> Self {
+        let text = |s: Option<&str>| s.unwrap_or_default().to_string();
+        Self {
+            command_id: text(c.command_id()),
+            status: text(c.status().map(|s| s.as_str())),
+            status_details: text(c.status_details()),
+            requested: iso(c.requested_date_time()),
+            target_count: c.target_count(),
+            completed_count: c.completed_count(),
+            error_count: c.error_count(),
+            delivery_timed_out_count: c.delivery_timed_out_count(),
+        }
+    }
+}
+
+/// Error codes of SendCommand with which SSM created nothing but a retry could succeed.
+fn not_created_by(code: &str) -> bool {
+    THROTTLING_CODES.contains(&code)
+}
+
+impl Ssm {
+    /// Sends `spec` with `comment` once: no SDK retries. The result says whether SSM created
+    /// the command, refused it, did not create it for now, or may have created it.
+    pub async fn send_command(
+        &self,
+        scope: &Scope,
+        spec: &CommandSpec,
+        comment: &str,
+    ) -> SendResult {
+        let with_role = scope.role.is_some();
+        let targets = spec.targets.as_ref().map(|targets| {
+            targets
+                .iter()
+                .map(|t| {
+                    SdkTarget::builder()
+                        .key(&t.key)
+                        .set_values(Some(t.values.clone()))
+                        .build()
+                })
+                .collect::<Vec<_>>()
+        });
+        let cloud_watch = spec.cloud_watch_output_config.as_ref().map(|c| {
+            SdkCloudWatch::builder()
+                .set_cloud_watch_log_group_name(c.cloud_watch_log_group_name.clone())
+                .set_cloud_watch_output_enabled(c.cloud_watch_output_enabled)
+                .build()
+        });
+        let request = self
+            .client(&scope.region, &scope.role)
+            .await
+            .send_command()
+            .document_name(&spec.document_name)
+            .set_document_version(spec.document_version.clone())
+            .set_parameters(
+                spec.parameters
+                    .as_ref()
+                    .map(|p| p.clone().into_iter().collect()),
+            )
+            .set_instance_ids(spec.instance_ids.clone())
+            .set_targets(targets)
+            .comment(comment)
+            .set_timeout_seconds(spec.timeout_seconds)
+            .set_max_concurrency(spec.max_concurrency.clone())
+            .set_max_errors(spec.max_errors.clone())
+            .set_output_s3_bucket_name(spec.output_s3_bucket_name.clone())
+            .set_output_s3_key_prefix(spec.output_s3_key_prefix.clone())
+            .set_cloud_watch_output_config(cloud_watch)
+            .customize()
+            .config_override(
+                aws_sdk_ssm::config::Builder::new().retry_config(RetryConfig::disabled()),
+            )
+            .send();
+        let result = self
+            .call("SendCommand", async {
+                Ok(match request.await {
+                    Ok(out) => match out.command().and_then(|c| c.command_id()) {
+                        Some(id) => SendResult::Accepted {
+                            command_id: id.to_string(),
+                        },
+                        None => SendResult::Unknown {
+                            message: "SSM accepted the send but named no command id".into(),
+                        },
+                    },
+                    Err(error) => send_failure(error, with_role),
+                })
+            })
+            .await;
+        // `call` only fails with the error the closure returns, and it returns none.
+        result.unwrap_or_else(|e| SendResult::Unknown {
+            message: e.to_string(),
+        })
+    }
+
+    /// The commands requested since `since` whose Comment carries `marker` (`ListCommands`,
+    /// every page).
+    pub async fn find_commands(
+        &self,
+        scope: &Scope,
+        marker: &str,
+        since: Timestamp,
+    ) -> SearchResult {
+        let with_role = scope.role.is_some();
+        let client = self.client(&scope.region, &scope.role).await;
+        let after = since.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let filter = match CommandFilter::builder()
+            .key(CommandFilterKey::InvokedAfter)
+            .value(after)
+            .build()
+        {
+            Ok(filter) => filter,
+            Err(error) => {
+                return SearchResult::Failed {
+                    message: error.to_string(),
+                }
+            }
+        };
+        let mut found = Vec::new();
+        let mut next_token = None;
+        loop {
+            let request = client
+                .list_commands()
+                .filters(filter.clone())
+                .max_results(COMMANDS_PAGE)
+                .set_next_token(next_token)
+                .send();
+            let page = self
+                .call("ListCommands", async {
+                    request.await.map_err(|e| classify(e, with_role))
+                })
+                .await;
+            let page = match page {
+                Ok(page) => page,
+                Err(error @ (SsmError::AccessDenied(_) | SsmError::Validation(_))) => {
+                    return SearchResult::Refused {
+                        message: error.to_string(),
+                    }
+                }
+                Err(error) => {
+                    return SearchResult::Failed {
+                        message: error.to_string(),
+                    }
+                }
+            };
+            for command in page.commands() {
+                if command.comment().is_some_and(|c| carries(c, marker)) {
+                    let requested = command
+                        .requested_date_time()
+                        .and_then(|t| Timestamp::new(t.secs(), t.subsec_nanos() as i32).ok())
+                        .unwrap_or(Timestamp::UNIX_EPOCH);
+                    found.push(Found {
+                        command_id: command.command_id().unwrap_or_default().to_string(),
+                        requested,
+                    });
+                }
+            }
+            next_token = page.next_token().map(str::to_string);
+            if next_token.is_none() {
+                return SearchResult::Listed(found);
+            }
+        }
+    }
+
+    /// One command's state and counts (`ListCommands` by id); `None` while SSM does not list
+    /// it yet (eventual consistency) or no longer (past its history).
+    pub async fn command(
+        &self,
+        scope: &Scope,
+        command_id: &str,
+    ) -> Result<Option<CommandSummary>, SsmError> {
+        let with_role = scope.role.is_some();
+        let request = self
+            .client(&scope.region, &scope.role)
+            .await
+            .list_commands()
+            .command_id(command_id)
+            .send();
+        self.call("ListCommands", async {
+            let out = request.await.map_err(|e| classify(e, with_role))?;
+            Ok(out.commands().first().map(CommandSummary::from))
+        })
+        .await
+    }
+
+    /// The nodes SSM lists for a command so far (`ListCommandInvocations` without details,
+    /// every page).
+    pub async fn command_nodes(
+        &self,
+        scope: &Scope,
+        command_id: &str,
+    ) -> Result<Vec<String>, SsmError> {
+        let with_role = scope.role.is_some();
+        let client = self.client(&scope.region, &scope.role).await;
+        let mut nodes = Vec::new();
+        let mut next_token = None;
+        loop {
+            let request = client
+                .list_command_invocations()
+                .command_id(command_id)
+                .max_results(super::PAGE_SIZE)
+                .set_next_token(next_token)
+                .send();
+            let page = self
+                .call("ListCommandInvocations", async {
+                    request.await.map_err(|e| classify(e, with_role))
+                })
+                .await?;
+            nodes.extend(
+                page.command_invocations()
+                    .iter()
+                    .filter_map(|i| i.instance_id().map(str::to_string)),
+            );
+            next_token = page.next_token().map(str::to_string);
+            if next_token.is_none() {
+                return Ok(nodes);
+            }
+        }
+    }
+
+    /// Asks SSM to cancel the command on every node (`CancelCommand`).
+    pub async fn cancel_command(&self, scope: &Scope, command_id: &str) -> Result<(), SsmError> {
+        let with_role = scope.role.is_some();
+        let request = self
+            .client(&scope.region, &scope.role)
+            .await
+            .cancel_command()
+            .command_id(command_id)
+            .send();
+        self.call("CancelCommand", async {
+            request
+                .await
+                .map(|_| ())
+                .map_err(|e| classify(e, with_role))
+        })
+        .await
+    }
+}
+
+/// What a failed `SendCommand` says about the command's existence.
+fn send_failure<E>(error: SdkError<E>, with_role: bool) -> SendResult
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    if let SdkError::ServiceError(service) = &error {
+        let status = service.raw().status().as_u16();
+        let code = service.err().code().unwrap_or_default().to_string();
+        let message = service.err().message().unwrap_or_default().to_string();
+        let text = if code.is_empty() {
+            format!("HTTP {status}: {message}")
+        } else {
+            format!("{code}: {message}")
+        };
+        return if not_created_by(&code) {
+            SendResult::NotCreated { message: text }
+        } else if (400..500).contains(&status) {
+            // SSM checks a request before it creates anything: a 4xx created nothing, and
+            // the same request will be refused again.
+            SendResult::Refused { message: text }
+        } else {
+            SendResult::Unknown { message: text }
+        };
+    }
+    match classify(error, with_role) {
+        // Credentials are loaded before the request leaves: nothing was sent.
+        SsmError::AssumeRoleFailed(message) => SendResult::NotCreated {
+            message: format!("could not assume the namespace's role: {message}"),
+        },
+        other => SendResult::Unknown {
+            message: other.message().to_string(),
+        },
+    }
+}
