@@ -88,9 +88,13 @@ Value of --http-bind: "<address>:<port>", with an IPv6 address in brackets.
 {{- end }}
 
 {{/*
-RBAC rules the controller needs wherever it watches CommandInvocations:
-read the resources, server-side-apply their status, record Events
-(events.k8s.io/v1; later Events of a series are patched).
+RBAC rules the controller needs wherever it watches CommandInvocations and
+Commands: read the resources, server-side-apply their status, record Events
+(events.k8s.io/v1; later Events of a series are patched). Commands are read,
+their status written and their ssm.operator.dev/cancel finalizer removed even
+with sendCommands off, so that they can report SendingDisabled and a Command
+sent while sending was on can still be deleted (its run cancelled). With
+sendCommands on: create/delete the child CommandInvocations.
 */}}
 {{- define "ssm-operator.controllerRules" -}}
 - apiGroups: ["ssm.operator.dev"]
@@ -99,6 +103,23 @@ read the resources, server-side-apply their status, record Events
 - apiGroups: ["ssm.operator.dev"]
   resources: ["commandinvocations/status"]
   verbs: ["patch"]
+- apiGroups: ["ssm.operator.dev"]
+  resources: ["commands"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["ssm.operator.dev"]
+  resources: ["commands/status"]
+  verbs: ["patch", "update"]
+- apiGroups: ["ssm.operator.dev"]
+  resources: ["commands"]
+  verbs: ["patch", "update"]
+- apiGroups: ["ssm.operator.dev"]
+  resources: ["commands/finalizers"]
+  verbs: ["update"]
+{{- if .Values.sendCommands.enabled }}
+- apiGroups: ["ssm.operator.dev"]
+  resources: ["commandinvocations"]
+  verbs: ["create", "delete"]
+{{- end }}
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
