@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::{PoisonError, RwLock};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -12,13 +12,18 @@ use serde::Serialize;
 use crate::error::ApiError;
 use crate::ids::uuid_v4;
 use crate::listing::{list_command_invocations, list_commands};
-use crate::model::Store;
+use crate::model::{default_plugin_name, Store};
 use crate::protocol as wire;
 use crate::render;
-use crate::script::{Command, Invocation};
+use crate::script::Command;
+use crate::sending::Sent;
 
 /// Most instances one SendCommand may name.
 const MAX_INSTANCE_IDS: usize = 50;
+/// Most `Targets` one SendCommand may give.
+const MAX_TARGETS: usize = 5;
+/// Most values one `Target` may list.
+const MAX_TARGET_VALUES: usize = 50;
 
 /// Runs one operation on a request body and returns the reply body.
 pub(crate) fn handle(
@@ -38,7 +43,9 @@ pub(crate) fn handle(
         "CancelCommand" => {
             let req: wire::CancelCommandRequest = decode(body)?;
             let command_id = required(req.command_id, "CommandId")?;
-            write().cancel(&command_id, &req.instance_ids.unwrap_or_default(), now)?;
+            let mut store = write();
+            store.sending.cancelled.push(command_id.clone());
+            store.cancel(&command_id, &req.instance_ids.unwrap_or_default(), now)?;
             Ok(b"{}".to_vec())
         }
         _ => Err(ApiError::unknown_operation()),
@@ -115,6 +122,32 @@ fn get_command_invocation(
     ))
 }
 
+/// Checks SendCommand's `Targets`: at most [`MAX_TARGETS`], each with a key and
+/// 1..=[`MAX_TARGET_VALUES`] values. Returns them as (key, values).
+fn targets(targets: Option<Vec<wire::Target>>) -> Result<Vec<(String, Vec<String>)>, ApiError> {
+    let targets = targets.unwrap_or_default();
+    if targets.len() > MAX_TARGETS {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: Value at 'targets' failed to satisfy constraint: Member must have length less than or equal to {MAX_TARGETS}"
+        )));
+    }
+    targets
+        .into_iter()
+        .map(|target| {
+            let key = target.key.filter(|k| !k.is_empty()).ok_or_else(|| {
+                ApiError::validation("1 validation error detected: a Target needs a Key")
+            })?;
+            let values = target.values.unwrap_or_default();
+            if values.is_empty() || values.len() > MAX_TARGET_VALUES {
+                return Err(ApiError::validation(format!(
+                    "1 validation error detected: the Values of Target {key} must have 1 to {MAX_TARGET_VALUES} members"
+                )));
+            }
+            Ok((key, values))
+        })
+        .collect()
+}
+
 fn send_command(
     store: &mut Store,
     req: wire::SendCommandRequest,
@@ -123,29 +156,46 @@ fn send_command(
 ) -> Result<wire::SendCommandResponse, ApiError> {
     let document = required(req.document_name, "DocumentName")?;
     let requested = req.instance_ids.unwrap_or_default();
-    if requested.is_empty() {
-        let message = if req.targets.is_some_and(|t| !t.is_empty()) {
-            "ssm-sim resolves InstanceIds only, not Targets"
-        } else {
-            "InstanceIds or Targets must be given"
-        };
-        return Err(ApiError::validation(message));
+    let targets = targets(req.targets)?;
+    match (requested.is_empty(), targets.is_empty()) {
+        (true, true) => return Err(ApiError::validation("InstanceIds or Targets must be given")),
+        (false, false) => {
+            return Err(ApiError::validation(
+                "InstanceIds and Targets cannot both be given",
+            ))
+        }
+        _ => {}
     }
     if requested.len() > MAX_INSTANCE_IDS {
         return Err(ApiError::validation(format!(
             "1 validation error detected: Value at 'instanceIds' failed to satisfy constraint: Member must have length less than or equal to {MAX_INSTANCE_IDS}"
         )));
     }
+    if requested.iter().any(|id| id.trim().is_empty()) {
+        return Err(ApiError::new("InvalidInstanceId", "Instance ID is empty"));
+    }
+    if store.sending.refuses(&document) {
+        return Err(ApiError::new(
+            "InvalidDocument",
+            format!("Document with name {document} does not exist."),
+        ));
+    }
+    let version = req.document_version.filter(|v| !v.is_empty());
     let mut command = Command::new(uuid_v4()).document(
-        document,
-        req.document_version
-            .filter(|v| !v.is_empty() && !v.starts_with('$'))
+        document.clone(),
+        version
+            .clone()
+            .filter(|v| !v.starts_with('$'))
             .unwrap_or_else(|| "1".to_string()),
     );
     command.comment = req.comment.unwrap_or_default();
     command.parameters = req.parameters.unwrap_or_default();
-    if let Some(bucket) = req.output_s3_bucket_name.filter(|b| !b.is_empty()) {
-        command = command.s3_output(bucket, req.output_s3_key_prefix.unwrap_or_default());
+    let bucket = req.output_s3_bucket_name.filter(|b| !b.is_empty());
+    if let Some(bucket) = &bucket {
+        command = command.s3_output(
+            bucket.clone(),
+            req.output_s3_key_prefix.clone().unwrap_or_default(),
+        );
         if let Some(region) = req.output_s3_region.filter(|r| !r.is_empty()) {
             command.s3_region = region;
         }
@@ -154,17 +204,42 @@ fn send_command(
         command.cloudwatch_log_group = Some(config.cloud_watch_log_group_name);
         command.cloudwatch_enabled = config.cloud_watch_output_enabled;
     }
-    let mut seen = BTreeSet::new();
-    for id in requested {
-        if id.trim().is_empty() {
-            return Err(ApiError::new("InvalidInstanceId", "Instance ID is empty"));
-        }
-        if seen.insert(id.clone()) {
-            command = command.invocation(Invocation::new(id));
-        }
+    command.max_concurrency = req.max_concurrency.clone().filter(|m| !m.is_empty());
+    command.max_errors = req.max_errors.clone().filter(|m| !m.is_empty());
+    command.timeout_seconds = req.timeout_seconds.and_then(|t| u32::try_from(t).ok());
+    let plugin_name = default_plugin_name(&document);
+    let sending = &store.sending;
+    let instances: Vec<(String, Duration)> = if targets.is_empty() {
+        let mut seen = BTreeSet::new();
+        requested
+            .iter()
+            .filter(|id| seen.insert(id.as_str()))
+            .map(|id| (id.clone(), Duration::ZERO))
+            .collect()
+    } else {
+        sending.resolve(&targets)
+    };
+    for (id, appears_after) in instances {
+        command = command.invocation(sending.invocation(&id, appears_after, plugin_name));
     }
     let command_id = command.command_id.clone();
-    store.add(command, now, wall);
+    store.sending.sent.push(Sent {
+        command_id: command_id.clone(),
+        comment: command.comment.clone(),
+        document_name: document,
+        document_version: version,
+        instance_ids: requested,
+        targets: targets.clone(),
+        parameters: command.parameters.clone(),
+        max_concurrency: req.max_concurrency,
+        max_errors: req.max_errors,
+        timeout_seconds: req.timeout_seconds,
+        output_s3_bucket_name: bucket,
+        output_s3_key_prefix: req.output_s3_key_prefix,
+        at: wall,
+    });
+    command.targets = targets;
+    store.add_sent(command, now, wall);
     let command = store
         .command(&command_id)
         .ok_or_else(|| ApiError::new("InternalServerError", "command vanished"))?;

@@ -30,6 +30,13 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Commands made by SendCommand play per-instance scripts ([`Simulator::script_instance`],
+//! [`Simulator::set_send_default`]) and resolve tag targets over time
+//! ([`Simulator::resolve_target`]); SendCommand has its own fault queue
+//! ([`Simulator::inject_send`], [`SendFault`]) and records what it created
+//! ([`Simulator::sent`]), CancelCommand what it was asked ([`Simulator::cancelled`]), and
+//! ListCommands may lag behind sends ([`Simulator::set_list_commands_lag`]).
+//!
 //! The exact SSM behaviours mirrored (status aggregation, output limits, error codes) are
 //! described on the modules and in `sim/README.md`.
 
@@ -37,6 +44,7 @@
 
 mod api;
 mod clock;
+mod command_filters;
 mod error;
 mod faults;
 mod ids;
@@ -46,9 +54,13 @@ mod protocol;
 mod ratelimit;
 mod render;
 mod script;
+#[cfg(test)]
+mod send_tests;
+mod sending;
 mod server;
 mod serving;
 mod simulator;
+mod simulator_send;
 pub mod sqs;
 pub mod sts;
 
@@ -57,6 +69,7 @@ pub use script::{
     Command, Invocation, Plugin, Scenario, Status, DEFAULT_DOCUMENT, DEFAULT_PLUGIN,
     DEFAULT_S3_REGION,
 };
+pub use sending::{SendFault, Sent};
 pub use simulator::Simulator;
 pub use sqs::SqsSimulator;
 pub use sts::StsSimulator;

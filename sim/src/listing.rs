@@ -10,6 +10,7 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
+use crate::command_filters::commands_filters;
 use crate::error::ApiError;
 use crate::model::{CommandState, InvocationState, Store};
 use crate::protocol as wire;
@@ -260,12 +261,19 @@ pub(crate) fn list_command_invocations(
     })
 }
 
+/// ListCommands. Besides the paging above: every `Filters` entry must match (see
+/// [`crate::command_filters`]); a command made by SendCommand is left out until the
+/// ListCommands lag has passed since it was made (an unknown `CommandId` is
+/// `InvalidCommandId`, a lagging one an empty page); a command made from targets is listed
+/// for an `InstanceId` only once that instance's invocation is visible.
 pub(crate) fn list_commands(
     store: &Store,
     req: wire::ListCommandsRequest,
     now: Instant,
 ) -> Result<wire::ListCommandsResponse, ApiError> {
     let max = page_size(req.max_results)?;
+    let filters = commands_filters(req.filters.as_deref())?;
+    let lag = store.sending.list_lag;
     let instance = req.instance_id.as_deref().filter(|i| !i.is_empty());
     // The commands to list as slots, oldest first; the page walks them newest first.
     let slots: Vec<usize> = match req.command_id.as_deref().filter(|c| !c.is_empty()) {
@@ -303,15 +311,31 @@ pub(crate) fn list_commands(
         Some([end]) => (*end).min(slots.len()),
         Some(_) => return Err(invalid_token()),
     };
+    let show = |command: &CommandState| {
+        let elapsed = command.elapsed(now);
+        if command.sent && elapsed < lag {
+            return None;
+        }
+        let targeted = instance.is_none_or(|id| {
+            command
+                .invocation(id)
+                .is_some_and(|inv| !command.by_targets() || inv.visible(elapsed))
+        });
+        if !targeted {
+            return None;
+        }
+        let rendered = command_wire(command, now);
+        filters
+            .iter()
+            .all(|f| f.matches(command, &rendered))
+            .then_some(rendered)
+    };
     let (commands, next) = take_page(
-        slots[..end].iter().enumerate().rev().map(|(k, &slot)| {
-            (
-                k + 1,
-                store
-                    .command_at(slot)
-                    .map(|command| command_wire(command, now)),
-            )
-        }),
+        slots[..end]
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(k, &slot)| (k + 1, store.command_at(slot).and_then(show))),
         max,
         SKIP_LIMIT,
     );

@@ -19,7 +19,8 @@ struct Args {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
     bind: SocketAddr,
-    /// Scenario JSON file of commands to add at start-up (see sim/README.md).
+    /// Scenario JSON file: commands to add at start-up and SendCommand's set-up (see
+    /// sim/README.md).
     #[arg(long, value_name = "FILE.json")]
     scenario: Option<PathBuf>,
     /// Latency added to every response, e.g. `50ms`, `1s`, `1.5s`, `0`.
@@ -143,9 +144,7 @@ async fn main() -> ExitCode {
     sim.set_latency(args.latency);
     sim.set_rate_limit(args.rate_limit);
     let count = scenario.commands.len();
-    for command in scenario.commands {
-        sim.add_command(command);
-    }
+    sim.load_scenario(scenario);
     if count > 0 {
         eprintln!("ssm-sim: loaded {count} command(s)");
     }

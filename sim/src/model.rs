@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::ApiError;
 use crate::script::{Command, Invocation, Plugin, Status, DEFAULT_PLUGIN};
+use crate::sending::Sending;
 
 /// How long a cancelled plugin stays `Cancelling` before it is `Cancelled`.
 pub(crate) const CANCEL_DELAY: Duration = Duration::from_secs(1);
@@ -42,6 +43,8 @@ pub(crate) struct InvocationState {
     pub(crate) spec: Invocation,
     /// When CancelCommand reached it, since the command was added.
     pub(crate) cancelled_at: Option<Duration>,
+    /// A target cancelled before it appeared: it never appears.
+    pub(crate) withdrawn: bool,
 }
 
 /// One command with its invocations and clocks.
@@ -57,6 +60,11 @@ pub(crate) struct CommandState {
     pub(crate) invocations: Vec<InvocationState>,
     /// Instance id to position in `invocations`.
     index: HashMap<String, usize>,
+    /// Made by SendCommand (subject to ListCommands' lag).
+    pub(crate) sent: bool,
+    /// When CancelCommand reached the whole command while it was unfinished, since it was
+    /// added: once all its invocations are terminal it is `Cancelled`.
+    pub(crate) cancelled_at: Option<Duration>,
 }
 
 impl CommandState {
@@ -75,18 +83,43 @@ impl CommandState {
         self.index.get(instance_id).map(|&i| &self.invocations[i])
     }
 
+    /// Whether SendCommand made it from `Targets`: its invocations count only once
+    /// visible, as SSM's target count grows while targets resolve.
+    pub(crate) fn by_targets(&self) -> bool {
+        !self.spec.targets.is_empty()
+    }
+
     /// The command's aggregate status and counters at `now`.
     pub(crate) fn summary(&self, now: Instant) -> CommandSummary {
-        let elapsed = self.elapsed(now);
+        self.summary_at(self.elapsed(now))
+    }
+
+    /// The command's aggregate status and counters `elapsed` after it was added.
+    ///
+    /// A command made from targets counts only its visible invocations; while some are yet
+    /// to appear it is not finished (`Pending` if none is visible, at least `InProgress`
+    /// otherwise), and one that selected no instance at all is `Success` with no target.
+    /// A command cancelled as a whole is `Cancelled` once its invocations are terminal.
+    pub(crate) fn summary_at(&self, elapsed: Duration) -> CommandSummary {
+        let by_targets = self.by_targets();
         let mut summary = CommandSummary {
             status: Status::Pending,
-            target_count: self.invocations.len(),
+            target_count: 0,
             completed_count: 0,
             error_count: 0,
             delivery_timed_out_count: 0,
         };
         let mut statuses = Vec::with_capacity(self.invocations.len());
+        let mut unresolved = false;
         for inv in &self.invocations {
+            if inv.withdrawn {
+                continue;
+            }
+            if by_targets && !inv.visible(elapsed) {
+                unresolved = true;
+                continue;
+            }
+            summary.target_count += 1;
             let view = inv.view(elapsed);
             if view.status.is_terminal() {
                 summary.completed_count += 1;
@@ -101,7 +134,18 @@ impl CommandState {
                 other => other,
             });
         }
-        summary.status = aggregate(statuses.iter().map(|&s| (s, ""))).0;
+        let status = aggregate(statuses.iter().map(|&s| (s, ""))).0;
+        summary.status = if statuses.is_empty() && by_targets && !unresolved {
+            Status::Success
+        } else if unresolved && status.is_terminal() {
+            Status::InProgress
+        } else {
+            status
+        };
+        let cancelled = self.cancelled_at.is_some_and(|c| elapsed >= c);
+        if cancelled && summary.status.is_terminal() {
+            summary.status = Status::Cancelled;
+        }
         summary
     }
 }
@@ -111,7 +155,7 @@ impl CommandState {
 pub(crate) struct CommandSummary {
     /// Aggregate status over the invocations.
     pub(crate) status: Status,
-    /// Number of invocations.
+    /// Number of invocations (visible ones, for a command made from targets).
     pub(crate) target_count: usize,
     /// Invocations in a terminal status.
     pub(crate) completed_count: usize,
@@ -154,9 +198,18 @@ pub(crate) struct InvocationView<'a> {
 }
 
 impl InvocationState {
+    /// A fresh invocation playing this script.
+    pub(crate) fn new(spec: Invocation) -> Self {
+        InvocationState {
+            spec,
+            cancelled_at: None,
+            withdrawn: false,
+        }
+    }
+
     /// Whether the invocation can be seen `elapsed` after the command was added.
     pub(crate) fn visible(&self, elapsed: Duration) -> bool {
-        elapsed >= self.spec.hidden_for
+        !self.withdrawn && elapsed >= self.spec.hidden_for
     }
 
     /// The invocation and its plugins `elapsed` after the command was added.
@@ -274,13 +327,25 @@ pub(crate) struct Store {
     by_id: HashMap<String, usize>,
     /// Instance id to (command slot, invocation position), in the order added.
     by_instance: HashMap<String, Vec<(usize, usize)>>,
+    /// SendCommand's set-up and records.
+    pub(crate) sending: Sending,
 }
 
 impl Store {
     /// Adds a command whose timelines start at `now` / `wall`. Plugin-less invocations get
-    /// the default timeline; a repeated instance keeps its last script. A command with an
-    /// id already present replaces it (which costs a pass over the instance index).
-    pub(crate) fn add(&mut self, mut command: Command, now: Instant, wall: SystemTime) {
+    /// the default timeline, plugins named `""` the document's step name; a repeated
+    /// instance keeps its last script. A command with an id already present replaces it
+    /// (which costs a pass over the instance index).
+    pub(crate) fn add(&mut self, command: Command, now: Instant, wall: SystemTime) {
+        self.insert(command, now, wall, false);
+    }
+
+    /// Adds a command made by SendCommand, like [`Store::add`].
+    pub(crate) fn add_sent(&mut self, command: Command, now: Instant, wall: SystemTime) {
+        self.insert(command, now, wall, true);
+    }
+
+    fn insert(&mut self, mut command: Command, now: Instant, wall: SystemTime, sent: bool) {
         let plugin_name = default_plugin_name(&command.document_name);
         let mut invocations: Vec<InvocationState> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
@@ -291,11 +356,11 @@ impl Store {
             }
             for plugin in &mut spec.plugins {
                 plugin.steps.sort_by_key(|s| s.after);
+                if plugin.name.is_empty() {
+                    plugin.name = plugin_name.to_string();
+                }
             }
-            let state = InvocationState {
-                spec,
-                cancelled_at: None,
-            };
+            let state = InvocationState::new(spec);
             match index.get(&state.spec.instance_id) {
                 Some(&i) => invocations[i] = state,
                 None => {
@@ -310,6 +375,8 @@ impl Store {
             added_wall: wall,
             invocations,
             index,
+            sent,
+            cancelled_at: None,
         };
         match self.by_id.get(&state.spec.command_id) {
             Some(&slot) => {
@@ -377,7 +444,8 @@ impl Store {
 
     /// Cancels the non-terminal invocations of a command (all, or those on `instance_ids`):
     /// they turn `Cancelling` now and `Cancelled` one second later. Already terminal ones
-    /// and ones cancelled before are left alone.
+    /// and ones cancelled before are left alone. Cancelling a whole unfinished command makes
+    /// it `Cancelled` in the end, and the targets that have not appeared yet never appear.
     pub(crate) fn cancel(
         &mut self,
         command_id: &str,
@@ -391,6 +459,14 @@ impl Store {
         let elapsed = command.elapsed(now);
         let mut positions = Vec::new();
         if instance_ids.is_empty() {
+            if command.cancelled_at.is_none() && !command.summary_at(elapsed).status.is_terminal() {
+                command.cancelled_at = Some(elapsed);
+                if command.by_targets() {
+                    for inv in &mut command.invocations {
+                        inv.withdrawn |= !inv.visible(elapsed);
+                    }
+                }
+            }
             positions.extend(0..command.invocations.len());
         } else {
             for id in instance_ids {
@@ -422,10 +498,7 @@ mod tests {
     }
 
     fn one(plugin: Plugin) -> InvocationState {
-        InvocationState {
-            spec: Invocation::new("i-1").plugin(plugin),
-            cancelled_at: None,
-        }
+        InvocationState::new(Invocation::new("i-1").plugin(plugin))
     }
 
     #[test]
@@ -473,12 +546,11 @@ mod tests {
 
     #[test]
     fn cancel_overrides_running_plugins_only() {
-        let mut inv = InvocationState {
-            spec: Invocation::new("i-1")
+        let mut inv = InvocationState::new(
+            Invocation::new("i-1")
                 .plugin(Plugin::succeeding("a", ms(100)))
                 .plugin(Plugin::succeeding("b", ms(10_000))),
-            cancelled_at: None,
-        };
+        );
         inv.cancelled_at = Some(ms(500));
         let view = inv.view(ms(600));
         assert_eq!(view.status, Status::Cancelling);
@@ -492,13 +564,12 @@ mod tests {
 
     #[test]
     fn aggregation_rule() {
-        let inv = InvocationState {
-            spec: Invocation::new("i-1")
+        let inv = InvocationState::new(
+            Invocation::new("i-1")
                 .plugin(Plugin::succeeding("a", ms(100)))
                 .plugin(Plugin::new("b").step(ms(300), Status::Failed))
                 .plugin(Plugin::new("c").step(ms(200), Status::TimedOut)),
-            cancelled_at: None,
-        };
+        );
         assert_eq!(inv.view(ms(0)).status, Status::Pending);
         assert_eq!(inv.view(ms(60)).status, Status::InProgress);
         // a done, b and c pending: still running.

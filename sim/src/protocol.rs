@@ -50,6 +50,15 @@ pub(crate) struct ListCommandsRequest {
     pub(crate) instance_id: Option<String>,
     pub(crate) max_results: Option<i64>,
     pub(crate) next_token: Option<String>,
+    pub(crate) filters: Option<Vec<CommandFilter>>,
+}
+
+/// One `Target` of SendCommand (and of a Command in replies).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub(crate) struct Target {
+    pub(crate) key: Option<String>,
+    pub(crate) values: Option<Vec<String>>,
 }
 
 /// CloudWatchOutputConfig, in requests and replies.
@@ -65,7 +74,7 @@ pub(crate) struct CloudWatchOutputConfig {
 #[serde(rename_all = "PascalCase", default)]
 pub(crate) struct SendCommandRequest {
     pub(crate) instance_ids: Option<Vec<String>>,
-    pub(crate) targets: Option<Vec<serde_json::Value>>,
+    pub(crate) targets: Option<Vec<Target>>,
     pub(crate) document_name: Option<String>,
     pub(crate) document_version: Option<String>,
     pub(crate) comment: Option<String>,
@@ -74,6 +83,9 @@ pub(crate) struct SendCommandRequest {
     pub(crate) output_s3_bucket_name: Option<String>,
     pub(crate) output_s3_key_prefix: Option<String>,
     pub(crate) cloud_watch_output_config: Option<CloudWatchOutputConfig>,
+    pub(crate) max_concurrency: Option<String>,
+    pub(crate) max_errors: Option<String>,
+    pub(crate) timeout_seconds: Option<i64>,
 }
 
 /// CancelCommand input.
@@ -185,7 +197,7 @@ pub(crate) struct Command {
     pub(crate) expires_after: f64,
     pub(crate) parameters: BTreeMap<String, Vec<String>>,
     pub(crate) instance_ids: Vec<String>,
-    pub(crate) targets: Vec<serde_json::Value>,
+    pub(crate) targets: Vec<Target>,
     /// Epoch seconds.
     pub(crate) requested_date_time: f64,
     pub(crate) status: &'static str,

@@ -14,7 +14,8 @@ const STDOUT_LIMIT: usize = 24_000;
 const STDERR_LIMIT: usize = 8_000;
 /// `CommandPlugin.Output` keeps this many characters.
 const PLUGIN_OUTPUT_LIMIT: usize = 2_500;
-/// How long SSM keeps trying to deliver a command (reported as `ExpiresAfter`).
+/// How long SSM keeps trying to deliver a command unless SendCommand's `TimeoutSeconds` says
+/// otherwise (reported as `ExpiresAfter` and `TimeoutSeconds`).
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The first `limit` characters of `s`.
@@ -167,19 +168,35 @@ pub(crate) fn command_wire(command: &CommandState, now: Instant) -> wire::Comman
     let spec = &command.spec;
     let summary = command.summary(now);
     let bucket = spec.s3_bucket.clone().unwrap_or_default();
+    let timeout = spec
+        .timeout_seconds
+        .map(|s| Duration::from_secs(u64::from(s)))
+        .unwrap_or(DELIVERY_TIMEOUT);
     wire::Command {
         command_id: spec.command_id.clone(),
         document_name: spec.document_name.clone(),
         document_version: spec.document_version.clone(),
         comment: spec.comment.clone(),
-        expires_after: epoch_seconds(command.added_wall + DELIVERY_TIMEOUT),
+        expires_after: epoch_seconds(command.added_wall + timeout),
         parameters: spec.parameters.clone(),
-        instance_ids: command
-            .invocations
+        // SSM reports the instance ids only for a command sent to instance ids.
+        instance_ids: if command.by_targets() {
+            Vec::new()
+        } else {
+            command
+                .invocations
+                .iter()
+                .map(|inv| inv.spec.instance_id.clone())
+                .collect()
+        },
+        targets: spec
+            .targets
             .iter()
-            .map(|inv| inv.spec.instance_id.clone())
+            .map(|(key, values)| wire::Target {
+                key: Some(key.clone()),
+                values: Some(values.clone()),
+            })
             .collect(),
-        targets: Vec::new(),
         requested_date_time: epoch_seconds(command.added_wall),
         status: summary.status.as_str(),
         status_details: summary.status.default_details().to_string(),
@@ -190,8 +207,11 @@ pub(crate) fn command_wire(command: &CommandState, now: Instant) -> wire::Comman
         },
         output_s3_bucket_name: bucket,
         output_s3_key_prefix: spec.s3_key_prefix.clone(),
-        max_concurrency: "50".to_string(),
-        max_errors: "0".to_string(),
+        max_concurrency: spec
+            .max_concurrency
+            .clone()
+            .unwrap_or_else(|| "50".to_string()),
+        max_errors: spec.max_errors.clone().unwrap_or_else(|| "0".to_string()),
         target_count: summary.target_count,
         completed_count: summary.completed_count,
         error_count: summary.error_count,
@@ -199,7 +219,7 @@ pub(crate) fn command_wire(command: &CommandState, now: Instant) -> wire::Comman
         service_role: String::new(),
         notification_config: NotificationConfig::default(),
         cloud_watch_output_config: cloudwatch(spec),
-        timeout_seconds: DELIVERY_TIMEOUT.as_secs() as u32,
+        timeout_seconds: u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX),
     }
 }
 

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::sending::{InstanceScriptJson, SendFault, TargetJson};
+
 /// The document a [`Command`] runs when none is given.
 pub const DEFAULT_DOCUMENT: &str = "AWS-RunShellScript";
 /// The plugin (step) name of `AWS-RunShellScript`, used for invocations without plugins.
@@ -93,13 +95,38 @@ impl fmt::Display for Status {
     }
 }
 
-/// A whole scenario file: the commands to add when the simulator starts.
+/// A whole scenario file: the commands to add when the simulator starts, and how
+/// SendCommand behaves. [`crate::Simulator::load_scenario`] applies all of it.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
     /// The commands, added in this order; their timelines start when they are added.
     #[serde(default)]
     pub commands: Vec<Command>,
+    /// Per-instance scripts for commands made by SendCommand, by instance id
+    /// ([`crate::Simulator::script_instance`]).
+    #[serde(default, alias = "sendScripts")]
+    pub(crate) send_scripts: BTreeMap<String, InstanceScriptJson>,
+    /// The plugins of unscripted instances ([`crate::Simulator::set_send_default`]).
+    #[serde(default, alias = "sendDefault")]
+    pub(crate) send_default: Vec<Plugin>,
+    /// Tag targets ([`crate::Simulator::resolve_target`]).
+    #[serde(default)]
+    pub(crate) targets: Vec<TargetJson>,
+    /// Documents SendCommand refuses ([`crate::Simulator::refuse_document`]).
+    #[serde(default, alias = "refusedDocuments")]
+    pub(crate) refused_documents: Vec<String>,
+    /// SendCommand faults, queued in order ([`crate::Simulator::inject_send`]).
+    #[serde(default, alias = "sendFaults")]
+    pub(crate) send_faults: Vec<SendFault>,
+    /// ListCommands' lag ([`crate::Simulator::set_list_commands_lag`]).
+    #[serde(
+        default,
+        rename = "list_commands_lag_ms",
+        alias = "listCommandsLagMs",
+        with = "millis"
+    )]
+    pub(crate) list_commands_lag: Duration,
 }
 
 impl Scenario {
@@ -135,6 +162,19 @@ pub struct Command {
     pub(crate) cloudwatch_enabled: bool,
     #[serde(default)]
     pub(crate) invocations: Vec<Invocation>,
+    /// Not in the JSON shape: the `Targets` of a command made by SendCommand with targets
+    /// (empty otherwise), as (key, values).
+    #[serde(skip)]
+    pub(crate) targets: Vec<(String, Vec<String>)>,
+    /// Not in the JSON shape: SendCommand's `MaxConcurrency` (`50` when not given).
+    #[serde(skip)]
+    pub(crate) max_concurrency: Option<String>,
+    /// Not in the JSON shape: SendCommand's `MaxErrors` (`0` when not given).
+    #[serde(skip)]
+    pub(crate) max_errors: Option<String>,
+    /// Not in the JSON shape: SendCommand's `TimeoutSeconds` (3600 when not given).
+    #[serde(skip)]
+    pub(crate) timeout_seconds: Option<u32>,
 }
 
 fn default_document() -> String {
@@ -169,6 +209,10 @@ impl Command {
             cloudwatch_log_group: None,
             cloudwatch_enabled: true,
             invocations: Vec::new(),
+            targets: Vec::new(),
+            max_concurrency: None,
+            max_errors: None,
+            timeout_seconds: None,
         }
     }
 
@@ -405,12 +449,12 @@ impl Plugin {
 }
 
 /// Serde helper: a [`Duration`] written as whole milliseconds.
-mod millis {
+pub(crate) mod millis {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         u64::deserialize(d).map(Duration::from_millis)
     }
 }
@@ -473,6 +517,71 @@ mod tests {
             invocations[1].plugins[0].steps[0].details(),
             "Delivery Timed Out"
         );
+    }
+
+    /// The `n`th ```json block of the README.
+    fn readme_json(n: usize) -> &'static str {
+        let readme = include_str!("../README.md");
+        let mut rest = readme;
+        for _ in 0..n {
+            let start = rest.find("```json\n").unwrap() + "```json\n".len();
+            rest = &rest[start..];
+        }
+        let start = rest.find("```json\n").unwrap() + "```json\n".len();
+        let len = rest[start..].find("\n```").unwrap();
+        &rest[start..start + len]
+    }
+
+    #[test]
+    fn readme_send_setup_parses() {
+        let scenario = Scenario::from_json(readme_json(1)).unwrap();
+        assert!(scenario.commands.is_empty());
+        assert_eq!(scenario.send_scripts.len(), 2);
+        let failing = scenario.send_scripts["i-0aaaaaaaaaaaaaaaa"]
+            .clone()
+            .into_invocation("i-0aaaaaaaaaaaaaaaa".into());
+        assert_eq!(failing.plugins[0].steps[1].response_code(), 3);
+        assert_eq!(failing.plugins[0].stderr, "X\n");
+        assert_eq!(scenario.send_default[0].steps.len(), 2);
+        assert_eq!(
+            scenario.targets[0].instances[1].instance_id,
+            "i-0cccccccccccccccc"
+        );
+        assert_eq!(
+            scenario.targets[0].instances[1].appears_after,
+            Duration::from_secs(1)
+        );
+        assert_eq!(scenario.refused_documents, ["Custom-Missing"]);
+        assert_eq!(scenario.send_faults, [SendFault::AcceptThenFail]);
+        assert_eq!(scenario.list_commands_lag, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn send_setup_accepts_camel_case() {
+        let text = r#"{"sendScripts":{"i-1":{"hiddenMs":5,"alwaysError":{"code":"X"}}},
+            "targets":[{"key":"tag:Role","value":"web",
+                        "instances":[{"instanceId":"i-1","appearsAfterMs":1000}]}],
+            "sendFaults":[{"kind":"AcceptThenHang","delayMs":30}],
+            "refusedDocuments":["D"],"listCommandsLagMs":7}"#;
+        let scenario = Scenario::from_json(text).unwrap();
+        let script = scenario.send_scripts["i-1"]
+            .clone()
+            .into_invocation("i-1".into());
+        assert_eq!(script.hidden_for, Duration::from_millis(5));
+        assert_eq!(script.always_error.map(|e| e.code).as_deref(), Some("X"));
+        assert_eq!(
+            scenario.targets[0].instances[0].appears_after,
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            scenario.send_faults,
+            [SendFault::AcceptThenHang {
+                delay: Duration::from_millis(30)
+            }]
+        );
+        assert_eq!(scenario.list_commands_lag, Duration::from_millis(7));
+        assert!(Scenario::from_json(r#"{"sendScripts":{"i-1":{"instance_id":"i-1"}}}"#).is_err());
+        assert!(Scenario::from_json(r#"{"targets":[{"key":"k","value":"v","bogus":1}]}"#).is_err());
     }
 
     #[test]

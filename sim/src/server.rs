@@ -1,8 +1,8 @@
 //! SSM's HTTP front: counts calls, applies the rate limit, injected faults (including slow
-//! replies) and latency, and hands each request to [`crate::api`]. [`respond`] is the handler
+//! replies), SendCommand's own faults and latency, and hands each request to [`crate::api`]. [`respond`] is the handler
 //! [`crate::serving::Server`] serves connections with.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -18,6 +18,7 @@ use crate::ids::uuid_v4;
 use crate::model::Store;
 use crate::protocol::{CONTENT_TYPE as AMZ_JSON, TARGET_PREFIX};
 use crate::ratelimit::TokenBucket;
+use crate::sending::SendFault;
 use crate::serving::{json_operation, read_body, reply, Reply};
 
 /// Largest request body accepted.
@@ -93,6 +94,8 @@ pub(crate) struct Shared {
     pub(crate) store: RwLock<Store>,
     /// Faults waiting for the next requests.
     pub(crate) faults: Mutex<FaultQueue>,
+    /// Faults waiting for the next SendCommand requests.
+    pub(crate) send_faults: Mutex<VecDeque<SendFault>>,
     /// Added latency in nanoseconds.
     pub(crate) latency_nanos: AtomicU64,
     /// The request-rate limit, if any.
@@ -164,6 +167,7 @@ pub(crate) async fn respond(
         // A slow reply is a normal one, computed once its delay is over.
         None | Some(Hit::Slow(_)) if !served => Err(ApiError::unknown_operation()),
         None | Some(Hit::Slow(_)) => match read_body(req, BODY_LIMIT).await {
+            Ok(body) if operation == "SendCommand" => send_command(&shared, &body).await,
             Ok(body) => api::handle(
                 &shared.store,
                 &operation,
@@ -185,6 +189,38 @@ pub(crate) async fn respond(
             json_reply(status, e.body().to_string().into_bytes())
         }
     })
+}
+
+/// SendCommand, after the next queued [`SendFault`] (if any): `Refuse` and `Throttle` answer
+/// without creating anything; `AcceptThenFail` and `AcceptThenHang` run the operation, then
+/// replace a successful reply by HTTP 500 or delay it (an invalid request answers its error,
+/// and the fault is spent all the same).
+async fn send_command(shared: &Shared, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let fault = shared
+        .send_faults
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .pop_front();
+    let send = || {
+        api::handle(
+            &shared.store,
+            "SendCommand",
+            body,
+            Instant::now(),
+            SystemTime::now(),
+        )
+    };
+    match fault {
+        None => send(),
+        Some(SendFault::Refuse { code, message }) => Err(ApiError::new(code, message)),
+        Some(SendFault::Throttle) => Err(ApiError::throttled()),
+        Some(SendFault::AcceptThenFail) => send().and(Err(ApiError::internal())),
+        Some(SendFault::AcceptThenHang { delay }) => {
+            let reply = send()?;
+            tokio::time::sleep(delay).await;
+            Ok(reply)
+        }
+    }
 }
 
 fn json_reply(status: StatusCode, body: Vec<u8>) -> Reply {

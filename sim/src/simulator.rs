@@ -60,6 +60,11 @@ impl Simulator {
         })
     }
 
+    /// The state shared with the server tasks.
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
     /// The base URL to give the SDK as `endpoint_url`, e.g. `http://127.0.0.1:40123`.
     pub fn endpoint(&self) -> String {
         self.inner.server.endpoint()

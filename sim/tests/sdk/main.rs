@@ -10,5 +10,6 @@ mod lifecycle;
 mod listing;
 mod rate_limit;
 mod send_cancel;
+mod sending;
 mod sqs;
 mod timelines;
