@@ -433,8 +433,9 @@ async fn track(object: &Command, ctx: &CommandContext, command_id: &str) -> Resu
     }
 }
 
-/// Creates the children SSM's nodes call for. Asks SSM for the nodes only while fewer
-/// children are known than SSM counts targets, and once more when the run has finished.
+/// Creates the children SSM's nodes call for: the named instance ids, or the nodes SSM lists
+/// for targets (asked only while fewer children are known than SSM counts targets, and once
+/// more when the run has finished).
 async fn sync_children(
     object: &Command,
     ctx: &CommandContext,
@@ -463,7 +464,17 @@ async fn sync_children(
         ctx.memo(&uid, |m| m.children = Some((command_id.to_string(), known)));
         return Ok(());
     }
-    let nodes = match ctx.ssm.command_nodes(scope, command_id).await {
+    // Named nodes are the invocations SSM makes; only targets need SSM's list.
+    let named = object
+        .spec
+        .instance_ids
+        .clone()
+        .filter(|ids| !ids.is_empty());
+    let listed = match named {
+        Some(ids) => Ok(ids),
+        None => ctx.ssm.command_nodes(scope, command_id).await,
+    };
+    let nodes = match listed {
         Ok(nodes) => nodes,
         Err(error) => {
             warn!(%error, "could not list the command's nodes; children follow later");

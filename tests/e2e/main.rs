@@ -7,6 +7,7 @@
 //! even when scenarios panic.
 
 mod chart;
+mod commands;
 mod conformance;
 mod faults_kube;
 mod faults_ssm;
@@ -82,6 +83,14 @@ fn all_scenarios() -> Vec<(&'static str, Scenario)> {
         push::lost_events_only_slow_things_down,
         push::a_poisoned_message_does_not_block_the_queue,
         push::moto_sqs_speaks_the_same_protocol,
+        commands::send_children_and_success_with_counts,
+        commands::partial_failure_stalls_with_the_counts,
+        commands::targets_resolve_over_time,
+        commands::operator_killed_after_ssm_accepted_sends_nothing_twice,
+        commands::refusals_stall_without_a_second_send,
+        commands::sending_is_off_by_default,
+        commands::delete_while_running_cancels_the_run,
+        commands::spec_change_runs_again_exactly_once,
     ]
 }
 
@@ -137,16 +146,18 @@ fn main() -> ExitCode {
     conclusion.exit_code()
 }
 
-/// Installs the shipped CRD file with kubectl, as a user would, and waits until it is served.
+/// Installs the shipped CRD files with kubectl, as a user would, and waits until they are
+/// served.
 async fn install_crd(cluster: &TestCluster) -> Result<(), String> {
-    let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/commandinvocation.yaml");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
     for args in [
-        vec!["apply", "-f", crd.to_str().unwrap_or_default()],
+        vec!["apply", "-f", dir.to_str().unwrap_or_default()],
         vec![
             "wait",
             "--for=condition=Established",
             "--timeout=60s",
             "crd/commandinvocations.ssm.operator.dev",
+            "crd/commands.ssm.operator.dev",
         ],
     ] {
         let out = cluster
