@@ -29,7 +29,7 @@ lint:
 unit:
 	KUBEBUILDER_ASSETS="$$(bash hack/envtest-assets.sh)" \
 	  $(CARGO) test --workspace --locked --exclude ssm-operator
-	$(CARGO) test --locked -p ssm-operator --lib --bins --test reconciler --test crd_drift --test malformed_replies
+	$(CARGO) test --locked -p ssm-operator --lib --bins --test reconciler --test command_reconciler --test crd_drift --test malformed_replies
 
 ## e2e: real kube-apiserver + etcd, SSM simulator and moto, the operator binary.
 e2e:

@@ -178,6 +178,14 @@ async fn reconcile_inner(object: &Command, ctx: &CommandContext) -> Result<Actio
     });
     debug!(?step, "decided");
     match step {
+        // A finished run was fully synced (children first) before its last status write.
+        Step::Track { .. }
+            if status.is_some_and(|s| {
+                s.observed_generation == Some(generation) && command_status::run_finished(s)
+            }) =>
+        {
+            Ok(Action::await_change())
+        }
         Step::Track { command_id } => track(object, ctx, &command_id).await,
         Step::Settled => Ok(Action::await_change()),
         Step::Refuse { reason } => {
@@ -639,7 +647,8 @@ async fn remove_finalizer(object: &Command, ctx: &CommandContext) -> Result<(), 
     patch_finalizers(object, ctx, finalizers).await.map(|_| ())
 }
 
-/// Sets `metadata.finalizers` if the object is still at its resourceVersion.
+/// Sets `metadata.finalizers` if the object is still at its resourceVersion (fenced like
+/// every write).
 async fn patch_finalizers(
     object: &Command,
     ctx: &CommandContext,
@@ -648,6 +657,9 @@ async fn patch_finalizers(
     let namespace = object
         .namespace()
         .ok_or(Error::MissingObjectKey("namespace"))?;
+    if !ctx.fence.allows_writes() {
+        return Err(Error::Fenced);
+    }
     let api: Api<Command> = Api::namespaced(ctx.client.clone(), &namespace);
     let patch = json!({
         "metadata": {

@@ -321,6 +321,7 @@ async fn run_controllers(
     // Commands: few objects, each reconcile short; their children are CommandInvocations
     // above. A missing Command CRD or RBAC shows as warnings here, not as unreadiness.
     runs.extend(command_apis.into_iter().map(|api| {
+        let metrics = ctx.metrics.clone();
         let run = Controller::new(api, watcher::Config::default())
             .with_config(config.clone())
             .graceful_shutdown_on(shutdown.clone())
@@ -329,14 +330,18 @@ async fn run_controllers(
                 command_reconciler::error_policy,
                 commands.clone(),
             )
-            .for_each(|result| async move {
+            .for_each(move |result| {
+                let metrics = metrics.clone();
+                async move {
                 if let Err(error) = result {
                     match error {
                         controller::Error::QueueError(error) => {
+                            metrics.watch_failed();
                             warn!(%error, "watching Commands failed (is the Command CRD installed, and may the operator list and watch commands?)")
                         }
                         error => tracing::debug!(%error, "Command controller event"),
                     }
+                }
                 }
             });
         futures::FutureExt::boxed(run)

@@ -1,0 +1,322 @@
+//! The `Command` reconciler against kube's `tower-test` mock API server (the kube-rs
+//! controller example's verifier pattern) and the SSM simulator through the real SDK: the
+//! exactly-once guarantees that need a stale cache, a lost compare-and-swap or a closed
+//! leadership fence, which the end-to-end suite cannot stage on demand.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_ssm::config::Credentials;
+use http::{Method, Request, Response};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::Client;
+use serde_json::{json, Value};
+use ssm_operator::api::{Command, CommandSpec, CommandStatus, SendRecord};
+use ssm_operator::command_reconciler::{reconcile, CommandContext, FINALIZER};
+use ssm_operator::leader::Fence;
+use ssm_operator::metrics::Metrics;
+use ssm_operator::roles::Roles;
+use ssm_operator::schedule::PollIntervals;
+use ssm_operator::send::{marker, Policy};
+use ssm_operator::ssm::Ssm;
+use ssm_operator::status_writer::StatusWriter;
+use ssm_sim::{Plugin, Simulator};
+
+const NODE: &str = "i-0123456789abcdef0";
+const UID: &str = "0b6f3c52-1f4e-4c59-a0f5-7f3f6f0c9e21";
+const PATH: &str = "/apis/ssm.operator.dev/v1alpha1/namespaces/ops/commands/patch";
+const WAIT: Duration = Duration::from_secs(10);
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// Plays the API server: each `expect_*` takes the next request, checks it, and answers.
+struct ApiServer(Handle);
+
+impl ApiServer {
+    async fn next(
+        &mut self,
+    ) -> (
+        Request<Body>,
+        tower_test::mock::SendResponse<Response<Body>>,
+    ) {
+        tokio::time::timeout(WAIT, self.0.next_request())
+            .await
+            .expect("the reconciler should have called the API server")
+            .expect("mock service dropped")
+    }
+
+    async fn body(request: Request<Body>) -> Value {
+        serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap()
+    }
+
+    /// The finalizer patch, carrying the resourceVersion it was decided on; answered with
+    /// the object at resourceVersion `next`.
+    async fn expect_finalizer(&mut self, object: &Command, next: &str) -> Command {
+        let (request, send) = self.next().await;
+        assert_eq!(
+            (request.method(), request.uri().path()),
+            (&Method::PATCH, PATH)
+        );
+        let body = Self::body(request).await;
+        assert_eq!(body["metadata"]["finalizers"], json!([FINALIZER]));
+        assert_eq!(
+            body["metadata"]["resourceVersion"],
+            json!(object.metadata.resource_version)
+        );
+        let mut stored = object.clone();
+        stored.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        stored.metadata.resource_version = Some(next.into());
+        send.send_response(json(200, &serde_json::to_value(&stored).unwrap()));
+        stored
+    }
+
+    async fn expect_event(&mut self) -> Value {
+        let (request, send) = self.next().await;
+        assert_eq!(request.method(), Method::POST);
+        assert!(
+            request.uri().path().ends_with("/events"),
+            "{}",
+            request.uri()
+        );
+        let body = Self::body(request).await;
+        send.send_response(json(201, &body));
+        body
+    }
+
+    /// A status apply that must carry `version` as its precondition; answered with `code`
+    /// (200: the object with that status at resourceVersion `version`+1).
+    async fn expect_status(&mut self, object: &Command, version: &str, code: u16) -> Value {
+        let (request, send) = self.next().await;
+        assert_eq!(
+            (request.method(), request.uri().path()),
+            (&Method::PATCH, format!("{PATH}/status").as_str())
+        );
+        let body = Self::body(request).await;
+        assert_eq!(
+            body["metadata"]["resourceVersion"], version,
+            "compare-and-swap"
+        );
+        if code == 200 {
+            let mut stored = serde_json::to_value(object).unwrap();
+            stored["status"] = body["status"].clone();
+            stored["metadata"]["resourceVersion"] = json!(format!("{version}1"));
+            send.send_response(json(200, &stored));
+        } else {
+            send.send_response(json(
+                code,
+                &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "reason": "Conflict", "code": code,
+                        "message": "the object has been modified"}),
+            ));
+        }
+        body
+    }
+
+    async fn expect_silence(&mut self) {
+        let next = tokio::time::timeout(Duration::from_millis(300), self.0.next_request()).await;
+        assert!(
+            next.is_err(),
+            "unexpected API call: {:?}",
+            next.ok().flatten().map(|(r, _)| r.uri().clone())
+        );
+    }
+}
+
+fn json(code: u16, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap()
+}
+
+async fn fixture(fence: Fence) -> (Arc<CommandContext>, Simulator, ApiServer) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let sim = Simulator::start().await.unwrap();
+    sim.set_send_default([Plugin::succeeding("", Duration::from_secs(60))]);
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new("eu-west-1"))
+        .endpoint_url(sim.endpoint())
+        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+        .load()
+        .await;
+    let metrics = Arc::new(Metrics::new());
+    let ssm = Arc::new(Ssm::new(sdk, metrics.clone(), 1000.0));
+    let ctx = CommandContext::new(
+        client.clone(),
+        ssm,
+        Arc::new(Roles::disabled()),
+        StatusWriter::new(client, Some("test".into()), metrics.clone(), fence.clone()),
+        Policy::new(true, &[]).unwrap(),
+        PollIntervals {
+            min: Duration::from_millis(200),
+            max: Duration::from_secs(2),
+        },
+        Duration::from_secs(300),
+        fence,
+        metrics,
+    );
+    (Arc::new(ctx), sim, ApiServer(handle))
+}
+
+fn command(status: Option<CommandStatus>) -> Command {
+    let mut c = Command::new(
+        "patch",
+        CommandSpec {
+            document_name: "AWS-RunShellScript".into(),
+            document_version: None,
+            parameters: None,
+            instance_ids: Some(vec![NODE.into()]),
+            targets: None,
+            comment: Some("nightly".into()),
+            timeout_seconds: None,
+            max_concurrency: None,
+            max_errors: None,
+            output_s3_bucket_name: None,
+            output_s3_key_prefix: None,
+            cloud_watch_output_config: None,
+            region: None,
+        },
+    );
+    c.metadata.namespace = Some("ops".into());
+    c.metadata.uid = Some(UID.into());
+    c.metadata.generation = Some(1);
+    c.metadata.resource_version = Some("7".into());
+    c.status = status;
+    c
+}
+
+async fn run(ctx: &Arc<CommandContext>, object: &Command) -> Result<Action, ssm_operator::Error> {
+    tokio::time::timeout(WAIT, reconcile(Arc::new(object.clone()), ctx.clone()))
+        .await
+        .expect("reconcile finished")
+}
+
+#[tokio::test]
+async fn the_intent_is_stored_before_the_one_send_and_the_reply_after_it() {
+    let (ctx, sim, mut api) = fixture(Fence::open()).await;
+    let object = command(None);
+    let verifier = tokio::spawn(async move {
+        let stored = api.expect_finalizer(&object, "8").await;
+        let sending = api.expect_event().await;
+        let intent = api.expect_status(&stored, "8", 200).await;
+        let sent = api.expect_event().await;
+        let adopted = api.expect_status(&stored, "81", 200).await;
+        (sending, intent, sent, adopted)
+    });
+    let action = run(&ctx, &command(None)).await.unwrap();
+    let (sending, intent, sent, adopted) = verifier.await.unwrap();
+    assert_eq!(
+        action,
+        Action::requeue(Duration::from_millis(200)),
+        "then tracked"
+    );
+    assert_eq!(sending["reason"], "Sending");
+    let record = &intent["status"]["send"];
+    assert_eq!(record["generation"], 1);
+    assert_eq!(record["marker"], marker(UID, 1));
+    assert!(intent["status"].get("commandId").is_none());
+    let created = sim.sent();
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].comment, format!("nightly {}", marker(UID, 1)));
+    assert_eq!(sent["reason"], "Sent");
+    assert_eq!(
+        adopted["status"]["commandId"],
+        created[0].command_id.as_str()
+    );
+    assert_eq!(
+        adopted["status"]["send"], *record,
+        "the intent stays on record"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_compare_and_swap_on_the_intent_sends_nothing() {
+    // A reconcile on a stale cache (or a second writer): the intent write is refused.
+    let (ctx, sim, mut api) = fixture(Fence::open()).await;
+    let object = command(None);
+    let verifier = tokio::spawn(async move {
+        let stored = api.expect_finalizer(&object, "8").await;
+        api.expect_event().await;
+        api.expect_status(&stored, "8", 409).await;
+        api.expect_silence().await;
+    });
+    let action = run(&ctx, &command(None)).await.unwrap();
+    verifier.await.unwrap();
+    assert_eq!(
+        action,
+        Action::requeue(Duration::from_secs(1)),
+        "decide again soon"
+    );
+    assert_eq!(sim.calls("SendCommand"), 0);
+}
+
+#[tokio::test]
+async fn a_replica_whose_fence_is_closed_never_sends() {
+    // Not (or no longer) sure it leads: not even the finalizer is written.
+    let (ctx, sim, mut api) = fixture(Fence::for_lease("me", Duration::from_secs(15))).await;
+    let verifier = tokio::spawn(async move {
+        api.expect_silence().await;
+    });
+    let result = run(&ctx, &command(None)).await;
+    verifier.await.unwrap();
+    assert!(
+        matches!(result, Err(ssm_operator::Error::Fenced)),
+        "{result:?}"
+    );
+    assert_eq!(sim.calls("SendCommand"), 0);
+}
+
+#[tokio::test]
+async fn an_intent_found_in_ssm_is_adopted_not_sent_again() {
+    // Another process recorded the intent and SSM created the command; its reply was lost.
+    let (ctx, sim, mut api) = fixture(Fence::open()).await;
+    let aws = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new("eu-west-1"))
+        .endpoint_url(sim.endpoint())
+        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+        .load()
+        .await;
+    let made = aws_sdk_ssm::Client::new(&aws)
+        .send_command()
+        .document_name("AWS-RunShellScript")
+        .instance_ids(NODE)
+        .comment(format!("nightly {}", marker(UID, 1)))
+        .send()
+        .await
+        .unwrap();
+    let made = made
+        .command()
+        .and_then(|c| c.command_id())
+        .unwrap()
+        .to_string();
+    let intent = CommandStatus {
+        observed_generation: Some(1),
+        send: Some(SendRecord {
+            generation: 1,
+            marker: marker(UID, 1),
+            time: Time(Timestamp::now()),
+        }),
+        ..CommandStatus::default()
+    };
+    let mut object = command(Some(intent));
+    object.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    let stored = object.clone();
+    let verifier = tokio::spawn(async move {
+        api.expect_event().await;
+        api.expect_status(&stored, "7", 200).await
+    });
+    run(&ctx, &object).await.unwrap();
+    let adopted = verifier.await.unwrap();
+    assert_eq!(adopted["status"]["commandId"], made.as_str());
+    assert_eq!(
+        sim.calls("SendCommand"),
+        1,
+        "only the earlier process's send"
+    );
+}
