@@ -1,5 +1,11 @@
 #!/usr/bin/env bash
-# Run the Argo CD health check tests (deploy/argocd/health_test.lua).
+# Run the Argo CD health check tests (deploy/argocd/health_test.lua): the
+# cases for both kinds, CommandInvocation and Command, a Lua 5.1 syntax check of
+# deploy/argocd/health.lua, and a drift check of deploy/argocd/argocd-cm-snippet.yaml:
+# each of its keys
+#   resource.customizations.health.ssm.operator.dev_CommandInvocation
+#   resource.customizations.health.ssm.operator.dev_Command
+# must hold health.lua verbatim, and it must hold no other health key.
 #
 # Uses lua5.4 (Debian package lua5.4) unless $LUA names another interpreter;
 # the tests also pass under lua5.1, the dialect of Argo CD's gopher-lua.

@@ -1,14 +1,21 @@
--- Argo CD health check for ssm.operator.dev/CommandInvocation.
+-- Argo CD health check for ssm.operator.dev/CommandInvocation and
+-- ssm.operator.dev/Command (the same script under both argocd-cm keys).
 --
 -- Healthy     status.status is Success.
 -- Degraded    status.status is Failed, TimedOut or Cancelled, or the operator
---             set Stalled=True (a permanent error such as InvalidInstanceId or
---             InvocationNotFound); the message says why.
+--             set Stalled=True: a permanent error (InvalidInstanceId,
+--             InvocationNotFound, AccessDenied, ...) or, for a Command, a send
+--             that was not made (SendingDisabled, DocumentNotAllowed,
+--             SendFailed, SendUnknown); the message says why.
 -- Progressing everything else: no status yet, the CRD's default status
 --             {observedGeneration: -1} (the operator has not observed the
---             object yet), Pending, InProgress, Delayed, Cancelling, transient
---             errors (Throttled, SsmUnavailable), or a status that describes an
---             older spec generation.
+--             resource yet), a Command being sent, Pending, InProgress,
+--             Delayed, Cancelling, transient errors (Throttled,
+--             SsmUnavailable), or a status that describes an older spec
+--             generation.
+--
+-- Messages carry SSM's status, details and response code (CommandInvocation)
+-- or node counts (Command: "3/10 done, 0 failed").
 --
 -- Argo CD runs this with gopher-lua (Lua 5.1): no goto, integer division,
 -- bitwise operators or other Lua 5.2+ features.
@@ -26,17 +33,28 @@ local function ssm_message(st)
   if st.statusDetails ~= nil and st.statusDetails ~= "" and st.statusDetails ~= st.status then
     msg = msg .. " (" .. tostring(st.statusDetails) .. ")"
   end
-  if st.responseCode ~= nil and st.responseCode ~= -1 then
+  if type(st.responseCode) == "number" and st.responseCode ~= -1 then
     msg = msg .. ", response code " .. num(st.responseCode)
+  end
+  -- A Command's node counts.
+  if type(st.completedCount) == "number" and type(st.targetCount) == "number" then
+    msg = msg .. ", " .. num(st.completedCount) .. "/" .. num(st.targetCount) .. " done"
+    if type(st.errorCount) == "number" then
+      msg = msg .. ", " .. num(st.errorCount) .. " failed"
+    end
+    if type(st.deliveryTimedOutCount) == "number" and st.deliveryTimedOutCount > 0 then
+      msg = msg .. ", " .. num(st.deliveryTimedOutCount) .. " not reached"
+    end
   end
   return msg
 end
 
 local failed = { Failed = true, TimedOut = true, Cancelled = true }
+local waiting = "Waiting for the operator to report the SSM status"
 
 if obj.status == nil then
   hs.status = "Progressing"
-  hs.message = "Waiting for the operator to report the SSM invocation status"
+  hs.message = waiting
   return hs
 end
 local st = obj.status
@@ -45,7 +63,7 @@ local st = obj.status
 -- has not written anything yet.
 if st.observedGeneration ~= nil and st.observedGeneration < 0 then
   hs.status = "Progressing"
-  hs.message = "Waiting for the operator: it has not observed this CommandInvocation yet"
+  hs.message = "Waiting for the operator: it has not observed this resource yet"
   return hs
 end
 
@@ -101,12 +119,22 @@ if st.status == "Success" then
   return hs
 end
 
+-- Not terminal. The Reconciling message says what the operator is doing (a
+-- Command being sent, a transient error being retried); when it only repeats
+-- SSM's status, the status line with details and counts says more.
 hs.status = "Progressing"
+local doing = nil
 if reconciling ~= nil and reconciling.message ~= nil and reconciling.message ~= "" then
-  hs.message = reconciling.message
-elseif st.status ~= nil then
+  doing = reconciling.message
+end
+if st.status ~= nil and (doing == nil or reconciling.reason == st.status) then
   hs.message = ssm_message(st)
+elseif doing ~= nil and st.status ~= nil and type(st.completedCount) == "number" then
+  -- A Command's run goes on while the operator retries: keep its counts.
+  hs.message = ssm_message(st) .. "; " .. doing
+elseif doing ~= nil then
+  hs.message = doing
 else
-  hs.message = "Waiting for the operator to report the SSM invocation status"
+  hs.message = waiting
 end
 return hs
