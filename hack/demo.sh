@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# make demo: a local API server (etcd + kube-apiserver), the SSM simulator and the operator;
-# applies examples/commandinvocation.yaml and shows it reach Success in `kubectl get`.
+# make demo: a local API server (etcd + kube-apiserver), the SSM simulator and the operator
+# (with --send-commands).
+#   1. applies examples/commandinvocation.yaml and shows it reach Success in `kubectl get`;
+#   2. applies examples/command.yaml (a Command for the nodes tagged Role=web): the operator
+#      sends it once, the simulator resolves the tag to three nodes (one scripted to fail, see
+#      hack/demo-scenario.json), and `kubectl get` shows the run finish and a child per node.
 # Everything binds 127.0.0.1 and is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,14 +49,16 @@ wait_line "$work/sim.out" "listening on"
 endpoint="$(grep -o 'http://[0-9.:]*' "$work/sim.out" | head -1)"
 echo "SSM endpoint: $endpoint"
 
-say "installing the CRD"
-"$kubectl" apply -f crds/commandinvocation.yaml
-"$kubectl" wait --for=condition=Established --timeout=60s crd/commandinvocations.ssm.operator.dev
+say "installing the CRDs"
+"$kubectl" apply -f crds/commandinvocation.yaml -f crds/command.yaml
+"$kubectl" wait --for=condition=Established --timeout=60s \
+  crd/commandinvocations.ssm.operator.dev crd/commands.ssm.operator.dev
 
-say "starting ssm-operator (log: operator.log)"
+say "starting ssm-operator --send-commands (log: operator.log)"
 AWS_ENDPOINT_URL_SSM="$endpoint" AWS_REGION=eu-west-1 AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo \
 AWS_EC2_METADATA_DISABLED=true \
   "$bin/ssm-operator" run --http-bind 127.0.0.1:0 --poll-interval-min 500ms --poll-interval-max 2s \
+  --send-commands \
   > "$work/operator.log" 2>&1 &
 pids+=($!)
 wait_line "$work/operator.log" "caches synced"
@@ -72,5 +78,32 @@ say "kubectl describe cinv patch-web-1"
 "$kubectl" describe cinv patch-web-1
 
 status="$("$kubectl" get cinv patch-web-1 -o jsonpath='{.status.status}')"
-say "result: $status"
-[ "$status" = Success ]
+say "result (part 1): $status"
+[ "$status" = Success ] || { echo "expected patch-web-1 to succeed" >&2; exit 1; }
+
+# Part 2: a Command the operator sends itself, exactly once, with a child per node.
+command=web-uptime
+say "kubectl apply -f examples/command.yaml; kubectl get ssmcmd -w"
+"$kubectl" apply -f examples/command.yaml
+"$kubectl" get ssmcmd --watch &
+watch_pid=$!
+"$kubectl" wait --for=condition=Finished --timeout=60s "ssmcmd/$command" > /dev/null
+sleep 0.5
+kill "$watch_pid" 2>/dev/null || true
+wait "$watch_pid" 2>/dev/null || true
+
+say "kubectl get ssmcmd -o wide"
+"$kubectl" get ssmcmd -o wide
+# The children follow their own invocations; wait until each has its final status.
+"$kubectl" wait --for=condition=Finished --timeout=60s cinv -l "ssm.operator.dev/command=$command" > /dev/null
+say "kubectl get cinv -l ssm.operator.dev/command=$command"
+"$kubectl" get cinv -l "ssm.operator.dev/command=$command"
+say "the failed node's stderr"
+"$kubectl" get cinv -l "ssm.operator.dev/command=$command" \
+  -o jsonpath='{range .items[?(@.status.status=="Failed")]}{.metadata.name}: {.status.standardErrorContent}{end}'
+say "SendCommand calls made by the operator: $(grep -c 'SendCommand result=Accepted' "$work/operator.log")"
+
+# As scripted: 3 nodes, one fails (exit code 1), so SSM reports the command Failed.
+result="$("$kubectl" get ssmcmd "$command" -o jsonpath='{.status.status} {.status.done} {.status.errorCount}')"
+say "result (part 2): $result (status, done, errors; one node is scripted to fail)"
+[ "$result" = "Failed 3/3 1" ] || { echo "expected 'Failed 3/3 1' for $command" >&2; exit 1; }

@@ -1,5 +1,6 @@
 //! Conformance against an independent SSM emulator (moto's server, from PyPI): a command sent
-//! through moto with the real SDK is tracked by the operator to the status moto reports.
+//! through moto with the real SDK is tracked by the operator to the status moto reports, and a
+//! Command is sent by the operator through moto's SendCommand and followed to Success.
 //! `make test` installs moto (`hack/test-deps.sh`) and requires this scenario to run.
 
 use std::path::PathBuf;
@@ -8,9 +9,15 @@ use std::sync::Arc;
 
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_ssm::config::Credentials;
+use kube::api::{DeleteParams, PostParams};
+use kube::runtime::wait::await_condition;
+use kube::Api;
+use ssm_operator::api::{Command as SsmCommand, CommandSpec};
 use testbed::TestCluster;
 
-use crate::support::{free_port, poll_until, spec, Operator, OperatorOptions, World, INSTANCE_ID};
+use crate::support::{
+    free_port, poll_until, spec, Operator, OperatorOptions, World, DEADLINE, INSTANCE_ID,
+};
 
 /// moto's server binary: `MOTO_SERVER`, else the project's virtualenv.
 pub fn moto_server() -> Option<PathBuf> {
@@ -128,6 +135,161 @@ pub async fn moto_speaks_the_same_protocol(cluster: Arc<TestCluster>) {
             Some("InvocationNotFound" | "InvalidPluginName")
         ),
         "{reason:?}"
+    );
+    operator.stop().await;
+}
+
+/// The nodes the moto Command runs on.
+const MOTO_NODES: [&str; 2] = ["i-0ccccccccccccccc1", "i-0ccccccccccccccc2"];
+
+/// The operator sends a Command through moto's SendCommand and follows it: one command in
+/// moto carrying the marker, the counts moto reports, a child per node tracked to Success.
+/// (moto answers ListCommandInvocations and CancelCommand with HTTP 500: `instanceIds` needs
+/// neither, and a finished run is never cancelled.)
+pub async fn moto_sends_a_command(cluster: Arc<TestCluster>) {
+    let moto = Moto::start();
+    let sdk = moto.sdk_config().await;
+    let ssm = aws_sdk_ssm::Client::new(&sdk);
+    poll_until("moto to answer ListCommands", || async {
+        ssm.list_commands().send().await.ok()
+    })
+    .await;
+    // The filter the operator's search for an unanswered send uses, in its exact form: moto
+    // must not refuse it (it ignores ListCommands filters).
+    let invoked_after = aws_sdk_ssm::types::CommandFilter::builder()
+        .key(aws_sdk_ssm::types::CommandFilterKey::InvokedAfter)
+        .value(
+            k8s_openapi::jiff::Timestamp::now()
+                .strftime("%Y-%m-%dT%H:%M:%SZ")
+                .to_string(),
+        )
+        .build()
+        .expect("filter");
+    let filtered = ssm
+        .list_commands()
+        .filters(invoked_after)
+        .max_results(50)
+        .send()
+        .await;
+    assert!(
+        filtered.is_ok(),
+        "moto refused ListCommands with InvokedAfter: {:?}",
+        filtered.map_err(aws_sdk_ssm::error::DisplayErrorContext)
+    );
+
+    let world = World::new(cluster, "moto-send").await;
+    let operator = Operator::start(
+        &world,
+        &OperatorOptions {
+            ssm_endpoint: moto.endpoint.clone(),
+            args: vec!["--send-commands".into()],
+            ..OperatorOptions::default()
+        },
+    );
+    let commands: Api<SsmCommand> = Api::namespaced(world.client.clone(), &world.namespace);
+    let spec = CommandSpec {
+        document_name: "AWS-RunShellScript".into(),
+        document_version: None,
+        parameters: Some([("commands".to_string(), vec!["uptime".to_string()])].into()),
+        instance_ids: Some(MOTO_NODES.iter().map(|s| s.to_string()).collect()),
+        targets: None,
+        comment: Some("moto conformance".into()),
+        timeout_seconds: Some(600),
+        max_concurrency: None,
+        max_errors: None,
+        output_s3_bucket_name: None,
+        output_s3_key_prefix: None,
+        cloud_watch_output_config: None,
+        region: None,
+    };
+    commands
+        .create(&PostParams::default(), &SsmCommand::new("via-moto", spec))
+        .await
+        .expect("create Command");
+
+    let ready = tokio::time::timeout(
+        DEADLINE,
+        await_condition(commands.clone(), "via-moto", |c: Option<&SsmCommand>| {
+            c.and_then(|c| c.condition("Ready"))
+                .is_some_and(|r| r.status == "True")
+        }),
+    )
+    .await;
+    let done = match ready {
+        Ok(Ok(Some(done))) => done,
+        other => panic!(
+            "Command via-moto not Ready within {DEADLINE:?} ({:?}); last status: {:#?}",
+            other.map(|r| r.map(|_| ())),
+            commands.get("via-moto").await.ok().and_then(|c| c.status)
+        ),
+    };
+    let s = done.status.clone().expect("status");
+    assert_eq!(s.status.as_deref(), Some("Success"), "{s:#?}");
+    assert_eq!(
+        (s.target_count, s.completed_count, s.error_count),
+        (Some(2), Some(2), Some(0)),
+        "{s:#?}"
+    );
+    assert_eq!(s.done.as_deref(), Some("2/2"));
+    assert_eq!(s.observed_generation, Some(1));
+    let command_id = s.command_id.clone().expect("commandId recorded");
+    let marker = s.send.as_ref().map(|r| r.marker.clone()).expect("marker");
+
+    // moto holds exactly one command carrying the marker: the one the status names.
+    let listed = ssm.list_commands().send().await.expect("ListCommands");
+    let carrying: Vec<_> = listed
+        .commands()
+        .iter()
+        .filter(|c| c.comment().is_some_and(|m| m.ends_with(&marker)))
+        .collect();
+    assert_eq!(carrying.len(), 1, "{:#?}", listed.commands());
+    assert_eq!(carrying[0].command_id(), Some(command_id.as_str()));
+    assert_eq!(
+        carrying[0].comment(),
+        Some(format!("moto conformance {marker}").as_str())
+    );
+    let mut sent_to: Vec<&str> = carrying[0]
+        .instance_ids()
+        .iter()
+        .map(String::as_str)
+        .collect();
+    sent_to.sort_unstable();
+    assert_eq!(sent_to, MOTO_NODES);
+
+    // A child per node, tracked through GetCommandInvocation to Success.
+    for node in MOTO_NODES {
+        let child = world
+            .wait_status(&format!("via-moto-{node}"), "Success")
+            .await;
+        assert_eq!(child.spec.command_id, command_id);
+        let cs = child.status.expect("child status");
+        assert_eq!(cs.response_code, Some(0), "{cs:#?}");
+        assert_eq!(cs.plugin_name.as_deref(), Some("aws:runShellScript"));
+    }
+
+    // A finished run needs no CancelCommand (which moto cannot answer): deletion goes through.
+    commands
+        .delete("via-moto", &DeleteParams::default())
+        .await
+        .expect("delete");
+    poll_until("the finished Command to be gone", || {
+        let commands = &commands;
+        async move {
+            commands
+                .get_opt("via-moto")
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+    let log = operator.log();
+    assert!(
+        !log.contains("CancelCommand"),
+        "a finished run was cancelled:\n{}",
+        operator.log_tail()
     );
     operator.stop().await;
 }

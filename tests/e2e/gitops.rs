@@ -1,6 +1,6 @@
 //! GitOps gating with the real clients: Helm 4's `--wait` (kstatus, as Flux uses it) and
-//! `kubectl wait` on a release or object holding CommandInvocations, also when the operator
-//! starts only after they were applied, or never.
+//! `kubectl wait` on a release or object holding CommandInvocations or a Command, also when
+//! the operator starts only after they were applied, or never.
 //!
 //! The CRD defaults a missing status to `{observedGeneration: -1}`
 //! ([`NOT_OBSERVED`]): kstatus would otherwise call a custom resource without status Current
@@ -12,7 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
-use ssm_operator::api::{CommandInvocation, CommandInvocationSpec, NOT_OBSERVED};
+use kube::runtime::wait::await_condition;
+use kube::Api;
+use ssm_operator::api::{
+    Command as SsmCommand, CommandInvocation, CommandInvocationSpec, NOT_OBSERVED,
+};
 use ssm_sim::{Command, Invocation, Plugin, Simulator, Status};
 use testbed::TestCluster;
 use tokio::process::Child;
@@ -389,5 +393,199 @@ pub async fn kubectl_wait_on_ready_and_finished(cluster: Arc<TestCluster>) {
         failed.condition("Ready").map(|c| c.status.as_str()),
         Some("False")
     );
+    operator.stop().await;
+}
+
+/// The Command the command chart holds.
+const COMMAND: &str = "gate-run";
+/// The nodes it runs on.
+const COMMAND_NODES: [&str; 2] = ["i-0bbbbbbbbbbbbbbb1", "i-0bbbbbbbbbbbbbbb2"];
+
+/// A one-template chart holding a Command (`instanceIds`, AWS-RunShellScript), written into
+/// the world's temporary directory.
+fn write_command_chart(world: &World) -> PathBuf {
+    let chart = world.dir.path().join("command-chart");
+    std::fs::create_dir_all(chart.join("templates")).expect("chart dir");
+    std::fs::write(
+        chart.join("Chart.yaml"),
+        "apiVersion: v2\nname: gate-command\nversion: 0.1.0\n",
+    )
+    .expect("Chart.yaml");
+    let nodes: String = COMMAND_NODES
+        .iter()
+        .map(|n| format!("    - {n}\n"))
+        .collect();
+    std::fs::write(
+        chart.join("templates/command.yaml"),
+        format!(
+            "apiVersion: ssm.operator.dev/v1alpha1\nkind: Command\nmetadata:\n  name: {COMMAND}\nspec:\n  documentName: AWS-RunShellScript\n  parameters:\n    commands:\n      - ./migrate.sh\n  instanceIds:\n{nodes}  comment: gated by helm --wait\n"
+        ),
+    )
+    .expect("template");
+    chart
+}
+
+fn command_api(world: &World) -> Api<SsmCommand> {
+    Api::namespaced(world.client.clone(), &world.namespace)
+}
+
+/// Waits until `done` holds for the chart's Command, following a watch.
+async fn wait_command(world: &World, what: &str, done: impl Fn(&SsmCommand) -> bool) -> SsmCommand {
+    let cond = move |obj: Option<&SsmCommand>| obj.is_some_and(&done);
+    match tokio::time::timeout(DEADLINE, await_condition(command_api(world), COMMAND, cond)).await {
+        Ok(Ok(Some(obj))) => obj,
+        Ok(Ok(None)) => panic!("Command {COMMAND} was deleted while waiting for {what}"),
+        Ok(Err(e)) => panic!("watching Command {COMMAND} for {what}: {e}"),
+        Err(_) => {
+            let now = command_api(world).get(COMMAND).await.ok();
+            panic!(
+                "Command {COMMAND}: no {what} within {DEADLINE:?}; last seen status: {:#?}",
+                now.and_then(|o| o.status)
+            )
+        }
+    }
+}
+
+/// The `lastTransitionTime` of the Command's condition `type_`, which must be True.
+fn command_true_since(obj: &SsmCommand, type_: &str) -> Timestamp {
+    let condition = obj
+        .condition(type_)
+        .unwrap_or_else(|| panic!("no {type_} condition: {:#?}", obj.status));
+    assert_eq!(condition.status, "True", "{type_}: {condition:#?}");
+    condition.last_transition_time.0
+}
+
+fn sending_operator_for(world: &World, sim: &Simulator) -> Operator {
+    Operator::start(
+        world,
+        &OperatorOptions {
+            ssm_endpoint: sim.endpoint(),
+            args: vec!["--send-commands".into()],
+            ..OperatorOptions::default()
+        },
+    )
+}
+
+/// `helm install --wait` of a chart holding a Command: still waiting while no operator runs
+/// (the CRD's "not observed" default), exit 0 only after the run succeeded on every node.
+pub async fn helm_wait_gates_on_a_command_that_succeeds(cluster: Arc<TestCluster>) {
+    let world = World::new(cluster, "helm-wait-cmd-success").await;
+    let chart = write_command_chart(&world);
+    let mut helm = start_helm_install(&world, &chart, "50s");
+
+    let created = wait_command(&world, "creation", |_| true).await;
+    let status = created.status.expect("status defaulted by the CRD schema");
+    assert_eq!(
+        status.observed_generation,
+        Some(NOT_OBSERVED),
+        "{status:#?}"
+    );
+    assert_eq!(status.command_id, None, "{status:#?}");
+    assert_still_waiting(&mut helm, NO_OPERATOR_WINDOW, "while no operator runs").await;
+
+    let sim = Simulator::start().await.expect("simulator");
+    // Long enough that helm, were it not gated, would return while the run is in progress.
+    sim.set_send_default([Plugin::succeeding("", ms(3000)).stdout("migrated\n")]);
+    let operator = sending_operator_for(&world, &sim);
+
+    let (out, returned) = helm_result(helm).await;
+    // Read the Command the moment helm returned: the gate must have waited for Success.
+    let at_return = command_api(&world).get(COMMAND).await.expect("get");
+    assert!(
+        out.status.success(),
+        "helm install --wait failed: {}",
+        describe(&out)
+    );
+    let s = at_return.status.clone().expect("status");
+    assert_eq!(
+        s.status.as_deref(),
+        Some("Success"),
+        "helm returned before the command succeeded: {s:#?}"
+    );
+    assert_eq!(
+        (s.target_count, s.completed_count, s.error_count),
+        (Some(2), Some(2), Some(0)),
+        "{s:#?}"
+    );
+    assert_eq!(s.observed_generation, Some(1));
+    let ready_since = command_true_since(&at_return, "Ready");
+    assert!(
+        ready_since <= returned,
+        "Ready=True at {ready_since}, after helm returned at {returned}"
+    );
+    // Sent once, by the operator, with the chart's comment and the marker.
+    let sent = sim.sent();
+    assert_eq!(sent.len(), 1, "{sent:#?}");
+    let marker = s.send.as_ref().map(|r| r.marker.clone()).expect("marker");
+    assert_eq!(sent[0].comment, format!("gated by helm --wait {marker}"));
+    assert_eq!(s.command_id.as_deref(), Some(sent[0].command_id.as_str()));
+    operator.stop().await;
+}
+
+/// `helm install --wait` of a Command one of whose nodes fails: the Command stalls as Failed
+/// and helm exits non-zero (kstatus Failed), naming it.
+pub async fn helm_wait_fails_when_a_command_fails(cluster: Arc<TestCluster>) {
+    let world = World::new(cluster, "helm-wait-cmd-failed").await;
+    let sim = Simulator::start().await.expect("simulator");
+    sim.set_send_default([Plugin::succeeding("", ms(1000))]);
+    sim.script_instance(
+        Invocation::new(COMMAND_NODES[1])
+            .plugin(Plugin::failing_at("", ms(500), ms(2000), 2).stderr("migration failed\n")),
+    );
+    let operator = sending_operator_for(&world, &sim);
+    let chart = write_command_chart(&world);
+    // A Failed object is never Current: helm stops on kstatus Failed (Helm 4.1), or at the
+    // latest at this timeout.
+    let helm = start_helm_install(&world, &chart, "30s");
+
+    let failed = wait_command(&world, "Stalled=True", |c| {
+        c.condition("Stalled").is_some_and(|c| c.status == "True")
+    })
+    .await;
+    let s = failed.status.clone().expect("status");
+    assert_eq!(s.status.as_deref(), Some("Failed"), "{s:#?}");
+    assert_eq!(
+        (s.target_count, s.completed_count, s.error_count),
+        (Some(2), Some(2), Some(1)),
+        "{s:#?}"
+    );
+    assert_eq!(
+        failed.condition("Ready").map(|c| c.status.as_str()),
+        Some("False")
+    );
+    assert_eq!(
+        failed.condition("Finished").map(|c| c.status.as_str()),
+        Some("True")
+    );
+
+    let (out, returned) = helm_result(helm).await;
+    assert!(
+        !out.status.success(),
+        "helm install --wait succeeded on a failed command: {}",
+        describe(&out)
+    );
+    let stalled_since = command_true_since(&failed, "Stalled");
+    assert!(
+        stalled_since <= returned,
+        "Stalled=True at {stalled_since}, after helm returned at {returned}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("Command/{}/{COMMAND}", world.namespace))
+            && stderr.contains("status: Failed"),
+        "helm does not name the failed Command: {}",
+        describe(&out)
+    );
+    // The failing node's child says why.
+    let child = world
+        .wait_status(&format!("{COMMAND}-{}", COMMAND_NODES[1]), "Failed")
+        .await;
+    let cs = child.status.expect("child status");
+    assert_eq!(cs.response_code, Some(2));
+    assert_eq!(
+        cs.standard_error_content.as_deref(),
+        Some("migration failed\n")
+    );
+    assert_eq!(sim.sent().len(), 1, "sent once");
     operator.stop().await;
 }
