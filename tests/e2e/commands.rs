@@ -366,7 +366,11 @@ pub async fn operator_killed_after_ssm_accepted_sends_nothing_twice(cluster: Arc
 
     let operator = sending_operator(&world, &sim, &[]);
     let done = wait_command_condition(&world, "crash", "Ready", "True").await;
-    assert_eq!(sim.sent_with(&crash_marker), 1, "sent again after the restart");
+    assert_eq!(
+        sim.sent_with(&crash_marker),
+        1,
+        "sent again after the restart"
+    );
     assert_eq!(sim.calls("SendCommand"), 1);
     assert_eq!(
         done.status.and_then(|s| s.command_id),
