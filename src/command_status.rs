@@ -10,9 +10,12 @@ use crate::mapping::{is_terminal, Note};
 use crate::send::{DOCUMENT_NOT_ALLOWED, SENDING_DISABLED};
 use crate::ssm::{CommandSummary, Recovery, SsmError};
 
-/// Reason while the send is being made or looked for.
+/// Condition reason from the intent until SSM reports on the run: SSM's own first status
+/// (the contract's reasons are SSM statuses and the operator's named errors).
+pub const PENDING: &str = "Pending";
+/// Event reason of a recorded intent (the condition says `Pending`).
 pub const SENDING: &str = "Sending";
-/// Reason once SSM accepted the send and before it reports on the run.
+/// Event reason of SSM accepting the send, or of the search finding it.
 pub const SENT: &str = "Sent";
 
 /// A new status and the Event for the transition into it, if it is one.
@@ -33,12 +36,34 @@ impl Change {
 
 fn with_conditions(
     current: Option<&CommandStatus>,
-    mut status: CommandStatus,
+    status: CommandStatus,
     standing: Standing,
     reason: &str,
     message: &str,
     generation: i64,
     now: &Time,
+) -> Change {
+    with_event(
+        current,
+        status,
+        standing,
+        (reason, message),
+        generation,
+        now,
+        None,
+    )
+}
+
+/// Like [`with_conditions`]; `event` names an Event reason recorded even when the condition
+/// reason stays the same (a step of the send that SSM's statuses do not name).
+fn with_event(
+    current: Option<&CommandStatus>,
+    mut status: CommandStatus,
+    standing: Standing,
+    (reason, message): (&str, &str),
+    generation: i64,
+    now: &Time,
+    event: Option<&str>,
 ) -> Change {
     let previous: &[Condition] = current.map_or(&[], |s| s.conditions.as_slice());
     let was = previous.iter().find(|c| c.type_ == READY);
@@ -53,11 +78,14 @@ fn with_conditions(
     };
     let transition =
         was.is_none_or(|c| c.reason != reason || c.observed_generation != Some(generation));
-    let note = transition.then(|| Note {
-        warning: standing == Standing::Stalled,
-        reason: reason.to_string(),
-        action: format!("{}To{reason}", was.map_or("New", |c| c.reason.as_str())),
-        message: message.to_string(),
+    let note = (transition || (event.is_some() && !same)).then(|| {
+        let reason = event.unwrap_or(reason);
+        Note {
+            warning: standing == Standing::Stalled,
+            reason: reason.to_string(),
+            action: format!("{}To{reason}", was.map_or("New", |c| c.reason.as_str())),
+            message: message.to_string(),
+        }
     });
     Change { status, note }
 }
@@ -118,14 +146,14 @@ pub fn intended(
         "sending generation {generation} to SSM (Comment marker {})",
         record.marker
     );
-    with_conditions(
+    with_event(
         current,
         status,
         Standing::InProgress,
-        SENDING,
-        &message,
+        (PENDING, &message),
         generation,
         now,
+        Some(SENDING),
     )
 }
 
@@ -142,14 +170,14 @@ pub fn adopted(
         ..CommandStatus::default()
     };
     let message = format!("SSM accepted the command: {command_id}");
-    with_conditions(
+    with_event(
         current,
         status,
         Standing::InProgress,
-        SENT,
-        &message,
+        (PENDING, &message),
         generation,
         now,
+        Some(SENT),
     )
 }
 
@@ -168,7 +196,7 @@ pub fn sending(
         current,
         status,
         Standing::InProgress,
-        SENDING,
+        PENDING,
         message,
         generation,
         now,
@@ -290,7 +318,12 @@ mod tests {
         let c2 = adopted(Some(&c1.status), 1, "c-1", &now(1));
         assert_eq!(c2.status.command_id.as_deref(), Some("c-1"));
         assert_eq!(c2.status.send, Some(record()), "the intent stays");
-        assert_eq!(c2.note.as_ref().unwrap().action, "SendingToSent");
+        assert_eq!(c2.note.as_ref().unwrap().action, "PendingToSent");
+        assert_eq!(c2.note.as_ref().unwrap().reason, "Sent");
+        assert_eq!(
+            c2.status.conditions[0].reason, "Pending",
+            "condition reasons stay within the contract: SSM statuses and named errors"
+        );
         let c3 = observed(
             Some(&c2.status),
             1,
@@ -298,7 +331,7 @@ mod tests {
             &now(2),
         );
         assert_eq!(c3.status.done.as_deref(), Some("1/3"));
-        assert_eq!(c3.note.as_ref().unwrap().action, "SentToInProgress");
+        assert_eq!(c3.note.as_ref().unwrap().action, "PendingToInProgress");
         let same = observed(
             Some(&c3.status),
             1,

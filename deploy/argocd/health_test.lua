@@ -269,7 +269,7 @@ local function cmd_sending(gen)
   local message = "sending generation " .. gen .. " to SSM (Comment marker " .. marker .. ")"
   return {
     observedGeneration = gen, send = send_record(gen),
-    conditions = standing("False", "True", "False", "Sending", message, gen),
+    conditions = standing("False", "True", "False", "Pending", message, gen),
   }
 end
 
@@ -310,7 +310,7 @@ case("Command: Sending (intent recorded, no status.status)", command(1, cmd_send
   "Progressing", "sending generation 1 to SSM (Comment marker " .. marker .. ")", true)
 local sent = cmd_sending()
 sent.commandId = command_id
-sent.conditions = standing("False", "True", "False", "Sent", "SSM accepted the command: " .. command_id, 1)
+sent.conditions = standing("False", "True", "False", "Pending", "SSM accepted the command: " .. command_id, 1)
 case("Command: Sent, SSM has not reported yet", command(1, sent), "Progressing",
   "SSM accepted the command: " .. command_id, true)
 
