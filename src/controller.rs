@@ -39,6 +39,9 @@ use crate::{Error, OPERATOR_NAME};
 /// `--poll-interval-max` (5 minutes by default).
 const RECHECK_FACTOR: u32 = 10;
 
+/// How long in-flight reconciles may take to finish after SIGTERM (the chart's pod grace is 30 s).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Runs the operator with the given flags until a shutdown signal. `Ok` means a clean stop.
 pub async fn run(args: RunArgs) -> Result<(), Error> {
     if args.poll_interval_min.is_zero() || args.poll_interval_min > args.poll_interval_max {
@@ -367,10 +370,22 @@ async fn run_controllers(
             None => std::future::pending().await,
         }
     };
+    // A controller whose watch never synced (a missing CRD, no RBAC for it) waits for its
+    // cache and ignores the shutdown signal: past a grace it is dropped. Dropping a Command
+    // reconcile mid-send is safe: the next leader searches before any second attempt.
+    let overdue = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+            warn!(grace = ?SHUTDOWN_GRACE, "controllers still running after the shutdown grace; stopping them");
+        }
+    };
     tokio::select! {
         _ = join_all(runs) => {}
         () = ctx.tracker.clone().run() => {}
         () = consume => {}
+        () = overdue => {}
     }
     health.set_ready(false);
     info!("controllers stopped");

@@ -205,7 +205,20 @@ impl Operator {
     pub async fn stop(mut self) {
         let mut child = self.child.take().expect("running");
         signal(child.id(), "-TERM");
-        let status = wait_exit(&mut child).await;
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().ok().flatten() {
+                break status;
+            }
+            if started.elapsed() > DEADLINE {
+                let _ = child.kill();
+                panic!(
+                    "the operator did not exit within {DEADLINE:?} of SIGTERM; log:\n{}",
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         assert_eq!(
             status.code(),
             Some(0),
@@ -283,14 +296,6 @@ pub fn signal(pid: u32, which: &str) {
         .status()
         .expect("run kill");
     assert!(status.success(), "kill {which} {pid}");
-}
-
-async fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    poll_until("the operator to exit", || {
-        let status = child.try_wait().ok().flatten();
-        async move { status }
-    })
-    .await
 }
 
 fn log_tail(path: &Path) -> String {
