@@ -20,7 +20,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, instrument, warn};
 
-use crate::api::{Command, CommandInvocation, SendRecord};
+use crate::api::{Command, CommandInvocation, CommandStatus, SendRecord};
 use crate::children::{self, COMMAND_LABEL};
 use crate::command_status::{self, Change};
 use crate::leader::Fence;
@@ -41,12 +41,21 @@ pub const FINALIZER: &str = "ssm.operator.dev/cancel";
 const AFTER_CONFLICT: Duration = Duration::from_secs(1);
 /// How often a search waits between looks while SSM's listing settles.
 const SEARCH_EVERY: Duration = Duration::from_secs(10);
+/// How long a deletion retries cancelling the run before it goes ahead without (a Warning
+/// Event says so).
+const DELETE_GIVE_UP: Duration = Duration::from_secs(300);
+
+/// An attempt, named by its generation and the time its intent was recorded.
+type Attempt = (i64, Timestamp);
 
 /// What this process remembers per `Command` (by uid); losing it costs calls, never a send.
 #[derive(Default)]
 struct Memo {
-    /// The attempt (generation, intent time) this process knows SSM did not create.
-    unsent: Option<(i64, Timestamp)>,
+    /// The attempt this process knows SSM did not create, and when it may be made again.
+    unsent: Option<(Attempt, Instant)>,
+    /// The attempt SSM accepted, and the command it created (in case the status write that
+    /// records it lost its compare-and-swap).
+    accepted: Option<(Attempt, String)>,
     /// Rounds in a row without news (for the polling backoff).
     quiet: u32,
     /// Failed reconciles in a row (for the retry backoff).
@@ -165,9 +174,32 @@ async fn reconcile_inner(object: &Command, ctx: &CommandContext) -> Result<Actio
         .and_then(|s| s.send.as_ref())
         .filter(|s| s.generation == generation)
         .map(|s| s.time.0);
-    let known_unsent = ctx.memo(&uid, |m| {
-        intent_time.is_some() && m.unsent == intent_time.map(|t| (generation, t))
+    let attempt = intent_time.map(|t| (generation, t));
+    let (unsent, accepted) = ctx.memo(&uid, |m| {
+        let unsent = m
+            .unsent
+            .filter(|(a, _)| Some(*a) == attempt)
+            .map(|(_, not_before)| not_before);
+        let accepted = m
+            .accepted
+            .clone()
+            .filter(|(a, _)| Some(*a) == attempt)
+            .map(|(_, id)| id);
+        (unsent, accepted)
     });
+    let no_command_id = status.is_none_or(|s| s.command_id.is_none());
+    if let (Some(command_id), true) = (accepted, no_command_id) {
+        // SSM accepted this attempt; only the status write recording it was lost.
+        let next = Next::Adopt {
+            command_id,
+            duplicates: Vec::new(),
+        };
+        return follow(object, ctx, next, None).await;
+    }
+    if let Some(wait) = unsent.and_then(|t| t.checked_duration_since(Instant::now())) {
+        return Ok(Action::requeue(wait));
+    }
+    let known_unsent = unsent.is_some();
     let step = send::decide(&Facts {
         uid: &uid,
         generation,
@@ -189,6 +221,7 @@ async fn reconcile_inner(object: &Command, ctx: &CommandContext) -> Result<Actio
         Step::Track { command_id } => track(object, ctx, &command_id).await,
         Step::Settled => Ok(Action::await_change()),
         Step::Refuse { reason } => {
+            retire_previous_run(object, ctx, generation, false).await?;
             let message = command_status::gate_message(reason, &object.spec.document_name);
             let change = command_status::refused(status, generation, reason, &message, &Time(now));
             Ok(settle(
@@ -197,6 +230,7 @@ async fn reconcile_inner(object: &Command, ctx: &CommandContext) -> Result<Actio
             ))
         }
         Step::Unknown { message } => {
+            retire_previous_run(object, ctx, generation, false).await?;
             let change =
                 command_status::refused(status, generation, SEND_UNKNOWN, &message, &Time(now));
             Ok(settle(
@@ -205,12 +239,12 @@ async fn reconcile_inner(object: &Command, ctx: &CommandContext) -> Result<Actio
             ))
         }
         Step::Intend { record } => intend_and_send(object, ctx, record).await,
-        Step::Search { marker, since, .. } => {
+        Step::Search { marker, .. } => {
+            let attempted = intent_time.unwrap_or(now);
             let result = ctx
                 .ssm
-                .find_commands(&scope(object, ctx), &marker, since)
+                .find_commands(&scope(object, ctx), &marker, send::search_window(attempted))
                 .await;
-            let attempted = intent_time.unwrap_or(now);
             info!(?result, %marker, "looked for an earlier send in ListCommands");
             follow(
                 object,
@@ -249,6 +283,16 @@ async fn write(
     if !change.differs_from(object.status.as_ref()) {
         return Ok(Some(object.clone()));
     }
+    write_always(object, ctx, change).await
+}
+
+/// [`write`] even when the status is unchanged: the compare-and-swap itself is the point (an
+/// intent must be stored over exactly the object it was decided on).
+async fn write_always(
+    object: &Command,
+    ctx: &CommandContext,
+    change: Change,
+) -> Result<Option<Command>, Error> {
     if let Some(note) = &change.note {
         ctx.writer.record_command(object, note).await?;
     }
@@ -275,13 +319,13 @@ async fn intend_and_send(
     record: SendRecord,
 ) -> Result<Action, Error> {
     let generation = record.generation;
-    retire_previous_run(object, ctx, generation).await?;
+    retire_previous_run(object, ctx, generation, true).await?;
     let Some(object) = add_finalizer(object, ctx).await? else {
         return Ok(Action::requeue(AFTER_CONFLICT));
     };
     let now = Time(Timestamp::now());
     let change = command_status::intended(object.status.as_ref(), generation, &record, &now);
-    let Some(stored) = write(&object, ctx, change).await? else {
+    let Some(stored) = write_always(&object, ctx, change).await? else {
         return Ok(Action::requeue(AFTER_CONFLICT));
     };
     if !ctx.fence.allows_writes() {
@@ -291,14 +335,43 @@ async fn intend_and_send(
     let comment = send::comment(object.spec.comment.as_deref(), &record.marker);
     let result = ctx
         .ssm
-        .send_command(&scope(&object, ctx), &object.spec, &comment)
+        .send_command(
+            &scope(&object, ctx),
+            &object.spec,
+            &comment,
+            not_after(&record),
+        )
         .await;
     info!(?result, marker = %record.marker, generation, "SendCommand");
     let uid = object.uid().unwrap_or_default();
-    if matches!(result, send::SendResult::NotCreated { .. }) {
-        ctx.memo(&uid, |m| m.unsent = Some((generation, record.time.0)));
+    let attempt = (generation, record.time.0);
+    match &result {
+        send::SendResult::Accepted { command_id } => {
+            let id = command_id.clone();
+            ctx.memo(&uid, |m| m.accepted = Some((attempt, id)));
+        }
+        send::SendResult::NotCreated { .. } => {
+            let wait = backoff(ctx.intervals, 2, fastrand::f64());
+            ctx.memo(&uid, |m| m.unsent = Some((attempt, Instant::now() + wait)));
+        }
+        send::SendResult::Blocked { .. } => {
+            let recheck = ctx.recheck;
+            ctx.memo(&uid, |m| {
+                m.unsent = Some((attempt, Instant::now() + recheck))
+            });
+        }
+        send::SendResult::Refused { .. } | send::SendResult::Unknown { .. } => {}
     }
     follow(&stored, ctx, send::after_send(result), Some(&record)).await
+}
+
+/// The last moment the attempt's request may leave ([`send::MAX_SEND_DELAY`] after its intent).
+fn not_after(record: &SendRecord) -> Timestamp {
+    record
+        .time
+        .0
+        .checked_add(send::MAX_SEND_DELAY)
+        .unwrap_or(record.time.0)
 }
 
 /// Acts on the step after a send or a search.
@@ -359,14 +432,26 @@ async fn follow(
             };
             let message = format!("{what}: {message}; trying again");
             let change = command_status::sending(status, generation, &message, &now);
-            let failures = ctx.memo(&uid, |m| {
+            let (failures, not_before) = ctx.memo(&uid, |m| {
                 m.quiet += 1;
-                m.quiet
+                (m.quiet, m.unsent.map(|(_, t)| t))
             });
-            let wait = backoff(ctx.intervals, failures - 1, fastrand::f64());
+            let wait = match (sent, not_before) {
+                // The send's own retry time (kept in the memo for reconciles our write causes).
+                (Some(_), Some(t)) => t.saturating_duration_since(Instant::now()),
+                _ => backoff(ctx.intervals, failures - 1, fastrand::f64()),
+            };
             Ok(settle(
                 write(object, ctx, change).await?,
                 Action::requeue(wait),
+            ))
+        }
+        Next::Blocked { reason, message } => {
+            let message = format!("SSM did not create the command: {message}");
+            let change = command_status::refused(status, generation, reason, &message, &now);
+            Ok(settle(
+                write(object, ctx, change).await?,
+                Action::requeue(ctx.recheck),
             ))
         }
         Next::Search => Ok(Action::requeue(Duration::from_secs(1))),
@@ -384,7 +469,8 @@ async fn follow(
             // Not in SSM's settled listing: never created. The same marker, a new attempt.
             let attempted = status.and_then(|s| s.send.as_ref()).map(|s| s.time.0);
             if let Some(attempted) = attempted {
-                ctx.memo(&uid, |m| m.unsent = Some((generation, attempted)));
+                let attempt = (generation, attempted);
+                ctx.memo(&uid, |m| m.unsent = Some((attempt, Instant::now())));
             }
             Ok(Action::requeue(Duration::from_millis(100)))
         }
@@ -426,7 +512,17 @@ async fn track(object: &Command, ctx: &CommandContext, command_id: &str) -> Resu
             ))
         }
         // Not listed yet (SSM's listing lags its send), or no longer (past its history).
-        Ok(None) => Ok(Action::requeue(ctx.intervals.min)),
+        Ok(None) => {
+            let quiet = ctx.memo(&uid, |m| {
+                m.quiet += 1;
+                m.quiet
+            });
+            Ok(Action::requeue(backoff(
+                ctx.intervals,
+                quiet,
+                fastrand::f64(),
+            )))
+        }
         Err(error) => {
             let wait = match error.recovery() {
                 Recovery::Transient => backoff(ctx.intervals, 2, fastrand::f64()),
@@ -484,6 +580,12 @@ async fn sync_children(
     };
     let nodes = match listed {
         Ok(nodes) => nodes,
+        // The run's final status is written only once every child exists.
+        Err(error) if finished => {
+            return Err(Error::Command(format!(
+                "listing the nodes of finished command {command_id}: {error}"
+            )))
+        }
         Err(error) => {
             warn!(%error, "could not list the command's nodes; children follow later");
             ctx.memo(&uid, |m| m.children = Some((command_id.to_string(), known)));
@@ -495,11 +597,33 @@ async fn sync_children(
             continue;
         }
         let child = children::child(object, command_id, &node);
+        let name = child.name_any();
         match api.create(&PostParams::default(), &child).await {
-            Ok(_) => info!(child = %child.name_any(), "child CommandInvocation created"),
-            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Ok(_) => info!(child = %name, "child CommandInvocation created"),
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                // Ours from an earlier attempt, or someone else's (a child of a deleted
+                // Command of the same name not yet collected): only ours counts.
+                let existing = api.get_opt(&name).await.map_err(|e| {
+                    Error::Command(format!("reading child {name} after a conflict: {e}"))
+                })?;
+                let ours = existing.is_some_and(|c| {
+                    c.owner_references()
+                        .iter()
+                        .any(|o| o.controller == Some(true) && o.uid == uid)
+                });
+                if !ours {
+                    warn!(child = %name, "a CommandInvocation of that name belongs to something else; trying again later");
+                    continue;
+                }
+            }
+            Err(kube::Error::Api(status)) if status.code == 403 => {
+                // Sending was turned off (the chart drops create on commandinvocations):
+                // the status goes on without this child.
+                warn!(child = %name, message = %status.message, "may not create the child");
+                continue;
+            }
             Err(source) => {
-                return Err(Error::Kube(source));
+                return Err(Error::Command(format!("creating child {name}: {source}")));
             }
         }
         known.insert(node);
@@ -519,7 +643,10 @@ async fn existing_children(
         "{COMMAND_LABEL}={}",
         children::label_value(&object.name_any())
     );
-    let listed = api.list(&ListParams::default().labels(&selector)).await?;
+    let listed = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| Error::Command(format!("listing the children ({selector}): {e}")))?;
     let uid = object.uid().unwrap_or_default();
     let mut nodes = HashSet::new();
     for child in listed {
@@ -543,86 +670,183 @@ async fn delete_child(api: &Api<CommandInvocation>, name: &str) -> Result<(), Er
             Ok(())
         }
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(error) => Err(Error::Kube(error)),
+        Err(error) => Err(Error::Command(format!("deleting child {name}: {error}"))),
     }
 }
 
-/// Before a new generation's send: an unfinished earlier run is cancelled, and its children go.
+/// What SSM may still be running for a stored status.
+enum LiveRuns {
+    /// These commands (maybe none).
+    Known(Vec<String>),
+    /// An attempt whose outcome is unknown, younger than SSM's listing lag: not listed yet.
+    NotListedYet,
+}
+
+/// The commands SSM may still be running for `status`: its command if unfinished, one this
+/// process saw SSM accept, or what a search finds for an intent without a command id.
+async fn live_runs(
+    object: &Command,
+    ctx: &CommandContext,
+    status: &CommandStatus,
+) -> Result<LiveRuns, String> {
+    if let Some(id) = &status.command_id {
+        let unfinished = !command_status::run_finished(status);
+        return Ok(LiveRuns::Known(if unfinished {
+            vec![id.clone()]
+        } else {
+            Vec::new()
+        }));
+    }
+    let Some(intent) = &status.send else {
+        return Ok(LiveRuns::Known(Vec::new()));
+    };
+    let uid = object.uid().unwrap_or_default();
+    let attempt = (intent.generation, intent.time.0);
+    let accepted = ctx.memo(&uid, |m| {
+        m.accepted
+            .clone()
+            .filter(|(a, _)| *a == attempt)
+            .map(|(_, id)| id)
+    });
+    if let Some(id) = accepted {
+        return Ok(LiveRuns::Known(vec![id]));
+    }
+    let window = send::search_window(intent.time.0);
+    match ctx
+        .ssm
+        .find_commands(&scope(object, ctx), &intent.marker, window)
+        .await
+    {
+        SearchResult::Listed(found) if found.is_empty() => {
+            let settled = Timestamp::now()
+                .duration_since(intent.time.0)
+                .try_into()
+                .is_ok_and(|age: Duration| age >= send::SETTLE);
+            Ok(if settled {
+                LiveRuns::Known(Vec::new())
+            } else {
+                LiveRuns::NotListedYet
+            })
+        }
+        SearchResult::Listed(found) => Ok(LiveRuns::Known(
+            found.into_iter().map(|f| f.command_id).collect(),
+        )),
+        SearchResult::Refused { message } | SearchResult::Failed { message } => Err(message),
+    }
+}
+
+/// Before anything else happens for a new generation: the earlier generation's run, if SSM may
+/// still be running it, is cancelled, and its children go. `strict`: a failure to delete the
+/// children fails the reconcile (before a send); else it is logged (a refused generation).
 async fn retire_previous_run(
     object: &Command,
     ctx: &CommandContext,
     generation: i64,
+    strict: bool,
 ) -> Result<(), Error> {
     let Some(status) = object.status.as_ref() else {
         return Ok(());
     };
-    let Some(old) = status.command_id.as_ref().filter(|_| {
-        status
-            .send
-            .as_ref()
-            .is_some_and(|s| s.generation != generation)
-    }) else {
+    let earlier = status
+        .send
+        .as_ref()
+        .is_some_and(|s| s.generation != generation);
+    if !earlier {
         return Ok(());
-    };
-    if !command_status::run_finished(status) {
-        match ctx.ssm.cancel_command(&scope(object, ctx), old).await {
-            Ok(()) => info!(command_id = %old, "earlier run cancelled for the new generation"),
-            Err(error) => warn!(command_id = %old, %error, "could not cancel the earlier run"),
+    }
+    match live_runs(object, ctx, status).await {
+        Ok(LiveRuns::Known(runs)) => {
+            for old in runs {
+                match ctx.ssm.cancel_command(&scope(object, ctx), &old).await {
+                    Ok(()) => {
+                        info!(command_id = %old, "earlier run cancelled for the new generation")
+                    }
+                    Err(error) => {
+                        warn!(command_id = %old, %error, "could not cancel the earlier run")
+                    }
+                }
+            }
         }
+        Ok(LiveRuns::NotListedYet) => {
+            warn!("the earlier generation's send is not listed by SSM yet; it cannot be cancelled")
+        }
+        Err(message) => warn!(%message, "could not look for the earlier run to cancel"),
     }
     let namespace = object
         .namespace()
         .ok_or(Error::MissingObjectKey("namespace"))?;
     let api: Api<CommandInvocation> = Api::namespaced(ctx.client.clone(), &namespace);
     // No child belongs to the run about to be sent: every earlier child goes.
-    existing_children(object, &api, "").await?;
+    match existing_children(object, &api, "").await {
+        Ok(_) => {}
+        Err(error) if strict => return Err(error),
+        Err(error) => warn!(%error, "could not delete the earlier run's children"),
+    }
     let uid = object.uid().unwrap_or_default();
     ctx.memo(&uid, |m| m.children = None);
     Ok(())
 }
 
 /// Deletion: cancels the run if SSM may still be running it (a run whose send is unknown is
-/// looked for first). Permanent SSM errors are reported and do not block deletion.
+/// looked for first, and waited for while SSM's listing may lag). Past [`DELETE_GIVE_UP`] of
+/// failures, or on a permanent refusal, it is reported with a Warning Event and the deletion
+/// goes on: a Command must not stay Terminating for ever.
 async fn cancel_before_deletion(object: &Command, ctx: &CommandContext) -> Result<(), Error> {
     let Some(status) = object.status.as_ref() else {
         return Ok(());
     };
     let scope = scope(object, ctx);
-    let mut runs = Vec::new();
-    match (&status.command_id, &status.send) {
-        (Some(id), _) if !command_status::run_finished(status) => runs.push(id.clone()),
-        (None, Some(intent)) => {
-            let since = intent
-                .time
-                .0
-                .checked_sub(send::CLOCK_SKEW)
-                .unwrap_or(Timestamp::UNIX_EPOCH);
-            match ctx.ssm.find_commands(&scope, &intent.marker, since).await {
-                SearchResult::Listed(found) => runs.extend(found.into_iter().map(|f| f.command_id)),
-                SearchResult::Failed { message } => {
-                    return Err(Error::Cancel(format!(
-                        "looking for the run to cancel before deletion: {message}"
-                    )))
-                }
-                SearchResult::Refused { message } => {
-                    warn!(%message, "cannot look for the run to cancel; deleting anyway")
+    let deleting_for = object
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .and_then(|t| Timestamp::now().duration_since(t.0).try_into().ok())
+        .unwrap_or(Duration::ZERO);
+    let give_up = deleting_for >= DELETE_GIVE_UP;
+    let mut problems = Vec::new();
+    match live_runs(object, ctx, status).await {
+        Ok(LiveRuns::Known(runs)) => {
+            for id in runs {
+                match ctx.ssm.cancel_command(&scope, &id).await {
+                    Ok(()) => {
+                        info!(command_id = %id, "run cancelled: the Command is being deleted")
+                    }
+                    Err(error) if error.recovery() == Recovery::Transient && !give_up => {
+                        return Err(Error::Command(format!(
+                            "cancelling {id} before deletion: {error}"
+                        )))
+                    }
+                    Err(error) => problems.push(format!("cancelling {id}: {error}")),
                 }
             }
         }
-        _ => {}
+        Ok(LiveRuns::NotListedYet) if !give_up => {
+            return Err(Error::Command(
+                "waiting for SSM to list the run to cancel before deletion".into(),
+            ))
+        }
+        Ok(LiveRuns::NotListedYet) => problems.push("the run was never listed by SSM".into()),
+        Err(message) if !give_up => {
+            return Err(Error::Command(format!(
+                "looking for the run to cancel before deletion: {message}"
+            )))
+        }
+        Err(message) => problems.push(format!("looking for the run: {message}")),
     }
-    for id in runs {
-        match ctx.ssm.cancel_command(&scope, &id).await {
-            Ok(()) => info!(command_id = %id, "run cancelled: the Command is being deleted"),
-            Err(error) if error.recovery() == Recovery::Transient => {
-                return Err(Error::Cancel(format!(
-                    "cancelling {id} before deletion: {error}"
-                )))
-            }
-            Err(error) => {
-                warn!(command_id = %id, %error, "could not cancel the run; deleting anyway")
-            }
-        }
+    if !problems.is_empty() {
+        let message = format!(
+            "deleted without cancelling in SSM ({}); check the command's marker {} in SSM",
+            problems.join("; "),
+            status.send.as_ref().map_or("-", |s| s.marker.as_str())
+        );
+        warn!(%message, "Command deleted without cancelling its run");
+        let note = Note {
+            warning: true,
+            reason: "CancelFailed".into(),
+            action: "Deleting".into(),
+            message,
+        };
+        ctx.writer.record_command(object, &note).await?;
     }
     Ok(())
 }

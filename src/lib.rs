@@ -90,9 +90,9 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    /// Cancelling a deleted Command's run failed in a way a retry may fix.
+    /// A step of a Command's reconcile (children, cancelling) failed in a way a retry may fix.
     #[error("{0}")]
-    Cancel(String),
+    Command(String),
     /// The status could not be turned into JSON (a bug, not a runtime condition).
     #[error("serializing status: {0}")]
     Serialize(#[source] serde_json::Error),
@@ -134,7 +134,7 @@ impl Error {
         match self {
             Self::WriteStatus { .. } => "write_status",
             Self::RecordEvent { .. } => "record_event",
-            Self::Cancel(_) => "cancel",
+            Self::Command(_) => "command",
             Self::MissingObjectKey(_) => "missing_object_key",
             Self::Serialize(_) => "serialize",
             Self::Kube(_) | Self::KubeConfig(_) => "kube",

@@ -25,9 +25,14 @@ use crate::conditions::{self, STALLED};
 /// about a second, SSM publishes no bound). An intent not found after this was never sent.
 pub const SETTLE: Duration = Duration::from_secs(60);
 
-/// How far back the search looks before the intent's time (clock skew between the operator
-/// and SSM).
+/// How far around the intent's time the search looks (clock skew between the operator and
+/// SSM).
 pub const CLOCK_SKEW: Duration = Duration::from_secs(300);
+
+/// The longest an attempt may wait (for the SSM budget) between its intent and the request
+/// leaving: later, it is dropped unsent and a fresh intent follows, so [`SETTLE`], counted
+/// from the intent, always leaves SSM's listing most of a minute after the request.
+pub const MAX_SEND_DELAY: Duration = Duration::from_secs(10);
 
 /// SSM keeps Run Command history for about 30 days: an older intent cannot be checked.
 pub const HISTORY: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -204,9 +209,7 @@ pub fn decide(facts: &Facts<'_>) -> Step {
             }
             Step::Search {
                 marker: intent.marker.clone(),
-                since: attempted
-                    .checked_sub(CLOCK_SKEW)
-                    .unwrap_or(Timestamp::UNIX_EPOCH),
+                since: search_window(attempted).0,
                 settled: age(facts.now, attempted) >= SETTLE,
             }
         }
@@ -227,10 +230,29 @@ fn fresh_or_refused(facts: &Facts<'_>) -> Step {
             record: SendRecord {
                 generation: facts.generation,
                 marker: marker(facts.uid, facts.generation),
-                time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(facts.now),
+                time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(whole_seconds(
+                    facts.now,
+                )),
             },
         },
     }
+}
+
+/// The `InvokedAfter` / `InvokedBefore` bounds of a search for an attempt made at `attempted`.
+pub fn search_window(attempted: Timestamp) -> (Timestamp, Timestamp) {
+    let after = attempted
+        .checked_sub(CLOCK_SKEW)
+        .unwrap_or(Timestamp::UNIX_EPOCH);
+    let before = attempted
+        .checked_add(CLOCK_SKEW + MAX_SEND_DELAY)
+        .unwrap_or(attempted);
+    (after, before)
+}
+
+/// `now` to whole seconds: the API server stores `metav1.Time` so, and an intent compared
+/// with what was stored must match it exactly.
+fn whole_seconds(now: Timestamp) -> Timestamp {
+    Timestamp::from_second(now.as_second()).unwrap_or(now)
 }
 
 fn age(now: Timestamp, then: Timestamp) -> Duration {
@@ -253,8 +275,16 @@ pub enum SendResult {
         /// SSM's error code and message.
         message: String,
     },
-    /// Nothing was created, and trying again later may work (throttling, credentials).
+    /// Nothing was created, and trying again later may work (throttling, the budget).
     NotCreated {
+        /// Why.
+        message: String,
+    },
+    /// Nothing was created, and only a fix outside the cluster helps (IAM refused the caller,
+    /// the namespace's role could not be assumed): tried again rarely.
+    Blocked {
+        /// The condition reason (`AccessDenied`, `AssumeRoleFailed`).
+        reason: &'static str,
         /// Why.
         message: String,
     },
@@ -286,6 +316,14 @@ pub enum Next {
         /// Why.
         message: String,
     },
+    /// Nothing was created, and only an outside fix helps: `Stalled` with `reason`, a new
+    /// attempt after the rare re-check.
+    Blocked {
+        /// The condition reason.
+        reason: &'static str,
+        /// Why.
+        message: String,
+    },
     /// Whether it was created is unknown: search for the marker.
     Search,
     /// Not found yet, and the listing may still be catching up: search again after this.
@@ -311,6 +349,7 @@ pub fn after_send(result: SendResult) -> Next {
         },
         SendResult::Refused { message } => Next::Failed { message },
         SendResult::NotCreated { message } => Next::Retry { message },
+        SendResult::Blocked { reason, message } => Next::Blocked { reason, message },
         SendResult::Unknown { .. } => Next::Search,
     }
 }
@@ -592,6 +631,21 @@ mod tests {
     }
 
     #[test]
+    fn intents_are_stamped_in_whole_seconds_as_the_api_server_stores_them() {
+        let f = Facts {
+            now: at(5).checked_add(Duration::from_millis(750)).unwrap(),
+            ..facts(None, 1, 0)
+        };
+        let Step::Intend { record } = decide(&f) else {
+            panic!("intend")
+        };
+        assert_eq!(record.time.0, at(5));
+        let (after, before) = search_window(at(100));
+        assert_eq!(after, at(100 - 300));
+        assert_eq!(before, at(100 + 310));
+    }
+
+    #[test]
     fn an_intent_older_than_ssm_history_cannot_be_checked() {
         let status = CommandStatus {
             send: Some(intent(1, 0)),
@@ -665,6 +719,16 @@ mod tests {
                 message: "HTTP 500".into()
             }),
             Next::Search
+        );
+        assert_eq!(
+            after_send(SendResult::Blocked {
+                reason: "AccessDenied",
+                message: "no ssm:SendCommand".into()
+            }),
+            Next::Blocked {
+                reason: "AccessDenied",
+                message: "no ssm:SendCommand".into()
+            }
         );
     }
 

@@ -135,6 +135,15 @@ fn json(code: u16, body: &Value) -> Response<Body> {
 }
 
 async fn fixture(fence: Fence) -> (Arc<CommandContext>, Simulator, ApiServer) {
+    fixture_polling(fence, Duration::from_millis(200), Duration::from_secs(2)).await
+}
+
+/// Polling between `min` and `max` (equal: backoff without jitter).
+async fn fixture_polling(
+    fence: Fence,
+    min: Duration,
+    max: Duration,
+) -> (Arc<CommandContext>, Simulator, ApiServer) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let sim = Simulator::start().await.unwrap();
@@ -153,10 +162,7 @@ async fn fixture(fence: Fence) -> (Arc<CommandContext>, Simulator, ApiServer) {
         Arc::new(Roles::disabled()),
         StatusWriter::new(client, Some("test".into()), metrics.clone(), fence.clone()),
         Policy::new(true, &[]).unwrap(),
-        PollIntervals {
-            min: Duration::from_millis(200),
-            max: Duration::from_secs(2),
-        },
+        PollIntervals { min, max },
         Duration::from_secs(300),
         fence,
         metrics,
@@ -319,4 +325,123 @@ async fn an_intent_found_in_ssm_is_adopted_not_sent_again() {
         1,
         "only the earlier process's send"
     );
+}
+
+/// The object as the API server stores it after a status apply answered by `expect_status`.
+fn stored_with(object: &Command, applied: &Value, version: &str) -> Command {
+    let mut stored = object.clone();
+    stored.status = Some(serde_json::from_value(applied["status"].clone()).unwrap());
+    stored.metadata.resource_version = Some(version.into());
+    stored
+}
+
+#[tokio::test]
+async fn a_throttled_send_is_made_again_with_a_fresh_intent_without_a_search() {
+    let retry = Duration::from_millis(300);
+    let (ctx, sim, mut api) = fixture_polling(Fence::open(), retry, retry).await;
+    sim.inject_send(ssm_sim::SendFault::Throttle);
+    let object = command(None);
+    let verifier = tokio::spawn(async move {
+        let stored = api.expect_finalizer(&object, "8").await;
+        api.expect_event().await;
+        let intent = api.expect_status(&stored, "8", 200).await;
+        let after_intent = stored_with(&stored, &intent, "81");
+        let retry = api.expect_status(&after_intent, "81", 200).await;
+        (stored_with(&after_intent, &retry, "811"), api)
+    });
+    let action = run(&ctx, &command(None)).await.unwrap();
+    let (throttled, mut api) = verifier.await.unwrap();
+    let condition = &throttled.status.as_ref().unwrap().conditions[0];
+    assert_eq!(condition.reason, "Pending");
+    assert!(
+        condition.message.contains("did not create"),
+        "{}",
+        condition.message
+    );
+    assert_ne!(action, Action::await_change(), "retried after its backoff");
+
+    // The reconcile our own write triggers waits out the retry time, with no call at all.
+    let early = {
+        let verifier = tokio::spawn(async move {
+            api.expect_silence().await;
+            api
+        });
+        let early = run(&ctx, &throttled).await.unwrap();
+        api = verifier.await.unwrap();
+        early
+    };
+    assert_ne!(early, Action::await_change(), "it comes back for the retry");
+
+    // Then a fresh intent (same marker) and the send, never a search of ListCommands.
+    tokio::time::sleep(retry).await;
+    let again = throttled.clone();
+    let verifier = tokio::spawn(async move {
+        api.expect_event().await;
+        let intent = api.expect_status(&again, "811", 200).await;
+        let after = stored_with(&again, &intent, "8111");
+        api.expect_event().await;
+        let adopted = api.expect_status(&after, "8111", 200).await;
+        (intent, adopted)
+    });
+    run(&ctx, &throttled).await.unwrap();
+    let (intent, adopted) = verifier.await.unwrap();
+    assert_eq!(intent["status"]["send"]["marker"], marker(UID, 1));
+    assert_eq!(sim.calls("SendCommand"), 2);
+    assert_eq!(
+        sim.calls("ListCommands"),
+        0,
+        "SSM said it created nothing: no search"
+    );
+    assert_eq!(sim.sent().len(), 1);
+    assert_eq!(
+        adopted["status"]["commandId"],
+        sim.sent()[0].command_id.as_str()
+    );
+}
+
+#[tokio::test]
+async fn a_send_iam_refuses_stalls_as_access_denied_and_is_not_retried_at_once() {
+    let (ctx, sim, mut api) = fixture(Fence::open()).await;
+    sim.inject_send(ssm_sim::SendFault::refuse(
+        "AccessDeniedException",
+        "not authorized to perform: ssm:SendCommand",
+    ));
+    let object = command(None);
+    let verifier = tokio::spawn(async move {
+        let stored = api.expect_finalizer(&object, "8").await;
+        api.expect_event().await;
+        let intent = api.expect_status(&stored, "8", 200).await;
+        let after_intent = stored_with(&stored, &intent, "81");
+        let event = api.expect_event().await;
+        let stalled = api.expect_status(&after_intent, "81", 200).await;
+        (stored_with(&after_intent, &stalled, "811"), event, api)
+    });
+    let action = run(&ctx, &command(None)).await.unwrap();
+    let (stalled, event, mut api) = verifier.await.unwrap();
+    assert_eq!(
+        action,
+        Action::requeue(Duration::from_secs(300)),
+        "the rare re-check"
+    );
+    let conditions = &stalled.status.as_ref().unwrap().conditions;
+    let stalled_condition = conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
+    assert_eq!(
+        (
+            stalled_condition.status.as_str(),
+            stalled_condition.reason.as_str()
+        ),
+        ("True", "AccessDenied")
+    );
+    assert!(stalled_condition.message.contains("ssm:SendCommand"));
+    assert_eq!(event["type"], "Warning");
+    // The reconcile the write triggers does nothing until the re-check.
+    let verifier = tokio::spawn(async move { api.expect_silence().await });
+    let next = run(&ctx, &stalled).await.unwrap();
+    verifier.await.unwrap();
+    assert_ne!(
+        next,
+        Action::await_change(),
+        "it comes back for the re-check"
+    );
+    assert_eq!(sim.calls("SendCommand"), 1);
 }

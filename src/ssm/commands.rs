@@ -73,12 +73,14 @@ fn not_created_by(code: &str) -> bool {
 
 impl Ssm {
     /// Sends `spec` with `comment` once: no SDK retries. The result says whether SSM created
-    /// the command, refused it, did not create it for now, or may have created it.
+    /// the command, refused it, did not create it for now, or may have created it. A request
+    /// that could not leave by `not_after` (waiting for the SSM budget) is not sent at all.
     pub async fn send_command(
         &self,
         scope: &Scope,
         spec: &CommandSpec,
         comment: &str,
+        not_after: Timestamp,
     ) -> SendResult {
         let with_role = scope.role.is_some();
         let targets = spec.targets.as_ref().map(|targets| {
@@ -123,45 +125,60 @@ impl Ssm {
                 aws_sdk_ssm::config::Builder::new().retry_config(RetryConfig::disabled()),
             )
             .send();
-        let result = self
-            .call("SendCommand", async {
-                Ok(match request.await {
-                    Ok(out) => match out.command().and_then(|c| c.command_id()) {
-                        Some(id) => SendResult::Accepted {
-                            command_id: id.to_string(),
-                        },
-                        None => SendResult::Unknown {
-                            message: "SSM accepted the send but named no command id".into(),
-                        },
-                    },
-                    Err(error) => send_failure(error, with_role),
-                })
-            })
-            .await;
-        // `call` only fails with the error the closure returns, and it returns none.
-        result.unwrap_or_else(|e| SendResult::Unknown {
-            message: e.to_string(),
-        })
+        self.budget.acquire().await;
+        if Timestamp::now() > not_after {
+            return SendResult::NotCreated {
+                message: "the send waited too long for the SSM budget and was not made".into(),
+            };
+        }
+        let result = match request.await {
+            Ok(out) => match out.command().and_then(|c| c.command_id()) {
+                Some(id) => SendResult::Accepted {
+                    command_id: id.to_string(),
+                },
+                None => SendResult::Unknown {
+                    message: "SSM accepted the send but named no command id".into(),
+                },
+            },
+            Err(error) => send_failure(error, with_role),
+        };
+        let outcome = match &result {
+            SendResult::Accepted { .. } => "success",
+            SendResult::Refused { .. } => "SendFailed",
+            SendResult::NotCreated { .. } => "Throttled",
+            SendResult::Blocked { reason, .. } => reason,
+            SendResult::Unknown { .. } => "SendUnknown",
+        };
+        if matches!(result, SendResult::NotCreated { .. }) {
+            self.budget.throttled();
+        }
+        self.metrics.ssm_call("SendCommand", outcome);
+        self.metrics.set_ssm_rate(self.budget.rate());
+        result
     }
 
-    /// The commands requested since `since` whose Comment carries `marker` (`ListCommands`,
-    /// every page).
+    /// The commands requested in `window` (after, before) whose Comment carries `marker`
+    /// (`ListCommands`, every page).
     pub async fn find_commands(
         &self,
         scope: &Scope,
         marker: &str,
-        since: Timestamp,
+        window: (Timestamp, Timestamp),
     ) -> SearchResult {
         let with_role = scope.role.is_some();
         let client = self.client(&scope.region, &scope.role).await;
-        let after = since.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-        let filter = match CommandFilter::builder()
-            .key(CommandFilterKey::InvokedAfter)
-            .value(after)
-            .build()
-        {
-            Ok(filter) => filter,
-            Err(error) => {
+        let filter = |key: CommandFilterKey, at: Timestamp| {
+            CommandFilter::builder()
+                .key(key)
+                .value(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+                .build()
+        };
+        let filters = match (
+            filter(CommandFilterKey::InvokedAfter, window.0),
+            filter(CommandFilterKey::InvokedBefore, window.1),
+        ) {
+            (Ok(after), Ok(before)) => vec![after, before],
+            (Err(error), _) | (_, Err(error)) => {
                 return SearchResult::Failed {
                     message: error.to_string(),
                 }
@@ -172,7 +189,7 @@ impl Ssm {
         loop {
             let request = client
                 .list_commands()
-                .filters(filter.clone())
+                .set_filters(Some(filters.clone()))
                 .max_results(COMMANDS_PAGE)
                 .set_next_token(next_token)
                 .send();
@@ -304,6 +321,12 @@ where
         };
         return if not_created_by(&code) {
             SendResult::NotCreated { message: text }
+        } else if super::ACCESS_CODES.contains(&code.as_str()) || code == "ExpiredTokenException" {
+            // The caller's identity may not send (IAM, an expired token): fixed outside.
+            SendResult::Blocked {
+                reason: "AccessDenied",
+                message: text,
+            }
         } else if (400..500).contains(&status) {
             // SSM checks a request before it creates anything: a 4xx created nothing, and
             // the same request will be refused again.
@@ -314,7 +337,8 @@ where
     }
     match classify(error, with_role) {
         // Credentials are loaded before the request leaves: nothing was sent.
-        SsmError::AssumeRoleFailed(message) => SendResult::NotCreated {
+        SsmError::AssumeRoleFailed(message) => SendResult::Blocked {
+            reason: "AssumeRoleFailed",
             message: format!("could not assume the namespace's role: {message}"),
         },
         other => SendResult::Unknown {
