@@ -150,6 +150,7 @@ impl Ssm {
             SendResult::Unknown { .. } => "SendUnknown",
         };
         if matches!(result, SendResult::NotCreated { .. }) {
+            // Only SSM's throttling answers NotCreated here (the budget case returned above).
             self.budget.throttled();
         }
         self.metrics.ssm_call("SendCommand", outcome);
