@@ -21,6 +21,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::api::{Command, CommandInvocation, CommandInvocationStatus, CommandStatus};
@@ -154,40 +156,10 @@ impl StatusWriter {
         object: &CommandInvocation,
         status: &CommandInvocationStatus,
     ) -> Result<(), Error> {
-        let namespace = object
-            .namespace()
-            .ok_or(Error::MissingObjectKey("namespace"))?;
         let uid = object.uid().ok_or(Error::MissingObjectKey("uid"))?;
-        let name = object.name_any();
-        let api: Api<CommandInvocation> = Api::namespaced(self.client.clone(), &namespace);
-        let mut body = serde_json::to_value(status).map_err(Error::Serialize)?;
-        if let Some(current) = &object.status {
-            let current = serde_json::to_value(current).map_err(Error::Serialize)?;
-            null_removed_fields(&current, &mut body);
-        }
-        let patch = json!({
-            "apiVersion": CommandInvocation::api_version(&()),
-            "kind": CommandInvocation::kind(&()),
-            "metadata": { "name": name },
-            "status": body,
-        });
-        if !self.fence.allows_writes() {
-            self.metrics.write_fenced();
-            return Err(Error::Fenced);
-        }
-        let stored = api
-            .patch_status(
-                &name,
-                &PatchParams::apply(OPERATOR_NAME).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-            .map_err(|source| Error::WriteStatus {
-                namespace,
-                name,
-                source,
-            })?;
-        self.metrics.status_written();
+        let stored = self
+            .apply_status(object, object.status.as_ref(), status, None)
+            .await?;
         if let Some(after) = stored.resource_version() {
             let written = Written {
                 before: object.resource_version().unwrap_or_default(),
@@ -266,48 +238,77 @@ impl StatusWriter {
         object: &Command,
         status: &CommandStatus,
     ) -> Result<Option<Command>, Error> {
+        let version = object
+            .resource_version()
+            .ok_or(Error::MissingObjectKey("resourceVersion"))?;
+        match self
+            .apply_status(object, object.status.as_ref(), status, Some(version))
+            .await
+        {
+            Ok(stored) => Ok(Some(stored)),
+            Err(Error::WriteStatus {
+                source: kube::Error::Api(answer),
+                ..
+            }) if answer.code == 409 => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Server-side-applies `status` as the whole status the operator owns (fields `current`
+    /// has and `status` lacks are cleared), fenced; with `version`, only over that
+    /// resourceVersion. Returns the stored object.
+    async fn apply_status<K, S>(
+        &self,
+        object: &K,
+        current: Option<&S>,
+        status: &S,
+        version: Option<String>,
+    ) -> Result<K, Error>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+        S: Serialize,
+    {
         let namespace = object
             .namespace()
             .ok_or(Error::MissingObjectKey("namespace"))?;
         let name = object.name_any();
-        let version = object
-            .resource_version()
-            .ok_or(Error::MissingObjectKey("resourceVersion"))?;
-        let api: Api<Command> = Api::namespaced(self.client.clone(), &namespace);
+        let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
         let mut body = serde_json::to_value(status).map_err(Error::Serialize)?;
-        if let Some(current) = &object.status {
+        if let Some(current) = current {
             let current = serde_json::to_value(current).map_err(Error::Serialize)?;
             null_removed_fields(&current, &mut body);
         }
+        let mut metadata = json!({ "name": name });
+        if let Some(version) = version {
+            metadata["resourceVersion"] = json!(version);
+        }
         let patch = json!({
-            "apiVersion": Command::api_version(&()),
-            "kind": Command::kind(&()),
-            "metadata": { "name": name, "resourceVersion": version },
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "metadata": metadata,
             "status": body,
         });
         if !self.fence.allows_writes() {
             self.metrics.write_fenced();
             return Err(Error::Fenced);
         }
-        match api
+        let stored = api
             .patch_status(
                 &name,
                 &PatchParams::apply(OPERATOR_NAME).force(),
                 &Patch::Apply(&patch),
             )
             .await
-        {
-            Ok(stored) => {
-                self.metrics.status_written();
-                Ok(Some(stored))
-            }
-            Err(kube::Error::Api(status)) if status.code == 409 => Ok(None),
-            Err(source) => Err(Error::WriteStatus {
+            .map_err(|source| Error::WriteStatus {
                 namespace,
                 name,
                 source,
-            }),
-        }
+            })?;
+        self.metrics.status_written();
+        Ok(stored)
     }
 }
 
