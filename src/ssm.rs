@@ -275,12 +275,21 @@ impl Ssm {
             Ok(_) => "success",
             Err(e) => e.reason(),
         };
-        if matches!(result, Err(SsmError::Throttled(_))) {
+        self.finished(
+            operation,
+            outcome,
+            matches!(result, Err(SsmError::Throttled(_))),
+        );
+        result
+    }
+
+    /// Counts a finished call by outcome; a throttled one also cuts the budget's rate.
+    fn finished(&self, operation: &'static str, outcome: &str, throttled: bool) {
+        if throttled {
             self.budget.throttled();
         }
         self.metrics.ssm_call(operation, outcome);
         self.metrics.set_ssm_rate(self.budget.rate());
-        result
     }
 
     /// One page of every node's invocation of `command_id` (`ListCommandInvocations` with

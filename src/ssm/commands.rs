@@ -149,12 +149,9 @@ impl Ssm {
             SendResult::Blocked { reason, .. } => reason,
             SendResult::Unknown { .. } => "SendUnknown",
         };
-        if matches!(result, SendResult::NotCreated { .. }) {
-            // Only SSM's throttling answers NotCreated here (the budget case returned above).
-            self.budget.throttled();
-        }
-        self.metrics.ssm_call("SendCommand", outcome);
-        self.metrics.set_ssm_rate(self.budget.rate());
+        // Only SSM's throttling answers NotCreated here (the budget case returned above).
+        let throttled = matches!(result, SendResult::NotCreated { .. });
+        self.finished("SendCommand", outcome, throttled);
         result
     }
 
