@@ -287,22 +287,8 @@ async fn run_controllers(
         () = ctx.roles.synced() => {}
         () = shutdown.clone() => return,
     }
-    let command_apis: Vec<Api<Command>> = if args.namespaces.is_empty() {
-        vec![Api::all(client.clone())]
-    } else {
-        args.namespaces
-            .iter()
-            .map(|ns| Api::namespaced(client.clone(), ns))
-            .collect()
-    };
-    let apis: Vec<(Option<String>, Api<CommandInvocation>)> = if args.namespaces.is_empty() {
-        vec![(None, Api::all(client))]
-    } else {
-        args.namespaces
-            .iter()
-            .map(|ns| (Some(ns.clone()), Api::namespaced(client.clone(), ns)))
-            .collect()
-    };
+    let apis: Vec<(Option<String>, Api<CommandInvocation>)> = apis_for(&client, &args.namespaces);
+    let command_apis: Vec<(Option<String>, Api<Command>)> = apis_for(&client, &args.namespaces);
     let config = controller::Config::default().concurrency(args.max_concurrent_reconciles);
     let mut stores = Vec::new();
     let runs = apis.into_iter().map(|(namespace, api)| {
@@ -323,7 +309,7 @@ async fn run_controllers(
     let mut runs: Vec<_> = runs.map(futures::FutureExt::boxed).collect();
     // Commands: few objects, each reconcile short; their children are CommandInvocations
     // above. A missing Command CRD or RBAC shows as warnings here, not as unreadiness.
-    runs.extend(command_apis.into_iter().map(|api| {
+    runs.extend(command_apis.into_iter().map(|(_, api)| {
         let metrics = ctx.metrics.clone();
         let run = Controller::new(api, watcher::Config::default())
             .with_config(config.clone())
@@ -389,6 +375,21 @@ async fn run_controllers(
     }
     health.set_ready(false);
     info!("controllers stopped");
+}
+
+/// One API per watched namespace (with its name), or one for all namespaces.
+fn apis_for<K>(client: &Client, namespaces: &[String]) -> Vec<(Option<String>, Api<K>)>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    if namespaces.is_empty() {
+        return vec![(None, Api::all(client.clone()))];
+    }
+    namespaces
+        .iter()
+        .map(|ns| (Some(ns.clone()), Api::namespaced(client.clone(), ns)))
+        .collect()
 }
 
 /// Waits until the store has its initial list; false if its writer is gone.
