@@ -239,11 +239,15 @@ async fn reconcile_inner(object: &Command, ctx: &CommandContext) -> Result<Actio
             ))
         }
         Step::Intend { record } => intend_and_send(object, ctx, record).await,
-        Step::Search { marker, .. } => {
-            let attempted = intent_time.unwrap_or(now);
+        Step::Search {
+            marker,
+            attempted,
+            window,
+            ..
+        } => {
             let result = ctx
                 .ssm
-                .find_commands(&scope(object, ctx), &marker, send::search_window(attempted))
+                .find_commands(&scope(object, ctx), &marker, window)
                 .await;
             info!(?result, %marker, "looked for an earlier send in ListCommands");
             follow(

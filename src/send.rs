@@ -19,7 +19,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::{CommandStatus, SendRecord};
-use crate::conditions::{self, STALLED};
+use crate::conditions::STALLED;
 
 /// How long `ListCommands` may lag behind `SendCommand` (eventual consistency; users report
 /// about a second, SSM publishes no bound). An intent not found after this was never sent.
@@ -139,8 +139,10 @@ pub enum Step {
     Search {
         /// The marker to find at the end of a Comment.
         marker: String,
-        /// Commands requested before this are not looked at.
-        since: Timestamp,
+        /// When the attempt was recorded.
+        attempted: Timestamp,
+        /// The `InvokedAfter` / `InvokedBefore` bounds to look within ([`search_window`]).
+        window: (Timestamp, Timestamp),
         /// Whether SSM's listing has had [`SETTLE`] since the attempt: if nothing is found
         /// now, nothing was sent.
         settled: bool,
@@ -209,7 +211,8 @@ pub fn decide(facts: &Facts<'_>) -> Step {
             }
             Step::Search {
                 marker: intent.marker.clone(),
-                since: search_window(attempted).0,
+                attempted,
+                window: search_window(attempted),
                 settled: age(facts.now, attempted) >= SETTLE,
             }
         }
@@ -424,17 +427,10 @@ pub fn ended_without_run(status: &CommandStatus, generation: i64) -> bool {
         })
 }
 
-/// Whether the conditions already say `reason` (to skip a repeated write).
-pub fn stalled_with(status: Option<&CommandStatus>, reason: &str) -> bool {
-    status.is_some_and(|s| {
-        conditions::is_true(&s.conditions, STALLED)
-            && s.conditions.iter().any(|c| c.reason == reason)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conditions;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
     const UID: &str = "6f1c0c9e-8a4e-4c1e-9f7e-2f0d6c1b9a11";
@@ -584,7 +580,11 @@ mod tests {
             decide(&facts(Some(&status), 1, 5)),
             Step::Search {
                 marker: marker(UID, 1),
-                since: at(0).checked_sub(CLOCK_SKEW).unwrap(),
+                attempted: at(0),
+                window: (
+                    at(0).checked_sub(CLOCK_SKEW).unwrap(),
+                    at(0).checked_add(CLOCK_SKEW + MAX_SEND_DELAY).unwrap()
+                ),
                 settled: false,
             }
         );
@@ -782,16 +782,5 @@ mod tests {
                 message: "Rate exceeded".into()
             }
         );
-    }
-
-    #[test]
-    fn stalled_with_reads_the_conditions() {
-        let status = CommandStatus {
-            conditions: stalled(SENDING_DISABLED, 1),
-            ..Default::default()
-        };
-        assert!(stalled_with(Some(&status), SENDING_DISABLED));
-        assert!(!stalled_with(Some(&status), DOCUMENT_NOT_ALLOWED));
-        assert!(!stalled_with(None, SENDING_DISABLED));
     }
 }
