@@ -6,8 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_config::{BehaviorVersion, Region};
-use aws_sdk_ssm::config::Credentials;
 use http::{Method, Request, Response};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -29,9 +27,11 @@ use ssm_sim::{Plugin, Simulator};
 const NODE: &str = "i-0123456789abcdef0";
 const UID: &str = "0b6f3c52-1f4e-4c59-a0f5-7f3f6f0c9e21";
 const PATH: &str = "/apis/ssm.operator.dev/v1alpha1/namespaces/ops/commands/patch";
+mod mock_api;
+
 const WAIT: Duration = Duration::from_secs(10);
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+use mock_api::{json_response, Handle};
 
 /// Plays the API server: each `expect_*` takes the next request, checks it, and answers.
 struct ApiServer(Handle);
@@ -43,14 +43,11 @@ impl ApiServer {
         Request<Body>,
         tower_test::mock::SendResponse<Response<Body>>,
     ) {
-        tokio::time::timeout(WAIT, self.0.next_request())
-            .await
-            .expect("the reconciler should have called the API server")
-            .expect("mock service dropped")
+        mock_api::next(&mut self.0).await
     }
 
     async fn body(request: Request<Body>) -> Value {
-        serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap()
+        mock_api::body(request).await
     }
 
     /// The finalizer patch, carrying the resourceVersion it was decided on; answered with
@@ -70,7 +67,7 @@ impl ApiServer {
         let mut stored = object.clone();
         stored.metadata.finalizers = Some(vec![FINALIZER.into()]);
         stored.metadata.resource_version = Some(next.into());
-        send.send_response(json(200, &serde_json::to_value(&stored).unwrap()));
+        send.send_response(json_response(200, &serde_json::to_value(&stored).unwrap()));
         stored
     }
 
@@ -83,7 +80,7 @@ impl ApiServer {
             request.uri()
         );
         let body = Self::body(request).await;
-        send.send_response(json(201, &body));
+        send.send_response(json_response(201, &body));
         body
     }
 
@@ -104,9 +101,9 @@ impl ApiServer {
             let mut stored = serde_json::to_value(object).unwrap();
             stored["status"] = body["status"].clone();
             stored["metadata"]["resourceVersion"] = json!(format!("{version}1"));
-            send.send_response(json(200, &stored));
+            send.send_response(json_response(200, &stored));
         } else {
-            send.send_response(json(
+            send.send_response(json_response(
                 code,
                 &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                         "reason": "Conflict", "code": code,
@@ -117,21 +114,8 @@ impl ApiServer {
     }
 
     async fn expect_silence(&mut self) {
-        let next = tokio::time::timeout(Duration::from_millis(300), self.0.next_request()).await;
-        assert!(
-            next.is_err(),
-            "unexpected API call: {:?}",
-            next.ok().flatten().map(|(r, _)| r.uri().clone())
-        );
+        mock_api::expect_silence(&mut self.0, Duration::from_millis(300)).await;
     }
-}
-
-fn json(code: u16, body: &Value) -> Response<Body> {
-    Response::builder()
-        .status(code)
-        .header("content-type", "application/json")
-        .body(Body::from(serde_json::to_vec(body).unwrap()))
-        .unwrap()
 }
 
 async fn fixture(fence: Fence) -> (Arc<CommandContext>, Simulator, ApiServer) {
@@ -148,12 +132,7 @@ async fn fixture_polling(
     let client = Client::new(service, "default");
     let sim = Simulator::start().await.unwrap();
     sim.set_send_default([Plugin::succeeding("", Duration::from_secs(60))]);
-    let sdk = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new("eu-west-1"))
-        .endpoint_url(sim.endpoint())
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-        .load()
-        .await;
+    let sdk = mock_api::sdk_config(&sim.endpoint()).await;
     let metrics = Arc::new(Metrics::new());
     let ssm = Arc::new(Ssm::new(sdk, metrics.clone(), 1000.0));
     let ctx = CommandContext::new(
@@ -282,12 +261,7 @@ async fn a_replica_whose_fence_is_closed_never_sends() {
 async fn an_intent_found_in_ssm_is_adopted_not_sent_again() {
     // Another process recorded the intent and SSM created the command; its reply was lost.
     let (ctx, sim, mut api) = fixture(Fence::open()).await;
-    let aws = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new("eu-west-1"))
-        .endpoint_url(sim.endpoint())
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-        .load()
-        .await;
+    let aws = mock_api::sdk_config(&sim.endpoint()).await;
     let made = aws_sdk_ssm::Client::new(&aws)
         .send_command()
         .document_name("AWS-RunShellScript")

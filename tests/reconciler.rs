@@ -14,8 +14,6 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use kube::runtime::reflector::ObjectRef;
 
-use aws_config::{BehaviorVersion, Region};
-use aws_sdk_ssm::config::Credentials;
 use http::{Method, Request, Response};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -39,9 +37,11 @@ const COMMAND_ID: &str = "8f2f6d1e-2b0c-4e4b-9a53-0c7b9f0e1a11";
 const INSTANCE_ID: &str = "i-0123456789abcdef0";
 const STATUS_PATH: &str =
     "/apis/ssm.operator.dev/v1alpha1/namespaces/ops/commandinvocations/patch-web-1/status";
+mod mock_api;
+
 const WAIT: Duration = Duration::from_secs(10);
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+use mock_api::{json_response, Handle};
 
 /// Plays the API server: each `expect_*` takes the next request, checks it, and answers.
 struct ApiServerVerifier(Handle);
@@ -53,10 +53,7 @@ impl ApiServerVerifier {
         Request<Body>,
         tower_test::mock::SendResponse<Response<Body>>,
     ) {
-        tokio::time::timeout(WAIT, self.0.next_request())
-            .await
-            .expect("the reconciler should have called the API server")
-            .expect("mock service dropped")
+        mock_api::next(&mut self.0).await
     }
 
     /// A server-side-apply status patch; answers with the object carrying that status.
@@ -71,8 +68,7 @@ impl ApiServerVerifier {
             request.headers()["content-type"],
             "application/apply-patch+yaml"
         );
-        let body: Value =
-            serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap();
+        let body: Value = mock_api::body(request).await;
         let mut answer = serde_json::to_value(object).unwrap();
         answer["status"] = body["status"].clone();
         answer["metadata"]["resourceVersion"] = json!("101");
@@ -86,8 +82,7 @@ impl ApiServerVerifier {
         let path = request.uri().path().to_string();
         let events = "/apis/events.k8s.io/v1/namespaces/ops/events";
         assert_eq!((request.method(), path.as_str()), (&Method::POST, events));
-        let body: Value =
-            serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap();
+        let body: Value = mock_api::body(request).await;
         send.send_response(json_response(201, &body));
         body
     }
@@ -121,21 +116,8 @@ impl ApiServerVerifier {
 
     /// No call at all while the reconcile ran.
     async fn expect_silence(&mut self) {
-        let next = tokio::time::timeout(Duration::from_millis(200), self.0.next_request()).await;
-        assert!(
-            next.is_err(),
-            "unexpected API call: {:?}",
-            next.ok().flatten().map(|(r, _)| r.uri().clone())
-        );
+        mock_api::expect_silence(&mut self.0, Duration::from_millis(200)).await;
     }
-}
-
-fn json_response(code: u16, body: &Value) -> Response<Body> {
-    Response::builder()
-        .status(code)
-        .header("content-type", "application/json")
-        .body(Body::from(serde_json::to_vec(body).unwrap()))
-        .unwrap()
 }
 
 type Wakes = Pin<Box<dyn Stream<Item = ObjectRef<CommandInvocation>> + Send>>;
@@ -183,12 +165,7 @@ async fn fixture_full(
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let sim = Simulator::start().await.unwrap();
-    let sdk = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new("eu-west-1"))
-        .endpoint_url(sim.endpoint())
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-        .load()
-        .await;
+    let sdk = mock_api::sdk_config(&sim.endpoint()).await;
     let metrics = Arc::new(Metrics::new());
     let ssm = Arc::new(Ssm::new(sdk, metrics.clone(), 1000.0));
     let tracker = Arc::new(Tracker::new(

@@ -7,16 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::wait::await_condition;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use ssm_operator::api::{Command, CommandInvocation, CommandSpec, Target};
 use ssm_sim::{Invocation, Plugin, SendFault, Simulator};
 use testbed::TestCluster;
 
-use crate::support::{
-    observe_quietly, poll_until, ssm_status, Operator, OperatorOptions, World, DEADLINE,
-};
+use crate::support::{observe_quietly, poll_until, ssm_status, Operator, OperatorOptions, World};
 
 const DOCUMENT: &str = "AWS-RunShellScript";
 const NODES: [&str; 3] = [
@@ -44,7 +41,7 @@ fn spec(instance_ids: &[&str], comment: &str) -> CommandSpec {
 }
 
 fn commands(world: &World) -> Api<Command> {
-    Api::namespaced(world.client.clone(), &world.namespace)
+    world.api_of()
 }
 
 async fn create(world: &World, name: &str, spec: CommandSpec) -> Command {
@@ -61,19 +58,7 @@ async fn wait_command(
     what: &str,
     done: impl Fn(&Command) -> bool,
 ) -> Command {
-    let cond = move |obj: Option<&Command>| obj.is_some_and(&done);
-    match tokio::time::timeout(DEADLINE, await_condition(commands(world), name, cond)).await {
-        Ok(Ok(Some(obj))) => obj,
-        Ok(Ok(None)) => panic!("Command {name} was deleted while waiting for {what}"),
-        Ok(Err(e)) => panic!("watching Command {name} for {what}: {e}"),
-        Err(_) => {
-            let now = commands(world).get(name).await.ok();
-            panic!(
-                "Command {name}: no {what} within {DEADLINE:?}; last seen status: {:#?}",
-                now.and_then(|o| o.status)
-            )
-        }
-    }
+    world.wait_on(name, what, done).await
 }
 
 async fn wait_command_condition(world: &World, name: &str, type_: &str, value: &str) -> Command {
@@ -495,19 +480,7 @@ pub async fn delete_while_running_cancels_the_run(cluster: Arc<TestCluster>) {
         .delete("long", &DeleteParams::default())
         .await
         .expect("delete");
-    poll_until("the Command to be gone", || {
-        let world = &world;
-        async move {
-            commands(world)
-                .get_opt("long")
-                .await
-                .ok()
-                .flatten()
-                .is_none()
-                .then_some(())
-        }
-    })
-    .await;
+    world.wait_gone::<Command>("long").await;
     assert_eq!(
         sim.cancelled(),
         vec![command_id],

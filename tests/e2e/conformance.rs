@@ -10,14 +10,11 @@ use std::sync::Arc;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_ssm::config::Credentials;
 use kube::api::{DeleteParams, PostParams};
-use kube::runtime::wait::await_condition;
 use kube::Api;
 use ssm_operator::api::{Command as SsmCommand, CommandSpec};
 use testbed::TestCluster;
 
-use crate::support::{
-    free_port, poll_until, spec, Operator, OperatorOptions, World, DEADLINE, INSTANCE_ID,
-};
+use crate::support::{free_port, poll_until, spec, Operator, OperatorOptions, World, INSTANCE_ID};
 
 /// moto's server binary: `MOTO_SERVER`, else the project's virtualenv.
 pub fn moto_server() -> Option<PathBuf> {
@@ -186,7 +183,7 @@ pub async fn moto_sends_a_command(cluster: Arc<TestCluster>) {
             ..OperatorOptions::default()
         },
     );
-    let commands: Api<SsmCommand> = Api::namespaced(world.client.clone(), &world.namespace);
+    let commands: Api<SsmCommand> = world.api_of();
     let spec = CommandSpec {
         document_name: "AWS-RunShellScript".into(),
         document_version: None,
@@ -207,22 +204,11 @@ pub async fn moto_sends_a_command(cluster: Arc<TestCluster>) {
         .await
         .expect("create Command");
 
-    let ready = tokio::time::timeout(
-        DEADLINE,
-        await_condition(commands.clone(), "via-moto", |c: Option<&SsmCommand>| {
-            c.and_then(|c| c.condition("Ready"))
-                .is_some_and(|r| r.status == "True")
-        }),
-    )
-    .await;
-    let done = match ready {
-        Ok(Ok(Some(done))) => done,
-        other => panic!(
-            "Command via-moto not Ready within {DEADLINE:?} ({:?}); last status: {:#?}",
-            other.map(|r| r.map(|_| ())),
-            commands.get("via-moto").await.ok().and_then(|c| c.status)
-        ),
-    };
+    let done = world
+        .wait_on("via-moto", "Ready=True", |c: &SsmCommand| {
+            c.condition("Ready").is_some_and(|r| r.status == "True")
+        })
+        .await;
     let s = done.status.clone().expect("status");
     assert_eq!(s.status.as_deref(), Some("Success"), "{s:#?}");
     assert_eq!(
@@ -272,19 +258,7 @@ pub async fn moto_sends_a_command(cluster: Arc<TestCluster>) {
         .delete("via-moto", &DeleteParams::default())
         .await
         .expect("delete");
-    poll_until("the finished Command to be gone", || {
-        let commands = &commands;
-        async move {
-            commands
-                .get_opt("via-moto")
-                .await
-                .ok()
-                .flatten()
-                .is_none()
-                .then_some(())
-        }
-    })
-    .await;
+    world.wait_gone::<SsmCommand>("via-moto").await;
     let log = operator.log();
     assert!(
         !log.contains("CancelCommand"),

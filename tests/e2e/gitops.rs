@@ -11,8 +11,8 @@ use std::process::{Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
-use kube::runtime::wait::await_condition;
 use kube::Api;
 use ssm_operator::api::{
     Command as SsmCommand, CommandInvocation, CommandInvocationSpec, NOT_OBSERVED,
@@ -124,10 +124,9 @@ fn assert_not_observed(obj: &CommandInvocation) {
 }
 
 /// The `lastTransitionTime` of condition `type_`, which must be True.
-fn true_since(obj: &CommandInvocation, type_: &str) -> Timestamp {
-    let condition = obj
-        .condition(type_)
-        .unwrap_or_else(|| panic!("no {type_} condition: {:#?}", obj.status));
+/// The `lastTransitionTime` of condition `type_` (of either kind), which must be True.
+fn true_since(condition: Option<&Condition>, type_: &str) -> Timestamp {
+    let condition = condition.unwrap_or_else(|| panic!("no {type_} condition"));
     assert_eq!(condition.status, "True", "{type_}: {condition:#?}");
     condition.last_transition_time.0
 }
@@ -181,7 +180,7 @@ pub async fn helm_wait_returns_only_once_the_invocation_succeeded(cluster: Arc<T
         "helm returned before the invocation succeeded: {:#?}",
         at_return.status
     );
-    let ready_since = true_since(&at_return, "Ready");
+    let ready_since = true_since(at_return.condition("Ready"), "Ready");
     assert!(
         ready_since <= returned,
         "Ready=True at {ready_since}, after helm returned at {returned}"
@@ -230,7 +229,7 @@ pub async fn helm_wait_fails_when_the_command_fails(cluster: Arc<TestCluster>) {
         "helm install --wait succeeded on a failed command: {}",
         describe(&out)
     );
-    let stalled_since = true_since(&failed, "Stalled");
+    let stalled_since = true_since(failed.condition("Stalled"), "Stalled");
     assert!(
         stalled_since <= returned,
         "Stalled=True at {stalled_since}, after helm returned at {returned}"
@@ -426,33 +425,12 @@ fn write_command_chart(world: &World) -> PathBuf {
 }
 
 fn command_api(world: &World) -> Api<SsmCommand> {
-    Api::namespaced(world.client.clone(), &world.namespace)
+    world.api_of()
 }
 
 /// Waits until `done` holds for the chart's Command, following a watch.
 async fn wait_command(world: &World, what: &str, done: impl Fn(&SsmCommand) -> bool) -> SsmCommand {
-    let cond = move |obj: Option<&SsmCommand>| obj.is_some_and(&done);
-    match tokio::time::timeout(DEADLINE, await_condition(command_api(world), COMMAND, cond)).await {
-        Ok(Ok(Some(obj))) => obj,
-        Ok(Ok(None)) => panic!("Command {COMMAND} was deleted while waiting for {what}"),
-        Ok(Err(e)) => panic!("watching Command {COMMAND} for {what}: {e}"),
-        Err(_) => {
-            let now = command_api(world).get(COMMAND).await.ok();
-            panic!(
-                "Command {COMMAND}: no {what} within {DEADLINE:?}; last seen status: {:#?}",
-                now.and_then(|o| o.status)
-            )
-        }
-    }
-}
-
-/// The `lastTransitionTime` of the Command's condition `type_`, which must be True.
-fn command_true_since(obj: &SsmCommand, type_: &str) -> Timestamp {
-    let condition = obj
-        .condition(type_)
-        .unwrap_or_else(|| panic!("no {type_} condition: {:#?}", obj.status));
-    assert_eq!(condition.status, "True", "{type_}: {condition:#?}");
-    condition.last_transition_time.0
+    world.wait_on(COMMAND, what, done).await
 }
 
 fn sending_operator_for(world: &World, sim: &Simulator) -> Operator {
@@ -508,7 +486,7 @@ pub async fn helm_wait_gates_on_a_command_that_succeeds(cluster: Arc<TestCluster
         "{s:#?}"
     );
     assert_eq!(s.observed_generation, Some(1));
-    let ready_since = command_true_since(&at_return, "Ready");
+    let ready_since = true_since(at_return.condition("Ready"), "Ready");
     assert!(
         ready_since <= returned,
         "Ready=True at {ready_since}, after helm returned at {returned}"
@@ -564,7 +542,7 @@ pub async fn helm_wait_fails_when_a_command_fails(cluster: Arc<TestCluster>) {
         "helm install --wait succeeded on a failed command: {}",
         describe(&out)
     );
-    let stalled_since = command_true_since(&failed, "Stalled");
+    let stalled_since = true_since(failed.condition("Stalled"), "Stalled");
     assert!(
         stalled_since <= returned,
         "Stalled=True at {stalled_since}, after helm returned at {returned}"

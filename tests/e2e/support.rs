@@ -10,9 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::NamespaceResourceScope;
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::runtime::wait::await_condition;
-use kube::{Api, Client};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 use ssm_operator::api::{CommandInvocation, CommandInvocationSpec};
 use testbed::TestCluster;
@@ -83,6 +86,15 @@ impl World {
             .unwrap_or_else(|e| panic!("create {name}: {e}"))
     }
 
+    /// The API of any namespaced kind in this namespace.
+    pub fn api_of<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
     /// Waits until `done` holds for the named resource, following a watch.
     pub async fn wait_for(
         &self,
@@ -90,19 +102,59 @@ impl World {
         what: &str,
         done: impl Fn(&CommandInvocation) -> bool,
     ) -> CommandInvocation {
-        let cond = move |obj: Option<&CommandInvocation>| obj.is_some_and(&done);
-        match tokio::time::timeout(DEADLINE, await_condition(self.api(), name, cond)).await {
+        self.wait_on(name, what, done).await
+    }
+
+    /// Waits until `done` holds for the named object of any namespaced kind, following a
+    /// watch; on timeout the panic shows the object's last status.
+    pub async fn wait_on<K>(&self, name: &str, what: &str, done: impl Fn(&K) -> bool) -> K
+    where
+        K: Resource<Scope = NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Serialize
+            + std::fmt::Debug
+            + Send
+            + 'static,
+        K::DynamicType: Default,
+    {
+        let kind = K::kind(&K::DynamicType::default()).to_string();
+        let cond = move |obj: Option<&K>| obj.is_some_and(&done);
+        match tokio::time::timeout(DEADLINE, await_condition(self.api_of::<K>(), name, cond)).await
+        {
             Ok(Ok(Some(obj))) => obj,
-            Ok(Ok(None)) => panic!("{name} was deleted while waiting for {what}"),
-            Ok(Err(e)) => panic!("watching {name} for {what}: {e}"),
+            Ok(Ok(None)) => panic!("{kind} {name} was deleted while waiting for {what}"),
+            Ok(Err(e)) => panic!("watching {kind} {name} for {what}: {e}"),
             Err(_) => {
-                let now = self.api().get(name).await.ok();
+                let now = self.api_of::<K>().get(name).await.ok();
+                let status = now.and_then(|o| serde_json::to_value(o).ok());
                 panic!(
-                    "{name}: no {what} within {DEADLINE:?}; last seen status: {:#?}",
-                    now.and_then(|o| o.status)
+                    "{kind} {name}: no {what} within {DEADLINE:?}; last seen status: {:#}",
+                    status.map_or(Value::Null, |o| o["status"].clone())
                 )
             }
         }
+    }
+
+    /// Waits until the named object of any namespaced kind is gone.
+    pub async fn wait_gone<K>(&self, name: &str)
+    where
+        K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let api = self.api_of::<K>();
+        poll_until(&format!("{name} to be gone"), || {
+            let api = &api;
+            async move {
+                api.get_opt(name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_none()
+                    .then_some(())
+            }
+        })
+        .await;
     }
 
     /// Waits until SSM status `status` is reported.
