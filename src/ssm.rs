@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ssm::error::{
+    ConnectorError, DisplayErrorContext, ErrorMetadata, ProvideErrorMetadata, SdkError,
+};
 use aws_sdk_ssm::operation::get_command_invocation::GetCommandInvocationOutput;
 use aws_sdk_ssm::primitives::{DateTime, DateTimeFormat};
 use aws_sdk_ssm::types::{CommandInvocation as SdkInvocation, CommandPlugin};
@@ -105,13 +107,15 @@ pub enum SsmError {
     /// outside the cluster, so it is re-checked rarely.
     #[error("access denied by AWS: {0}")]
     AccessDenied(String),
-    /// The namespace's role could not be assumed (STS refused, or its credentials failed).
+    /// STS refused the namespace's role and will refuse it again (trust policy, external id,
+    /// a malformed ARN): an outside fix cures it. STS being unwell or unreachable is
+    /// `Unavailable` instead.
     #[error("could not assume the namespace's role: {0}")]
     AssumeRoleFailed(String),
     /// `ThrottlingException` and friends, after the SDK's own retries.
     #[error("throttled by SSM: {0}")]
     Throttled(String),
-    /// 5xx, timeouts, connection and credential errors: transient.
+    /// 5xx, timeouts, connection and credential errors (STS's too): transient.
     #[error("SSM unavailable: {0}")]
     Unavailable(String),
 }
@@ -482,30 +486,118 @@ const THROTTLING_CODES: &[&str] = &[
     "RequestLimitExceeded",
 ];
 
-/// Whether a non-service SDK error comes from loading credentials (the credentials provider's
-/// own error texts all name "credential").
-fn is_credentials_failure<E, R>(err: &SdkError<E, R>, text: &str) -> bool {
-    matches!(
-        err,
-        SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_)
-    ) && text.to_ascii_lowercase().contains("credential")
+/// STS error codes that refuse the role and that STS will give again for the same request:
+/// the role's trust policy or the external id (`AccessDenied`), the operator's own key unknown
+/// to STS, a malformed role ARN or request, STS not activated in the region. Only these make a
+/// namespace's resources `AssumeRoleFailed` (Stalled, re-checked rarely); every other failure
+/// to get the role's credentials is transient.
+///
+/// Transient on purpose: 5xx (`InternalFailure`, `ServiceUnavailable`), throttling (as
+/// `SsmUnavailable`, not `Throttled`, so that STS's rate never slows the SSM budget every
+/// namespace shares), timeouts, connection errors, and `ExpiredToken`/`ExpiredTokenException`:
+/// that is the operator's *own* session expiring, which its credentials chain (IRSA, Pod
+/// Identity, IMDS) renews; it is no fault of the namespace's role, and the same expired
+/// identity shows as `SsmUnavailable` for namespaces without a role too.
+const STS_REFUSAL_CODES: &[&str] = &[
+    "AccessDenied",
+    "AccessDeniedException",
+    "InvalidClientTokenId",
+    "NotAuthorized",
+    "ValidationError",
+    "InvalidParameterValue",
+    "InvalidParameterCombination",
+    "MissingParameter",
+    "MalformedPolicyDocument",
+    "PackedPolicyTooLarge",
+    "RegionDisabledException",
+];
+
+/// STS's modelled `AssumeRole` errors: the SDK shows them only as text, `<shape>: <message>`,
+/// without their `ErrorMetadata` in the source chain. (shape name, wire code).
+const STS_MODELLED_ERRORS: &[(&str, &str)] = &[
+    ("ExpiredTokenException", "ExpiredTokenException"),
+    (
+        "MalformedPolicyDocumentException",
+        "MalformedPolicyDocument",
+    ),
+    ("PackedPolicyTooLargeException", "PackedPolicyTooLarge"),
+    ("RegionDisabledException", "RegionDisabledException"),
+];
+
+/// Longest STS detail kept in a message (the chain of a transport error can be long).
+const STS_DETAIL_CHARS: usize = 500;
+
+/// Pure: what an SSM call's failure to load a namespace role's credentials means, from the
+/// error's source chain; `None` when the call did not fail loading credentials.
+///
+/// How aws-config surfaces it: `AssumeRoleProvider` turns every failed `AssumeRole` into a
+/// `CredentialsError` (`ProviderError`; `InvalidConfiguration` for a disabled region or a
+/// malformed policy) whose source is the STS client's `SdkError`, after that client's own
+/// retries; the identity cache may instead time the load out. The SSM client reports either as
+/// a dispatch failure whose connector error, of kind `other`, holds it. Below it:
+/// - STS answered: its `ErrorMetadata` (code, message), or a modelled error's text. Refusal
+///   codes ([`STS_REFUSAL_CODES`]) are `AssumeRoleFailed`; any other answer is transient.
+/// - Another connector error: STS was not reached (connection refused or reset, timeout) or
+///   the operator's own source credentials failed to load (their own chain): transient.
+/// - Anything else (a timeout of the load, an unreadable answer): transient.
+fn role_credentials_failure(err: &(dyn std::error::Error + 'static)) -> Option<SsmError> {
+    let mut chain = std::iter::successors(Some(err), |e| e.source())
+        .skip_while(|e| e.downcast_ref::<ConnectorError>().is_none());
+    let outer = chain.next()?.downcast_ref::<ConnectorError>()?;
+    if !outer.is_other() {
+        // SSM itself was not reached (io, timeout): credentials are not the question.
+        return None;
+    }
+    let loading = chain.next()?;
+    for link in std::iter::successors(loading.source(), |e| e.source()) {
+        if link.downcast_ref::<ConnectorError>().is_some() {
+            break;
+        }
+        if let Some(meta) = link.downcast_ref::<ErrorMetadata>() {
+            if let Some(code) = meta.code() {
+                return Some(sts_answer(code, meta.message().unwrap_or_default()));
+            }
+        }
+        let text = link.to_string();
+        if let Some((shape, code)) = STS_MODELLED_ERRORS
+            .iter()
+            .find(|(shape, _)| text.starts_with(shape))
+        {
+            let message = text[shape.len()..].trim_start_matches(':').trim();
+            return Some(sts_answer(code, message));
+        }
+    }
+    // No answer from STS. Only the wording depends on the text: the credentials provider's
+    // errors all name "credential", the identity cache's load timeout "identity".
+    let loading_text = loading.to_string();
+    if !loading_text.contains("credential") && !loading_text.contains("identity") {
+        // Something else before sending (say, signing): the caller's generic wording.
+        return None;
+    }
+    let detail: String = std::iter::successors(Some(loading), |e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
+        .chars()
+        .take(STS_DETAIL_CHARS)
+        .collect();
+    Some(SsmError::Unavailable(format!(
+        "could not get the namespace's role credentials from STS: {detail}"
+    )))
 }
 
-/// STS's own words from a credentials failure: `Code: Message` from the XML error it sent,
-/// else the start of the error text (the SDK's dump holds raw headers and bodies).
-fn sts_summary(text: &str) -> String {
-    let between = |open: &str, close: &str| {
-        let start = text.find(open)? + open.len();
-        let end = text[start..].find(close)? + start;
-        Some(text[start..end].trim().to_string())
-    };
-    match (
-        between("<Code>", "</Code>"),
-        between("<Message>", "</Message>"),
-    ) {
-        (Some(code), Some(message)) => format!("{code}: {message}"),
-        (Some(code), None) => code,
-        _ => text.chars().take(300).collect(),
+/// What STS's answer `code: message` to `AssumeRole` means (see [`STS_REFUSAL_CODES`]).
+fn sts_answer(code: &str, message: &str) -> SsmError {
+    let said: String = format!("{code}: {message}")
+        .chars()
+        .take(STS_DETAIL_CHARS)
+        .collect();
+    if STS_REFUSAL_CODES.contains(&code) {
+        SsmError::AssumeRoleFailed(said)
+    } else {
+        SsmError::Unavailable(format!(
+            "could not get the namespace's role credentials from STS: {said}"
+        ))
     }
 }
 
@@ -536,15 +628,17 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     let SdkError::ServiceError(service) = &err else {
-        let text = DisplayErrorContext(&err).to_string();
-        // A role that cannot be assumed reaches here as a dispatch failure of the credentials
-        // provider, holding STS's answer: an outside fix (IAM, trust policy) cures it.
-        if with_role && is_credentials_failure(&err, &text) {
-            return SsmError::AssumeRoleFailed(sts_summary(&text));
+        // A namespace's role whose credentials did not load reaches here as a dispatch failure
+        // holding STS's answer: a refusal STS will repeat is cured only outside (IAM, trust
+        // policy); an unwell or unreachable STS is transient.
+        if with_role {
+            if let Some(error) = role_credentials_failure(&err) {
+                return error;
+            }
         }
         // Timeouts, dispatch (connection) failures, unreadable responses, missing
         // region or credentials: all worth retrying later.
-        return SsmError::Unavailable(text);
+        return SsmError::Unavailable(DisplayErrorContext(&err).to_string());
     };
     let service_err = service.err();
     let message = service_err
@@ -575,6 +669,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_sdk_ssm::config::http::HttpResponse;
+    use aws_sdk_ssm::operation::get_command_invocation::GetCommandInvocationError;
 
     #[test]
     fn each_error_has_a_contract_reason_and_a_recovery_class() {
@@ -638,15 +734,309 @@ mod tests {
         assert_eq!(ssm.default_region(), Some("eu-west-1"));
     }
 
-    #[test]
-    fn a_refused_role_is_summed_up_in_sts_words() {
-        let dump = r#"dispatch failure: other: an error occurred while loading credentials: ProviderError { raw: Response { status: 403, headers: {"x": "y"}, body: b"<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>User: arn:aws:iam::1:user/test is not authorized to perform: sts:AssumeRole on resource: arn:aws:iam::2:role/r</Message></Error></ErrorResponse>" } }"#;
-        assert_eq!(
-            sts_summary(dump),
-            "AccessDenied: User: arn:aws:iam::1:user/test is not authorized to perform: \
-             sts:AssumeRole on resource: arn:aws:iam::2:role/r"
+    /// Stands in for aws-credential-types' `CredentialsError::ProviderError` (not a direct
+    /// dependency): the same text, the STS error as its source.
+    #[derive(Debug)]
+    struct LoadingFailed(
+        Option<Box<dyn std::error::Error + Send + Sync>>,
+        &'static str,
+    );
+
+    impl std::fmt::Display for LoadingFailed {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.1)
+        }
+    }
+
+    impl std::error::Error for LoadingFailed {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.0.as_deref().map(|e| e as _)
+        }
+    }
+
+    /// STS's modelled errors, shown as `<shape>: <message>` with no metadata in the chain.
+    #[derive(Debug)]
+    struct Modelled(&'static str);
+
+    impl std::fmt::Display for Modelled {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Modelled {}
+
+    type SsmCallError = SdkError<GetCommandInvocationError>;
+
+    /// An SSM call whose credentials provider failed with `source` (as the SDK reports it).
+    fn loading_failed(source: impl std::error::Error + Send + Sync + 'static) -> SsmCallError {
+        let loading = LoadingFailed(
+            Some(Box::new(source)),
+            "an error occurred while loading credentials",
         );
-        assert_eq!(sts_summary(&"x".repeat(1000)).len(), 300);
+        SdkError::dispatch_failure(ConnectorError::other(Box::new(loading), None))
+    }
+
+    /// The STS client's error for an answer with this HTTP status, code and message (built
+    /// the way the SDK builds an unmodelled error: its `ErrorMetadata` as the source).
+    fn sts_said(status: u16, code: &str, message: &str) -> SsmCallError {
+        let meta = ErrorMetadata::builder().code(code).message(message).build();
+        let raw = HttpResponse::new(
+            status.try_into().expect("status"),
+            "<ErrorResponse/>".into(),
+        );
+        loading_failed(SdkError::service_error(
+            GetCommandInvocationError::generic(meta),
+            raw,
+        ))
+    }
+
+    fn io(kind: std::io::ErrorKind) -> Box<dyn std::error::Error + Send + Sync> {
+        Box::new(std::io::Error::from(kind))
+    }
+
+    #[test]
+    fn only_refusals_sts_repeats_stall_a_role_and_the_rest_is_transient() {
+        use std::io::ErrorKind;
+        let denied = "User: arn:aws:iam::111122223333:role/ssm-operator is not authorized to \
+                      perform: sts:AssumeRole on resource: arn:aws:iam::444455556666:role/r";
+        let cases: Vec<(&str, SsmCallError, &str, &str)> = vec![
+            // Refusals STS will repeat: Stalled, re-checked rarely.
+            (
+                "trust policy or external id",
+                sts_said(403, "AccessDenied", denied),
+                "AssumeRoleFailed",
+                "AccessDenied: User: arn:aws:iam::111122223333:role/ssm-operator is not",
+            ),
+            (
+                "malformed role ARN",
+                sts_said(400, "ValidationError", "roleArn failed to satisfy constraint"),
+                "AssumeRoleFailed",
+                "ValidationError: roleArn failed",
+            ),
+            (
+                "the operator's key unknown to STS",
+                sts_said(403, "InvalidClientTokenId", "The security token is invalid."),
+                "AssumeRoleFailed",
+                "InvalidClientTokenId",
+            ),
+            (
+                "STS not activated in the region (modelled)",
+                loading_failed(SdkError::service_error(
+                    Modelled("RegionDisabledException: STS is not activated in eu-south-2"),
+                    HttpResponse::new(403u16.try_into().expect("status"), "".into()),
+                )),
+                "AssumeRoleFailed",
+                "RegionDisabledException: STS is not activated in eu-south-2",
+            ),
+            // STS unwell or unreachable: Reconciling, retried with backoff.
+            (
+                "STS 500",
+                sts_said(500, "InternalFailure", "An internal error occurred"),
+                "SsmUnavailable",
+                "from STS: InternalFailure: An internal error occurred",
+            ),
+            (
+                "STS 503",
+                sts_said(503, "ServiceUnavailable", "Service is unavailable"),
+                "SsmUnavailable",
+                "ServiceUnavailable",
+            ),
+            (
+                "STS throttling (never slows the SSM budget)",
+                sts_said(400, "Throttling", "Rate exceeded"),
+                "SsmUnavailable",
+                "Throttling: Rate exceeded",
+            ),
+            (
+                "the operator's own session expired (its chain renews it)",
+                loading_failed(SdkError::service_error(
+                    Modelled("ExpiredTokenException: The security token included in the request is expired"),
+                    HttpResponse::new(400u16.try_into().expect("status"), "".into()),
+                )),
+                "SsmUnavailable",
+                "ExpiredTokenException: The security token included in the request is expired",
+            ),
+            (
+                "an unknown code",
+                sts_said(400, "SomethingNew", "?"),
+                "SsmUnavailable",
+                "SomethingNew",
+            ),
+            (
+                "connection refused",
+                loading_failed(SdkError::<GetCommandInvocationError, HttpResponse>::dispatch_failure(
+                    ConnectorError::io(io(ErrorKind::ConnectionRefused)),
+                )),
+                "SsmUnavailable",
+                "from STS: an error occurred while loading credentials: dispatch failure: io error: connection refused",
+            ),
+            (
+                "STS timed out",
+                loading_failed(SdkError::<GetCommandInvocationError, HttpResponse>::dispatch_failure(
+                    ConnectorError::timeout(io(ErrorKind::TimedOut)),
+                )),
+                "SsmUnavailable",
+                "dispatch failure: timeout",
+            ),
+            (
+                "the operation timed out",
+                loading_failed(SdkError::<GetCommandInvocationError, HttpResponse>::timeout_error(
+                    io(ErrorKind::TimedOut),
+                )),
+                "SsmUnavailable",
+                "request has timed out",
+            ),
+            (
+                "the identity cache timed the load out",
+                SdkError::dispatch_failure(ConnectorError::other(
+                    Box::new(LoadingFailed(None, "identity resolver timed out after 5s")),
+                    None,
+                )),
+                "SsmUnavailable",
+                "from STS: identity resolver timed out after 5s",
+            ),
+            (
+                "the operator's own credentials failed below STS (refused there)",
+                loading_failed(SdkError::<GetCommandInvocationError, HttpResponse>::dispatch_failure(
+                    ConnectorError::other(Box::new(LoadingFailed(
+                        Some(Box::new(sts_said(403, "AccessDenied", "web identity refused"))),
+                        "the credential provider was not enabled",
+                    )), None),
+                )),
+                "SsmUnavailable",
+                "the credential provider was not enabled",
+            ),
+        ];
+        for (what, err, reason, words) in cases {
+            let found = role_credentials_failure(&err)
+                .unwrap_or_else(|| panic!("{what}: not seen as a credentials failure"));
+            assert_eq!(found.reason(), reason, "{what}: {found:?}");
+            assert!(found.message().contains(words), "{what}: {found:?}");
+            let classified = classify(err, true);
+            assert_eq!(classified, found, "{what}: classify agrees");
+            let recovery = if reason == "AssumeRoleFailed" {
+                Recovery::OutsideFix
+            } else {
+                Recovery::Transient
+            };
+            assert_eq!(classified.recovery(), recovery, "{what}");
+        }
+    }
+
+    #[test]
+    fn failures_that_are_not_about_credentials_keep_their_class() {
+        // SSM itself unreachable, with or without a role: transient, not a role question.
+        let refused = || {
+            SsmCallError::dispatch_failure(ConnectorError::io(io(
+                std::io::ErrorKind::ConnectionRefused,
+            )))
+        };
+        assert_eq!(role_credentials_failure(&refused()), None);
+        assert_eq!(classify(refused(), true).reason(), "SsmUnavailable");
+        // Something else that fails before sending.
+        let signing = SsmCallError::dispatch_failure(ConnectorError::other(
+            Box::new(LoadingFailed(None, "failed to sign the request")),
+            None,
+        ));
+        assert_eq!(role_credentials_failure(&signing), None);
+        assert_eq!(classify(signing, true).reason(), "SsmUnavailable");
+        // Without a role, the operator's own credentials failing is transient, as before.
+        assert_eq!(
+            classify(sts_said(403, "AccessDenied", "no"), false).reason(),
+            "SsmUnavailable"
+        );
+        let long = sts_said(500, "InternalFailure", &"x".repeat(5000));
+        assert!(classify(long, true).message().len() < 600);
+    }
+
+    /// The operator's SSM access with its own static key and `sts` as every endpoint: a
+    /// namespace role's credentials fail (or not) exactly as the real provider makes them.
+    async fn ssm_via(sts: &ssm_sim::StsSimulator) -> Ssm {
+        use aws_sdk_ssm::config::retry::RetryConfig;
+        use aws_sdk_ssm::config::Credentials;
+        let base = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new("eu-west-1"))
+            .credentials_provider(Credentials::new("AKIDOPERATOR", "s", None, None, "test"))
+            .endpoint_url(sts.endpoint())
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_attempt_timeout(Duration::from_millis(500))
+                    .build(),
+            )
+            .load()
+            .await;
+        Ssm::new(base, Arc::new(Metrics::new()), 1000.0)
+    }
+
+    fn key_for(role: &str) -> InvocationKey {
+        InvocationKey {
+            region: None,
+            command_id: "8f2f6d1e-2b0c-4e4b-9a53-0c7b9f0e1a11".into(),
+            instance_id: "i-0123456789abcdef0".into(),
+            plugin_name: None,
+            role: Some(Role {
+                namespace: "team-a".into(),
+                arn: role.into(),
+                external_id: None,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_real_assume_role_provider_errors_are_classified() {
+        use ssm_sim::{Fault, StsSimulator};
+        let sts = StsSimulator::start().await.expect("STS simulator");
+        let ssm = ssm_via(&sts).await;
+        let refused = "arn:aws:iam::444455556666:role/untrusted";
+        let error = ssm.invocation(&key_for(refused)).await.unwrap_err();
+        assert_eq!(error.reason(), "AssumeRoleFailed", "{error:?}");
+        assert!(
+            error.message().starts_with(
+                "AccessDenied: User: arn:aws:iam::000000000000:user/AKIDOPERATOR is not \
+                 authorized to perform: sts:AssumeRole on resource: arn:aws:iam::444455556666"
+            ),
+            "{error:?}"
+        );
+
+        // Each fault hits one AssumeRole (no retries here), each on a fresh role's client.
+        let faults = [
+            (
+                Fault::ServerError { count: 1 },
+                "from STS: InternalFailure: An internal error occurred (injected by ssm-sim)",
+            ),
+            (Fault::Throttle { count: 1 }, "Throttling: Rate exceeded"),
+            (Fault::DropConnection { count: 1 }, "dispatch failure"),
+            (
+                Fault::Slow {
+                    count: 1,
+                    delay: Duration::from_secs(2),
+                },
+                "timed out",
+            ),
+        ];
+        for (n, (fault, words)) in faults.into_iter().enumerate() {
+            let role = format!("arn:aws:iam::111122223333:role/r{n}");
+            sts.allow_role(&role, None);
+            sts.inject(fault);
+            let error = ssm.invocation(&key_for(&role)).await.unwrap_err();
+            assert_eq!(error.reason(), "SsmUnavailable", "{fault:?}: {error:?}");
+            assert_eq!(error.recovery(), Recovery::Transient, "{fault:?}");
+            assert!(error.message().contains(words), "{fault:?}: {error:?}");
+        }
+
+        // STS gone altogether.
+        let role = "arn:aws:iam::111122223333:role/gone";
+        sts.allow_role(role, None);
+        let gone = ssm_via(&sts).await;
+        sts.shutdown().await;
+        let error = gone.invocation(&key_for(role)).await.unwrap_err();
+        assert_eq!(error.reason(), "SsmUnavailable", "{error:?}");
+        assert!(
+            error.message().contains("role credentials from STS"),
+            "{error:?}"
+        );
     }
 
     #[test]

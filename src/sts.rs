@@ -4,6 +4,11 @@
 //!
 //! The role session name names the namespace (`ssm-operator-<namespace>`), so CloudTrail in
 //! the target account shows whose calls they were.
+//!
+//! A failed `AssumeRole` surfaces in the SSM call that needed the credentials, as a dispatch
+//! failure holding the provider's error and STS's answer below it; `ssm::classify` tells a
+//! refusal STS will repeat (`AssumeRoleFailed`) from STS being unwell or unreachable
+//! (transient, `SsmUnavailable`).
 
 use aws_config::sts::AssumeRoleProvider;
 use aws_config::SdkConfig;

@@ -1,5 +1,6 @@
-//! SSM's HTTP front: counts calls, applies the rate limit, injected faults (including slow
-//! replies), SendCommand's own faults and latency, and hands each request to [`crate::api`]. [`respond`] is the handler
+//! SSM's HTTP front: counts calls, records who signed them and refuses expired STS keys,
+//! applies the rate limit, injected faults (including slow replies), SendCommand's own faults
+//! and latency, and hands each request to [`crate::api`]. [`respond`] is the handler
 //! [`crate::serving::Server`] serves connections with.
 
 use std::collections::{HashMap, VecDeque};
@@ -148,6 +149,11 @@ pub(crate) async fn respond(
     let (operation, served) = json_operation(&req, TARGET_PREFIX);
     shared.counters.count(&operation);
     shared.signers.record(req.headers(), &operation);
+    // AWS authenticates a request before anything else: an expired key is refused first.
+    if let Err(e) = shared.signers.check(req.headers(), SystemTime::now()) {
+        let status = StatusCode::from_u16(e.http_status).unwrap_or(StatusCode::BAD_REQUEST);
+        return Ok(json_reply(status, e.body().to_string().into_bytes()));
+    }
     // Over the rate limit: throttled at the door, without taking an injected fault.
     let admitted = shared.admit(Instant::now());
     let hit = if admitted { shared.next_fault() } else { None };

@@ -142,6 +142,22 @@ impl Simulator {
         self.inner.shared.signers.calls(akid, Some(operation))
     }
 
+    /// Checks the keys `sts` issues, as AWS checks temporary credentials: from now on a
+    /// request signed with one of them at or after its `Expiration` answers HTTP 400
+    /// `ExpiredTokenException` "The security token included in the request is expired",
+    /// before the rate limit and any injected fault. It still counts in
+    /// [`Simulator::calls`] and [`Simulator::calls_signed_by`], and in
+    /// [`Simulator::expired_token_refusals`]. Other keys are never checked.
+    pub fn trust_sts(&self, sts: &crate::StsSimulator) {
+        self.inner.shared.signers.trust(sts.issued_keys());
+    }
+
+    /// Requests refused because they were signed with an expired key of a trusted STS
+    /// ([`Simulator::trust_sts`]).
+    pub fn expired_token_refusals(&self) -> u64 {
+        self.inner.shared.signers.expired()
+    }
+
     /// Limits the requests served to `rate` per second over all operations (`None`: no
     /// limit, the default): a token bucket holding `rate` tokens (at least one), full when
     /// set, refilled continuously. A request finding it empty answers HTTP 400

@@ -1,7 +1,9 @@
 //! AWS identities for tests of cross-account access: [`StsSimulator`], a minimal STS that
-//! answers `AssumeRole` (and refuses the roles a test has not allowed), and the record of which
-//! access key signed each request the SSM simulator received
-//! ([`crate::Simulator::signers`]).
+//! answers `AssumeRole` (and refuses the roles a test has not allowed, or fails as an injected
+//! [`Fault`] says), and the record of which access key signed each request the SSM simulator
+//! received ([`crate::Simulator::signers`]). An SSM simulator told about an STS
+//! ([`crate::Simulator::trust_sts`]) refuses requests signed with one of its keys once that key
+//! has expired, as AWS does.
 //!
 //! moto's STS grants every role it is asked for and always issues credentials valid for an
 //! hour, so with it a test can neither see a refused role nor make credentials expire during a
@@ -24,19 +26,21 @@
 //! ```
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, AUTHORIZATION};
 use hyper::{Method, Request, StatusCode};
 
 use crate::clock::iso_instant;
+use crate::error::ApiError;
+use crate::faults::{Fault, FaultQueue, Hit};
 use crate::ids::uuid_v4;
+use crate::server::DropConnection;
 use crate::serving::{read_body, reply, Reply, Server, LOOPBACK};
 
 /// The XML namespace of STS's answers.
@@ -59,7 +63,8 @@ pub type Refused = (String, String, Option<String>);
 /// Only allowed roles are granted ([`StsSimulator::allow_role`]); any other, or a wrong or
 /// missing external id, answers HTTP 403 `AccessDenied`. Every grant issues a new access key
 /// id, `ASIA<role tag><counter>` (the tag is the role name's letters and digits, upper case,
-/// at most 8), so tests can tell the grants apart. Signatures are not checked.
+/// at most 8), so tests can tell the grants apart. Signatures are not checked. Injected faults
+/// ([`StsSimulator::inject`]) make it fail the way an overloaded or unreachable STS does.
 ///
 /// Cheap to clone (an `Arc` inside). Serving stops when the last handle is dropped or when
 /// [`StsSimulator::shutdown`] is called on any handle.
@@ -145,6 +150,35 @@ impl StsSimulator {
             .unwrap_or_else(PoisonError::into_inner) = Some(lifetime);
     }
 
+    /// Queues a fault; queued faults hit the next requests in order, whatever they ask:
+    /// [`Fault::ServerError`] answers HTTP 500 `InternalFailure`, [`Fault::Throttle`] HTTP 400
+    /// `Throttling` "Rate exceeded", [`Fault::DropConnection`] closes the connection without an
+    /// answer, [`Fault::Slow`] answers normally after its delay. A faulted request grants and
+    /// refuses nothing; it counts in [`StsSimulator::calls`].
+    pub fn inject(&self, fault: Fault) {
+        self.inner
+            .state
+            .faults
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(fault);
+    }
+
+    /// Drops every queued fault.
+    pub fn clear_faults(&self) {
+        self.inner
+            .state
+            .faults
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    /// The keys this STS issued, with their expiry, for an SSM simulator to check.
+    pub(crate) fn issued_keys(&self) -> Arc<IssuedKeys> {
+        self.inner.state.keys.clone()
+    }
+
     /// Every granted `AssumeRole`, oldest first: (role ARN, role session name, external id,
     /// access key id issued).
     pub fn assumed(&self) -> Vec<Assumed> {
@@ -192,6 +226,35 @@ struct State {
     requests: AtomicU64,
     assumed: Mutex<Vec<Assumed>>,
     refused: Mutex<Vec<Refused>>,
+    /// Faults waiting for the next requests.
+    faults: Mutex<FaultQueue>,
+    /// Every key issued, with its expiry (shared with the SSM simulators that trust this STS).
+    keys: Arc<IssuedKeys>,
+}
+
+/// The access keys an STS issued and when each expires (the `Expiration` it gave, in whole
+/// seconds).
+#[derive(Debug, Default)]
+pub(crate) struct IssuedKeys {
+    expiry: Mutex<HashMap<String, SystemTime>>,
+}
+
+impl IssuedKeys {
+    fn insert(&self, access_key_id: &str, expires: SystemTime) {
+        self.expiry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(access_key_id.to_string(), expires);
+    }
+
+    /// Whether `access_key_id` is one of these keys and has expired at `now`.
+    fn expired(&self, access_key_id: &str, now: SystemTime) -> bool {
+        self.expiry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(access_key_id)
+            .is_some_and(|expires| now >= *expires)
+    }
 }
 
 /// An error STS answers with: `<ErrorResponse>` with this HTTP status, code and message.
@@ -352,7 +415,9 @@ impl State {
             .unwrap_or_else(PoisonError::into_inner)
             .or(duration)
             .unwrap_or(DEFAULT_LIFETIME);
-        let expiration = iso_seconds(now + lifetime);
+        let expires = whole_seconds(now + lifetime);
+        let expiration = iso_seconds(expires);
+        self.keys.insert(&access_key_id, expires);
         self.assumed
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -392,6 +457,12 @@ fn role_tag(role_name: &str) -> String {
     } else {
         tag
     }
+}
+
+/// `t` without its fraction of a second (STS gives `Expiration` in whole seconds).
+fn whole_seconds(t: SystemTime) -> SystemTime {
+    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    UNIX_EPOCH + Duration::from_secs(secs)
 }
 
 /// An ISO-8601 UTC instant in whole seconds, as STS writes `Expiration`:
@@ -466,12 +537,20 @@ pub(crate) fn access_key_id(headers: &HeaderMap) -> Option<&str> {
     (!akid.is_empty()).then_some(akid)
 }
 
-/// Which access key signed the SSM simulator's requests, per operation, in first-seen order.
-/// Unsigned requests are not recorded.
+/// Which access key signed the SSM simulator's requests, per operation, in first-seen order
+/// (unsigned requests are not recorded), and the refusal of keys that expired: keys issued by
+/// an STS the SSM simulator trusts ([`Signers::trust`]) are refused from their expiry on.
 #[derive(Debug, Default)]
 pub(crate) struct Signers {
     log: Mutex<SignerLog>,
+    /// The keys of the STS simulators trusted.
+    trusted: Mutex<Vec<Arc<IssuedKeys>>>,
+    /// Requests refused because their key had expired.
+    expired: AtomicU64,
 }
+
+/// What AWS says about a request signed with expired temporary credentials.
+const EXPIRED_TOKEN_MESSAGE: &str = "The security token included in the request is expired";
 
 #[derive(Debug, Default)]
 struct SignerLog {
@@ -504,6 +583,42 @@ impl Signers {
         }
     }
 
+    /// From now on, refuses requests signed with one of `keys` once it has expired.
+    pub(crate) fn trust(&self, keys: Arc<IssuedKeys>) {
+        let mut trusted = self.trusted.lock().unwrap_or_else(PoisonError::into_inner);
+        if !trusted.iter().any(|k| Arc::ptr_eq(k, &keys)) {
+            trusted.push(keys);
+        }
+    }
+
+    /// Whether a request signed as `headers` say may be served at `now`: not when its key was
+    /// issued by a trusted STS and has expired. Then answers as AWS does, HTTP 400
+    /// `ExpiredTokenException`, and counts it.
+    pub(crate) fn check(&self, headers: &HeaderMap, now: SystemTime) -> Result<(), ApiError> {
+        let Some(akid) = access_key_id(headers) else {
+            return Ok(());
+        };
+        let expired = self
+            .trusted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|keys| keys.expired(akid, now));
+        if expired {
+            self.expired.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::new(
+                "ExpiredTokenException",
+                EXPIRED_TOKEN_MESSAGE,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Requests refused because their key had expired.
+    pub(crate) fn expired(&self) -> u64 {
+        self.expired.load(Ordering::Relaxed)
+    }
+
     /// The distinct access key ids seen, first seen first.
     pub(crate) fn signers(&self) -> Vec<String> {
         self.log
@@ -527,21 +642,29 @@ impl Signers {
     }
 }
 
-/// Answers one STS request.
-async fn respond(state: Arc<State>, req: Request<Incoming>) -> Result<Reply, Infallible> {
+/// Answers one STS request, after the next injected fault if any; `Err` drops the connection
+/// without an answer.
+async fn respond(state: Arc<State>, req: Request<Incoming>) -> Result<Reply, DropConnection> {
     state.requests.fetch_add(1, Ordering::Relaxed);
     let request_id = uuid_v4();
-    let caller = access_key_id(req.headers()).map(str::to_string);
-    let mut params = parse_form(req.uri().query().unwrap_or_default());
-    let post = req.method() == Method::POST;
-    let result = match read_body(req, BODY_LIMIT).await {
-        Err(message) => Err(StsError::new(400, "MalformedInput", message)),
-        Ok(body) => {
-            if post {
-                params.extend(parse_form(&String::from_utf8_lossy(&body)));
-            }
-            state.handle(&params, caller.as_deref(), SystemTime::now(), &request_id)
+    let hit = state
+        .faults
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .next_hit();
+    let result = match hit {
+        Some(Hit::DropConnection) => return Err(DropConnection),
+        Some(Hit::ServerError) => Err(StsError::new(
+            500,
+            "InternalFailure",
+            "An internal error occurred (injected by ssm-sim)",
+        )),
+        Some(Hit::Throttle) => Err(StsError::new(400, "Throttling", "Rate exceeded")),
+        Some(Hit::Slow(delay)) => {
+            tokio::time::sleep(delay).await;
+            answer(&state, req, &request_id).await
         }
+        None => answer(&state, req, &request_id).await,
     };
     let (status, body) = match result {
         Ok(body) => (StatusCode::OK, body),
@@ -551,6 +674,26 @@ async fn respond(state: Arc<State>, req: Request<Incoming>) -> Result<Reply, Inf
         ),
     };
     Ok(reply(status, "text/xml", &request_id, body))
+}
+
+/// The answer to one request's parameters (query string and form body).
+async fn answer(
+    state: &State,
+    req: Request<Incoming>,
+    request_id: &str,
+) -> Result<String, StsError> {
+    let caller = access_key_id(req.headers()).map(str::to_string);
+    let mut params = parse_form(req.uri().query().unwrap_or_default());
+    let post = req.method() == Method::POST;
+    match read_body(req, BODY_LIMIT).await {
+        Err(message) => Err(StsError::new(400, "MalformedInput", message)),
+        Ok(body) => {
+            if post {
+                params.extend(parse_form(&String::from_utf8_lossy(&body)));
+            }
+            state.handle(&params, caller.as_deref(), SystemTime::now(), request_id)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -717,6 +860,56 @@ mod tests {
     }
 
     #[test]
+    fn a_trusted_sts_key_is_refused_from_its_expiry_on() {
+        let state = State::default();
+        state.allow_role_for_test(ROLE, None);
+        // Issued at 10.9 s for 15 s: STS says it expires at 25 s (whole seconds), so it does.
+        *state.lifetime.lock().unwrap() = Some(Duration::from_secs(15));
+        let issued_at = UNIX_EPOCH + Duration::from_millis(10_900);
+        let p = params(&[
+            ("Action", "AssumeRole"),
+            ("RoleArn", ROLE),
+            ("RoleSessionName", "ssm-operator-team-a"),
+        ]);
+        let body = state.handle(&p, None, issued_at, "r").unwrap();
+        assert!(body.contains("<Expiration>1970-01-01T00:00:25Z</Expiration>"));
+        let signed = |akid: &str| {
+            let mut headers = HeaderMap::new();
+            let value = format!(
+                "AWS4-HMAC-SHA256 Credential={akid}/19700101/eu-west-1/ssm/aws4_request, \
+                 SignedHeaders=host, Signature=0"
+            );
+            headers.insert(AUTHORIZATION, HeaderValue::from_str(&value).unwrap());
+            headers
+        };
+        let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
+        let key = "ASIASSMREADE000001";
+
+        // Not trusted: never checked.
+        let signers = Signers::default();
+        assert!(signers.check(&signed(key), at(99_000)).is_ok());
+
+        signers.trust(state.keys.clone());
+        signers.trust(state.keys.clone());
+        assert_eq!(signers.trusted.lock().unwrap().len(), 1, "trusted once");
+        assert!(signers.check(&signed(key), at(24_999)).is_ok());
+        let err = signers.check(&signed(key), at(25_000)).unwrap_err();
+        assert_eq!(
+            (err.http_status, err.code.as_str(), err.message.as_str()),
+            (
+                400,
+                "ExpiredTokenException",
+                "The security token included in the request is expired"
+            )
+        );
+        assert!(signers.check(&signed(key), at(40_000)).is_err());
+        // Keys this STS did not issue, and unsigned requests, pass.
+        assert!(signers.check(&signed("test"), at(40_000)).is_ok());
+        assert!(signers.check(&HeaderMap::new(), at(40_000)).is_ok());
+        assert_eq!(signers.expired(), 2);
+    }
+
+    #[test]
     fn malformed_requests_are_refused() {
         let state = State::default();
         let handle = |pairs: &[(&str, &str)]| {
@@ -751,6 +944,96 @@ mod tests {
             iso_seconds(UNIX_EPOCH + Duration::from_millis(1_795_578_600_123)),
             "2026-11-25T03:50:00Z"
         );
+    }
+
+    /// An `AssumeRoleProvider` asking `sts` for `ROLE` with static source keys and no retries.
+    async fn provider(sts: &StsSimulator) -> aws_config::sts::AssumeRoleProvider {
+        use aws_sdk_ssm::config::retry::RetryConfig;
+        use aws_sdk_ssm::config::{BehaviorVersion, Credentials, Region};
+        let base = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new("eu-west-1"))
+            .credentials_provider(Credentials::new("AKIDSOURCE", "s", None, None, "test"))
+            .endpoint_url(sts.endpoint())
+            .retry_config(RetryConfig::disabled())
+            .load()
+            .await;
+        aws_config::sts::AssumeRoleProvider::builder(ROLE)
+            .session_name("ssm-operator-team-a")
+            .configure(&base)
+            .build()
+            .await
+    }
+
+    #[tokio::test]
+    async fn injected_faults_fail_assume_role_as_an_unwell_sts_would() {
+        use aws_sdk_ssm::config::ProvideCredentials;
+        use aws_sdk_ssm::error::DisplayErrorContext;
+        let sts = StsSimulator::start().await.unwrap();
+        sts.allow_role(ROLE, None);
+        sts.inject(Fault::ServerError { count: 1 });
+        sts.inject(Fault::Throttle { count: 1 });
+        sts.inject(Fault::DropConnection { count: 1 });
+        sts.inject(Fault::Throttle { count: 0 });
+        let roles = provider(&sts).await;
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let err = roles.provide_credentials().await.unwrap_err();
+            seen.push(DisplayErrorContext(&err).to_string());
+        }
+        assert!(seen[0].contains("InternalFailure"), "{}", seen[0]);
+        assert!(seen[1].contains("Throttling"), "{}", seen[1]);
+        assert!(seen[1].contains("Rate exceeded"), "{}", seen[1]);
+        assert!(seen[2].contains("dispatch failure"), "{}", seen[2]);
+        assert!(sts.assumed().is_empty() && sts.refused().is_empty());
+        // The faults are spent: granted again.
+        assert!(roles.provide_credentials().await.is_ok());
+        sts.inject(Fault::ServerError { count: 5 });
+        sts.clear_faults();
+        assert!(roles.provide_credentials().await.is_ok());
+        assert_eq!(sts.assumed().len(), 2);
+        assert_eq!(sts.calls(), 5);
+    }
+
+    #[tokio::test]
+    async fn an_ssm_simulator_trusting_the_sts_refuses_its_expired_keys() {
+        use aws_sdk_ssm::config::{BehaviorVersion, Credentials, ProvideCredentials, Region};
+        use aws_sdk_ssm::error::ProvideErrorMetadata;
+        let sts = StsSimulator::start().await.unwrap();
+        let sim = crate::Simulator::start().await.unwrap();
+        sim.trust_sts(&sts);
+        sts.allow_role(ROLE, None);
+        sts.set_lifetime(Duration::from_secs(2));
+        let creds = provider(&sts).await.provide_credentials().await.unwrap();
+        let expiry = creds.expiry().unwrap();
+        // The same keys without an expiry, so that the SDK signs with them whatever the time.
+        let keys = Credentials::new(
+            creds.access_key_id(),
+            creds.secret_access_key(),
+            creds.session_token().map(str::to_string),
+            None,
+            "test",
+        );
+        let config = aws_sdk_ssm::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("eu-west-1"))
+            .credentials_provider(keys)
+            .endpoint_url(sim.endpoint())
+            .build();
+        let ssm = aws_sdk_ssm::Client::from_conf(config);
+        ssm.list_commands().send().await.expect("before its expiry");
+        // Waiting for the wall clock to pass the expiry is what this test is about.
+        let left = expiry.duration_since(SystemTime::now()).unwrap_or_default();
+        tokio::time::sleep(left + Duration::from_millis(50)).await;
+        let err = ssm.list_commands().send().await.unwrap_err();
+        let err = err.into_service_error();
+        assert_eq!(err.code(), Some("ExpiredTokenException"));
+        assert_eq!(
+            err.message(),
+            Some("The security token included in the request is expired")
+        );
+        assert_eq!(sim.expired_token_refusals(), 1);
+        assert_eq!(sim.calls_signed_by(creds.access_key_id()), 2);
+        assert_eq!(sim.calls("ListCommands"), 2);
     }
 
     impl State {

@@ -1,31 +1,59 @@
 //! Cross-account access (`--namespace-roles`): a Namespace's `ssm.operator.dev/role-arn`
 //! makes the operator ask SSM as that role, assumed through the project's own STS simulator
 //! (moto's STS grants every role and always for an hour, so it can neither refuse a role nor
-//! make credentials expire during a scenario). The operator watches two namespaces: A, with
-//! the annotation, and B, without it (the operator's own identity, access key `test`).
+//! make credentials expire during a scenario, nor fail for a while). The operator watches two
+//! namespaces: A, with the annotation, and B, without it (the operator's own identity, access
+//! key `test`) until a scenario annotates it. The SSM simulator refuses requests signed with an
+//! expired key of this STS (`ExpiredTokenException`), as AWS does.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Patch, PatchParams};
-use kube::Api;
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, ResourceExt};
 use serde_json::{json, Value};
-use ssm_sim::{Command, Invocation, Plugin, Simulator, Status, StsSimulator};
+use ssm_operator::api::{CommandInvocation, CommandInvocationSpec};
+use ssm_sim::{Command, Fault, Invocation, Plugin, Simulator, Status, StsSimulator};
 use testbed::TestCluster;
+use tokio::task::JoinHandle;
 
-use crate::support::{spec, Operator, OperatorOptions, World, COMMAND_ID, INSTANCE_ID};
+use crate::support::{
+    poll_until, spec, Operator, OperatorOptions, World, COMMAND_ID, DEADLINE, INSTANCE_ID,
+};
 
 const PLUGIN: &str = "aws:runShellScript";
 const ROLE: &str = "arn:aws:iam::111122223333:role/ssm-reader";
+/// A second role, for a namespace switching from one role to another.
+const ROLE_2: &str = "arn:aws:iam::777788889999:role/ssm-auditor";
 const REFUSED_ROLE: &str = "arn:aws:iam::444455556666:role/ssm-untrusted";
 /// The operator's own access key (support.rs sets `AWS_ACCESS_KEY_ID=test`).
 const OWN_KEY: &str = "test";
 /// STS's words for a refused role (what the operator must pass on).
-const STS_REFUSAL: &str = "is not authorized to perform: sts:AssumeRole";
+const STS_REFUSAL: &str = "is not authorized to perform: sts:AssumeRole on resource: ";
 /// `10 × --poll-interval-max` (1 s in support.rs): how often a stalled role is re-checked.
 const RECHECK: Duration = Duration::from_secs(10);
+/// Commands of namespace A besides [`COMMAND_ID`], polled at the same time with A's role.
+const A_FLEET: [&str; 2] = [
+    "a1a1a1a1-0000-4000-8000-000000000001",
+    "a1a1a1a1-0000-4000-8000-000000000002",
+];
+/// Commands B starts, one after each change of its identity.
+const B_STEPS: [&str; 3] = [
+    "b2b2b2b2-0000-4000-8000-000000000001",
+    "b2b2b2b2-0000-4000-8000-000000000002",
+    "b2b2b2b2-0000-4000-8000-000000000003",
+];
+/// How long the commands of the identity scenario run: long enough that each of B's changes
+/// lands while its earlier invocations are still running.
+const RUNS_FOR: Duration = Duration::from_secs(8);
+/// STS requests answered HTTP 500 in the refresh scenario: with the SDK's 3 attempts per
+/// `AssumeRole`, four credential loads fail, enough for three failed SSM calls in a row (two
+/// List rounds, then Get) to reach the resource's status.
+const STS_OUTAGE: u32 = 12;
 
 /// Namespaces A (annotated by the scenario) and B (never annotated), the simulators and the
 /// operator watching both with `--namespace-roles`.
@@ -44,6 +72,7 @@ async fn setup(cluster: Arc<TestCluster>, scenario: &str, annotations: Value) ->
     let b = World::new(cluster, &format!("{scenario}-b")).await;
     let sim = Simulator::start().await.expect("SSM simulator");
     let sts = StsSimulator::start().await.expect("STS simulator");
+    sim.trust_sts(&sts);
     annotate(&a, annotations).await;
     let operator = Operator::start(
         &a,
@@ -92,61 +121,307 @@ fn keys_for(sts: &StsSimulator, world: &World) -> Vec<String> {
         .collect()
 }
 
+/// Who signs a namespace's SSM calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Identity {
+    /// The operator's own key.
+    Own,
+    /// This role, assumed for the namespace.
+    Role(&'static str),
+}
+
+impl Identity {
+    /// The annotations that make a namespace use it (`null` removes the role).
+    fn annotations(self) -> Value {
+        match self {
+            Identity::Own => json!({ "ssm.operator.dev/role-arn": null }),
+            Identity::Role(arn) => role_annotation(arn),
+        }
+    }
+
+    /// SSM calls signed as this identity for `world` (the own key: by anyone).
+    fn calls(self, s: &Setup, world: &World) -> usize {
+        match self {
+            Identity::Own => s.sim.calls_signed_by(OWN_KEY),
+            Identity::Role(arn) => {
+                let session = format!("ssm-operator-{}", world.namespace);
+                s.sts
+                    .assumed()
+                    .iter()
+                    .filter(|(role, name, _, _)| role == arn && *name == session)
+                    .map(|(_, _, _, key)| s.sim.calls_signed_by(key))
+                    .sum()
+            }
+        }
+    }
+}
+
 fn succeeding(after: Duration) -> Command {
     Command::new(COMMAND_ID).invocation(
         Invocation::new(INSTANCE_ID).plugin(Plugin::succeeding(PLUGIN, after).stdout("patched\n")),
     )
 }
 
+/// `command_id` on the test instance: InProgress after 0.5 s, Success ("patched") after `ends`.
+fn running(command_id: &str, ends: Duration) -> Command {
+    Command::new(command_id).invocation(
+        Invocation::new(INSTANCE_ID).plugin(
+            Plugin::new(PLUGIN)
+                .step(Duration::from_millis(500), Status::InProgress)
+                .step(ends, Status::Success)
+                .stdout("patched\n"),
+        ),
+    )
+}
+
+fn spec_for(command_id: &str) -> CommandInvocationSpec {
+    CommandInvocationSpec {
+        command_id: command_id.into(),
+        ..spec(None)
+    }
+}
+
+/// Waits until `name` reports Success with Ready=True and its output.
+async fn ends_right(world: &World, name: &str) {
+    let obj = world.wait_condition(name, "Ready", "True").await;
+    let status = obj.status.expect("status");
+    assert_eq!(
+        (
+            status.status.as_deref(),
+            status.standard_output_content.as_deref()
+        ),
+        (Some("Success"), Some("patched\n")),
+        "{}/{name}",
+        world.namespace
+    );
+}
+
+/// One version of a CommandInvocation as a watch delivered it: `.status.status` and, per
+/// condition, (type, status, reason, message).
+#[derive(Clone, Debug)]
+struct Seen {
+    name: String,
+    status: Option<String>,
+    conditions: Vec<(String, String, String, String)>,
+}
+
+/// Every version of a namespace's CommandInvocations, recorded by a watch that has listed
+/// before [`History::start`] returns; stopped on drop.
+struct History {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: JoinHandle<()>,
+}
+
+impl History {
+    async fn start(world: &World) -> History {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (synced, mut is_synced) = tokio::sync::watch::channel(false);
+        let record = seen.clone();
+        let api = world.api();
+        let task = tokio::spawn(async move {
+            let mut events = watcher::watcher(api, watcher::Config::default())
+                .default_backoff()
+                .boxed();
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => record
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(Seen::of(&obj)),
+                    Ok(watcher::Event::InitDone) => {
+                        synced.send_replace(true);
+                    }
+                    Ok(_) => {}
+                    Err(error) => eprintln!("history watch: {error}"),
+                }
+            }
+        });
+        tokio::time::timeout(DEADLINE, is_synced.wait_for(|s| *s))
+            .await
+            .expect("the history watch did not sync in time")
+            .expect("the history watch ended");
+        History { seen, task }
+    }
+
+    /// The versions of `name` seen so far, oldest first.
+    fn of(&self, name: &str) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|s| s.name == name)
+            .cloned()
+            .collect()
+    }
+}
+
+impl Seen {
+    fn of(obj: &CommandInvocation) -> Seen {
+        Seen {
+            name: obj.name_any(),
+            status: obj.status.as_ref().and_then(|s| s.status.clone()),
+            conditions: obj
+                .status
+                .iter()
+                .flat_map(|s| &s.conditions)
+                .map(|c| {
+                    (
+                        c.type_.clone(),
+                        c.status.clone(),
+                        c.reason.clone(),
+                        c.message.clone(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Condition `type_` is `status` (with `reason`, unless empty).
+    fn has(&self, type_: &str, status: &str, reason: &str) -> bool {
+        self.conditions
+            .iter()
+            .any(|c| c.0 == type_ && c.1 == status && (reason.is_empty() || c.2 == reason))
+    }
+
+    /// One line for a failure message: status and every condition's status/reason.
+    fn line(&self) -> String {
+        let conditions: Vec<String> = self
+            .conditions
+            .iter()
+            .map(|c| format!("{}={}/{}", c.0, c.1, c.2))
+            .collect();
+        format!(
+            "{} {}",
+            self.status.as_deref().unwrap_or("-"),
+            conditions.join(" ")
+        )
+    }
+}
+
+impl Drop for History {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 pub async fn each_namespace_is_asked_with_its_own_identity(cluster: Arc<TestCluster>) {
     let s = setup(cluster, "roles-own", role_annotation(ROLE)).await;
     s.sts.allow_role(ROLE, None);
-    s.sim.add_command(succeeding(Duration::from_millis(1500)));
-    // The same command and instance in both namespaces: only the identity tells them apart.
+    s.sts.allow_role(ROLE_2, None);
+    // A polls three commands at once with its role; B starts with the operator's own identity
+    // on the same command and instance as A: only the identity tells the two apart.
+    s.sim.add_command(running(COMMAND_ID, RUNS_FOR));
+    for id in A_FLEET {
+        s.sim.add_command(running(id, RUNS_FOR));
+    }
     s.a.create("patch", spec(None)).await;
+    for (n, id) in A_FLEET.iter().enumerate() {
+        s.a.create(&format!("fleet-{n}"), spec_for(id)).await;
+    }
     s.b.create("patch", spec(None)).await;
-    for world in [&s.a, &s.b] {
-        let obj = world.wait_condition("patch", "Ready", "True").await;
-        let status = obj.status.expect("status");
-        assert_eq!(status.status.as_deref(), Some("Success"));
-        assert_eq!(status.standard_output_content.as_deref(), Some("patched\n"));
+    s.b.wait_status("patch", "InProgress").await;
+    assert!(s.sim.calls_signed_by(OWN_KEY) >= 1, "{:?}", s.sim.signers());
+
+    // B's annotation changes live: a role, another role, none again. Each change reaches B's
+    // running invocations at once (re-keyed, asked again with the new identity); then B starts
+    // a new invocation under it. `left` holds each identity B left and its calls by then.
+    let mut current = Identity::Own;
+    let mut left: Vec<(Identity, usize)> = Vec::new();
+    let steps = [
+        (Identity::Role(ROLE), "after-role"),
+        (Identity::Role(ROLE_2), "after-role-2"),
+        (Identity::Own, "after-own"),
+    ];
+    for ((next, name), command_id) in steps.into_iter().zip(B_STEPS) {
+        let before = next.calls(&s, &s.b);
+        if next == Identity::Own {
+            // B's own-key calls all came before it took a role.
+            assert_eq!(
+                (Identity::Own, before),
+                left[0],
+                "SSM calls with the operator's own key while B had a role: {:?}",
+                s.sim.signers()
+            );
+        }
+        annotate(&s.b, next.annotations()).await;
+        poll_until(&format!("B's first SSM call as {next:?}"), || {
+            let now = next.calls(&s, &s.b);
+            async move { (now > before).then_some(()) }
+        })
+        .await;
+        left.push((current, current.calls(&s, &s.b)));
+        current = next;
+        s.sim.add_command(running(command_id, RUNS_FOR));
+        s.b.create(name, spec_for(command_id)).await;
+        s.b.wait_status(name, "InProgress").await;
     }
 
-    // STS was asked for A's role only, with A's session name.
-    let assumed = s.sts.assumed();
-    assert!(!assumed.is_empty(), "the role was never assumed");
-    for (role, session, external_id, _) in &assumed {
-        assert_eq!(role, ROLE);
-        assert_eq!(*session, format!("ssm-operator-{}", s.a.namespace));
-        assert_eq!(*external_id, None);
+    // Every invocation ends right, in both namespaces, whatever identity asked last.
+    for name in ["patch", "fleet-0", "fleet-1"] {
+        ends_right(&s.a, name).await;
     }
-    assert!(s.sts.refused().is_empty(), "{:?}", s.sts.refused());
+    for name in ["patch", "after-role", "after-role-2", "after-own"] {
+        ends_right(&s.b, name).await;
+    }
 
-    // SSM saw A's calls signed with the role's keys and B's with the operator's own: the
-    // two resources were never answered by one shared call.
-    let role_keys: BTreeSet<String> = keys_for(&s.sts, &s.a).into_iter().collect();
+    // No call as an identity B had left (its running invocations switched with it).
+    for (identity, calls) in &left[1..] {
+        assert_eq!(
+            identity.calls(&s, &s.b),
+            *calls,
+            "B was asked as {identity:?} after leaving it; signers {:?}",
+            s.sim.signers()
+        );
+    }
+    assert!(
+        Identity::Own.calls(&s, &s.b) > left[0].1,
+        "B was not asked with the own key again after the role was removed"
+    );
+    // One grant per role B used, in its own session (ROLE also serves A, in A's session).
+    let b_session = format!("ssm-operator-{}", s.b.namespace);
+    let b_grants: Vec<&str> = s
+        .sts
+        .assumed()
+        .iter()
+        .filter(|(_, session, _, _)| *session == b_session)
+        .map(|(role, _, _, _)| if role == ROLE { "ROLE" } else { "ROLE_2" })
+        .collect();
+    assert_eq!(b_grants, ["ROLE", "ROLE_2"], "{:?}", s.sts.assumed());
+
+    // A: its role was assumed once (cached) for all its many calls, only in A's session.
+    let a_keys = keys_for(&s.sts, &s.a);
+    let a_calls: usize = a_keys.iter().map(|k| s.sim.calls_signed_by(k)).sum();
+    println!(
+        "namespace A: {} AssumeRole calls for {ROLE}, {a_calls} SSM calls signed by it",
+        a_keys.len()
+    );
+    assert!(
+        (1..=2).contains(&a_keys.len()),
+        "AssumeRole not cached: {} grants for {a_calls} SSM calls",
+        a_keys.len()
+    );
+    assert!(
+        a_calls >= 10,
+        "{a_calls} SSM calls as A's role: too few to show caching"
+    );
+    assert!(a_keys.iter().all(|k| k.starts_with("ASIA")), "{a_keys:?}");
+
+    // Every SSM call was signed by the own key or a key issued for A or B; none was shared,
+    // refused or expired.
+    let all_keys: BTreeSet<String> = s.sts.assumed().into_iter().map(|a| a.3).collect();
     let signers = s.sim.signers();
     assert!(
-        signers
-            .iter()
-            .all(|k| k == OWN_KEY || role_keys.contains(k)),
-        "unexpected signers {signers:?} (role keys {role_keys:?})"
+        signers.iter().all(|k| k == OWN_KEY || all_keys.contains(k)),
+        "unexpected signers {signers:?} (issued {all_keys:?})"
     );
-    let by_role: usize = role_keys.iter().map(|k| s.sim.calls_signed_by(k)).sum();
-    assert!(by_role >= 1, "no SSM call signed by the role: {signers:?}");
-    assert!(
-        role_keys.iter().all(|k| k.starts_with("ASIA")),
-        "{role_keys:?}"
-    );
-    assert!(
-        s.sim.calls_signed_by(OWN_KEY) >= 1,
-        "no SSM call with the operator's own identity: {signers:?}"
-    );
+    let by_roles: usize = all_keys.iter().map(|k| s.sim.calls_signed_by(k)).sum();
     assert_eq!(
-        by_role + s.sim.calls_signed_by(OWN_KEY),
+        by_roles + s.sim.calls_signed_by(OWN_KEY),
         usize::try_from(s.sim.total_calls()).unwrap(),
-        "every SSM call was signed by one of the two identities"
+        "every SSM call was signed by a known identity"
     );
+    assert!(s.sts.refused().is_empty(), "{:?}", s.sts.refused());
+    assert_eq!(s.sim.expired_token_refusals(), 0);
     s.operator.stop().await;
 }
 
@@ -165,7 +440,10 @@ pub async fn a_role_that_cannot_be_assumed_stalls_only_its_namespace(cluster: Ar
     let stalled_at = Instant::now();
     let stalled = obj.condition("Stalled").expect("Stalled");
     assert!(
-        stalled.message.contains(STS_REFUSAL) && stalled.message.contains(REFUSED_ROLE),
+        stalled.message.contains("(STS: AccessDenied: User: ")
+            && stalled
+                .message
+                .contains(&format!("{STS_REFUSAL}{REFUSED_ROLE}")),
         "the Stalled message should carry STS's answer: {}",
         stalled.message
     );
@@ -237,10 +515,13 @@ pub async fn a_role_that_cannot_be_assumed_stalls_only_its_namespace(cluster: Ar
 
 pub async fn short_lived_credentials_are_refreshed(cluster: Arc<TestCluster>) {
     // The SDK's identity cache refreshes 5-10 s before the expiry: with 15 s credentials the
-    // first refresh falls 5-10 s after the first call, the next 5-10 s after that.
+    // first refresh falls 5-10 s after the first call. STS is down when it comes (HTTP 500 for
+    // a while): the resource says SsmUnavailable, retries with backoff and never stalls; then
+    // fresh keys. The SSM simulator refuses any request signed with an expired key.
     let s = setup(cluster, "roles-refresh", role_annotation(ROLE)).await;
     s.sts.allow_role(ROLE, None);
     s.sts.set_lifetime(Duration::from_secs(15));
+    let history = History::start(&s.a).await;
     s.sim.add_command(
         Command::new(COMMAND_ID).invocation(
             Invocation::new(INSTANCE_ID).plugin(
@@ -253,6 +534,11 @@ pub async fn short_lived_credentials_are_refreshed(cluster: Arc<TestCluster>) {
     );
     s.a.create("long", spec(None)).await;
     s.a.wait_status("long", "InProgress").await;
+    // The first key is in use: from now on STS answers 500 to the next requests, which the
+    // first refresh will make.
+    assert_eq!(keys_for(&s.sts, &s.a).len(), 1, "{:?}", s.sts.assumed());
+    let before_outage = s.sts.calls();
+    s.sts.inject(Fault::ServerError { count: STS_OUTAGE });
     let obj = s.a.wait_condition("long", "Ready", "True").await;
     let status = obj.status.expect("status");
     assert_eq!(status.status.as_deref(), Some("Success"));
@@ -261,7 +547,34 @@ pub async fn short_lived_credentials_are_refreshed(cluster: Arc<TestCluster>) {
         status.standard_output_content.as_deref(),
         Some("long job done\n")
     );
+    let sts_calls = s.sts.calls();
+    assert!(
+        sts_calls > before_outage + u64::from(STS_OUTAGE),
+        "the STS outage was not served: {sts_calls} STS requests, {before_outage} before it"
+    );
 
+    // What the user saw: SsmUnavailable (naming STS) while STS was down, never Stalled.
+    let versions = history.of("long");
+    let lines: Vec<String> = versions.iter().map(Seen::line).collect();
+    assert!(
+        versions.iter().all(|v| !v.has("Stalled", "True", "")),
+        "Stalled during an STS outage: {lines:#?}"
+    );
+    let unavailable: Vec<&str> = versions
+        .iter()
+        .flat_map(|v| &v.conditions)
+        .filter(|c| c.0 == "Reconciling" && c.1 == "True" && c.2 == "SsmUnavailable")
+        .map(|c| c.3.as_str())
+        .collect();
+    assert!(
+        unavailable
+            .iter()
+            .any(|m| m.contains("from STS: InternalFailure")),
+        "the outage never showed as SsmUnavailable naming STS: {lines:#?} {unavailable:#?}"
+    );
+
+    // Refreshed before expiry: two keys or more signed A's calls, and not one SSM request was
+    // refused as signed with an expired key.
     let keys = keys_for(&s.sts, &s.a);
     let used: Vec<&String> = keys
         .iter()
@@ -272,6 +585,20 @@ pub async fn short_lived_credentials_are_refreshed(cluster: Arc<TestCluster>) {
         "the role's credentials were not refreshed during a 24 s command: keys issued \
          {keys:?}, SSM signers {:?}",
         s.sim.signers()
+    );
+    println!(
+        "refresh: {} keys used, {} STS requests ({STS_OUTAGE} answered 500), {} status \
+         versions said SsmUnavailable, e.g. {:?}; {} SSM requests refused as expired",
+        used.len(),
+        sts_calls,
+        unavailable.len(),
+        unavailable.first(),
+        s.sim.expired_token_refusals()
+    );
+    assert_eq!(
+        s.sim.expired_token_refusals(),
+        0,
+        "SSM requests signed with an expired key: the credentials were not refreshed in time"
     );
     assert!(
         s.sim.signers().iter().all(|k| keys.contains(k)),
