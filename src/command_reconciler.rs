@@ -7,17 +7,27 @@
 //! ([`StatusWriter::write_command`]): a reconcile that acts on a stale cache, or a second
 //! writer, loses the write and decides again instead of sending twice. `SendCommand` is only
 //! called after the intent write succeeded, and only while the leadership fence is open.
+//!
+//! Every reconcile first takes a permit from the process-wide `--max-concurrent-reconciles`
+//! semaphore, the one `CommandInvocation` reconciles take ([`Permits`]); it holds it while it
+//! calls SSM and the API server, and never waits on another reconcile, so no permit waits on
+//! another. What this process remembers per `Command` is dropped when the watch sees it
+//! deleted, or misses it on a re-list ([`Forget`]). When a namespace's role changes, its
+//! `Command`s are reconciled at once ([`CommandContext::role_changed`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use futures::Stream;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
+use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, instrument, warn};
 
 use crate::api::{Command, CommandInvocation, CommandStatus, SendRecord};
@@ -31,6 +41,7 @@ use crate::schedule::{backoff, PollIntervals};
 use crate::send::{self, Facts, Next, Policy, SearchResult, Step, SEND_FAILED, SEND_UNKNOWN};
 use crate::ssm::{Recovery, Scope, Ssm};
 use crate::status_writer::StatusWriter;
+use crate::watch::{watch_commands, CommandStores, Forget, WatchedCommands};
 use crate::Error;
 
 /// The finalizer that makes deletion cancel an unfinished run first.
@@ -64,6 +75,29 @@ struct Memo {
     children: Option<(String, HashSet<String>)>,
 }
 
+/// A controller's channel of `Command`s to reconcile now, with its namespace (`None`: all).
+type CommandWaker = (Option<String>, mpsc::UnboundedSender<ObjectRef<Command>>);
+
+/// Where a reconcile's `--max-concurrent-reconciles` permit comes from: the semaphore shared by
+/// every reconcile of the process (the `CommandInvocation` reconciler's [`crate::reconciler::Context`]),
+/// so that one limit holds across both kinds and all watched namespaces.
+pub trait Permits: Send + Sync + 'static {
+    /// The shared semaphore.
+    fn semaphore(&self) -> &Semaphore;
+}
+
+impl Permits for crate::reconciler::Context {
+    fn semaphore(&self) -> &Semaphore {
+        &self.permits
+    }
+}
+
+impl Permits for Semaphore {
+    fn semaphore(&self) -> &Semaphore {
+        self
+    }
+}
+
 /// Everything a `Command` reconcile needs, shared by all runs.
 pub struct CommandContext {
     /// For finalizers and children.
@@ -84,7 +118,14 @@ pub struct CommandContext {
     pub fence: Fence,
     /// Process metrics.
     pub metrics: Arc<Metrics>,
+    /// `--max-concurrent-reconciles`, shared with every other reconcile of the process.
+    pub permits: Arc<dyn Permits>,
     memo: Mutex<HashMap<String, Memo>>,
+    /// The caches of the `Command` watches ([`CommandContext::watch`]).
+    stores: Arc<CommandStores>,
+    /// Where [`CommandContext::role_changed`] wakes Commands: a channel per controller, with
+    /// its namespace (`None`: all).
+    wakers: Mutex<Vec<CommandWaker>>,
 }
 
 impl CommandContext {
@@ -100,6 +141,7 @@ impl CommandContext {
         recheck: Duration,
         fence: Fence,
         metrics: Arc<Metrics>,
+        permits: Arc<dyn Permits>,
     ) -> Self {
         Self {
             client,
@@ -111,7 +153,54 @@ impl CommandContext {
             recheck,
             fence,
             metrics,
+            permits,
             memo: Mutex::new(HashMap::new()),
+            stores: Arc::new(CommandStores::default()),
+            wakers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The watch of `api`'s `Command`s for a controller; the ones it sees deleted, or no
+    /// longer lists, are forgotten here.
+    pub fn watch(self: &Arc<Self>, api: Api<Command>) -> WatchedCommands {
+        watch_commands(api, self.stores.clone(), self.clone())
+    }
+
+    /// The `Command`s of `namespace` (`None`: all) to reconcile now, for a controller's
+    /// `reconcile_on`.
+    pub fn wakes(
+        &self,
+        namespace: Option<String>,
+    ) -> impl Stream<Item = ObjectRef<Command>> + Send + 'static {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.wakers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((namespace, tx));
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|o| (o, rx)) })
+    }
+
+    /// `namespace`'s role changed: its `Command`s are reconciled at once, and a send SSM or
+    /// STS refused with the old identity (nothing created) is made again now rather than at
+    /// the rare re-check.
+    pub fn role_changed(&self, namespace: &str) {
+        let commands = self.stores.in_namespace(namespace);
+        {
+            let now = Instant::now();
+            let mut memo = self.memo.lock().unwrap_or_else(PoisonError::into_inner);
+            for uid in commands.iter().filter_map(|c| c.uid()) {
+                if let Some(m) = memo.get_mut(&uid) {
+                    m.unsent = m.unsent.map(|(attempt, _)| (attempt, now));
+                }
+            }
+        }
+        let wakers = self.wakers.lock().unwrap_or_else(PoisonError::into_inner);
+        for command in &commands {
+            for (watched, tx) in wakers.iter() {
+                if watched.as_deref().is_none_or(|w| w == namespace) {
+                    let _ = tx.send(ObjectRef::from_obj(command.as_ref()));
+                }
+            }
         }
     }
 
@@ -120,11 +209,38 @@ impl CommandContext {
         f(memo.entry(uid.to_string()).or_default())
     }
 
+    /// Like [`CommandContext::memo`], but only for a `Command` already remembered (a deleted
+    /// one must not come back).
+    fn memo_if_known(&self, uid: &str, f: impl FnOnce(&mut Memo)) {
+        let mut memo = self.memo.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = memo.get_mut(uid) {
+            f(entry);
+        }
+    }
+
+    /// Number of `Command`s this process remembers something about.
+    #[cfg(test)]
+    fn memo_len(&self) -> usize {
+        self.memo
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+impl Forget for CommandContext {
     fn forget(&self, uid: &str) {
         self.memo
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(uid);
+    }
+
+    fn retain(&self, live: &HashSet<String>) {
+        self.memo
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|uid, _| live.contains(uid));
     }
 }
 
@@ -132,11 +248,15 @@ impl CommandContext {
 #[instrument(skip_all, fields(namespace = %object.namespace().unwrap_or_default(), name = %object.name_any()))]
 pub async fn reconcile(object: Arc<Command>, ctx: Arc<CommandContext>) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = reconcile_inner(&object, &ctx).await;
+    let result = {
+        // The semaphore is never closed; without a permit (impossible) the reconcile goes ahead.
+        let _permit = ctx.permits.semaphore().acquire().await.ok();
+        reconcile_inner(&object, &ctx).await
+    };
     ctx.metrics.reconciled(started.elapsed());
     if result.is_ok() {
         if let Some(uid) = object.uid() {
-            ctx.memo(&uid, |m| m.failures = 0);
+            ctx.memo_if_known(&uid, |m| m.failures = 0);
         }
     }
     result
@@ -907,5 +1027,208 @@ async fn patch_finalizers(
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(None),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
         Err(error) => Err(Error::Kube(error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use futures::StreamExt;
+    use http::{Request, Response};
+    use kube::client::Body;
+
+    use crate::api::CommandSpec;
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// A context whose API server is a mock (returned) and whose SSM is nowhere (no test here
+    /// reaches SSM).
+    fn context() -> (Arc<CommandContext>, Handle) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "default");
+        let metrics = Arc::new(Metrics::new());
+        let ssm = Arc::new(Ssm::new(
+            aws_config::SdkConfig::builder().build(),
+            metrics.clone(),
+            1000.0,
+        ));
+        let ctx = CommandContext::new(
+            client.clone(),
+            ssm,
+            Arc::new(Roles::disabled()),
+            StatusWriter::new(client, Some("test".into()), metrics.clone(), Fence::open()),
+            Policy::new(true, &[]).expect("no globs"),
+            PollIntervals {
+                min: Duration::from_millis(200),
+                max: Duration::from_secs(2),
+            },
+            Duration::from_secs(300),
+            Fence::open(),
+            metrics,
+            Arc::new(Semaphore::new(4)),
+        );
+        (Arc::new(ctx), handle)
+    }
+
+    fn command(uid: &str) -> Command {
+        let mut c = Command::new(
+            &format!("c-{uid}"),
+            CommandSpec {
+                document_name: "AWS-RunShellScript".into(),
+                document_version: None,
+                parameters: None,
+                instance_ids: Some(vec!["i-0123456789abcdef0".into()]),
+                targets: None,
+                comment: None,
+                timeout_seconds: None,
+                max_concurrency: None,
+                max_errors: None,
+                output_s3_bucket_name: None,
+                output_s3_key_prefix: None,
+                cloud_watch_output_config: None,
+                region: None,
+            },
+        );
+        c.metadata.namespace = Some("ops".into());
+        c.metadata.uid = Some(uid.into());
+        c.metadata.generation = Some(1);
+        c.metadata.resource_version = Some("7".into());
+        c
+    }
+
+    /// Something remembered for `uid`, as a reconcile leaves it.
+    fn remember(ctx: &CommandContext, uid: &str) {
+        ctx.memo(uid, |m| m.quiet = 3);
+    }
+
+    fn json_response(code: u16, body: &serde_json::Value) -> Response<Body> {
+        Response::builder()
+            .status(code)
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(body).expect("JSON")))
+            .expect("response")
+    }
+
+    async fn next_request(
+        handle: &mut Handle,
+    ) -> (
+        Request<Body>,
+        tower_test::mock::SendResponse<Response<Body>>,
+    ) {
+        tokio::time::timeout(WAIT, handle.next_request())
+            .await
+            .expect("the API server should have been called")
+            .expect("mock service dropped")
+    }
+
+    /// Answers a list of Commands with `items` at resourceVersion `version`.
+    async fn answer_list(handle: &mut Handle, items: &[Command], version: &str) {
+        let (request, send) = next_request(handle).await;
+        let query = request.uri().query().unwrap_or_default().to_string();
+        assert!(!query.contains("watch=true"), "a list, not {query}");
+        send.send_response(json_response(
+            200,
+            &json!({
+                "apiVersion": "ssm.operator.dev/v1alpha1",
+                "kind": "CommandList",
+                "metadata": {"resourceVersion": version},
+                "items": items,
+            }),
+        ));
+    }
+
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        tokio::time::timeout(WAIT, async {
+            while !done() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+    }
+
+    #[tokio::test]
+    async fn a_command_deleted_without_the_finalizer_is_forgotten_by_the_watch_and_a_relist() {
+        let (ctx, _api) = context();
+        let (service, mut watch_api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let api: Api<Command> = Api::namespaced(Client::new(service, "default"), "ops");
+        let (kept, deleted, missed) =
+            (command("u-kept"), command("u-deleted"), command("u-missed"));
+        for c in [&kept, &deleted, &missed] {
+            remember(&ctx, &c.uid().expect("uid"));
+        }
+        let watched = ctx.watch(api);
+        let stream = tokio::spawn(watched.stream.for_each(|_| async {}));
+
+        answer_list(
+            &mut watch_api,
+            &[kept.clone(), deleted.clone(), missed.clone()],
+            "10",
+        )
+        .await;
+        // The watch: `deleted` goes (no finalizer: no reconcile ever sees it deleting), then the
+        // history is gone (410) and the watch lists again, no longer showing `missed`.
+        let (request, send) = next_request(&mut watch_api).await;
+        let query = request.uri().query().unwrap_or_default().to_string();
+        assert!(query.contains("watch=true"), "{query}");
+        let mut lines = Vec::new();
+        for event in [
+            json!({"type": "DELETED", "object": deleted}),
+            json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
+                "status": "Failure", "reason": "Expired", "code": 410,
+                "message": "too old resource version"}}),
+        ] {
+            lines.extend(serde_json::to_vec(&event).expect("JSON"));
+            lines.push(b'\n');
+        }
+        send.send_response(
+            Response::builder()
+                .status(200)
+                .body(Body::from(lines))
+                .expect("response"),
+        );
+        until("the deleted Command to be forgotten", || {
+            ctx.memo_len() == 2
+        })
+        .await;
+        let memo = |uid: &str| ctx.memo.lock().expect("memo").contains_key(uid);
+        assert!(!memo("u-deleted") && memo("u-kept") && memo("u-missed"));
+
+        answer_list(&mut watch_api, std::slice::from_ref(&kept), "20").await;
+        until("the re-list to forget what it no longer shows", || {
+            ctx.memo_len() == 1
+        })
+        .await;
+        assert!(memo("u-kept"), "a live Command stays remembered");
+        stream.abort();
+    }
+
+    #[tokio::test]
+    async fn a_deletion_the_reconcile_finishes_leaves_nothing_remembered() {
+        let (ctx, mut api) = context();
+        let mut deleting = command("u-1");
+        remember(&ctx, "u-1");
+        deleting.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        deleting.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        let stored = deleting.clone();
+        // No status: nothing was sent, so nothing to cancel; only the finalizer goes.
+        let server = tokio::spawn(async move {
+            let (request, send) = next_request(&mut api).await;
+            assert_eq!(request.method(), http::Method::PATCH);
+            let mut answer = serde_json::to_value(&stored).expect("JSON");
+            answer["metadata"]["finalizers"] = json!([]);
+            send.send_response(json_response(200, &answer));
+            api
+        });
+        let action = tokio::time::timeout(WAIT, reconcile(Arc::new(deleting), ctx.clone()))
+            .await
+            .expect("reconcile finished")
+            .expect("reconciled");
+        server.await.expect("mock API server");
+        assert_eq!(action, Action::await_change());
+        assert_eq!(ctx.memo_len(), 0, "nothing left for a deleted Command");
     }
 }

@@ -12,7 +12,6 @@ use futures::future::join_all;
 use futures::StreamExt;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -150,14 +149,26 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         recheck_interval,
         fence.clone(),
         ctx.metrics.clone(),
+        // One --max-concurrent-reconciles limit for the process: Commands take their permits
+        // from the semaphore CommandInvocation reconciles take theirs from.
+        ctx.clone(),
     ));
     let queue = args
         .sqs_queue_url
         .clone()
         .map(|url| Queue::new(ssm.sdk_config(), url, ctx.metrics.clone()));
+    // A namespace whose role changed: its tracked CommandInvocations and its Commands are
+    // reconciled at once with the new identity.
+    let on_role_change = {
+        let (tracker, commands) = (ctx.tracker.clone(), commands.clone());
+        move |namespace: &str| {
+            tracker.wake_namespace(namespace);
+            commands.role_changed(namespace);
+        }
+    };
     let roles_task = tokio::spawn(roles.clone().follow(
         client.clone(),
-        ctx.tracker.clone(),
+        on_role_change,
         ctx.metrics.clone(),
     ));
     let result = if args.leader_elect {
@@ -309,9 +320,12 @@ async fn run_controllers(
     let mut runs: Vec<_> = runs.map(futures::FutureExt::boxed).collect();
     // Commands: few objects, each reconcile short; their children are CommandInvocations
     // above. A missing Command CRD or RBAC shows as warnings here, not as unreadiness.
-    runs.extend(command_apis.into_iter().map(|(_, api)| {
+    runs.extend(command_apis.into_iter().map(|(namespace, api)| {
         let metrics = ctx.metrics.clone();
-        let run = Controller::new(api, watcher::Config::default())
+        // Deleted Commands (with or without the finalizer) are forgotten by the watch.
+        let watched = commands.watch(api);
+        let run = Controller::for_stream(watched.stream, watched.store)
+            .reconcile_on(commands.wakes(namespace))
             .with_config(config.clone())
             .graceful_shutdown_on(shutdown.clone())
             .run(

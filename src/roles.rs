@@ -22,7 +22,6 @@ use tracing::{info, warn};
 
 use crate::metrics::Metrics;
 use crate::sts::Role;
-use crate::tracker::Tracker;
 
 /// The Namespace annotation naming the role.
 pub const ROLE_ARN: &str = "ssm.operator.dev/role-arn";
@@ -102,12 +101,12 @@ impl Roles {
         let _ = synced.wait_for(|synced| *synced).await;
     }
 
-    /// Follows Namespace annotations until dropped; a namespace whose role changed has its
-    /// tracked resources woken.
+    /// Follows Namespace annotations until dropped; `changed` is called with each namespace
+    /// whose role changed (the controller wakes its resources).
     pub async fn follow(
         self: Arc<Self>,
         client: Client,
-        tracker: Arc<Tracker>,
+        changed: impl Fn(&str) + Send + 'static,
         metrics: Arc<Metrics>,
     ) {
         if !self.enabled {
@@ -124,7 +123,7 @@ impl Roles {
                     let role = Self::role_of(&name, ns.annotations());
                     if self.observe(&name, role.clone()) {
                         info!(namespace = %name, role = ?role.as_ref().map(|r| &r.arn), "namespace role");
-                        tracker.wake_namespace(&name);
+                        changed(&name);
                     }
                 }
                 Ok(Event::Delete(ns)) => {

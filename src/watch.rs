@@ -3,8 +3,13 @@
 //! silent failures: every list/watch error (403 from missing RBAC, a missing CRD, the API
 //! server down) is logged at warn, counted in `ssm_operator_watch_errors_total`, and makes
 //! `/readyz` fail until the watch works again. Deleted resources are handed to [`Forget`].
+//!
+//! The watch of `Command`s ([`watch_commands`]) hands deleted ones to [`Forget`] the same way;
+//! its errors go on to the controller, which logs and counts them (a missing Command CRD must
+//! not make the process unready).
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::stream::BoxStream;
@@ -18,7 +23,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::api::CommandInvocation;
+use crate::api::{Command, CommandInvocation};
 use crate::http::Health;
 use crate::metrics::Metrics;
 
@@ -30,7 +35,7 @@ pub trait Forget: Send + Sync + 'static {
     /// The resource with this uid was deleted.
     fn forget(&self, uid: &str);
     /// The watch re-listed: forget every resource not in `live` (deletions missed meanwhile).
-    fn retain(&self, live: &std::collections::HashSet<String>);
+    fn retain(&self, live: &HashSet<String>);
 }
 
 /// A watch ready to hand to `Controller::for_stream`.
@@ -133,4 +138,74 @@ async fn works(api: &Api<CommandInvocation>) -> bool {
     };
     let first = events.boxed().next().await;
     !matches!(first, Some(Err(_)) | Some(Ok(WatchEvent::Error(_))))
+}
+
+/// A watch of `Command`s ready to hand to `Controller::for_stream`.
+pub struct WatchedCommands {
+    /// The cache the stream fills.
+    pub store: Store<Command>,
+    /// Applied objects (and errors) that trigger reconciles.
+    pub stream: BoxStream<'static, Result<Command, watcher::Error>>,
+}
+
+/// The caches of every `Command` watch (one per watched namespace, or one for all): a re-list
+/// of one of them forgets only what none of them holds.
+#[derive(Default)]
+pub struct CommandStores(Mutex<Vec<Store<Command>>>);
+
+impl CommandStores {
+    fn add(&self, store: Store<Command>) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(store);
+    }
+
+    /// The watched `Command`s of `namespace`.
+    pub fn in_namespace(&self, namespace: &str) -> Vec<Arc<Command>> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .flat_map(Store::state)
+            .filter(|c| c.metadata.namespace.as_deref() == Some(namespace))
+            .collect()
+    }
+
+    /// The uids of every watched `Command`.
+    pub fn live_uids(&self) -> HashSet<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .flat_map(Store::state)
+            .filter_map(|c| c.metadata.uid.clone())
+            .collect()
+    }
+}
+
+/// Builds the watch of `api`'s `Command`s, its cache registered in `stores`: a deleted one is
+/// handed to `gone`, and after every (re-)list so is the set still live.
+pub fn watch_commands(
+    api: Api<Command>,
+    stores: Arc<CommandStores>,
+    gone: Arc<dyn Forget>,
+) -> WatchedCommands {
+    let (store, writer) = reflector::store();
+    stores.add(store.clone());
+    let stream = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .inspect(move |event| match event {
+            Ok(Event::Delete(object)) => {
+                if let Some(uid) = object.uid() {
+                    gone.forget(&uid);
+                }
+            }
+            Ok(Event::InitDone) => gone.retain(&stores.live_uids()),
+            Ok(Event::Apply(_) | Event::Init | Event::InitApply(_)) | Err(_) => {}
+        })
+        .applied_objects()
+        .boxed();
+    WatchedCommands { store, stream }
 }

@@ -23,6 +23,7 @@ use ssm_operator::send::{marker, Policy};
 use ssm_operator::ssm::Ssm;
 use ssm_operator::status_writer::StatusWriter;
 use ssm_sim::{Plugin, Simulator};
+use tokio::sync::Semaphore;
 
 const NODE: &str = "i-0123456789abcdef0";
 const UID: &str = "0b6f3c52-1f4e-4c59-a0f5-7f3f6f0c9e21";
@@ -145,6 +146,7 @@ async fn fixture_polling(
         Duration::from_secs(300),
         fence,
         metrics,
+        Arc::new(Semaphore::new(16)),
     );
     (Arc::new(ctx), sim, ApiServer(handle))
 }
@@ -418,4 +420,216 @@ async fn a_send_iam_refuses_stalls_as_access_denied_and_is_not_retried_at_once()
         "it comes back for the re-check"
     );
     assert_eq!(sim.calls("SendCommand"), 1);
+}
+
+#[tokio::test]
+async fn a_command_waits_while_invocation_reconciles_hold_every_permit() {
+    use ssm_operator::api::{CommandInvocation, CommandInvocationSpec};
+    use ssm_operator::mapping::Settings;
+    use ssm_operator::reconciler::{self, Context};
+    use ssm_operator::tracker::Tracker;
+
+    // --max-concurrent-reconciles 1, as the operator wires it: one semaphore for both kinds.
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let mut api = ApiServer(handle);
+    let sim = Simulator::start().await.unwrap();
+    sim.set_send_default([Plugin::succeeding("", Duration::from_secs(60))]);
+    let invocation_command = "8f2f6d1e-2b0c-4e4b-9a53-0c7b9f0e1a11";
+    sim.add_command(
+        ssm_sim::Command::new(invocation_command).invocation(
+            ssm_sim::Invocation::new(NODE)
+                .plugin(Plugin::succeeding("aws:runShellScript", Duration::ZERO)),
+        ),
+    );
+    let sdk = mock_api::sdk_config(&sim.endpoint()).await;
+    let metrics = Arc::new(Metrics::new());
+    let ssm = Arc::new(Ssm::new(sdk, metrics.clone(), 1000.0));
+    let intervals = PollIntervals {
+        min: Duration::from_millis(200),
+        max: Duration::from_secs(2),
+    };
+    let tracker = Arc::new(Tracker::new(
+        ssm.clone(),
+        intervals,
+        Duration::from_secs(300),
+        Duration::from_secs(30),
+        metrics.clone(),
+    ));
+    let mut wakes = Box::pin(tracker.wakes(None));
+    let rounds = tokio::spawn(tracker.clone().run());
+    let invocations = Arc::new(Context {
+        tracker,
+        roles: Arc::new(Roles::disabled()),
+        writer: StatusWriter::new(
+            client.clone(),
+            Some("test".into()),
+            metrics.clone(),
+            Fence::open(),
+        ),
+        settings: Settings {
+            max_output_chars: 4000,
+            not_found_grace: Duration::from_secs(300),
+            recheck_interval: Duration::from_secs(300),
+        },
+        intervals,
+        metrics: metrics.clone(),
+        permits: Semaphore::new(1),
+    });
+    let commands = Arc::new(CommandContext::new(
+        client.clone(),
+        ssm,
+        Arc::new(Roles::disabled()),
+        StatusWriter::new(client, Some("test".into()), metrics.clone(), Fence::open()),
+        Policy::new(true, &[]).unwrap(),
+        intervals,
+        Duration::from_secs(300),
+        Fence::open(),
+        metrics,
+        invocations.clone(),
+    ));
+
+    // A CommandInvocation whose SSM answer is in: its reconcile will record an Event.
+    let mut invocation = CommandInvocation::new(
+        "patch-web-1",
+        CommandInvocationSpec {
+            command_id: invocation_command.into(),
+            instance_id: NODE.into(),
+            plugin_name: None,
+            region: None,
+        },
+    );
+    invocation.metadata.namespace = Some("ops".into());
+    invocation.metadata.uid = Some("5c6f7a1e-0000-4000-8000-000000000001".into());
+    invocation.metadata.generation = Some(1);
+    invocation.metadata.resource_version = Some("100".into());
+    invocation.metadata.creation_timestamp = Some(Time(Timestamp::now()));
+    let invocation = Arc::new(invocation);
+    reconciler::reconcile(invocation.clone(), invocations.clone())
+        .await
+        .expect("registering reconcile");
+    tokio::time::timeout(WAIT, futures::StreamExt::next(&mut wakes))
+        .await
+        .expect("the tracker should have woken the invocation");
+
+    // Its reconcile holds the only permit while the API server holds its Event open.
+    let writing = tokio::spawn(reconciler::reconcile(
+        invocation.clone(),
+        invocations.clone(),
+    ));
+    let (event, answer_event) = api.next().await;
+    assert!(event.uri().path().ends_with("/events"), "{}", event.uri());
+    let sending = tokio::spawn(reconcile(Arc::new(command(None)), commands.clone()));
+    api.expect_silence().await;
+    assert_eq!(
+        sim.calls("SendCommand"),
+        0,
+        "the Command waits for a permit"
+    );
+
+    // The invocation's write finishes; only then does the Command go ahead.
+    answer_event.send_response(json_response(201, &json!({})));
+    let (patch, answer_patch) = api.next().await;
+    assert!(
+        patch.uri().path().ends_with("/patch-web-1/status"),
+        "{}",
+        patch.uri()
+    );
+    let mut stored = serde_json::to_value(&*invocation).unwrap();
+    stored["metadata"]["resourceVersion"] = json!("101");
+    answer_patch.send_response(json_response(200, &stored));
+    writing
+        .await
+        .unwrap()
+        .expect("the invocation's status written");
+    let object = command(None);
+    let stored = api.expect_finalizer(&object, "8").await;
+    api.expect_event().await;
+    api.expect_status(&stored, "8", 200).await;
+    api.expect_event().await;
+    api.expect_status(&stored, "81", 200).await;
+    tokio::time::timeout(WAIT, sending)
+        .await
+        .expect("the Command reconcile finished")
+        .unwrap()
+        .expect("the Command sent");
+    assert_eq!(sim.sent().len(), 1);
+    rounds.abort();
+}
+
+#[tokio::test]
+async fn a_send_refused_for_the_old_identity_is_made_again_once_the_namespace_role_changes() {
+    let (ctx, sim, mut api) = fixture(Fence::open()).await;
+    sim.inject_send(ssm_sim::SendFault::refuse(
+        "AccessDeniedException",
+        "not authorized to perform: ssm:SendCommand",
+    ));
+    let object = command(None);
+    let verifier = tokio::spawn(async move {
+        let stored = api.expect_finalizer(&object, "8").await;
+        api.expect_event().await;
+        let intent = api.expect_status(&stored, "8", 200).await;
+        let after_intent = stored_with(&stored, &intent, "81");
+        api.expect_event().await;
+        let stalled = api.expect_status(&after_intent, "81", 200).await;
+        (stored_with(&after_intent, &stalled, "811"), api)
+    });
+    let action = run(&ctx, &command(None)).await.unwrap();
+    let (stalled, mut api) = verifier.await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+
+    // The Command's watch has it cached (a second mock API server serves the watch).
+    let (service, mut watch_api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let watched = ctx.watch(kube::Api::namespaced(
+        Client::new(service, "default"),
+        "ops",
+    ));
+    let store = watched.store.clone();
+    let watching = tokio::spawn(futures::StreamExt::for_each(watched.stream, |_| async {}));
+    let (list, send) = mock_api::next(&mut watch_api).await;
+    assert_eq!(list.method(), Method::GET);
+    send.send_response(json_response(
+        200,
+        &json!({"apiVersion": "ssm.operator.dev/v1alpha1", "kind": "CommandList",
+                "metadata": {"resourceVersion": "811"}, "items": [stalled]}),
+    ));
+    tokio::time::timeout(WAIT, store.wait_until_ready())
+        .await
+        .expect("the watch listed")
+        .unwrap();
+
+    // An admin fixes the namespace's role annotation: the Command is woken at once ...
+    let mut ops = Box::pin(ctx.wakes(Some("ops".into())));
+    let mut dev = Box::pin(ctx.wakes(Some("dev".into())));
+    ctx.role_changed("ops");
+    let woken = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut ops))
+        .await
+        .expect("the Command should have been woken")
+        .unwrap();
+    assert_eq!(woken.name, "patch");
+    assert!(
+        futures::FutureExt::now_or_never(futures::StreamExt::next(&mut dev)).is_none(),
+        "another namespace's controller is not woken"
+    );
+    // ... and sends again with a fresh intent (the same marker), without waiting the 300 s
+    // re-check.
+    let again = stalled.clone();
+    let verifier = tokio::spawn(async move {
+        api.expect_event().await;
+        let intent = api.expect_status(&again, "811", 200).await;
+        let after = stored_with(&again, &intent, "8111");
+        api.expect_event().await;
+        let adopted = api.expect_status(&after, "8111", 200).await;
+        (intent, adopted)
+    });
+    run(&ctx, &stalled).await.unwrap();
+    let (intent, adopted) = verifier.await.unwrap();
+    assert_eq!(intent["status"]["send"]["marker"], marker(UID, 1));
+    assert_eq!(sim.calls("SendCommand"), 2);
+    assert_eq!(sim.sent().len(), 1, "the refused send created nothing");
+    assert_eq!(
+        adopted["status"]["commandId"],
+        sim.sent()[0].command_id.as_str()
+    );
+    watching.abort();
 }

@@ -703,3 +703,165 @@ async fn a_terminal_event_is_read_with_one_get_not_a_walk() {
     assert!(f.sim.calls("GetCommandInvocation") >= 1);
     api.expect_silence().await;
 }
+
+/// One of `count` resources of one command, each on its own node, alternating between the
+/// namespaces `ops` and `dev`.
+fn fleet(count: usize) -> (Command, Vec<CommandInvocation>) {
+    let mut command = Command::new(COMMAND_ID);
+    let mut objects = Vec::new();
+    for i in 0..count {
+        let node = format!("i-0123456789abcde{i:02}");
+        command = command.invocation(
+            Invocation::new(&node).plugin(Plugin::succeeding("aws:runShellScript", Duration::ZERO)),
+        );
+        let mut object = resource(1, None);
+        object.metadata.name = Some(format!("node-{i}"));
+        object.metadata.namespace = Some(if i % 2 == 0 { "ops" } else { "dev" }.into());
+        object.metadata.uid = Some(format!("uid-{i}"));
+        object.spec.instance_id = node;
+        objects.push(object);
+    }
+    (command, objects)
+}
+
+/// Plays the API server for `count` writes (Events and status patches), holding each request
+/// open until `hold` passes without a new one: returns the most requests it held at once.
+async fn serve_writes(
+    api: &mut ApiServerVerifier,
+    objects: &[CommandInvocation],
+    count: usize,
+    hold: Duration,
+) -> usize {
+    let stored: std::collections::HashMap<String, &CommandInvocation> = objects
+        .iter()
+        .map(|o| {
+            let ns = o.metadata.namespace.as_deref().unwrap();
+            let name = o.metadata.name.as_deref().unwrap();
+            let path = format!(
+                "/apis/ssm.operator.dev/v1alpha1/namespaces/{ns}/commandinvocations/{name}/status"
+            );
+            (path, o)
+        })
+        .collect();
+    let mut held = std::collections::VecDeque::new();
+    let (mut answered, mut most) = (0, 0);
+    while answered < count {
+        match tokio::time::timeout(hold, api.0.next_request()).await {
+            Ok(Some(request)) => {
+                held.push_back(request);
+                most = most.max(held.len());
+            }
+            Ok(None) => panic!("mock service dropped"),
+            Err(_) => {
+                let (request, send) = held
+                    .pop_front()
+                    .unwrap_or_else(|| panic!("no write came; {answered} of {count} answered"));
+                let path = request.uri().path().to_string();
+                let method = request.method().clone();
+                let body = mock_api::body(request).await;
+                if method == Method::POST && path.ends_with("/events") {
+                    send.send_response(json_response(201, &body));
+                } else {
+                    assert_eq!(method, Method::PATCH, "{path}");
+                    let object = stored.get(&path).unwrap_or_else(|| panic!("{path}"));
+                    let mut answer = serde_json::to_value(object).unwrap();
+                    answer["status"] = body["status"].clone();
+                    answer["metadata"]["resourceVersion"] = json!("101");
+                    send.send_response(json_response(200, &answer));
+                }
+                answered += 1;
+            }
+        }
+    }
+    most
+}
+
+#[tokio::test]
+async fn max_concurrent_reconciles_is_one_limit_across_namespaces() {
+    // --max-concurrent-reconciles 2; six resources, three in each of two namespaces, all
+    // answered by SSM at once, and an API server slow to take writes.
+    let (f, mut api) = fixture_with(Fence::open(), 2).await;
+    let (command, objects) = fleet(6);
+    f.sim.add_command(command);
+    for object in &objects {
+        register(&f, object).await;
+    }
+    for _ in &objects {
+        f.woken().await;
+    }
+    let reconciles: Vec<_> = objects
+        .iter()
+        .map(|o| tokio::spawn(reconcile(Arc::new(o.clone()), f.ctx.clone())))
+        .collect();
+    // Each reconcile records an Event, then writes the status: 12 writes in all.
+    let most = serve_writes(&mut api, &objects, 12, Duration::from_millis(300)).await;
+    for reconcile in reconciles {
+        let action = tokio::time::timeout(WAIT, reconcile)
+            .await
+            .expect("reconcile finished")
+            .unwrap()
+            .expect("status written");
+        assert_eq!(action, Action::await_change());
+    }
+    assert_eq!(
+        most, 2,
+        "the API server saw at most 2 of the operator's writes at once (and 2 did run at once)"
+    );
+    let metrics = f.ctx.metrics.encode().unwrap();
+    assert!(
+        metrics.contains("ssm_operator_status_writes_total 6"),
+        "every resource got its status; {metrics}"
+    );
+    api.expect_silence().await;
+}
+
+#[tokio::test]
+async fn a_deleted_resource_is_forgotten_by_the_tracker_and_the_writer() {
+    use ssm_operator::watch::Forget;
+
+    let (f, mut api) = fixture().await;
+    let (_, objects) = fleet(2);
+    let mut command = Command::new(COMMAND_ID);
+    for object in &objects {
+        command = command
+            .invocation(Invocation::new(&object.spec.instance_id).plugin(
+                Plugin::new("aws:runShellScript").step(Duration::ZERO, Status::InProgress),
+            ));
+    }
+    f.sim.add_command(command);
+    for object in &objects {
+        register(&f, object).await;
+    }
+    for _ in &objects {
+        f.woken().await;
+    }
+    for object in &objects {
+        let reconciled = tokio::spawn(reconcile(Arc::new(object.clone()), f.ctx.clone()));
+        serve_writes(&mut api, &objects, 2, Duration::from_millis(100)).await;
+        reconciled.await.unwrap().expect("InProgress written");
+    }
+    // Both still running: tracked, and their writes not yet shown by the watch.
+    assert_eq!(f.ctx.tracker.len(), 2);
+    assert_eq!(f.ctx.writer.pending_len(), 2);
+    let gauge = |n: usize| format!("ssm_operator_poll_book_entries {n}\n");
+    assert!(f.ctx.metrics.encode().unwrap().contains(&gauge(2)));
+
+    // A re-list that no longer shows uid-1 (deleted while the watch was down).
+    f.ctx.retain(&["uid-0".to_string()].into());
+    assert_eq!(f.ctx.tracker.len(), 1);
+    assert_eq!(f.ctx.writer.pending_len(), 1);
+    // The watch's Delete of uid-0.
+    f.ctx.forget("uid-0");
+    assert!(f.ctx.tracker.is_empty());
+    assert_eq!(f.ctx.writer.pending_len(), 0);
+    assert!(f.ctx.metrics.encode().unwrap().contains(&gauge(0)));
+    // Nothing of theirs is asked any more: the command has no round left.
+    let calls = f.sim.total_calls();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        f.sim.total_calls(),
+        calls,
+        "no SSM call for deleted resources"
+    );
+    api.expect_silence().await;
+}

@@ -11,7 +11,7 @@ use ssm_sim::{Command, Fault, Invocation, Plugin, Simulator, Status};
 use testbed::TestCluster;
 
 use crate::support::{
-    observe_quietly, spec, Operator, OperatorOptions, World, COMMAND_ID, INSTANCE_ID,
+    get_json, observe_quietly, spec, Operator, OperatorOptions, World, COMMAND_ID, INSTANCE_ID,
 };
 
 const PLUGIN: &str = "aws:runShellScript";
@@ -423,14 +423,20 @@ pub async fn spec_change_is_tracked_again_with_new_generation(cluster: Arc<TestC
     let (world, sim, operator) = setup(cluster, "spec-change", &[]).await;
     sim.add_command(one_invocation(
         COMMAND_ID,
-        Plugin::succeeding(PLUGIN, ms(300)),
-    ));
-    sim.add_command(one_invocation(
-        OTHER_COMMAND_ID,
-        Plugin::new(PLUGIN).step_with(ms(300), Status::Failed, "Failed", 3),
+        Plugin::succeeding(PLUGIN, ms(300)).stdout("first run\n"),
     ));
     world.create("retarget", spec(None)).await;
-    world.wait_condition("retarget", "Ready", "True").await;
+    let first = world.wait_condition("retarget", "Ready", "True").await;
+    let s = first.status.clone().expect("status");
+    assert_eq!(s.standard_output_content.as_deref(), Some("first run\n"));
+    assert!(s.execution_end_date_time.is_some(), "{s:?}");
+    // The new command runs for a while: InProgress at once, Failed 4 s later.
+    sim.add_command(one_invocation(
+        OTHER_COMMAND_ID,
+        Plugin::new(PLUGIN)
+            .step(Duration::ZERO, Status::InProgress)
+            .step_with(ms(4000), Status::Failed, "Failed", 3),
+    ));
     world
         .api()
         .patch(
@@ -440,6 +446,25 @@ pub async fn spec_change_is_tracked_again_with_new_generation(cluster: Arc<TestC
         )
         .await
         .expect("patch spec");
+    world
+        .wait_for("retarget", "generation 2 in progress", |o| {
+            o.status.as_ref().is_some_and(|s| {
+                s.observed_generation == Some(2) && s.status.as_deref() == Some("InProgress")
+            })
+        })
+        .await;
+    // As stored on the API server (1.20, where the creator co-owns status fields): nothing
+    // of the first run is left while the second runs. (The fields are `nullable`, so the
+    // server keeps the `null` the operator applies to clear them: `kubectl` shows `null`.)
+    let stored = get_json(&world, "retarget").await;
+    let status = &stored["status"];
+    assert_eq!(status["status"], "InProgress", "still running: {status:#}");
+    for gone in ["standardOutputContent", "executionEndDateTime"] {
+        assert!(
+            status.get(gone).is_none_or(serde_json::Value::is_null),
+            "{gone} of generation 1 still in the status of generation 2: {status:#}"
+        );
+    }
     let obj = world
         .wait_for("retarget", "generation 2 finished", |o| {
             o.status

@@ -1,0 +1,157 @@
+//! Unit tests of the tracker's bookkeeping (no SSM calls).
+
+use super::*;
+
+use futures::FutureExt;
+
+const COMMAND_A: &str = "8f2f6d1e-2b0c-4e4b-9a53-0c7b9f0e1a11";
+const COMMAND_B: &str = "0b7c8d9e-1f2a-4b3c-8d4e-5f6a7b8c9d0e";
+
+/// A tracker whose `Ssm` points nowhere: tracking, forgetting and retaining never call SSM
+/// (no rounds run here).
+fn tracker() -> (Tracker, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new());
+    let ssm = Arc::new(Ssm::new(
+        aws_config::SdkConfig::builder().build(),
+        metrics.clone(),
+        1000.0,
+    ));
+    let intervals = PollIntervals {
+        min: Duration::from_secs(2),
+        max: Duration::from_secs(30),
+    };
+    let tracker = Tracker::new(
+        ssm,
+        intervals,
+        Duration::from_secs(300),
+        Duration::from_secs(30),
+        metrics.clone(),
+    );
+    (tracker, metrics)
+}
+
+fn key(command_id: &str, instance_id: &str) -> InvocationKey {
+    InvocationKey {
+        region: None,
+        command_id: command_id.into(),
+        instance_id: instance_id.into(),
+        plugin_name: None,
+        role: None,
+    }
+}
+
+/// Tracks resource `uid` (named after it, in `namespace`) for `command_id` on its own node.
+fn track(tracker: &Tracker, namespace: &str, uid: &str, command_id: &str) {
+    let object = ObjectRef::new(&format!("ci-{uid}")).within(namespace);
+    tracker.track(
+        uid,
+        object,
+        &key(command_id, &format!("i-{uid}")),
+        1,
+        Instant::now(),
+    );
+}
+
+fn commands(tracker: &Tracker) -> usize {
+    tracker.state().commands.len()
+}
+
+/// The value of an unlabelled gauge in the process metrics.
+fn gauge(metrics: &Metrics, name: &str) -> String {
+    let text = metrics.encode().expect("metrics encode");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
+        .to_string()
+}
+
+#[test]
+fn a_forgotten_resource_leaves_the_poll_book_and_an_empty_command_goes() {
+    let (tracker, metrics) = tracker();
+    track(&tracker, "ops", "a1", COMMAND_A);
+    track(&tracker, "ops", "a2", COMMAND_A);
+    track(&tracker, "dev", "b1", COMMAND_B);
+    assert_eq!((tracker.len(), commands(&tracker)), (3, 2));
+    assert_eq!(gauge(&metrics, "ssm_operator_poll_book_entries"), "3");
+    assert_eq!(gauge(&metrics, "ssm_operator_tracked_commands"), "2");
+
+    // B's only resource is deleted: its command is no longer asked about at all.
+    tracker.forget("b1");
+    assert_eq!((tracker.len(), commands(&tracker)), (2, 1));
+    assert_eq!(gauge(&metrics, "ssm_operator_poll_book_entries"), "2");
+    assert_eq!(gauge(&metrics, "ssm_operator_tracked_commands"), "1");
+    let (due, _) = tracker.start_due(Instant::now() + Duration::from_secs(3600));
+    let due: Vec<&str> = due.iter().map(|(k, _)| k.command_id.as_str()).collect();
+    assert_eq!(
+        due,
+        [COMMAND_A],
+        "no round for the deleted resource's command"
+    );
+
+    // One of A's two: A stays for the other.
+    tracker.forget("a1");
+    assert_eq!((tracker.len(), commands(&tracker)), (1, 1));
+    // Unknown (or already forgotten) uids change nothing.
+    tracker.forget("a1");
+    tracker.forget("never-tracked");
+    assert_eq!(tracker.len(), 1);
+
+    tracker.forget("a2");
+    assert!(tracker.is_empty());
+    assert_eq!(commands(&tracker), 0);
+    assert_eq!(gauge(&metrics, "ssm_operator_poll_book_entries"), "0");
+    assert_eq!(gauge(&metrics, "ssm_operator_tracked_commands"), "0");
+}
+
+#[test]
+fn retain_keeps_only_live_resources_across_namespaces() {
+    let (tracker, metrics) = tracker();
+    track(&tracker, "ops", "a1", COMMAND_A);
+    track(&tracker, "dev", "a2", COMMAND_A);
+    track(&tracker, "ops", "b1", COMMAND_B);
+    track(&tracker, "dev", "b2", COMMAND_B);
+    // A re-list shows a1 and b2 only: a2 and b1 were deleted while the watch was down.
+    let live: HashSet<String> = ["a1", "b2", "not-tracked"].map(String::from).into();
+    tracker.retain(&live);
+    assert_eq!((tracker.len(), commands(&tracker)), (2, 2));
+    let members: HashSet<String> = tracker.state().command_of.keys().cloned().collect();
+    assert_eq!(members, ["a1", "b2"].map(String::from).into());
+    assert_eq!(gauge(&metrics, "ssm_operator_poll_book_entries"), "2");
+
+    // Nothing live: nothing tracked, no command left to ask about.
+    tracker.retain(&HashSet::new());
+    assert!(tracker.is_empty());
+    assert_eq!(commands(&tracker), 0);
+    assert_eq!(gauge(&metrics, "ssm_operator_tracked_commands"), "0");
+    let (due, next) = tracker.start_due(Instant::now() + Duration::from_secs(3600));
+    assert!(due.is_empty() && next.is_none(), "no round at all");
+}
+
+#[test]
+fn a_forgotten_resource_is_not_woken_any_more() {
+    let (tracker, _) = tracker();
+    let mut wakes = Box::pin(tracker.wakes(Some("ops".into())));
+    track(&tracker, "ops", "a1", COMMAND_A);
+    track(&tracker, "ops", "a2", COMMAND_A);
+    tracker.forget("a1");
+    tracker.wake_namespace("ops");
+    let woken = wakes.next().now_or_never().flatten().expect("a2 woken");
+    assert_eq!(woken.name, "ci-a2");
+    assert!(
+        wakes.next().now_or_never().is_none(),
+        "nothing else woken: the deleted a1 is gone"
+    );
+}
+
+#[test]
+fn a_resource_moved_to_another_command_leaves_no_member_behind() {
+    let (tracker, _) = tracker();
+    track(&tracker, "ops", "a1", COMMAND_A);
+    // Its spec now names command B: the old command, left without members, goes.
+    track(&tracker, "ops", "a1", COMMAND_B);
+    assert_eq!((tracker.len(), commands(&tracker)), (1, 1));
+    let only = tracker.state().commands.keys().next().cloned();
+    assert_eq!(only.map(|k| k.command_id), Some(COMMAND_B.to_string()));
+    tracker.forget("a1");
+    assert_eq!((tracker.len(), commands(&tracker)), (0, 0));
+}
