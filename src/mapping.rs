@@ -310,6 +310,25 @@ pub fn needs_polling(status: &CommandInvocationStatus) -> bool {
     !finished || rechecked
 }
 
+/// Whether `new` tells nothing `old` did not: the same running step, only its elapsed time
+/// ticked (which is never written, see [`apply`]).
+pub fn only_elapsed_time_ticked(old: &Invocation, new: &Invocation) -> bool {
+    !is_terminal(&new.status)
+        && old.execution_elapsed_time != new.execution_elapsed_time
+        && *old
+            == Invocation {
+                execution_elapsed_time: old.execution_elapsed_time.clone(),
+                ..new.clone()
+            }
+}
+
+/// Whether `status` only reports progress (no `Finished` or `Stalled` True): a write that
+/// pipelines do not gate on, so it may wait while final answers queue for the API server.
+pub fn is_progress(status: &CommandInvocationStatus) -> bool {
+    !conditions::is_true(&status.conditions, conditions::FINISHED)
+        && !conditions::is_true(&status.conditions, conditions::STALLED)
+}
+
 /// Stalled reasons that are re-checked rarely, because a fix outside the cluster can cure them.
 pub const RECHECKED_REASONS: &[&str] = &["InvocationNotFound", "AccessDenied", "AssumeRoleFailed"];
 
@@ -843,6 +862,58 @@ mod tests {
                     assert!(!ready, "{answer:?}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_running_step_whose_elapsed_time_ticked_brings_no_news() {
+        let mut before = invocation("InProgress", "In Progress", -1);
+        before.execution_elapsed_time = "PT1S".into();
+        let mut after = before.clone();
+        after.execution_elapsed_time = "PT5S".into();
+        assert!(only_elapsed_time_ticked(&before, &after));
+        assert!(
+            !only_elapsed_time_ticked(&before, &before),
+            "nothing changed at all"
+        );
+        let mut output = after.clone();
+        output.standard_output_content = "more".into();
+        assert!(!only_elapsed_time_ticked(&before, &output));
+        let mut done = invocation("Success", "Success", 0);
+        done.execution_elapsed_time = "PT9S".into();
+        assert!(!only_elapsed_time_ticked(&before, &done));
+    }
+
+    #[test]
+    fn only_running_and_transient_answers_are_mere_progress() {
+        let cases = [
+            (Ok(invocation("Pending", "Pending", -1)), 1, true),
+            (Ok(invocation("InProgress", "In Progress", -1)), 1, true),
+            (Ok(invocation("Delayed", "Delayed", -1)), 1, true),
+            (Ok(invocation("Cancelling", "Cancelling", -1)), 1, true),
+            (Err(SsmError::Throttled("x".into())), 1, true),
+            (Err(SsmError::InvocationDoesNotExist("x".into())), 1, true),
+            (Ok(invocation("Success", "Success", 0)), 1, false),
+            (Ok(invocation("Failed", "Failed", 1)), 1, false),
+            (
+                Ok(invocation("TimedOut", "Execution Timed Out", -1)),
+                1,
+                false,
+            ),
+            (Err(SsmError::AccessDenied("x".into())), 1, false),
+            (
+                Err(SsmError::InvocationDoesNotExist("x".into())),
+                301,
+                false,
+            ),
+        ];
+        for (answer, seconds, progress) in &cases {
+            let status = poll_at(answer, *seconds).status;
+            assert_eq!(
+                is_progress(&status),
+                *progress,
+                "{answer:?} after {seconds} s"
+            );
         }
     }
 

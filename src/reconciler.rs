@@ -106,6 +106,12 @@ async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Ac
         waited,
     };
     let outcome = mapping::apply(current, &poll, &ctx.settings);
+    // Final answers first: while they queue for the API server, a write that only shows
+    // progress waits (the tracker wakes this resource again once they are written).
+    if outcome.write && mapping::is_progress(&outcome.status) && ctx.tracker.defer(&uid) {
+        debug!("progress write put off: final answers are waiting");
+        return Ok(Action::await_change());
+    }
     // The Event first: a crash or an unreachable API server before the status write repeats
     // the attempt (the API refuses the duplicate name), while a status written first would
     // lose the Event for good.
@@ -114,8 +120,11 @@ async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Ac
     }
     if outcome.write {
         ctx.writer.write(object, &outcome.status).await?;
+        ctx.tracker.wrote(&uid);
         let ready = outcome.status.conditions.first();
+        let age = Timestamp::now().duration_since(answer.asked_at.0);
         info!(
+            answer_age_ms = age.as_millis(),
             status = outcome.status.status.as_deref().unwrap_or("-"),
             reason = ready.map_or("-", |c| c.reason.as_str()),
             "status updated"

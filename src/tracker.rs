@@ -31,7 +31,7 @@ use tracing::debug;
 
 use crate::api::CommandInvocation;
 use crate::batch::{self, FromList, Why};
-use crate::mapping::{is_terminal, Next};
+use crate::mapping::{is_terminal, only_elapsed_time_ticked, Next};
 use crate::metrics::Metrics;
 use crate::schedule::{PollIntervals, RoundClock};
 use crate::ssm::{Invocation, InvocationKey, Ssm, SsmError};
@@ -52,6 +52,14 @@ const MAX_PAGES: usize = 2000;
 pub const HINT_COALESCE: Duration = Duration::from_millis(100);
 /// The queue counts as delivering while its last SSM event is younger than this.
 const PUSH_FRESH: Duration = Duration::from_secs(600);
+/// With this many final answers waiting for their status write, writes that only report
+/// progress are put off (see [`Tracker::defer`]).
+const FINAL_BACKLOG: usize = 16;
+/// A final answer not written within this long no longer counts as waiting (its resource may
+/// be reconciled by nobody, e.g. its namespace is no longer watched).
+const FINAL_STALE: Duration = Duration::from_secs(30);
+/// Put-off resources woken per tracker loop turn while no final answers wait.
+const DEFERRED_PER_TURN: usize = 16;
 
 /// What SSM last said about one step, and when it was asked.
 #[derive(Clone, Debug, PartialEq)]
@@ -115,10 +123,16 @@ struct Command {
 struct State {
     commands: HashMap<CommandKey, Command>,
     command_of: HashMap<String, CommandKey>,
+    /// Resources woken with a final answer whose status is not written yet, and when.
+    finals: HashMap<String, Instant>,
+    /// Resources whose progress-only write was put off while final answers waited.
+    deferred: HashSet<String>,
 }
 
 impl State {
     fn remove(&mut self, uid: &str) {
+        self.finals.remove(uid);
+        self.deferred.remove(uid);
         let Some(key) = self.command_of.remove(uid) else {
             return;
         };
@@ -352,6 +366,8 @@ impl Tracker {
             return;
         }
         let mut state = self.state();
+        state.finals.remove(uid);
+        state.deferred.remove(uid);
         let Some(key) = state.command_of.get(uid).cloned() else {
             return;
         };
@@ -367,6 +383,31 @@ impl Tracker {
             let rare_due = Instant::now() + self.recheck;
             command.clock.due = command.clock.due.max(rare_due);
         }
+    }
+
+    /// Puts off the progress-only write of `uid` if [`FINAL_BACKLOG`] final answers are
+    /// waiting for their writes: the API server's write capacity goes to what pipelines gate
+    /// on first. Returns whether it was put off; the tracker wakes `uid` again once the final
+    /// answers are written ([`Tracker::wrote`], and every loop turn).
+    pub fn defer(&self, uid: &str) -> bool {
+        let mut state = self.state();
+        if state.finals.len() < FINAL_BACKLOG || !state.command_of.contains_key(uid) {
+            return false;
+        }
+        state.deferred.insert(uid.to_string());
+        true
+    }
+
+    /// A status write of `uid` succeeded: while no final answers queue, one put-off resource
+    /// takes the freed write slot.
+    pub fn wrote(&self, uid: &str) {
+        let woken = {
+            let mut state = self.state();
+            state.finals.remove(uid);
+            state.deferred.remove(uid);
+            take_deferred(&mut state, 1)
+        };
+        self.wake(woken);
     }
 
     /// Counts a failed status write of `uid`; returns how many failed in a row.
@@ -437,6 +478,8 @@ impl Tracker {
         loop {
             let now = Instant::now();
             let (due, next) = self.start_due(now);
+            let woken = self.turn(now);
+            self.wake(woken);
             for (key, regular) in due {
                 rounds.spawn(self.clone().round(key, regular));
             }
@@ -451,6 +494,16 @@ impl Tracker {
                 Some(_) = rounds.join_next(), if !rounds.is_empty() => {}
             }
         }
+    }
+
+    /// The bookkeeping of one loop turn at `now`: final answers waiting longer than
+    /// [`FINAL_STALE`] stop counting; returns the put-off resources to wake, if none wait.
+    fn turn(&self, now: Instant) -> Vec<ObjectRef<CommandInvocation>> {
+        let mut state = self.state();
+        state
+            .finals
+            .retain(|_, since| now.saturating_duration_since(*since) < FINAL_STALE);
+        take_deferred(&mut state, DEFERRED_PER_TURN)
     }
 
     /// Marks the commands due at `now` as running; returns them (and whether the round is a
@@ -507,15 +560,15 @@ impl Tracker {
             self.keep(&key, fresh, asked_at, false, false);
             return;
         }
-        let asked_at = Time(Timestamp::now());
         let mut fresh: Vec<(Step, Result<Invocation, SsmError>)> = Vec::new();
         let mut gets: Vec<Step> = Vec::new();
         let mut list_result = None;
+        let mut news = false;
         if use_list {
             let walked = self.walk(&key, &steps).await;
             match walked {
-                Ok((answered, not_listed, unclear)) => {
-                    fresh.extend(answered);
+                Ok((listed_news, not_listed, unclear)) => {
+                    news = listed_news;
                     gets.extend(unclear);
                     fresh.extend(self.not_listed(&key, not_listed, &mut gets).await);
                     list_result = Some(None);
@@ -540,33 +593,30 @@ impl Tracker {
         }
         let more_left = gets.len() > MAX_GETS_PER_ROUND;
         gets.truncate(MAX_GETS_PER_ROUND);
+        let asked_at = Time(Timestamp::now());
         fresh.extend(self.get_each(&key, gets).await);
-        self.keep(&key, fresh, asked_at, more_left, regular);
+        self.keep(&key, fresh, asked_at, news || more_left, regular);
     }
 
-    /// Walks every page of the command. Returns the steps List answered, the steps whose node
-    /// it did not list, and the steps only Get can answer.
-    #[allow(clippy::type_complexity)]
+    /// Walks every page of the command, keeping each page's answers as it arrives (a node
+    /// that finished is woken without waiting for the rest of the walk). Returns whether any
+    /// answer changed, the steps whose node List did not show, and the steps only Get can
+    /// answer.
     async fn walk(
         &self,
         key: &CommandKey,
         steps: &HashSet<Step>,
-    ) -> Result<
-        (
-            Vec<(Step, Result<Invocation, SsmError>)>,
-            Vec<Step>,
-            Vec<Step>,
-        ),
-        SsmError,
-    > {
+    ) -> Result<(bool, Vec<Step>, Vec<Step>), SsmError> {
         let mut wanted: HashMap<&str, Vec<&Step>> = HashMap::new();
         for step in steps {
             wanted.entry(&step.instance_id).or_default().push(step);
         }
-        let mut answered = Vec::new();
+        let mut news = false;
         let mut unclear = Vec::new();
         let mut token = None;
         for _ in 0..MAX_PAGES {
+            let asked_at = Time(Timestamp::now());
+            let mut answered = Vec::new();
             let page = self
                 .ssm
                 .list_page(&key.region, &key.role, &key.command_id, token)
@@ -584,13 +634,14 @@ impl Tracker {
                     }
                 }
             }
+            news |= self.absorb(key, answered, &asked_at);
             token = page.next_token.filter(|t| !t.is_empty());
             if token.is_none() || wanted.is_empty() {
                 break;
             }
         }
         let not_listed = wanted.into_values().flatten().cloned().collect();
-        Ok((answered, not_listed, unclear))
+        Ok((news, not_listed, unclear))
     }
 
     /// Steps whose node List did not show: one `GetCommandInvocation` probes; if SSM has no
@@ -656,16 +707,78 @@ impl Tracker {
         command.list_failures
     }
 
-    /// Keeps the round's answers, schedules the next round and wakes the resources whose
+    /// Keeps `fresh` answers asked at `asked_at` and wakes the resources whose answer changed
+    /// (those with a final answer also count as waiting for their write). Returns whether any
     /// answer changed.
+    fn absorb(
+        &self,
+        key: &CommandKey,
+        fresh: Vec<(Step, Result<Invocation, SsmError>)>,
+        asked_at: &Time,
+    ) -> bool {
+        if fresh.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        let mut wake = Vec::new();
+        let mut news = false;
+        {
+            let mut state = self.state();
+            let Some(command) = state.commands.get_mut(key) else {
+                return false;
+            };
+            let mut members_of: HashMap<&Step, Vec<(&String, &ObjectRef<CommandInvocation>)>> =
+                HashMap::new();
+            for (uid, member) in &command.members {
+                members_of
+                    .entry(&member.step)
+                    .or_default()
+                    .push((uid, &member.object));
+            }
+            let mut finals = Vec::new();
+            for (step, result) in fresh {
+                let known = command.answers.get(&step).map(|a| &a.result);
+                let same = match (known, &result) {
+                    (Some(Ok(old)), Ok(new)) => old == new || only_elapsed_time_ticked(old, new),
+                    (Some(old), new) => old == new,
+                    (None, _) => false,
+                };
+                if same {
+                    continue;
+                }
+                news = true;
+                let terminal = result.as_ref().is_ok_and(|i| is_terminal(&i.status));
+                if let Some(members) = members_of.get(&step) {
+                    wake.extend(members.iter().map(|(_, o)| (*o).clone()));
+                    if terminal {
+                        finals.extend(members.iter().map(|(uid, _)| (*uid).clone()));
+                    }
+                }
+                let answer = Answer {
+                    result,
+                    asked_at: asked_at.clone(),
+                };
+                command.answers.insert(step, answer);
+            }
+            for uid in finals {
+                state.finals.entry(uid).or_insert(now);
+            }
+        }
+        self.wake(wake);
+        news
+    }
+
+    /// Keeps the round's last answers, schedules the next round (`news`: an earlier part of
+    /// the round already brought some) and wakes the resources whose answer changed.
     fn keep(
         &self,
         key: &CommandKey,
         fresh: Vec<(Step, Result<Invocation, SsmError>)>,
         asked_at: Time,
-        more_left: bool,
+        news: bool,
         regular: bool,
     ) {
+        let news = self.absorb(key, fresh, &asked_at) || news;
         let now = Instant::now();
         // While the queue delivers, regular rounds come every backstop interval, no slower, so
         // a lost event delays an update by at most that long.
@@ -677,38 +790,11 @@ impl Tracker {
         } else {
             self.intervals
         };
-        let mut wake = Vec::new();
         {
             let mut state = self.state();
             let Some(command) = state.commands.get_mut(key) else {
                 return;
             };
-            let mut news = more_left;
-            let mut members_of: HashMap<&Step, Vec<&ObjectRef<CommandInvocation>>> = HashMap::new();
-            for member in command.members.values() {
-                members_of
-                    .entry(&member.step)
-                    .or_default()
-                    .push(&member.object);
-            }
-            for (step, result) in fresh {
-                if command
-                    .answers
-                    .get(&step)
-                    .is_some_and(|a| a.result == result)
-                {
-                    continue;
-                }
-                news = true;
-                if let Some(objects) = members_of.get(&step) {
-                    wake.extend(objects.iter().map(|o| (*o).clone()));
-                }
-                let answer = Answer {
-                    result,
-                    asked_at: asked_at.clone(),
-                };
-                command.answers.insert(step, answer);
-            }
             let tracked: HashSet<&Step> = command.members.values().map(|m| &m.step).collect();
             command.answers.retain(|step, _| tracked.contains(step));
             // Every step stalled on an outside fix, or already answered with a terminal status
@@ -733,7 +819,30 @@ impl Tracker {
             }
             command.running = false;
         }
-        self.wake(wake);
         self.changed.notify_one();
     }
 }
+
+/// Takes up to `n` put-off resources to wake, unless final answers are waiting.
+fn take_deferred(state: &mut State, n: usize) -> Vec<ObjectRef<CommandInvocation>> {
+    if state.finals.len() >= FINAL_BACKLOG || state.deferred.is_empty() {
+        return Vec::new();
+    }
+    let uids: Vec<String> = state.deferred.iter().take(n).cloned().collect();
+    let mut woken = Vec::with_capacity(uids.len());
+    for uid in uids {
+        state.deferred.remove(&uid);
+        let member = state
+            .command_of
+            .get(&uid)
+            .and_then(|key| state.commands.get(key))
+            .and_then(|command| command.members.get(&uid));
+        if let Some(member) = member {
+            woken.push(member.object.clone());
+        }
+    }
+    woken
+}
+
+#[cfg(test)]
+mod tests;

@@ -155,3 +155,107 @@ fn a_resource_moved_to_another_command_leaves_no_member_behind() {
     tracker.forget("a1");
     assert_eq!((tracker.len(), commands(&tracker)), (0, 0));
 }
+
+fn command_key(command_id: &str) -> CommandKey {
+    CommandKey {
+        region: None,
+        role: None,
+        command_id: command_id.into(),
+    }
+}
+
+fn answer(uid: &str, status: &str, elapsed: &str) -> (Step, Result<Invocation, SsmError>) {
+    let step = Step {
+        instance_id: format!("i-{uid}"),
+        plugin_name: None,
+    };
+    let invocation = Invocation {
+        status: status.into(),
+        status_details: status.into(),
+        execution_elapsed_time: elapsed.into(),
+        ..Invocation::default()
+    };
+    (step, Ok(invocation))
+}
+
+fn woken<S: Stream<Item = ObjectRef<CommandInvocation>> + Unpin>(wakes: &mut S) -> Vec<String> {
+    let mut names = Vec::new();
+    while let Some(Some(object)) = wakes.next().now_or_never() {
+        names.push(object.name);
+    }
+    names.sort();
+    names
+}
+
+#[test]
+fn progress_writes_wait_while_final_answers_queue_and_resume_when_they_are_written() {
+    let (tracker, _) = tracker();
+    let mut wakes = Box::pin(tracker.wakes(None));
+    let uids: Vec<String> = (0..=FINAL_BACKLOG).map(|i| format!("r{i:02}")).collect();
+    for uid in &uids {
+        track(&tracker, "ops", uid, COMMAND_A);
+    }
+    let asked = Time(Timestamp::now());
+    let key = command_key(COMMAND_A);
+    // The last one is still running; all the others finished in one page.
+    let (last, finished) = uids.split_last().expect("uids");
+    tracker.absorb(&key, vec![answer(last, "InProgress", "PT1S")], &asked);
+    let page = finished
+        .iter()
+        .map(|u| answer(u, "Success", "PT2S"))
+        .collect();
+    assert!(tracker.absorb(&key, page, &asked));
+    assert_eq!(
+        woken(&mut wakes).len(),
+        uids.len(),
+        "every changed answer wakes its resource"
+    );
+
+    // A full backlog of final answers: the running one's progress write waits.
+    assert!(tracker.defer(last));
+    // One final answer written: the backlog is below the mark, the freed slot goes to it.
+    tracker.wrote(&finished[0]);
+    assert_eq!(woken(&mut wakes), [format!("ci-{last}")]);
+    assert!(!tracker.defer(last), "nothing queues ahead of it any more");
+}
+
+#[test]
+fn a_final_answer_nobody_writes_stops_holding_progress_back() {
+    let (tracker, _) = tracker();
+    let uids: Vec<String> = (0..=FINAL_BACKLOG).map(|i| format!("r{i:02}")).collect();
+    for uid in &uids {
+        track(&tracker, "ops", uid, COMMAND_A);
+    }
+    let key = command_key(COMMAND_A);
+    let (last, finished) = uids.split_last().expect("uids");
+    let page = finished
+        .iter()
+        .map(|u| answer(u, "Failed", "PT2S"))
+        .collect();
+    tracker.absorb(&key, page, &Time(Timestamp::now()));
+    assert!(tracker.defer(last));
+    // Their namespace is no longer watched: nobody writes them. Past FINAL_STALE they no
+    // longer count, and the put-off resource is woken at the tracker's next turn.
+    let later = Instant::now() + FINAL_STALE + Duration::from_secs(1);
+    let woken = tracker.turn(later);
+    assert_eq!(woken.len(), 1);
+    assert_eq!(woken[0].name, format!("ci-{last}"));
+}
+
+#[test]
+fn a_running_step_whose_elapsed_time_ticked_wakes_nobody() {
+    let (tracker, _) = tracker();
+    let mut wakes = Box::pin(tracker.wakes(None));
+    track(&tracker, "ops", "a1", COMMAND_A);
+    let key = command_key(COMMAND_A);
+    let asked = Time(Timestamp::now());
+    assert!(tracker.absorb(&key, vec![answer("a1", "InProgress", "PT1S")], &asked));
+    assert_eq!(woken(&mut wakes), ["ci-a1"]);
+    assert!(
+        !tracker.absorb(&key, vec![answer("a1", "InProgress", "PT3S")], &asked),
+        "not news: the round interval may grow"
+    );
+    assert!(woken(&mut wakes).is_empty());
+    assert!(tracker.absorb(&key, vec![answer("a1", "Success", "PT4S")], &asked));
+    assert_eq!(woken(&mut wakes), ["ci-a1"]);
+}
