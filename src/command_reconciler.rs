@@ -8,12 +8,15 @@
 //! writer, loses the write and decides again instead of sending twice. `SendCommand` is only
 //! called after the intent write succeeded, and only while the leadership fence is open.
 //!
-//! Every reconcile first takes a permit from the process-wide `--max-concurrent-reconciles`
-//! semaphore, the one `CommandInvocation` reconciles take ([`Permits`]); it holds it while it
-//! calls SSM and the API server, and never waits on another reconcile, so no permit waits on
-//! another. What this process remembers per `Command` is dropped when the watch sees it
-//! deleted, or misses it on a re-list ([`Forget`]). When a namespace's role changes, its
-//! `Command`s are reconciled at once ([`CommandContext::role_changed`]).
+//! Every reconcile first takes a permit from the `Command`s' own `--max-concurrent-reconciles`
+//! semaphore (one per process, across all watched namespaces, in [`CommandContext`]); it holds
+//! it while it calls SSM and the API server, and never waits on another reconcile, so no
+//! permit waits on another. `CommandInvocation` reconciles have their own semaphore of the
+//! same size: a `Command` waiting for SSM (its budget, throttling, STS) never holds up a
+//! `CommandInvocation`'s status write, nor the other way round. What this process remembers
+//! per `Command` is dropped when the watch sees it deleted, or misses it on a re-list
+//! ([`Forget`]), and at the end of a reconcile that finds it gone. When a namespace's role
+//! changes, its `Command`s are reconciled at once ([`CommandContext::role_changed`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,7 +27,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::{mpsc, Semaphore};
@@ -78,26 +81,6 @@ struct Memo {
 /// A controller's channel of `Command`s to reconcile now, with its namespace (`None`: all).
 type CommandWaker = (Option<String>, mpsc::UnboundedSender<ObjectRef<Command>>);
 
-/// Where a reconcile's `--max-concurrent-reconciles` permit comes from: the semaphore shared by
-/// every reconcile of the process (the `CommandInvocation` reconciler's [`crate::reconciler::Context`]),
-/// so that one limit holds across both kinds and all watched namespaces.
-pub trait Permits: Send + Sync + 'static {
-    /// The shared semaphore.
-    fn semaphore(&self) -> &Semaphore;
-}
-
-impl Permits for crate::reconciler::Context {
-    fn semaphore(&self) -> &Semaphore {
-        &self.permits
-    }
-}
-
-impl Permits for Semaphore {
-    fn semaphore(&self) -> &Semaphore {
-        self
-    }
-}
-
 /// Everything a `Command` reconcile needs, shared by all runs.
 pub struct CommandContext {
     /// For finalizers and children.
@@ -118,18 +101,22 @@ pub struct CommandContext {
     pub fence: Fence,
     /// Process metrics.
     pub metrics: Arc<Metrics>,
-    /// `--max-concurrent-reconciles`, shared with every other reconcile of the process.
-    pub permits: Arc<dyn Permits>,
+    /// `--max-concurrent-reconciles` permits of `Command` reconciles, shared by every watched
+    /// namespace (the process has one context), not with `CommandInvocation` reconciles.
+    permits: Semaphore,
     memo: Mutex<HashMap<String, Memo>>,
     /// The caches of the `Command` watches ([`CommandContext::watch`]).
     stores: Arc<CommandStores>,
+    /// The same caches, to tell whether a reconciled `Command` is gone ([`CommandContext::gone`]).
+    watched: Mutex<Vec<Store<Command>>>,
     /// Where [`CommandContext::role_changed`] wakes Commands: a channel per controller, with
     /// its namespace (`None`: all).
     wakers: Mutex<Vec<CommandWaker>>,
 }
 
 impl CommandContext {
-    /// A context; see the fields.
+    /// A context; see the fields. `max_concurrent_reconciles`: how many `Command` reconciles
+    /// run at once in the process (at least one).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: Client,
@@ -141,7 +128,7 @@ impl CommandContext {
         recheck: Duration,
         fence: Fence,
         metrics: Arc<Metrics>,
-        permits: Arc<dyn Permits>,
+        max_concurrent_reconciles: usize,
     ) -> Self {
         Self {
             client,
@@ -153,9 +140,10 @@ impl CommandContext {
             recheck,
             fence,
             metrics,
-            permits,
+            permits: Semaphore::new(max_concurrent_reconciles.max(1)),
             memo: Mutex::new(HashMap::new()),
             stores: Arc::new(CommandStores::default()),
+            watched: Mutex::new(Vec::new()),
             wakers: Mutex::new(Vec::new()),
         }
     }
@@ -163,7 +151,28 @@ impl CommandContext {
     /// The watch of `api`'s `Command`s for a controller; the ones it sees deleted, or no
     /// longer lists, are forgotten here.
     pub fn watch(self: &Arc<Self>, api: Api<Command>) -> WatchedCommands {
-        watch_commands(api, self.stores.clone(), self.clone())
+        let watched = watch_commands(api, self.stores.clone(), self.clone());
+        self.watched
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(watched.store.clone());
+        watched
+    }
+
+    /// Whether `object` is known to be gone: every watch has listed, and none holds it (by
+    /// uid). Without a watch, or before a watch's first list, nothing is known to be gone.
+    fn gone(&self, object: &Command) -> bool {
+        let stores = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = ObjectRef::from_obj(object);
+        let listed = |store: &Store<Command>| {
+            futures::FutureExt::now_or_never(store.wait_until_ready()).is_some_and(|r| r.is_ok())
+        };
+        !stores.is_empty()
+            && stores.iter().all(listed)
+            && !stores
+                .iter()
+                .filter_map(|store| store.get(&key))
+                .any(|cached| cached.metadata.uid == object.metadata.uid)
     }
 
     /// The `Command`s of `namespace` (`None`: all) to reconcile now, for a controller's
@@ -204,18 +213,18 @@ impl CommandContext {
         }
     }
 
+    /// What is remembered for `uid`, created if nothing is. Only a reconcile uses it (it ends
+    /// by dropping the entry again if the `Command` turned out to be gone).
     fn memo<T>(&self, uid: &str, f: impl FnOnce(&mut Memo) -> T) -> T {
         let mut memo = self.memo.lock().unwrap_or_else(PoisonError::into_inner);
         f(memo.entry(uid.to_string()).or_default())
     }
 
     /// Like [`CommandContext::memo`], but only for a `Command` already remembered (a deleted
-    /// one must not come back).
-    fn memo_if_known(&self, uid: &str, f: impl FnOnce(&mut Memo)) {
+    /// one must not come back); `None` otherwise.
+    fn memo_if_known<T>(&self, uid: &str, f: impl FnOnce(&mut Memo) -> T) -> Option<T> {
         let mut memo = self.memo.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = memo.get_mut(uid) {
-            f(entry);
-        }
+        memo.get_mut(uid).map(f)
     }
 
     /// Number of `Command`s this process remembers something about.
@@ -250,26 +259,43 @@ pub async fn reconcile(object: Arc<Command>, ctx: Arc<CommandContext>) -> Result
     let started = Instant::now();
     let result = {
         // The semaphore is never closed; without a permit (impossible) the reconcile goes ahead.
-        let _permit = ctx.permits.semaphore().acquire().await.ok();
+        let _permit = ctx.permits.acquire().await.ok();
         reconcile_inner(&object, &ctx).await
     };
     ctx.metrics.reconciled(started.elapsed());
-    if result.is_ok() {
-        if let Some(uid) = object.uid() {
+    if let Some(uid) = object.uid() {
+        if gone_from_the_api(&result) || ctx.gone(&object) {
+            // Deleted meanwhile: what this reconcile remembered must not outlive the watch's
+            // forget (which may already have run).
+            ctx.forget(&uid);
+        } else if result.is_ok() {
             ctx.memo_if_known(&uid, |m| m.failures = 0);
         }
     }
     result
 }
 
+/// Whether the API server answered a write with 404: the object is gone.
+fn gone_from_the_api(result: &Result<Action, Error>) -> bool {
+    let source = match result {
+        Err(Error::WriteStatus { source, .. } | Error::RecordEvent { source, .. }) => source,
+        Err(Error::Kube(source)) => source,
+        _ => return false,
+    };
+    matches!(source, kube::Error::Api(status) if status.code == 404)
+}
+
 /// Retries a failed reconcile with the poll backoff, growing with each failure in a row.
 pub fn error_policy(object: Arc<Command>, error: &Error, ctx: Arc<CommandContext>) -> Action {
     ctx.metrics.reconcile_failed(error.metric_label());
     warn!(name = %object.name_any(), %error, "Command reconcile failed; retrying");
-    let failures = ctx.memo(&object.uid().unwrap_or_default(), |m| {
-        m.failures += 1;
-        m.failures
-    });
+    // Only a Command still remembered counts its failures: a deleted one must not come back.
+    let failures = ctx
+        .memo_if_known(&object.uid().unwrap_or_default(), |m| {
+            m.failures += 1;
+            m.failures
+        })
+        .unwrap_or(1);
     Action::requeue(backoff(
         ctx.intervals,
         failures.saturating_sub(1),
@@ -1068,7 +1094,7 @@ mod tests {
             Duration::from_secs(300),
             Fence::open(),
             metrics,
-            Arc::new(Semaphore::new(4)),
+            4,
         );
         (Arc::new(ctx), handle)
     }
@@ -1230,5 +1256,120 @@ mod tests {
         server.await.expect("mock API server");
         assert_eq!(action, Action::await_change());
         assert_eq!(ctx.memo_len(), 0, "nothing left for a deleted Command");
+    }
+
+    #[tokio::test]
+    async fn a_failed_reconcile_of_a_forgotten_command_does_not_bring_it_back() {
+        let (ctx, _api) = context();
+        let object = Arc::new(command("u-gone"));
+        let error = Error::Command("cancelling before deletion: SSM unavailable".into());
+        // The watch already forgot it (deleted while its reconcile was in flight).
+        error_policy(object, &error, ctx.clone());
+        assert_eq!(
+            ctx.memo_len(),
+            0,
+            "nothing remembered for a forgotten Command"
+        );
+        // A Command still remembered counts its failures in a row.
+        remember(&ctx, "u-kept");
+        let kept = Arc::new(command("u-kept"));
+        error_policy(kept.clone(), &error, ctx.clone());
+        error_policy(kept, &error, ctx.clone());
+        let failures = ctx
+            .memo
+            .lock()
+            .expect("memo")
+            .get("u-kept")
+            .map(|m| m.failures);
+        assert_eq!(failures, Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_reconcile_whose_status_write_finds_the_command_gone_leaves_nothing_remembered() {
+        let (ctx, mut api) = context();
+        let object = command("u-1");
+        let stored = object.clone();
+        // A first send: finalizer, intent Event, intent status write; the Command was deleted
+        // (its finalizer removed by hand) meanwhile, so the write finds nothing.
+        let server = tokio::spawn(async move {
+            let (request, send) = next_request(&mut api).await;
+            assert_eq!(request.method(), http::Method::PATCH);
+            let mut answer = serde_json::to_value(&stored).expect("JSON");
+            answer["metadata"]["finalizers"] = json!([FINALIZER]);
+            answer["metadata"]["resourceVersion"] = json!("8");
+            send.send_response(json_response(200, &answer));
+            let (request, send) = next_request(&mut api).await;
+            assert!(
+                request.uri().path().ends_with("/events"),
+                "{}",
+                request.uri()
+            );
+            send.send_response(json_response(201, &json!({})));
+            let (request, send) = next_request(&mut api).await;
+            assert!(
+                request.uri().path().ends_with("/c-u-1/status"),
+                "{}",
+                request.uri()
+            );
+            send.send_response(json_response(
+                404,
+                &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "reason": "NotFound", "code": 404,
+                        "message": "commands \"c-u-1\" not found"}),
+            ));
+            api
+        });
+        let result = tokio::time::timeout(WAIT, reconcile(Arc::new(object.clone()), ctx.clone()))
+            .await
+            .expect("reconcile finished");
+        server.await.expect("mock API server");
+        let error = result.expect_err("the write failed");
+        error_policy(Arc::new(object), &error, ctx.clone());
+        assert_eq!(ctx.memo_len(), 0, "nothing left for a deleted Command");
+    }
+
+    #[tokio::test]
+    async fn a_reconcile_of_a_command_the_watch_no_longer_holds_leaves_nothing_remembered() {
+        let (ctx, _api) = context();
+        let (service, mut watch_api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let watched = ctx.watch(Api::namespaced(Client::new(service, "default"), "ops"));
+        let store = watched.store.clone();
+        let stream = tokio::spawn(watched.stream.for_each(|_| async {}));
+        let live = command("u-live");
+        answer_list(&mut watch_api, std::slice::from_ref(&live), "10").await;
+        tokio::time::timeout(WAIT, store.wait_until_ready())
+            .await
+            .expect("the watch listed")
+            .expect("store");
+
+        // Both wait for a send's retry time: the reconcile makes no call at all.
+        let waiting = |uid: &str| {
+            let mut c = command(uid);
+            let time = Time(Timestamp::now());
+            c.status = Some(CommandStatus {
+                send: Some(SendRecord {
+                    generation: 1,
+                    marker: send::marker(uid, 1),
+                    time: time.clone(),
+                }),
+                ..CommandStatus::default()
+            });
+            let not_before = Instant::now() + Duration::from_secs(60);
+            ctx.memo(uid, |m| m.unsent = Some(((1, time.0), not_before)));
+            c
+        };
+        let live = waiting("u-live");
+        let gone = waiting("u-gone");
+        for c in [&live, &gone] {
+            let action = tokio::time::timeout(WAIT, reconcile(Arc::new(c.clone()), ctx.clone()))
+                .await
+                .expect("reconcile finished")
+                .expect("reconciled");
+            assert_ne!(action, Action::await_change());
+        }
+        let memo = |uid: &str| ctx.memo.lock().expect("memo").contains_key(uid);
+        assert!(memo("u-live"), "a Command the watch holds stays remembered");
+        assert!(!memo("u-gone"), "one the watch no longer holds is dropped");
+        stream.abort();
     }
 }

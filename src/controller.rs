@@ -149,9 +149,10 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         recheck_interval,
         fence.clone(),
         ctx.metrics.clone(),
-        // One --max-concurrent-reconciles limit for the process: Commands take their permits
-        // from the semaphore CommandInvocation reconciles take theirs from.
-        ctx.clone(),
+        // --max-concurrent-reconciles per kind: Commands have their own semaphore (one for the
+        // process, across all watched namespaces), so that Commands waiting for SSM never hold
+        // the permits CommandInvocation status writes need, nor the other way round.
+        usize::from(args.max_concurrent_reconciles),
     ));
     let queue = args
         .sqs_queue_url

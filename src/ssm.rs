@@ -737,9 +737,9 @@ mod tests {
     /// Stands in for aws-credential-types' `CredentialsError::ProviderError` (not a direct
     /// dependency): the same text, the STS error as its source.
     #[derive(Debug)]
-    struct LoadingFailed(
-        Option<Box<dyn std::error::Error + Send + Sync>>,
-        &'static str,
+    pub(super) struct LoadingFailed(
+        pub(super) Option<Box<dyn std::error::Error + Send + Sync>>,
+        pub(super) &'static str,
     );
 
     impl std::fmt::Display for LoadingFailed {
@@ -756,7 +756,7 @@ mod tests {
 
     /// STS's modelled errors, shown as `<shape>: <message>` with no metadata in the chain.
     #[derive(Debug)]
-    struct Modelled(&'static str);
+    pub(super) struct Modelled(pub(super) &'static str);
 
     impl std::fmt::Display for Modelled {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -766,10 +766,12 @@ mod tests {
 
     impl std::error::Error for Modelled {}
 
-    type SsmCallError = SdkError<GetCommandInvocationError>;
+    pub(super) type SsmCallError = SdkError<GetCommandInvocationError>;
 
     /// An SSM call whose credentials provider failed with `source` (as the SDK reports it).
-    fn loading_failed(source: impl std::error::Error + Send + Sync + 'static) -> SsmCallError {
+    pub(super) fn loading_failed(
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> SsmCallError {
         let loading = LoadingFailed(
             Some(Box::new(source)),
             "an error occurred while loading credentials",
@@ -779,7 +781,7 @@ mod tests {
 
     /// The STS client's error for an answer with this HTTP status, code and message (built
     /// the way the SDK builds an unmodelled error: its `ErrorMetadata` as the source).
-    fn sts_said(status: u16, code: &str, message: &str) -> SsmCallError {
+    pub(super) fn sts_said(status: u16, code: &str, message: &str) -> SsmCallError {
         let meta = ErrorMetadata::builder().code(code).message(message).build();
         let raw = HttpResponse::new(
             status.try_into().expect("status"),
@@ -791,7 +793,7 @@ mod tests {
         ))
     }
 
-    fn io(kind: std::io::ErrorKind) -> Box<dyn std::error::Error + Send + Sync> {
+    pub(super) fn io(kind: std::io::ErrorKind) -> Box<dyn std::error::Error + Send + Sync> {
         Box::new(std::io::Error::from(kind))
     }
 
@@ -952,7 +954,7 @@ mod tests {
 
     /// The operator's SSM access with its own static key and `sts` as every endpoint: a
     /// namespace role's credentials fail (or not) exactly as the real provider makes them.
-    async fn ssm_via(sts: &ssm_sim::StsSimulator) -> Ssm {
+    pub(super) async fn ssm_via(sts: &ssm_sim::StsSimulator) -> Ssm {
         use aws_sdk_ssm::config::retry::RetryConfig;
         use aws_sdk_ssm::config::Credentials;
         let base = aws_config::defaults(BehaviorVersion::latest())

@@ -146,7 +146,7 @@ async fn fixture_polling(
         Duration::from_secs(300),
         fence,
         metrics,
-        Arc::new(Semaphore::new(16)),
+        16,
     );
     (Arc::new(ctx), sim, ApiServer(handle))
 }
@@ -423,13 +423,14 @@ async fn a_send_iam_refuses_stalls_as_access_denied_and_is_not_retried_at_once()
 }
 
 #[tokio::test]
-async fn a_command_waits_while_invocation_reconciles_hold_every_permit() {
+async fn commands_are_limited_across_namespaces_by_their_own_permits_and_never_block_invocations() {
     use ssm_operator::api::{CommandInvocation, CommandInvocationSpec};
     use ssm_operator::mapping::Settings;
     use ssm_operator::reconciler::{self, Context};
     use ssm_operator::tracker::Tracker;
 
-    // --max-concurrent-reconciles 1, as the operator wires it: one semaphore for both kinds.
+    // --max-concurrent-reconciles 1, as the operator wires it: one limit per kind, each
+    // across all watched namespaces.
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let mut api = ApiServer(handle);
@@ -486,10 +487,24 @@ async fn a_command_waits_while_invocation_reconciles_hold_every_permit() {
         Duration::from_secs(300),
         Fence::open(),
         metrics,
-        invocations.clone(),
+        1,
     ));
 
-    // A CommandInvocation whose SSM answer is in: its reconcile will record an Event.
+    // A Command in "ops" holds the only Command permit while the API server holds its first
+    // write open (as one waiting for SSM's budget, a throttled search or STS would).
+    let object = command(None);
+    let sending = tokio::spawn(reconcile(Arc::new(object.clone()), commands.clone()));
+    let (finalizer, answer_finalizer) = api.next().await;
+    assert_eq!(finalizer.uri().path(), PATH);
+
+    // A Command in another namespace waits for it: one limit across namespaces.
+    let mut other = command(None);
+    other.metadata.namespace = Some("dev".into());
+    other.metadata.uid = Some("7d1c2b3a-0000-4000-8000-000000000002".into());
+    let waiting = tokio::spawn(reconcile(Arc::new(other), commands.clone()));
+    api.expect_silence().await;
+
+    // Meanwhile a CommandInvocation's status is written: its permits are its own.
     let mut invocation = CommandInvocation::new(
         "patch-web-1",
         CommandInvocationSpec {
@@ -505,29 +520,22 @@ async fn a_command_waits_while_invocation_reconciles_hold_every_permit() {
     invocation.metadata.resource_version = Some("100".into());
     invocation.metadata.creation_timestamp = Some(Time(Timestamp::now()));
     let invocation = Arc::new(invocation);
-    reconciler::reconcile(invocation.clone(), invocations.clone())
-        .await
-        .expect("registering reconcile");
+    tokio::time::timeout(
+        WAIT,
+        reconciler::reconcile(invocation.clone(), invocations.clone()),
+    )
+    .await
+    .expect("the registering reconcile does not wait for the Command's permit")
+    .expect("registering reconcile");
     tokio::time::timeout(WAIT, futures::StreamExt::next(&mut wakes))
         .await
         .expect("the tracker should have woken the invocation");
-
-    // Its reconcile holds the only permit while the API server holds its Event open.
     let writing = tokio::spawn(reconciler::reconcile(
         invocation.clone(),
         invocations.clone(),
     ));
     let (event, answer_event) = api.next().await;
     assert!(event.uri().path().ends_with("/events"), "{}", event.uri());
-    let sending = tokio::spawn(reconcile(Arc::new(command(None)), commands.clone()));
-    api.expect_silence().await;
-    assert_eq!(
-        sim.calls("SendCommand"),
-        0,
-        "the Command waits for a permit"
-    );
-
-    // The invocation's write finishes; only then does the Command go ahead.
     answer_event.send_response(json_response(201, &json!({})));
     let (patch, answer_patch) = api.next().await;
     assert!(
@@ -538,12 +546,19 @@ async fn a_command_waits_while_invocation_reconciles_hold_every_permit() {
     let mut stored = serde_json::to_value(&*invocation).unwrap();
     stored["metadata"]["resourceVersion"] = json!("101");
     answer_patch.send_response(json_response(200, &stored));
-    writing
+    tokio::time::timeout(WAIT, writing)
         .await
+        .expect("the invocation's write does not wait for the Command's permit")
         .unwrap()
         .expect("the invocation's status written");
-    let object = command(None);
-    let stored = api.expect_finalizer(&object, "8").await;
+    assert!(!waiting.is_finished(), "the other Command still waits");
+    assert_eq!(sim.calls("SendCommand"), 0);
+
+    // The first Command goes on and sends; only then does the other one start.
+    let mut stored = object.clone();
+    stored.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    stored.metadata.resource_version = Some("8".into());
+    answer_finalizer.send_response(json_response(200, &serde_json::to_value(&stored).unwrap()));
     api.expect_event().await;
     api.expect_status(&stored, "8", 200).await;
     api.expect_event().await;
@@ -554,6 +569,30 @@ async fn a_command_waits_while_invocation_reconciles_hold_every_permit() {
         .unwrap()
         .expect("the Command sent");
     assert_eq!(sim.sent().len(), 1);
+    let (patch, answer) = api.next().await;
+    assert_eq!(
+        (patch.method(), patch.uri().path()),
+        (
+            &Method::PATCH,
+            "/apis/ssm.operator.dev/v1alpha1/namespaces/dev/commands/patch"
+        )
+    );
+    answer.send_response(json_response(
+        409,
+        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "reason": "Conflict", "code": 409, "message": "the object has been modified"}),
+    ));
+    let action = tokio::time::timeout(WAIT, waiting)
+        .await
+        .expect("the other Command's reconcile finished")
+        .unwrap()
+        .expect("reconciled");
+    assert_eq!(action, Action::requeue(Duration::from_secs(1)));
+    assert_eq!(
+        sim.sent().len(),
+        1,
+        "the lost compare-and-swap sent nothing"
+    );
     rounds.abort();
 }
 

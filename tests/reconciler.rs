@@ -845,6 +845,15 @@ async fn a_deleted_resource_is_forgotten_by_the_tracker_and_the_writer() {
     assert_eq!(f.ctx.writer.pending_len(), 2);
     let gauge = |n: usize| format!("ssm_operator_poll_book_entries {n}\n");
     assert!(f.ctx.metrics.encode().unwrap().contains(&gauge(2)));
+    // While tracked, rounds go on even without news: at least one in any window longer than
+    // the 2 s the backoff grows to (so the silence below is not just a long backoff).
+    let window = Duration::from_millis(2500);
+    let calls = f.sim.total_calls();
+    tokio::time::sleep(window).await;
+    assert!(
+        f.sim.total_calls() > calls,
+        "tracked resources are asked about within {window:?}"
+    );
 
     // A re-list that no longer shows uid-1 (deleted while the watch was down).
     f.ctx.retain(&["uid-0".to_string()].into());
@@ -855,13 +864,14 @@ async fn a_deleted_resource_is_forgotten_by_the_tracker_and_the_writer() {
     assert!(f.ctx.tracker.is_empty());
     assert_eq!(f.ctx.writer.pending_len(), 0);
     assert!(f.ctx.metrics.encode().unwrap().contains(&gauge(0)));
-    // Nothing of theirs is asked any more: the command has no round left.
+    // Nothing of theirs is asked any more: the command has no round left, over a window
+    // that saw a round while they were tracked.
     let calls = f.sim.total_calls();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(window).await;
     assert_eq!(
         f.sim.total_calls(),
         calls,
-        "no SSM call for deleted resources"
+        "no SSM call for deleted resources within {window:?}"
     );
     api.expect_silence().await;
 }

@@ -4,7 +4,7 @@
 //! command (`ListCommandInvocations` without details).
 
 use aws_sdk_ssm::config::retry::RetryConfig;
-use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ssm::types::{
     CloudWatchOutputConfig as SdkCloudWatch, Command as SdkCommand, CommandFilter,
     CommandFilterKey, Target as SdkTarget,
@@ -131,27 +131,25 @@ impl Ssm {
                 message: "the send waited too long for the SSM budget and was not made".into(),
             };
         }
-        let result = match request.await {
+        let (result, outcome) = match request.await {
             Ok(out) => match out.command().and_then(|c| c.command_id()) {
-                Some(id) => SendResult::Accepted {
-                    command_id: id.to_string(),
-                },
-                None => SendResult::Unknown {
-                    message: "SSM accepted the send but named no command id".into(),
-                },
+                Some(id) => (
+                    SendResult::Accepted {
+                        command_id: id.to_string(),
+                    },
+                    "success",
+                ),
+                None => (
+                    SendResult::Unknown {
+                        message: "SSM accepted the send but named no command id".into(),
+                    },
+                    "SendUnknown",
+                ),
             },
             Err(error) => send_failure(error, with_role),
         };
-        let outcome = match &result {
-            SendResult::Accepted { .. } => "success",
-            SendResult::Refused { .. } => "SendFailed",
-            SendResult::NotCreated { .. } => "Throttled",
-            SendResult::Blocked { reason, .. } => reason,
-            SendResult::Unknown { .. } => "SendUnknown",
-        };
-        // Only SSM's throttling answers NotCreated here (the budget case returned above).
-        let throttled = matches!(result, SendResult::NotCreated { .. });
-        self.finished("SendCommand", outcome, throttled);
+        // Only SSM's own throttling slows the budget (never STS's, nor an expired session).
+        self.finished("SendCommand", outcome, outcome == THROTTLED);
         result
     }
 
@@ -303,8 +301,12 @@ impl Ssm {
     }
 }
 
-/// What a failed `SendCommand` says about the command's existence.
-fn send_failure<E>(error: SdkError<E>, with_role: bool) -> SendResult
+/// The metrics outcome of a `SendCommand` SSM throttled (the one that slows the budget).
+const THROTTLED: &str = "Throttled";
+
+/// What a failed `SendCommand` says about the command's existence, with the call's metrics
+/// outcome.
+fn send_failure<E>(error: SdkError<E>, with_role: bool) -> (SendResult, &'static str)
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
@@ -318,29 +320,322 @@ where
             format!("{code}: {message}")
         };
         return if not_created_by(&code) {
-            SendResult::NotCreated { message: text }
-        } else if super::ACCESS_CODES.contains(&code.as_str()) || code == "ExpiredTokenException" {
-            // The caller's identity may not send (IAM, an expired token): fixed outside.
-            SendResult::Blocked {
-                reason: "AccessDenied",
-                message: text,
-            }
+            (SendResult::NotCreated { message: text }, THROTTLED)
+        } else if code == "ExpiredTokenException" {
+            // The operator's own session expired: SSM refused the request before creating
+            // anything, and the credentials chain (IRSA, Pod Identity, IMDS) renews it.
+            (SendResult::NotCreated { message: text }, "SsmUnavailable")
+        } else if super::ACCESS_CODES.contains(&code.as_str()) {
+            // The caller's identity may not send (IAM): fixed outside.
+            (
+                SendResult::Blocked {
+                    reason: "AccessDenied",
+                    message: text,
+                },
+                "AccessDenied",
+            )
         } else if (400..500).contains(&status) {
             // SSM checks a request before it creates anything: a 4xx created nothing, and
             // the same request will be refused again.
-            SendResult::Refused { message: text }
+            (SendResult::Refused { message: text }, "SendFailed")
         } else {
-            SendResult::Unknown { message: text }
+            (SendResult::Unknown { message: text }, "SendUnknown")
         };
     }
-    match classify(error, with_role) {
-        // Credentials are loaded before the request leaves: nothing was sent.
-        SsmError::AssumeRoleFailed(message) => SendResult::Blocked {
-            reason: "AssumeRoleFailed",
-            message: format!("could not assume the namespace's role: {message}"),
+    // Credentials are loaded before the request leaves: if they did not load, nothing was
+    // sent. STS refusing the namespace's role is fixed outside; anything else (STS 5xx,
+    // throttling, timeouts, connection errors, the operator's own credentials) is transient.
+    if let Some(failure) = super::role_credentials_failure(&error) {
+        return match failure {
+            SsmError::AssumeRoleFailed(message) if with_role => (
+                SendResult::Blocked {
+                    reason: "AssumeRoleFailed",
+                    message: format!("could not assume the namespace's role: {message}"),
+                },
+                "AssumeRoleFailed",
+            ),
+            failure if with_role => (
+                SendResult::NotCreated {
+                    message: failure.message().to_string(),
+                },
+                "SsmUnavailable",
+            ),
+            _ => (
+                SendResult::NotCreated {
+                    message: format!(
+                        "could not load the operator's AWS credentials: {}",
+                        DisplayErrorContext(&error)
+                    )
+                    .chars()
+                    .take(super::STS_DETAIL_CHARS)
+                    .collect(),
+                },
+                "SsmUnavailable",
+            ),
+        };
+    }
+    let unknown = classify(error, with_role);
+    (
+        SendResult::Unknown {
+            message: unknown.message().to_string(),
         },
-        other => SendResult::Unknown {
-            message: other.message().to_string(),
-        },
+        "SendUnknown",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use aws_sdk_ssm::config::http::HttpResponse;
+    use aws_sdk_ssm::error::{ConnectorError, ErrorMetadata};
+    use aws_sdk_ssm::operation::send_command::SendCommandError;
+
+    use super::*;
+    use crate::ssm::tests::{
+        io, loading_failed, ssm_via, sts_said, LoadingFailed, Modelled, SsmCallError,
+    };
+
+    /// SSM's own answer to `SendCommand`: HTTP `status` with `code`.
+    fn ssm_said(status: u16, code: &str, message: &str) -> SdkError<SendCommandError> {
+        let meta = ErrorMetadata::builder().code(code).message(message).build();
+        SdkError::service_error(
+            SendCommandError::generic(meta),
+            HttpResponse::new(status.try_into().expect("status"), "{}".into()),
+        )
+    }
+
+    fn role() -> Role {
+        Role {
+            namespace: "ops".into(),
+            arn: "arn:aws:iam::111122223333:role/r".into(),
+            external_id: None,
+        }
+    }
+
+    #[test]
+    fn a_send_whose_role_credentials_did_not_load_was_not_made() {
+        use std::io::ErrorKind;
+        let not_created: Vec<(&str, SsmCallError, &str)> = vec![
+            (
+                "STS 500",
+                sts_said(500, "InternalFailure", "An internal error occurred"),
+                "from STS: InternalFailure: An internal error occurred",
+            ),
+            (
+                "STS 503",
+                sts_said(503, "ServiceUnavailable", "Service is unavailable"),
+                "ServiceUnavailable",
+            ),
+            (
+                "STS throttling",
+                sts_said(400, "Throttling", "Rate exceeded"),
+                "Throttling: Rate exceeded",
+            ),
+            (
+                "the operator's own session expired (modelled)",
+                loading_failed(SdkError::service_error(
+                    Modelled("ExpiredTokenException: The security token included in the request is expired"),
+                    HttpResponse::new(400u16.try_into().expect("status"), "".into()),
+                )),
+                "ExpiredTokenException",
+            ),
+            (
+                "STS refused the connection",
+                loading_failed(SdkError::<SendCommandError, HttpResponse>::dispatch_failure(
+                    ConnectorError::io(io(ErrorKind::ConnectionRefused)),
+                )),
+                "connection refused",
+            ),
+            (
+                "STS timed out",
+                loading_failed(SdkError::<SendCommandError, HttpResponse>::timeout_error(io(
+                    ErrorKind::TimedOut,
+                ))),
+                "request has timed out",
+            ),
+            (
+                "the identity cache timed the load out",
+                SdkError::dispatch_failure(ConnectorError::other(
+                    Box::new(LoadingFailed(None, "identity resolver timed out after 5s")),
+                    None,
+                )),
+                "identity resolver timed out after 5s",
+            ),
+        ];
+        for (what, error, words) in not_created {
+            let (result, outcome) = send_failure(error, true);
+            let SendResult::NotCreated { message } = &result else {
+                panic!("{what}: nothing was sent, yet {result:?}");
+            };
+            assert!(
+                message.contains("role credentials from STS"),
+                "{what}: {message}"
+            );
+            assert!(message.contains(words), "{what}: {message}");
+            assert_eq!(
+                outcome, "SsmUnavailable",
+                "{what}: never counted as throttled"
+            );
+        }
+
+        // A refusal STS will repeat: fixed outside, as before.
+        let (result, outcome) = send_failure(sts_said(403, "AccessDenied", "not trusted"), true);
+        assert_eq!(
+            result,
+            SendResult::Blocked {
+                reason: "AssumeRoleFailed",
+                message: "could not assume the namespace's role: AccessDenied: not trusted".into(),
+            }
+        );
+        assert_eq!(outcome, "AssumeRoleFailed");
+
+        // Without a role the operator's own credentials did not load: nothing sent either.
+        let (result, outcome) =
+            send_failure(sts_said(403, "AccessDenied", "no web identity"), false);
+        let SendResult::NotCreated { message } = &result else {
+            panic!("the operator's credentials did not load, yet {result:?}");
+        };
+        assert!(
+            message.starts_with("could not load the operator's AWS credentials: "),
+            "{message}"
+        );
+        assert_eq!(outcome, "SsmUnavailable");
+    }
+
+    #[test]
+    fn what_ssm_itself_answers_to_a_send_decides_whether_it_may_exist() {
+        let cases: Vec<(SdkError<SendCommandError>, &str, &str)> = vec![
+            // The operator's own session expired: SSM refused before creating anything, and
+            // the credentials chain renews it. Not an IAM refusal, not a throttle.
+            (
+                ssm_said(
+                    400,
+                    "ExpiredTokenException",
+                    "The security token is expired",
+                ),
+                "NotCreated",
+                "SsmUnavailable",
+            ),
+            (
+                ssm_said(400, "ThrottlingException", "Rate exceeded"),
+                "NotCreated",
+                "Throttled",
+            ),
+            (
+                ssm_said(400, "AccessDeniedException", "not authorized"),
+                "Blocked",
+                "AccessDenied",
+            ),
+            (
+                ssm_said(400, "InvalidDocument", "no such document"),
+                "Refused",
+                "SendFailed",
+            ),
+            (
+                ssm_said(500, "InternalServerError", "oops"),
+                "Unknown",
+                "SendUnknown",
+            ),
+            // SSM itself unreachable mid-request (not a credentials failure): may exist.
+            (
+                SdkError::dispatch_failure(ConnectorError::io(io(
+                    std::io::ErrorKind::ConnectionReset,
+                ))),
+                "Unknown",
+                "SendUnknown",
+            ),
+        ];
+        for (error, kind, outcome) in cases {
+            let what = format!("{error:?}");
+            let (result, counted) = send_failure(error, true);
+            let seen = match &result {
+                SendResult::Accepted { .. } => "Accepted",
+                SendResult::Refused { .. } => "Refused",
+                SendResult::NotCreated { .. } => "NotCreated",
+                SendResult::Blocked { .. } => "Blocked",
+                SendResult::Unknown { .. } => "Unknown",
+            };
+            assert_eq!((seen, counted), (kind, outcome), "{what}: {result:?}");
+        }
+    }
+
+    fn spec() -> CommandSpec {
+        CommandSpec {
+            document_name: "AWS-RunShellScript".into(),
+            document_version: None,
+            parameters: None,
+            instance_ids: Some(vec!["i-0123456789abcdef0".into()]),
+            targets: None,
+            comment: None,
+            timeout_seconds: None,
+            max_concurrency: None,
+            max_errors: None,
+            output_s3_bucket_name: None,
+            output_s3_key_prefix: None,
+            cloud_watch_output_config: None,
+            region: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_real_assume_role_provider_failing_on_a_send_creates_nothing() {
+        use ssm_sim::{Fault, StsSimulator};
+        let sts = StsSimulator::start().await.expect("STS simulator");
+        let ssm = ssm_via(&sts).await;
+        let not_after = Timestamp::now() + Duration::from_secs(60);
+        let faults = [
+            Fault::ServerError { count: 1 },
+            Fault::Throttle { count: 1 },
+            Fault::DropConnection { count: 1 },
+            Fault::Slow {
+                count: 1,
+                delay: Duration::from_secs(2),
+            },
+        ];
+        for (n, fault) in faults.into_iter().enumerate() {
+            // A fresh role each time: a fresh client whose credentials are not cached.
+            let mut role = role();
+            role.arn = format!("arn:aws:iam::111122223333:role/r{n}");
+            sts.allow_role(&role.arn, None);
+            sts.inject(fault);
+            let scope = Scope {
+                region: None,
+                role: Some(role),
+            };
+            let result = ssm.send_command(&scope, &spec(), "op:1", not_after).await;
+            assert!(
+                matches!(&result, SendResult::NotCreated { message }
+                    if message.contains("role credentials from STS")),
+                "{fault:?}: {result:?}"
+            );
+        }
+        assert_eq!(ssm.budget.rate(), 1000.0, "STS never slows the SSM budget");
+        let metrics = ssm.metrics.encode().expect("metrics");
+        assert!(
+            metrics.contains(
+                "ssm_operator_ssm_calls_total{operation=\"SendCommand\",outcome=\"SsmUnavailable\"} 4"
+            ),
+            "{metrics}"
+        );
+
+        let refused = Scope {
+            region: None,
+            role: Some(Role {
+                arn: "arn:aws:iam::444455556666:role/untrusted".into(),
+                ..role()
+            }),
+        };
+        let result = ssm.send_command(&refused, &spec(), "op:1", not_after).await;
+        assert!(
+            matches!(
+                &result,
+                SendResult::Blocked {
+                    reason: "AssumeRoleFailed",
+                    ..
+                }
+            ),
+            "{result:?}"
+        );
     }
 }
