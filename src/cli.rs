@@ -106,10 +106,10 @@ pub struct RunArgs {
     pub push_backstop: Duration,
 
     /// SSM calls per second for the whole process (halved on throttling, recovering slowly).
-    #[arg(long, env = "SSM_OPERATOR_SSM_MAX_RATE", default_value_t = 50.0, value_parser = parse_rate)]
+    #[arg(long, env = "SSM_OPERATOR_SSM_MAX_RATE", default_value_t = 100.0, value_parser = parse_rate)]
     pub ssm_max_rate: f64,
 
-    /// Resources reconciled (status writes in flight) at once, across all namespaces.
+    /// Reconciles at once per kind (status writes in flight), across all watched namespaces.
     #[arg(long, env = "SSM_OPERATOR_MAX_CONCURRENT_RECONCILES", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_concurrent_reconciles: u16,
 
@@ -194,7 +194,7 @@ mod tests {
         else {
             panic!("expected run")
         };
-        assert_eq!(args.ssm_max_rate, 50.0);
+        assert_eq!(args.ssm_max_rate, 100.0);
         for bad in ["0", "-1", "NaN", "inf", "lots"] {
             let parsed = Cli::try_parse_from(["ssm-operator", "run", "--ssm-max-rate", bad]);
             assert!(parsed.is_err(), "{bad}");

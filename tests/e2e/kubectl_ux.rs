@@ -151,7 +151,7 @@ pub async fn metrics_health_and_readiness_are_served(cluster: Arc<TestCluster>) 
     let metrics = operator.metrics().await;
     for needle in [
         "ssm_operator_ssm_calls_total{operation=\"ListCommandInvocations\",outcome=\"success\"}",
-        "ssm_operator_ssm_rate_limit 50",
+        "ssm_operator_ssm_rate_limit 100",
         "ssm_operator_tracked_commands",
         "ssm_operator_invocations{status=\"Success\"} 1",
         "ssm_operator_status_writes_total",
