@@ -30,7 +30,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tracing::{debug, info, instrument, warn};
 
 use crate::api::{Command, CommandInvocation, CommandStatus, SendRecord};
@@ -44,6 +44,7 @@ use crate::schedule::{backoff, PollIntervals};
 use crate::send::{self, Facts, Next, Policy, SearchResult, Step, SEND_FAILED, SEND_UNKNOWN};
 use crate::ssm::{Recovery, Scope, Ssm};
 use crate::status_writer::StatusWriter;
+use crate::wakers::Wakers;
 use crate::watch::{watch_commands, CommandStores, Forget, WatchedCommands};
 use crate::Error;
 
@@ -78,9 +79,6 @@ struct Memo {
     children: Option<(String, HashSet<String>)>,
 }
 
-/// A controller's channel of `Command`s to reconcile now, with its namespace (`None`: all).
-type CommandWaker = (Option<String>, mpsc::UnboundedSender<ObjectRef<Command>>);
-
 /// Everything a `Command` reconcile needs, shared by all runs.
 pub struct CommandContext {
     /// For finalizers and children.
@@ -111,7 +109,7 @@ pub struct CommandContext {
     watched: Mutex<Vec<Store<Command>>>,
     /// Where [`CommandContext::role_changed`] wakes Commands: a channel per controller, with
     /// its namespace (`None`: all).
-    wakers: Mutex<Vec<CommandWaker>>,
+    wakers: Wakers<Command>,
 }
 
 impl CommandContext {
@@ -144,7 +142,7 @@ impl CommandContext {
             memo: Mutex::new(HashMap::new()),
             stores: Arc::new(CommandStores::default()),
             watched: Mutex::new(Vec::new()),
-            wakers: Mutex::new(Vec::new()),
+            wakers: Wakers::default(),
         }
     }
 
@@ -181,12 +179,7 @@ impl CommandContext {
         &self,
         namespace: Option<String>,
     ) -> impl Stream<Item = ObjectRef<Command>> + Send + 'static {
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.wakers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((namespace, tx));
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|o| (o, rx)) })
+        self.wakers.stream(namespace)
     }
 
     /// `namespace`'s role changed: its `Command`s are reconciled at once, and a send SSM or
@@ -203,14 +196,8 @@ impl CommandContext {
                 }
             }
         }
-        let wakers = self.wakers.lock().unwrap_or_else(PoisonError::into_inner);
-        for command in &commands {
-            for (watched, tx) in wakers.iter() {
-                if watched.as_deref().is_none_or(|w| w == namespace) {
-                    let _ = tx.send(ObjectRef::from_obj(command.as_ref()));
-                }
-            }
-        }
+        self.wakers
+            .wake(commands.iter().map(|c| ObjectRef::from_obj(c.as_ref())));
     }
 
     /// What is remembered for `uid`, created if nothing is. Only a reconcile uses it (it ends
@@ -1104,18 +1091,8 @@ mod tests {
             &format!("c-{uid}"),
             CommandSpec {
                 document_name: "AWS-RunShellScript".into(),
-                document_version: None,
-                parameters: None,
                 instance_ids: Some(vec!["i-0123456789abcdef0".into()]),
-                targets: None,
-                comment: None,
-                timeout_seconds: None,
-                max_concurrency: None,
-                max_errors: None,
-                output_s3_bucket_name: None,
-                output_s3_key_prefix: None,
-                cloud_watch_output_config: None,
-                region: None,
+                ..CommandSpec::default()
             },
         );
         c.metadata.namespace = Some("ops".into());

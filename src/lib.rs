@@ -53,6 +53,7 @@ pub mod status_writer;
 pub mod sts;
 pub mod telemetry;
 pub mod tracker;
+pub mod wakers;
 pub mod watch;
 
 /// The name the operator uses as field manager, Event reporter and User-Agent product.

@@ -25,7 +25,7 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tracing::debug;
 
@@ -36,6 +36,7 @@ use crate::metrics::Metrics;
 use crate::schedule::{PollIntervals, RoundClock};
 use crate::ssm::{Invocation, InvocationKey, Ssm, SsmError};
 use crate::sts::Role;
+use crate::wakers::Wakers;
 
 /// After this many failed List walks in a row, a transient error is shown on the resources and
 /// (unless SSM is throttling) rounds ask `GetCommandInvocation` per step instead.
@@ -149,11 +150,6 @@ impl State {
     }
 }
 
-type Waker = (
-    Option<String>,
-    mpsc::UnboundedSender<ObjectRef<CommandInvocation>>,
-);
-
 /// See the module docs.
 pub struct Tracker {
     ssm: Arc<Ssm>,
@@ -163,7 +159,7 @@ pub struct Tracker {
     metrics: Arc<Metrics>,
     state: Mutex<State>,
     changed: Notify,
-    wakers: Mutex<Vec<Waker>>,
+    wakers: Wakers<CommandInvocation>,
     push: Mutex<Push>,
 }
 
@@ -192,7 +188,7 @@ impl Tracker {
             metrics,
             state: Mutex::new(State::default()),
             changed: Notify::new(),
-            wakers: Mutex::new(Vec::new()),
+            wakers: Wakers::default(),
             push: Mutex::new(Push::default()),
         }
     }
@@ -265,23 +261,11 @@ impl Tracker {
         &self,
         namespace: Option<String>,
     ) -> impl Stream<Item = ObjectRef<CommandInvocation>> + Send + 'static {
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.wakers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((namespace, tx));
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|o| (o, rx)) })
+        self.wakers.stream(namespace)
     }
 
     fn wake(&self, objects: Vec<ObjectRef<CommandInvocation>>) {
-        let wakers = self.wakers.lock().unwrap_or_else(PoisonError::into_inner);
-        for object in objects {
-            for (namespace, tx) in wakers.iter() {
-                if namespace.is_none() || *namespace == object.namespace {
-                    let _ = tx.send(object.clone());
-                }
-            }
-        }
+        self.wakers.wake(objects);
     }
 
     /// Tracks the resource `uid` (its step `key`, its `generation`) and returns what is known.

@@ -156,18 +156,9 @@ fn command(status: Option<CommandStatus>) -> Command {
         "patch",
         CommandSpec {
             document_name: "AWS-RunShellScript".into(),
-            document_version: None,
-            parameters: None,
             instance_ids: Some(vec![NODE.into()]),
-            targets: None,
             comment: Some("nightly".into()),
-            timeout_seconds: None,
-            max_concurrency: None,
-            max_errors: None,
-            output_s3_bucket_name: None,
-            output_s3_key_prefix: None,
-            cloud_watch_output_config: None,
-            region: None,
+            ..CommandSpec::default()
         },
     );
     c.metadata.namespace = Some("ops".into());

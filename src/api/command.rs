@@ -24,7 +24,7 @@ pub const MAX_COMMENT_CHARS: u32 = 80;
 /// Run an SSM document on managed nodes, exactly once per spec generation, and track every node.
 // Each `printcolumn(...)` repeats `type_`/`priority` keys, which clippy mistakes for duplicates.
 #[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "ssm.operator.dev",
     version = "v1alpha1",

@@ -563,18 +563,8 @@ mod tests {
     fn spec() -> CommandSpec {
         CommandSpec {
             document_name: "AWS-RunShellScript".into(),
-            document_version: None,
-            parameters: None,
             instance_ids: Some(vec!["i-0123456789abcdef0".into()]),
-            targets: None,
-            comment: None,
-            timeout_seconds: None,
-            max_concurrency: None,
-            max_errors: None,
-            output_s3_bucket_name: None,
-            output_s3_key_prefix: None,
-            cloud_watch_output_config: None,
-            region: None,
+            ..CommandSpec::default()
         }
     }
 

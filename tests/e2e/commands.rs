@@ -25,18 +25,11 @@ const NODES: [&str; 3] = [
 fn spec(instance_ids: &[&str], comment: &str) -> CommandSpec {
     CommandSpec {
         document_name: DOCUMENT.into(),
-        document_version: None,
         parameters: Some([("commands".to_string(), vec!["echo hi".to_string()])].into()),
         instance_ids: Some(instance_ids.iter().map(|s| s.to_string()).collect()),
-        targets: None,
         comment: Some(comment.into()),
         timeout_seconds: Some(600),
-        max_concurrency: None,
-        max_errors: None,
-        output_s3_bucket_name: None,
-        output_s3_key_prefix: None,
-        cloud_watch_output_config: None,
-        region: None,
+        ..CommandSpec::default()
     }
 }
 

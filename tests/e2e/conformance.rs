@@ -186,18 +186,11 @@ pub async fn moto_sends_a_command(cluster: Arc<TestCluster>) {
     let commands: Api<SsmCommand> = world.api_of();
     let spec = CommandSpec {
         document_name: "AWS-RunShellScript".into(),
-        document_version: None,
         parameters: Some([("commands".to_string(), vec!["uptime".to_string()])].into()),
         instance_ids: Some(MOTO_NODES.iter().map(|s| s.to_string()).collect()),
-        targets: None,
         comment: Some("moto conformance".into()),
         timeout_seconds: Some(600),
-        max_concurrency: None,
-        max_errors: None,
-        output_s3_bucket_name: None,
-        output_s3_key_prefix: None,
-        cloud_watch_output_config: None,
-        region: None,
+        ..CommandSpec::default()
     };
     commands
         .create(&PostParams::default(), &SsmCommand::new("via-moto", spec))
