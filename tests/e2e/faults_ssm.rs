@@ -9,19 +9,17 @@
 //!   status, no Event) and step down.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::StreamExt;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::ListParams;
-use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, ResourceExt};
-use ssm_operator::api::{CommandInvocation, CommandInvocationSpec};
+use ssm_operator::api::CommandInvocationSpec;
 use ssm_sim::{Command, Fault, Invocation, Plugin, Simulator, Status};
 use testbed::TestCluster;
-use tokio::task::JoinHandle;
 
+use crate::history::{History, Seen};
 use crate::support::{
     leader_and_follower, observe_quietly, poll_until, signal, spec, ssm_status, wait_log, Operator,
     OperatorOptions, World, COMMAND_ID, DEADLINE, INSTANCE_ID,
@@ -31,109 +29,6 @@ const PLUGIN: &str = "aws:runShellScript";
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-/// One version of a CommandInvocation, as a watch delivered it.
-#[derive(Clone, Debug)]
-struct Seen {
-    /// When the test received it.
-    at: Instant,
-    name: String,
-    /// `.status.status`.
-    status: Option<String>,
-    /// `(type, status, reason, lastTransitionTime)` of every condition.
-    conditions: Vec<(String, String, String, String)>,
-}
-
-impl Seen {
-    fn of(obj: &CommandInvocation) -> Seen {
-        Seen {
-            at: Instant::now(),
-            name: obj.name_any(),
-            status: ssm_status(obj).map(str::to_string),
-            conditions: obj
-                .status
-                .iter()
-                .flat_map(|s| &s.conditions)
-                .map(|c| {
-                    (
-                        c.type_.clone(),
-                        c.status.clone(),
-                        c.reason.clone(),
-                        c.last_transition_time.0.to_string(),
-                    )
-                })
-                .collect(),
-        }
-    }
-
-    /// `(status, reason, lastTransitionTime)` of condition `type_`.
-    fn condition(&self, type_: &str) -> Option<(&str, &str, &str)> {
-        self.conditions
-            .iter()
-            .find(|c| c.0 == type_)
-            .map(|c| (c.1.as_str(), c.2.as_str(), c.3.as_str()))
-    }
-
-    fn has(&self, type_: &str, status: &str) -> bool {
-        self.condition(type_).is_some_and(|c| c.0 == status)
-    }
-}
-
-/// Every version of the namespace's CommandInvocations, recorded by a background watch that is
-/// running (initial list done) before [`History::start`] returns; stopped on drop.
-struct History {
-    seen: Arc<Mutex<Vec<Seen>>>,
-    task: JoinHandle<()>,
-}
-
-impl History {
-    async fn start(world: &World) -> History {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (synced, mut is_synced) = tokio::sync::watch::channel(false);
-        let record = seen.clone();
-        let api = world.api();
-        let task = tokio::spawn(async move {
-            let mut events = watcher::watcher(api, watcher::Config::default())
-                .default_backoff()
-                .boxed();
-            while let Some(event) = events.next().await {
-                match event {
-                    Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => record
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push(Seen::of(&obj)),
-                    Ok(watcher::Event::InitDone) => {
-                        synced.send_replace(true);
-                    }
-                    Ok(_) => {}
-                    Err(error) => eprintln!("history watch: {error}"),
-                }
-            }
-        });
-        tokio::time::timeout(DEADLINE, is_synced.wait_for(|s| *s))
-            .await
-            .expect("the history watch did not sync in time")
-            .expect("the history watch ended");
-        History { seen, task }
-    }
-
-    /// The versions of `name` seen so far, oldest first.
-    fn of(&self, name: &str) -> Vec<Seen> {
-        self.seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .filter(|s| s.name == name)
-            .cloned()
-            .collect()
-    }
-}
-
-impl Drop for History {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// The `.status.status` values of `versions`, consecutive repeats folded.
@@ -309,29 +204,31 @@ pub async fn ssm_5xx_storms_drops_and_slow_replies_end_right(cluster: Arc<TestCl
         let sequence: Vec<String> = versions
             .iter()
             .map(|s| {
-                let r = s.condition("Reconciling").unwrap_or_default();
-                let st = s.condition("Stalled").unwrap_or_default();
+                let r = s.condition("Reconciling").cloned().unwrap_or_default();
+                let st = s.condition("Stalled").cloned().unwrap_or_default();
                 format!(
                     "{} Reconciling={}/{} Stalled={}/{}",
                     s.status.as_deref().unwrap_or("-"),
-                    r.0,
-                    r.1,
-                    st.0,
-                    st.1
+                    r.status,
+                    r.reason,
+                    st.status,
+                    st.reason
                 )
             })
             .collect();
         assert!(
             versions.iter().any(|s| s
                 .condition("Reconciling")
-                .is_some_and(|c| c.0 == "True" && c.1 == "SsmUnavailable")),
+                .is_some_and(|c| c.status == "True" && c.reason == "SsmUnavailable")),
             "{}: never Reconciling=True/SsmUnavailable; versions seen: {sequence:#?}",
             case.name
         );
         let stalled: Vec<&Seen> = versions
             .iter()
             .filter(|s| s.has("Stalled", "True"))
-            .filter(|s| case.status == "Success" || s.condition("Stalled").unwrap().1 != "Failed")
+            .filter(|s| {
+                case.status == "Success" || s.condition("Stalled").unwrap().reason != "Failed"
+            })
             .collect();
         assert!(
             stalled.is_empty(),
@@ -649,15 +546,17 @@ pub async fn leader_paused_with_reconciles_in_flight_writes_nothing_after_resumi
                 .collect()
         })
         .unwrap_or_default();
-    let ready_since = versions
-        .iter()
-        .find_map(|s| s.condition("Ready").filter(|c| c.0 == "True").map(|c| c.2));
+    let ready_since = versions.iter().find_map(|s| {
+        s.condition("Ready")
+            .filter(|c| c.status == "True")
+            .map(|c| c.since.as_str())
+    });
     let ready_changes: Vec<String> = versions
         .iter()
         .filter_map(|s| s.condition("Ready"))
-        .skip_while(|c| c.0 != "True")
-        .filter(|c| c.0 != "True" || Some(c.2) != ready_since)
-        .map(|c| format!("Ready={} since {}", c.0, c.2))
+        .skip_while(|c| c.status != "True")
+        .filter(|c| c.status != "True" || Some(c.since.as_str()) != ready_since)
+        .map(|c| format!("Ready={} since {}", c.status, c.since))
         .collect();
 
     // (c) Its status-write counter did not move while it still served.

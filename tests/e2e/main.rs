@@ -13,6 +13,7 @@ mod faults_kube;
 mod faults_ssm;
 mod flux_cel;
 mod gitops;
+mod history;
 mod kubectl_ux;
 mod leader;
 mod lifecycle;

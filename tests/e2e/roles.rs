@@ -7,23 +7,19 @@
 //! expired key of this STS (`ExpiredTokenException`), as AWS does.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, ResourceExt};
+use kube::Api;
 use serde_json::{json, Value};
-use ssm_operator::api::{CommandInvocation, CommandInvocationSpec};
+use ssm_operator::api::CommandInvocationSpec;
 use ssm_sim::{Command, Fault, Invocation, Plugin, Simulator, Status, StsSimulator};
 use testbed::TestCluster;
-use tokio::task::JoinHandle;
 
-use crate::support::{
-    poll_until, spec, Operator, OperatorOptions, World, COMMAND_ID, DEADLINE, INSTANCE_ID,
-};
+use crate::history::{History, Seen};
+use crate::support::{poll_until, spec, Operator, OperatorOptions, World, COMMAND_ID, INSTANCE_ID};
 
 const PLUGIN: &str = "aws:runShellScript";
 const ROLE: &str = "arn:aws:iam::111122223333:role/ssm-reader";
@@ -194,114 +190,6 @@ async fn ends_right(world: &World, name: &str) {
         "{}/{name}",
         world.namespace
     );
-}
-
-/// One version of a CommandInvocation as a watch delivered it: `.status.status` and, per
-/// condition, (type, status, reason, message).
-#[derive(Clone, Debug)]
-struct Seen {
-    name: String,
-    status: Option<String>,
-    conditions: Vec<(String, String, String, String)>,
-}
-
-/// Every version of a namespace's CommandInvocations, recorded by a watch that has listed
-/// before [`History::start`] returns; stopped on drop.
-struct History {
-    seen: Arc<Mutex<Vec<Seen>>>,
-    task: JoinHandle<()>,
-}
-
-impl History {
-    async fn start(world: &World) -> History {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (synced, mut is_synced) = tokio::sync::watch::channel(false);
-        let record = seen.clone();
-        let api = world.api();
-        let task = tokio::spawn(async move {
-            let mut events = watcher::watcher(api, watcher::Config::default())
-                .default_backoff()
-                .boxed();
-            while let Some(event) = events.next().await {
-                match event {
-                    Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => record
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push(Seen::of(&obj)),
-                    Ok(watcher::Event::InitDone) => {
-                        synced.send_replace(true);
-                    }
-                    Ok(_) => {}
-                    Err(error) => eprintln!("history watch: {error}"),
-                }
-            }
-        });
-        tokio::time::timeout(DEADLINE, is_synced.wait_for(|s| *s))
-            .await
-            .expect("the history watch did not sync in time")
-            .expect("the history watch ended");
-        History { seen, task }
-    }
-
-    /// The versions of `name` seen so far, oldest first.
-    fn of(&self, name: &str) -> Vec<Seen> {
-        self.seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .filter(|s| s.name == name)
-            .cloned()
-            .collect()
-    }
-}
-
-impl Seen {
-    fn of(obj: &CommandInvocation) -> Seen {
-        Seen {
-            name: obj.name_any(),
-            status: obj.status.as_ref().and_then(|s| s.status.clone()),
-            conditions: obj
-                .status
-                .iter()
-                .flat_map(|s| &s.conditions)
-                .map(|c| {
-                    (
-                        c.type_.clone(),
-                        c.status.clone(),
-                        c.reason.clone(),
-                        c.message.clone(),
-                    )
-                })
-                .collect(),
-        }
-    }
-
-    /// Condition `type_` is `status` (with `reason`, unless empty).
-    fn has(&self, type_: &str, status: &str, reason: &str) -> bool {
-        self.conditions
-            .iter()
-            .any(|c| c.0 == type_ && c.1 == status && (reason.is_empty() || c.2 == reason))
-    }
-
-    /// One line for a failure message: status and every condition's status/reason.
-    fn line(&self) -> String {
-        let conditions: Vec<String> = self
-            .conditions
-            .iter()
-            .map(|c| format!("{}={}/{}", c.0, c.1, c.2))
-            .collect();
-        format!(
-            "{} {}",
-            self.status.as_deref().unwrap_or("-"),
-            conditions.join(" ")
-        )
-    }
-}
-
-impl Drop for History {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 pub async fn each_namespace_is_asked_with_its_own_identity(cluster: Arc<TestCluster>) {
@@ -557,14 +445,14 @@ pub async fn short_lived_credentials_are_refreshed(cluster: Arc<TestCluster>) {
     let versions = history.of("long");
     let lines: Vec<String> = versions.iter().map(Seen::line).collect();
     assert!(
-        versions.iter().all(|v| !v.has("Stalled", "True", "")),
+        versions.iter().all(|v| !v.has("Stalled", "True")),
         "Stalled during an STS outage: {lines:#?}"
     );
     let unavailable: Vec<&str> = versions
         .iter()
         .flat_map(|v| &v.conditions)
-        .filter(|c| c.0 == "Reconciling" && c.1 == "True" && c.2 == "SsmUnavailable")
-        .map(|c| c.3.as_str())
+        .filter(|c| c.type_ == "Reconciling" && c.status == "True" && c.reason == "SsmUnavailable")
+        .map(|c| c.message.as_str())
         .collect();
     assert!(
         unavailable
