@@ -135,9 +135,19 @@ struct State {
 }
 
 impl State {
-    fn remove(&mut self, uid: &str) {
+    /// Final answers wait for their writes: progress-only writes are put off.
+    fn finals_waiting(&self) -> bool {
+        self.finals.len() >= FINAL_BACKLOG
+    }
+
+    /// `uid` neither waits with a final answer nor is put off any more.
+    fn unqueue(&mut self, uid: &str) {
         self.finals.remove(uid);
         self.deferred.remove(uid);
+    }
+
+    fn remove(&mut self, uid: &str) {
+        self.unqueue(uid);
         let Some(key) = self.command_of.remove(uid) else {
             return;
         };
@@ -354,8 +364,7 @@ impl Tracker {
             return;
         }
         let mut state = self.state();
-        state.finals.remove(uid);
-        state.deferred.remove(uid);
+        state.unqueue(uid);
         let Some(key) = state.command_of.get(uid).cloned() else {
             return;
         };
@@ -381,7 +390,7 @@ impl Tracker {
         let mut state = self.state();
         // Its own answer is not final (else it would be written, not put off).
         state.finals.remove(uid);
-        if state.finals.len() < FINAL_BACKLOG || !state.command_of.contains_key(uid) {
+        if !state.finals_waiting() || !state.command_of.contains_key(uid) {
             return false;
         }
         if state.deferred.insert(uid.to_string()) {
@@ -395,8 +404,7 @@ impl Tracker {
     pub fn wrote(&self, uid: &str) {
         let woken = {
             let mut state = self.state();
-            state.finals.remove(uid);
-            state.deferred.remove(uid);
+            state.unqueue(uid);
             take_deferred(&mut state, 1)
         };
         self.wake(woken);
@@ -849,7 +857,7 @@ fn take_deferred(state: &mut State, n: usize) -> Vec<ObjectRef<CommandInvocation
         state.deferred_order.clear();
         return Vec::new();
     }
-    if state.finals.len() >= FINAL_BACKLOG {
+    if state.finals_waiting() {
         return Vec::new();
     }
     let mut woken = Vec::new();
