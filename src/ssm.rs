@@ -967,6 +967,13 @@ mod tests {
                     .operation_attempt_timeout(Duration::from_millis(500))
                     .build(),
             )
+            // As in production (the SDK's 5 s identity load timeout under a 10 s attempt): a
+            // slow STS times out as a credentials load, never racing the SSM attempt timeout.
+            .identity_cache(
+                aws_config::identity::IdentityCache::lazy()
+                    .load_timeout(Duration::from_millis(200))
+                    .build(),
+            )
             .load()
             .await;
         Ssm::new(base, Arc::new(Metrics::new()), 1000.0)
