@@ -95,7 +95,7 @@ pub struct CommandInvocationSpec {
     pub command_id: String,
 
     /// The managed node (instance) the command ran on, e.g. `i-0123456789abcdef0`.
-    #[schemars(pattern(r"(^i-(\w{8}|\w{17})$)|(^mi-\w{17}$)"))]
+    #[schemars(pattern(INSTANCE_ID_PATTERN))]
     pub instance_id: String,
 
     /// The step (plugin) to report on; required by SSM for documents with more than one step.
@@ -105,7 +105,7 @@ pub struct CommandInvocationSpec {
 
     /// The AWS region of the command; defaults to the operator's region.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$"))]
+    #[schemars(pattern(REGION_PATTERN))]
     pub region: Option<String>,
 }
 

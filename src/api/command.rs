@@ -77,7 +77,7 @@ pub const MAX_COMMENT_CHARS: u32 = 80;
 #[schemars(extend("oneOf" = [{"required": ["instanceIds"]}, {"required": ["targets"]}]))]
 pub struct CommandSpec {
     /// The SSM document to run: a name (`AWS-RunShellScript`), a shared document's ARN.
-    #[schemars(pattern(r"^[a-zA-Z0-9_\-.:/]{3,128}$"))]
+    #[schemars(pattern(DOCUMENT_NAME_PATTERN))]
     pub document_name: String,
 
     /// The document version: `$DEFAULT`, `$LATEST` or a version number.
@@ -93,7 +93,7 @@ pub struct CommandSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 50),
-        inner(pattern(r"(^i-(\w{8}|\w{17})$)|(^mi-\w{17}$)"))
+        inner(pattern(crate::api::INSTANCE_ID_PATTERN))
     )]
     pub instance_ids: Option<Vec<String>>,
 
@@ -139,7 +139,7 @@ pub struct CommandSpec {
 
     /// The AWS region to send in; defaults to the operator's region.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$"))]
+    #[schemars(pattern(crate::api::REGION_PATTERN))]
     pub region: Option<String>,
 }
 
