@@ -739,21 +739,13 @@ impl Tracker {
         }
         let now = Instant::now();
         let mut wake = Vec::new();
-        let mut news = false;
         {
             let mut state = self.state();
             let Some(command) = state.commands.get_mut(key) else {
                 return false;
             };
-            let mut members_of: HashMap<&Step, Vec<(&String, &ObjectRef<CommandInvocation>)>> =
-                HashMap::new();
-            for (uid, member) in &command.members {
-                members_of
-                    .entry(&member.step)
-                    .or_default()
-                    .push((uid, &member.object));
-            }
-            let mut finals = Vec::new();
+            // The steps whose answer changed, and whether the new one is final.
+            let mut changed: HashMap<Step, bool> = HashMap::new();
             for (step, result) in fresh {
                 let known = command.answers.get(&step).map(|a| &a.result);
                 let same = match (known, &result) {
@@ -764,26 +756,32 @@ impl Tracker {
                 if same {
                     continue;
                 }
-                news = true;
                 let terminal = result.as_ref().is_ok_and(|i| is_terminal(&i.status));
-                if let Some(members) = members_of.get(&step) {
-                    wake.extend(members.iter().map(|(_, o)| (*o).clone()));
-                    if terminal {
-                        finals.extend(members.iter().map(|(uid, _)| (*uid).clone()));
-                    }
-                }
+                changed.insert(step.clone(), terminal);
                 let answer = Answer {
                     result,
                     asked_at: asked_at.clone(),
                 };
                 command.answers.insert(step, answer);
             }
+            if changed.is_empty() {
+                return false;
+            }
+            let mut finals = Vec::new();
+            for (uid, member) in &command.members {
+                if let Some(&terminal) = changed.get(&member.step) {
+                    wake.push(member.object.clone());
+                    if terminal {
+                        finals.push(uid.clone());
+                    }
+                }
+            }
             for uid in finals {
                 state.finals.entry(uid).or_insert(now);
             }
         }
         self.wake(wake);
-        news
+        true
     }
 
     /// Keeps the round's last answers, schedules the next round (`news`: an earlier part of
