@@ -708,10 +708,12 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
     );
 
     let mut lags: Vec<Duration> = Vec::with_capacity(n);
+    let mut slowest: Vec<(Duration, usize)> = Vec::with_capacity(n);
     let mut wrong: Vec<String> = Vec::new();
     for (k, (t, s)) in timelines.iter().zip(&seen).enumerate() {
         let Some(s) = s else { continue };
         lags.push(s.at.saturating_duration_since(t0 + t.terminal));
+        slowest.push((s.at.saturating_duration_since(t0 + t.terminal), k));
         if s.status.as_deref() != Some(t.status()) || s.code != Some(t.code()) {
             wrong.push(format!(
                 "{}: {:?}/{:?}, scripted {}/{}",
@@ -742,6 +744,24 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
                 }
             )
         },
+    );
+    // Where to start reading the operator's log (`BENCH_OPERATOR_LOG`) when the tail is long.
+    slowest.sort_by(|a, b| b.cmp(a));
+    row(
+        "slowest (lag, terminal time)",
+        slowest
+            .iter()
+            .take(3)
+            .map(|(lag, k)| {
+                format!(
+                    "{} {:.2} s at {:.2} s",
+                    name(config, *k),
+                    secs(*lag),
+                    secs(timelines[*k].terminal)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
     );
     row(
         "final status as scripted",
@@ -1292,7 +1312,8 @@ impl Operator {
         let http = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| format!("free port: {e}"))?;
-        let child = StdCommand::new(OPERATOR_BIN)
+        let bin = std::env::var("BENCH_OPERATOR_BIN").unwrap_or_else(|_| OPERATOR_BIN.into());
+        let child = StdCommand::new(bin)
             .arg("run")
             .args(["--namespace", NAMESPACE])
             .args(["--http-bind", &http.to_string()])

@@ -32,12 +32,16 @@ pub fn backoff(intervals: PollIntervals, attempt: u32, unit: f64) -> Duration {
 
 /// When one command's next round is due: at once when first tracked; then from `min` again
 /// after a round that brought news, else one backoff step further (up to `max`); every
-/// `recheck` while all its tracked steps are stalled on errors an outside fix can cure.
+/// `recheck` while all its tracked steps are stalled on errors an outside fix can cure. A
+/// hurry while a round runs (a resource tracked after the round took its list of steps) makes
+/// the next round due as soon as this one ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RoundClock {
     attempt: u32,
     /// When the next round is due.
     pub due: Instant,
+    /// Hurried since the running round started.
+    hurried: bool,
 }
 
 impl RoundClock {
@@ -46,7 +50,13 @@ impl RoundClock {
         Self {
             attempt: 0,
             due: now,
+            hurried: false,
         }
+    }
+
+    /// A round starts: what it will ask covers every hurry so far.
+    pub fn start(&mut self) {
+        self.hurried = false;
     }
 
     /// Schedules the next round after one that ended at `now`; returns the delay. `unit` is a
@@ -60,6 +70,11 @@ impl RoundClock {
         now: Instant,
         unit: f64,
     ) -> Duration {
+        if std::mem::take(&mut self.hurried) {
+            self.attempt = 0;
+            self.due = now;
+            return Duration::ZERO;
+        }
         self.attempt = if news {
             0
         } else {
@@ -78,6 +93,7 @@ impl RoundClock {
     pub fn hurry(&mut self, now: Instant) {
         self.attempt = 0;
         self.due = self.due.min(now);
+        self.hurried = true;
     }
 }
 
@@ -141,11 +157,39 @@ mod tests {
         let later = t0 + Duration::from_secs(1);
         clock.hurry(later);
         assert_eq!(clock.due, later);
+        clock.start();
         let next = clock.after_round(false, false, IV, Duration::from_secs(300), later, 0.5);
         assert_eq!(
             next,
             Duration::from_secs(4),
             "backoff restarted: one step past min"
+        );
+    }
+
+    #[test]
+    fn a_hurry_while_a_round_runs_makes_the_next_round_due_when_it_ends() {
+        let t0 = Instant::now();
+        let recheck = Duration::from_secs(300);
+        let backstop = PollIntervals {
+            min: Duration::from_secs(30),
+            max: Duration::from_secs(30),
+        };
+        let mut clock = RoundClock::due_at(t0);
+        clock.start();
+        // A resource of this command is tracked after the round took its steps.
+        clock.hurry(t0 + Duration::from_millis(10));
+        let end = t0 + Duration::from_millis(500);
+        assert_eq!(
+            clock.after_round(true, false, backstop, recheck, end, 0.5),
+            Duration::ZERO,
+            "the new resource is not left for the backstop interval"
+        );
+        assert_eq!(clock.due, end);
+        clock.start();
+        assert_eq!(
+            clock.after_round(false, false, backstop, recheck, end, 0.5),
+            backstop.max,
+            "a round with no hurry meanwhile schedules as usual"
         );
     }
 }

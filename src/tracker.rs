@@ -519,6 +519,9 @@ impl Tracker {
             let regular = command.clock.due <= now;
             let hinted = command.hint_due.is_some_and(|at| at <= now);
             if regular || hinted {
+                if regular {
+                    command.clock.start();
+                }
                 command.running = true;
                 command.rounds = command.rounds.wrapping_add(1);
                 due.push((key.clone(), regular));

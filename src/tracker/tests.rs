@@ -259,3 +259,29 @@ fn a_running_step_whose_elapsed_time_ticked_wakes_nobody() {
     assert!(tracker.absorb(&key, vec![answer("a1", "Success", "PT4S")], &asked));
     assert_eq!(woken(&mut wakes), ["ci-a1"]);
 }
+
+#[test]
+fn a_resource_tracked_while_its_commands_round_runs_is_asked_right_after_that_round() {
+    let (tracker, _) = tracker();
+    track(&tracker, "ops", "r1", COMMAND_A);
+    let started = Instant::now();
+    let (due, _) = tracker.start_due(started);
+    assert_eq!(due, [(command_key(COMMAND_A), true)], "a new command is due at once");
+    // The round took r1's step; r2 is created meanwhile (its node's event, if any, came
+    // before it was tracked and was dropped).
+    track(&tracker, "ops", "r2", COMMAND_A);
+    let asked = Time(Timestamp::now());
+    tracker.keep(
+        &command_key(COMMAND_A),
+        vec![answer("r1", "InProgress", "PT1S")],
+        asked,
+        true,
+        true,
+    );
+    let (due, next) = tracker.start_due(Instant::now());
+    assert_eq!(
+        due,
+        [(command_key(COMMAND_A), true)],
+        "r2 is not left waiting for the next interval (next due: {next:?})"
+    );
+}
