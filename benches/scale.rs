@@ -12,8 +12,10 @@
 //!    installs the shipped CRD, and starts the SSM simulator in this process;
 //! 2. creates all N CommandInvocations (64 creates in flight), the operator not running yet;
 //! 3. starts a watch of them (until its initial list is done), then adds the commands to the
-//!    simulator: every timeline starts at that instant;
-//! 4. starts the real `ssm-operator run` binary with its DEFAULT flags (only `--namespace`,
+//!    simulator ("sent"): every node is Pending for `BENCH_LEAD` (default `5s`), then its
+//!    timeline starts, as a fleet command's nodes start while the operator already runs
+//!    (`BENCH_LEAD=0`: the operator starts, lists and makes its first reads while nodes finish);
+//! 4. right after sending, starts the real `ssm-operator run` binary with its DEFAULT flags (only `--namespace`,
 //!    `--http-bind`, kubeconfig and AWS environment; `BENCH_OPERATOR_ARGS` adds flags and
 //!    `BENCH_OPERATOR_ENV` (`K=V,K2=V2`) environment variables, to the operator only, for
 //!    experiments) and follows the watch until every resource is `Finished=True`
@@ -36,11 +38,11 @@
 //! - SSM calls by operation and in all (the simulator's counters, so SDK retries count),
 //!   throttled answers, and the operator's own count by outcome;
 //! - the same timelines served to a per-invocation waiter polling GetCommandInvocation every
-//!   5 s from the timeline's start (at 0, 5, 10, ... s until it sees the terminal state:
-//!   1 + ceil(T / 5 s) calls, lag = that poll − T): its calls, lag p50/p99, and waiter calls /
-//!   operator calls;
-//! - status lag after SSM's terminal state = when the watch first saw `Finished=True` − T,
-//!   p50/p90/p99/max (both instants in this process's monotonic clock, the simulator's too);
+//!   5 s from the send (at 0, 5, 10, ... s until it sees the terminal state at lead + T:
+//!   1 + ceil((lead + T) / 5 s) calls, lag = that poll − (lead + T)): its calls, lag
+//!   p50/p99, and waiter calls / operator calls;
+//! - status lag after SSM's terminal state = when the watch first saw `Finished=True` − the
+//!   terminal time, p50/p90/p99/max (both instants in this process's monotonic clock, the simulator's too);
 //! - status writes and Events per resource (operator metrics), resources whose final status
 //!   differs from the script (must be 0);
 //! - operator CPU seconds (`/proc/<pid>/stat`, whole run) and peak RSS (`VmHWM`), CPU of
@@ -149,6 +151,8 @@ struct Config {
     commands: usize,
     instances: usize,
     spread: Duration,
+    /// `BENCH_LEAD`: how long every node stays Pending after the send.
+    lead: Duration,
     variants: Vec<Variant>,
     rate_limit: f64,
     deadline: Duration,
@@ -186,6 +190,7 @@ impl Config {
             commands: positive("BENCH_COMMANDS", 20)?,
             instances: positive("BENCH_INSTANCES", 500)?,
             spread: duration("BENCH_SPREAD", "60s")?,
+            lead: duration("BENCH_LEAD", "5s")?,
             variants,
             rate_limit,
             deadline: duration("BENCH_DEADLINE", "10m")?,
@@ -368,11 +373,13 @@ fn scripted_commands(config: &Config, timelines: &[Timeline]) -> Vec<Command> {
             for i in 0..config.instances {
                 let t = timelines[c * config.instances + i];
                 let instance = instance_id(i);
+                let (in_progress, terminal) =
+                    (config.lead + t.in_progress, config.lead + t.terminal);
                 let plugin = if t.failed {
-                    Plugin::failing_at(PLUGIN, t.in_progress, t.terminal, 1)
+                    Plugin::failing_at(PLUGIN, in_progress, terminal, 1)
                         .stderr(format!("patch failed on {instance}: exit status 1\n"))
                 } else {
-                    Plugin::succeeding_at(PLUGIN, t.in_progress, t.terminal)
+                    Plugin::succeeding_at(PLUGIN, in_progress, terminal)
                 };
                 command = command.invocation(
                     Invocation::new(&instance)
@@ -399,10 +406,12 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
     println!();
     println!(
         "== bench scale, variant {}: {} commands × {} instances = {n} CommandInvocations, \
-         terminal times over {:?}, operator default flags{}{}{}{} ==",
+         nodes Pending for {:?} after the send, then terminal times over {:?}, \
+         operator default flags{}{}{}{} ==",
         variant.name(),
         config.commands,
         config.instances,
+        config.lead,
         config.spread,
         if throttled_variant {
             format!(", SSM throttles above {} requests/s", config.rate_limit)
@@ -483,8 +492,9 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
         .await
         .map_err(|_| "the bench's watch ended before it synced".to_string())?;
 
-    // The timelines start here, then the operator. Events are scheduled when a command is
-    // added, so the queue is connected (and its faults set) first.
+    // The commands are sent here, then the operator starts; the timelines start `lead` later.
+    // Events are scheduled when a command is added, so the queue is connected (and its
+    // faults set) first.
     if throttled_variant {
         sim.set_rate_limit(Some(config.rate_limit));
     }
@@ -498,7 +508,8 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
         None
     };
     let commands = scripted_commands(config, &timelines);
-    let t0 = sim.add_commands(commands);
+    let sent = sim.add_commands(commands);
+    let t0 = sent + config.lead;
     let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
     let log = match &config.operator_log {
         Some(path) if config.variants.len() > 1 => {
@@ -625,7 +636,11 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
     row(
         "operator ready (/readyz)",
         ready_at.map_or("not seen".into(), |at| {
-            format!("{:.1} s after the timelines started", secs(at - t0))
+            format!(
+                "{:.1} s after the commands were sent (their timelines start at {:.1} s)",
+                secs(at - sent),
+                secs(config.lead)
+            )
         }),
     );
     row(
@@ -687,7 +702,7 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
         );
     }
 
-    let (waiter_calls, mut waiter_lags) = waiter(&timelines);
+    let (waiter_calls, mut waiter_lags) = waiter(&timelines, config.lead);
     waiter_lags.sort();
     row(
         format!("{}s waiter, same timelines", WAITER_INTERVAL.as_secs()),
@@ -1011,18 +1026,20 @@ fn instance_index(id: &str) -> Option<usize> {
     usize::from_str_radix(id.strip_prefix("i-")?, 16).ok()
 }
 
-/// The per-invocation GetCommandInvocation waiter on the same timelines: its total calls and
-/// each invocation's lag (first poll at or after the terminal time − that time).
-fn waiter(timelines: &[Timeline]) -> (u64, Vec<Duration>) {
+/// The per-invocation GetCommandInvocation waiter on the same timelines, polling from the
+/// send (the timelines start `lead` later): its total calls and each invocation's lag (first
+/// poll at or after the terminal time − that time).
+fn waiter(timelines: &[Timeline], lead: Duration) -> (u64, Vec<Duration>) {
     let interval = WAITER_INTERVAL.as_millis();
     let mut calls = 0u64;
     let lags = timelines
         .iter()
         .map(|t| {
-            let polls_after_start = t.terminal.as_millis().div_ceil(interval);
-            calls += 1 + polls_after_start as u64;
-            let seen_at = Duration::from_millis((polls_after_start * interval) as u64);
-            seen_at - t.terminal
+            let terminal = lead + t.terminal;
+            let polls_after_send = terminal.as_millis().div_ceil(interval);
+            calls += 1 + polls_after_send as u64;
+            let seen_at = Duration::from_millis((polls_after_send * interval) as u64);
+            seen_at - terminal
         })
         .collect();
     (calls, lags)
