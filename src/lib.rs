@@ -41,6 +41,7 @@ pub mod events;
 pub mod http;
 pub mod leader;
 pub mod mapping;
+pub mod memory;
 pub mod metrics;
 pub mod output;
 pub mod reconciler;

@@ -32,6 +32,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run(args) => {
+            ssm_operator::memory::tune_allocator();
             telemetry::init(args.log_format);
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,

@@ -77,7 +77,7 @@ pub struct Answer {
 #[derive(Clone, Debug)]
 pub struct Tracked {
     /// The latest answer for its step, if SSM was asked yet.
-    pub answer: Option<Answer>,
+    pub answer: Option<Arc<Answer>>,
     /// When the tracker first saw this generation of the resource.
     pub first_seen: Instant,
 }
@@ -112,7 +112,8 @@ struct Member {
 #[derive(Debug)]
 struct Command {
     members: HashMap<String, Member>,
-    answers: HashMap<Step, Answer>,
+    /// Shared with the reconciles that read them (an answer is ~400 bytes).
+    answers: HashMap<Step, Arc<Answer>>,
     clock: RoundClock,
     running: bool,
     list_failures: u32,
@@ -288,6 +289,9 @@ impl Tracker {
         generation: i64,
         now: Instant,
     ) -> Tracked {
+        // Name and namespace are what a wake needs; the resourceVersion and uid are not kept.
+        let mut object = object;
+        object.extra = Default::default();
         let command_key = CommandKey {
             region: key.region.clone(),
             role: key.role.clone(),
@@ -765,7 +769,7 @@ impl Tracker {
                     result,
                     asked_at: asked_at.clone(),
                 };
-                command.answers.insert(step, answer);
+                command.answers.insert(step, Arc::new(answer));
             }
             if changed.is_empty() {
                 return false;

@@ -684,6 +684,7 @@ async fn a_terminal_event_is_read_with_one_get_not_a_walk() {
                 .answer
                 .expect("answered")
                 .result
+                .clone()
                 .expect("an invocation");
             if answer.status == "Success" {
                 break answer.status;

@@ -266,7 +266,11 @@ fn a_resource_tracked_while_its_commands_round_runs_is_asked_right_after_that_ro
     track(&tracker, "ops", "r1", COMMAND_A);
     let started = Instant::now();
     let (due, _) = tracker.start_due(started);
-    assert_eq!(due, [(command_key(COMMAND_A), true)], "a new command is due at once");
+    assert_eq!(
+        due,
+        [(command_key(COMMAND_A), true)],
+        "a new command is due at once"
+    );
     // The round took r1's step; r2 is created meanwhile (its node's event, if any, came
     // before it was tracked and was dropped).
     track(&tracker, "ops", "r2", COMMAND_A);
