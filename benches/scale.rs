@@ -581,9 +581,9 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
                 if now >= next_progress {
                     next_progress = now + PROGRESS_EVERY;
                     println!(
-                        "  … {:>5.0} s after the timelines started: {count} of {n} Finished, \
+                        "  … {:>5.0} s after the commands were sent: {count} of {n} Finished, \
                          {} SSM calls, {} throttled",
-                        secs(now - t0),
+                        secs(now - sent),
                         sim.total_calls(),
                         sim.throttled()
                     );
@@ -1039,7 +1039,7 @@ fn waiter(timelines: &[Timeline], lead: Duration) -> (u64, Vec<Duration>) {
             let polls_after_send = terminal.as_millis().div_ceil(interval);
             calls += 1 + polls_after_send as u64;
             let seen_at = Duration::from_millis((polls_after_send * interval) as u64);
-            seen_at - terminal
+            seen_at.saturating_sub(terminal)
         })
         .collect();
     (calls, lags)
@@ -1330,7 +1330,7 @@ impl Operator {
             .and_then(|l| l.local_addr())
             .map_err(|e| format!("free port: {e}"))?;
         let bin = std::env::var("BENCH_OPERATOR_BIN").unwrap_or_else(|_| OPERATOR_BIN.into());
-        let child = StdCommand::new(bin)
+        let child = StdCommand::new(&bin)
             .arg("run")
             .args(["--namespace", NAMESPACE])
             .args(["--http-bind", &http.to_string()])
@@ -1352,7 +1352,7 @@ impl Operator {
             .stdout(file)
             .stderr(stderr)
             .spawn()
-            .map_err(|e| format!("start {OPERATOR_BIN}: {e}"))?;
+            .map_err(|e| format!("start {bin}: {e}"))?;
         Ok(Operator {
             child: Some(child),
             log: log.to_path_buf(),

@@ -548,6 +548,10 @@ impl Tracker {
                 return;
             };
             let steps: HashSet<Step> = command.members.values().map(|m| m.step.clone()).collect();
+            if regular {
+                // These steps cover every hurry so far (also one since `start_due`).
+                command.clock.start();
+            }
             let use_list = command.list_failures < LIST_FAILURES_TOLERATED
                 || command.rounds % LIST_RETRY_EVERY == 0;
             command.hint_due = None;
