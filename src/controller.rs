@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ::http::header::{HeaderValue, USER_AGENT};
 use futures::future::join_all;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client};
@@ -306,7 +306,8 @@ async fn run_controllers(
     let runs = apis.into_iter().map(|(namespace, api)| {
         let watched = watch_invocations(api, health.clone(), ctx.metrics.clone(), ctx.clone());
         stores.push(watched.store.clone());
-        Controller::for_stream(watched.stream, watched.store)
+        let store = watched.store.clone();
+        let run = Controller::for_stream(watched.stream, watched.store)
             .reconcile_on(ctx.tracker.wakes(namespace))
             .with_config(config.clone())
             .graceful_shutdown_on(shutdown.clone())
@@ -316,7 +317,8 @@ async fn run_controllers(
                 if let Err(error) = result {
                     tracing::debug!(%error, "controller event");
                 }
-            })
+            });
+        until_stopped(run, store, shutdown.clone())
     });
     let mut runs: Vec<_> = runs.map(futures::FutureExt::boxed).collect();
     // Commands: few objects, each reconcile short; their children are CommandInvocations
@@ -325,6 +327,7 @@ async fn run_controllers(
         let metrics = ctx.metrics.clone();
         // Deleted Commands (with or without the finalizer) are forgotten by the watch.
         let watched = commands.watch(api);
+        let store = watched.store.clone();
         let run = Controller::for_stream(watched.stream, watched.store)
             .reconcile_on(commands.wakes(namespace))
             .with_config(config.clone())
@@ -348,7 +351,7 @@ async fn run_controllers(
                 }
                 }
             });
-        futures::FutureExt::boxed(run)
+        futures::FutureExt::boxed(until_stopped(run, store, shutdown.clone()))
     }));
     let readiness = {
         let health = health.clone();
@@ -371,9 +374,9 @@ async fn run_controllers(
             None => std::future::pending().await,
         }
     };
-    // A controller whose watch never synced (a missing CRD, no RBAC for it) waits for its
-    // cache and ignores the shutdown signal: past a grace it is dropped. Dropping a Command
-    // reconcile mid-send is safe: the next leader searches before any second attempt.
+    // In-flight reconciles get a grace to finish; past it the controllers are dropped.
+    // Dropping a Command reconcile mid-send is safe: the next leader searches before any
+    // second attempt.
     let overdue = {
         let shutdown = shutdown.clone();
         async move {
@@ -390,6 +393,29 @@ async fn run_controllers(
     }
     health.set_ready(false);
     info!("controllers stopped");
+}
+
+/// Runs one controller until it ends. A controller whose watch never synced (a missing CRD,
+/// no RBAC for it) waits for its cache and never sees the shutdown signal: it is stopped as
+/// soon as the signal comes (it has no reconcile in flight).
+async fn until_stopped<K>(
+    run: impl std::future::Future<Output = ()>,
+    store: Store<K>,
+    shutdown: impl std::future::Future<Output = ()>,
+) where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    let unsynced_at_shutdown = async move {
+        shutdown.await;
+        if matches!(store.wait_until_ready().now_or_never(), Some(Ok(()))) {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = run => {}
+        () = unsynced_at_shutdown => {}
+    }
 }
 
 /// One API per watched namespace (with its name), or one for all namespaces.
