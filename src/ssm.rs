@@ -797,12 +797,78 @@ mod tests {
         Box::new(std::io::Error::from(kind))
     }
 
+    /// STS failures that say nothing about the role: STS unwell, throttling, unreachable or
+    /// slow, or the operator's own session expired (its chain renews it). Each with what it
+    /// is and words its message must contain. A read shows them as `SsmUnavailable` and
+    /// retries; a send they stopped was not made.
+    pub(super) fn transient_sts_failures() -> Vec<(&'static str, SsmCallError, &'static str)> {
+        use std::io::ErrorKind;
+        vec![
+            (
+                "STS 500",
+                sts_said(500, "InternalFailure", "An internal error occurred"),
+                "from STS: InternalFailure: An internal error occurred",
+            ),
+            (
+                "STS 503",
+                sts_said(503, "ServiceUnavailable", "Service is unavailable"),
+                "ServiceUnavailable",
+            ),
+            (
+                "STS throttling",
+                sts_said(400, "Throttling", "Rate exceeded"),
+                "Throttling: Rate exceeded",
+            ),
+            (
+                "the operator's own session expired",
+                loading_failed(SdkError::service_error(
+                    Modelled("ExpiredTokenException: The security token included in the request is expired"),
+                    HttpResponse::new(400u16.try_into().expect("status"), "".into()),
+                )),
+                "ExpiredTokenException: The security token included in the request is expired",
+            ),
+            (
+                "an unknown code",
+                sts_said(400, "SomethingNew", "?"),
+                "SomethingNew",
+            ),
+            (
+                "connection refused",
+                loading_failed(SdkError::<GetCommandInvocationError, HttpResponse>::dispatch_failure(
+                    ConnectorError::io(io(ErrorKind::ConnectionRefused)),
+                )),
+                "from STS: an error occurred while loading credentials: dispatch failure: io error: connection refused",
+            ),
+            (
+                "STS timed out",
+                loading_failed(SdkError::<GetCommandInvocationError, HttpResponse>::dispatch_failure(
+                    ConnectorError::timeout(io(ErrorKind::TimedOut)),
+                )),
+                "dispatch failure: timeout",
+            ),
+            (
+                "the operation timed out",
+                loading_failed(SdkError::<GetCommandInvocationError, HttpResponse>::timeout_error(
+                    io(ErrorKind::TimedOut),
+                )),
+                "request has timed out",
+            ),
+            (
+                "the identity cache timed the load out",
+                SdkError::dispatch_failure(ConnectorError::other(
+                    Box::new(LoadingFailed(None, "identity resolver timed out after 5s")),
+                    None,
+                )),
+                "from STS: identity resolver timed out after 5s",
+            ),
+        ]
+    }
+
     #[test]
     fn only_refusals_sts_repeats_stall_a_role_and_the_rest_is_transient() {
-        use std::io::ErrorKind;
         let denied = "User: arn:aws:iam::111122223333:role/ssm-operator is not authorized to \
                       perform: sts:AssumeRole on resource: arn:aws:iam::444455556666:role/r";
-        let cases: Vec<(&str, SsmCallError, &str, &str)> = vec![
+        let mut cases: Vec<(&str, SsmCallError, &str, &str)> = vec![
             // Refusals STS will repeat: Stalled, re-checked rarely.
             (
                 "trust policy or external id",
@@ -812,13 +878,21 @@ mod tests {
             ),
             (
                 "malformed role ARN",
-                sts_said(400, "ValidationError", "roleArn failed to satisfy constraint"),
+                sts_said(
+                    400,
+                    "ValidationError",
+                    "roleArn failed to satisfy constraint",
+                ),
                 "AssumeRoleFailed",
                 "ValidationError: roleArn failed",
             ),
             (
                 "the operator's key unknown to STS",
-                sts_said(403, "InvalidClientTokenId", "The security token is invalid."),
+                sts_said(
+                    403,
+                    "InvalidClientTokenId",
+                    "The security token is invalid.",
+                ),
                 "AssumeRoleFailed",
                 "InvalidClientTokenId",
             ),
@@ -831,85 +905,33 @@ mod tests {
                 "AssumeRoleFailed",
                 "RegionDisabledException: STS is not activated in eu-south-2",
             ),
-            // STS unwell or unreachable: Reconciling, retried with backoff.
-            (
-                "STS 500",
-                sts_said(500, "InternalFailure", "An internal error occurred"),
-                "SsmUnavailable",
-                "from STS: InternalFailure: An internal error occurred",
-            ),
-            (
-                "STS 503",
-                sts_said(503, "ServiceUnavailable", "Service is unavailable"),
-                "SsmUnavailable",
-                "ServiceUnavailable",
-            ),
-            (
-                "STS throttling (never slows the SSM budget)",
-                sts_said(400, "Throttling", "Rate exceeded"),
-                "SsmUnavailable",
-                "Throttling: Rate exceeded",
-            ),
-            (
-                "the operator's own session expired (its chain renews it)",
-                loading_failed(SdkError::service_error(
-                    Modelled("ExpiredTokenException: The security token included in the request is expired"),
-                    HttpResponse::new(400u16.try_into().expect("status"), "".into()),
-                )),
-                "SsmUnavailable",
-                "ExpiredTokenException: The security token included in the request is expired",
-            ),
-            (
-                "an unknown code",
-                sts_said(400, "SomethingNew", "?"),
-                "SsmUnavailable",
-                "SomethingNew",
-            ),
-            (
-                "connection refused",
-                loading_failed(SdkError::<GetCommandInvocationError, HttpResponse>::dispatch_failure(
-                    ConnectorError::io(io(ErrorKind::ConnectionRefused)),
-                )),
-                "SsmUnavailable",
-                "from STS: an error occurred while loading credentials: dispatch failure: io error: connection refused",
-            ),
-            (
-                "STS timed out",
-                loading_failed(SdkError::<GetCommandInvocationError, HttpResponse>::dispatch_failure(
-                    ConnectorError::timeout(io(ErrorKind::TimedOut)),
-                )),
-                "SsmUnavailable",
-                "dispatch failure: timeout",
-            ),
-            (
-                "the operation timed out",
-                loading_failed(SdkError::<GetCommandInvocationError, HttpResponse>::timeout_error(
-                    io(ErrorKind::TimedOut),
-                )),
-                "SsmUnavailable",
-                "request has timed out",
-            ),
-            (
-                "the identity cache timed the load out",
-                SdkError::dispatch_failure(ConnectorError::other(
-                    Box::new(LoadingFailed(None, "identity resolver timed out after 5s")),
-                    None,
-                )),
-                "SsmUnavailable",
-                "from STS: identity resolver timed out after 5s",
-            ),
             (
                 "the operator's own credentials failed below STS (refused there)",
-                loading_failed(SdkError::<GetCommandInvocationError, HttpResponse>::dispatch_failure(
-                    ConnectorError::other(Box::new(LoadingFailed(
-                        Some(Box::new(sts_said(403, "AccessDenied", "web identity refused"))),
-                        "the credential provider was not enabled",
-                    )), None),
-                )),
+                loading_failed(
+                    SdkError::<GetCommandInvocationError, HttpResponse>::dispatch_failure(
+                        ConnectorError::other(
+                            Box::new(LoadingFailed(
+                                Some(Box::new(sts_said(
+                                    403,
+                                    "AccessDenied",
+                                    "web identity refused",
+                                ))),
+                                "the credential provider was not enabled",
+                            )),
+                            None,
+                        ),
+                    ),
+                ),
                 "SsmUnavailable",
                 "the credential provider was not enabled",
             ),
         ];
+        // STS unwell or unreachable: Reconciling, retried with backoff.
+        cases.extend(
+            transient_sts_failures()
+                .into_iter()
+                .map(|(what, err, words)| (what, err, "SsmUnavailable", words)),
+        );
         for (what, err, reason, words) in cases {
             let found = role_credentials_failure(&err)
                 .unwrap_or_else(|| panic!("{what}: not seen as a credentials failure"));

@@ -392,9 +392,7 @@ mod tests {
     use aws_sdk_ssm::operation::send_command::SendCommandError;
 
     use super::*;
-    use crate::ssm::tests::{
-        io, loading_failed, ssm_via, sts_said, LoadingFailed, Modelled, SsmCallError,
-    };
+    use crate::ssm::tests::{io, ssm_via, sts_said, transient_sts_failures};
 
     /// SSM's own answer to `SendCommand`: HTTP `status` with `code`.
     fn ssm_said(status: u16, code: &str, message: &str) -> SdkError<SendCommandError> {
@@ -415,55 +413,7 @@ mod tests {
 
     #[test]
     fn a_send_whose_role_credentials_did_not_load_was_not_made() {
-        use std::io::ErrorKind;
-        let not_created: Vec<(&str, SsmCallError, &str)> = vec![
-            (
-                "STS 500",
-                sts_said(500, "InternalFailure", "An internal error occurred"),
-                "from STS: InternalFailure: An internal error occurred",
-            ),
-            (
-                "STS 503",
-                sts_said(503, "ServiceUnavailable", "Service is unavailable"),
-                "ServiceUnavailable",
-            ),
-            (
-                "STS throttling",
-                sts_said(400, "Throttling", "Rate exceeded"),
-                "Throttling: Rate exceeded",
-            ),
-            (
-                "the operator's own session expired (modelled)",
-                loading_failed(SdkError::service_error(
-                    Modelled("ExpiredTokenException: The security token included in the request is expired"),
-                    HttpResponse::new(400u16.try_into().expect("status"), "".into()),
-                )),
-                "ExpiredTokenException",
-            ),
-            (
-                "STS refused the connection",
-                loading_failed(SdkError::<SendCommandError, HttpResponse>::dispatch_failure(
-                    ConnectorError::io(io(ErrorKind::ConnectionRefused)),
-                )),
-                "connection refused",
-            ),
-            (
-                "STS timed out",
-                loading_failed(SdkError::<SendCommandError, HttpResponse>::timeout_error(io(
-                    ErrorKind::TimedOut,
-                ))),
-                "request has timed out",
-            ),
-            (
-                "the identity cache timed the load out",
-                SdkError::dispatch_failure(ConnectorError::other(
-                    Box::new(LoadingFailed(None, "identity resolver timed out after 5s")),
-                    None,
-                )),
-                "identity resolver timed out after 5s",
-            ),
-        ];
-        for (what, error, words) in not_created {
+        for (what, error, words) in transient_sts_failures() {
             let (result, outcome) = send_failure(error, true);
             let SendResult::NotCreated { message } = &result else {
                 panic!("{what}: nothing was sent, yet {result:?}");
