@@ -302,6 +302,33 @@ fn stored_with(object: &Command, applied: &Value, version: &str) -> Command {
     stored
 }
 
+/// Reconciles a new Command whose `SendCommand` IAM refuses, through to its Stalled status:
+/// the reconcile's action, the Command as stored after it (resourceVersion "811"), the
+/// Warning Event, and the mock API server.
+async fn send_refused_by_iam(
+    ctx: &Arc<CommandContext>,
+    sim: &Simulator,
+    mut api: ApiServer,
+) -> (Action, Command, Value, ApiServer) {
+    sim.inject_send(ssm_sim::SendFault::refuse(
+        "AccessDeniedException",
+        "not authorized to perform: ssm:SendCommand",
+    ));
+    let object = command(None);
+    let verifier = tokio::spawn(async move {
+        let stored = api.expect_finalizer(&object, "8").await;
+        api.expect_event().await;
+        let intent = api.expect_status(&stored, "8", 200).await;
+        let after_intent = stored_with(&stored, &intent, "81");
+        let event = api.expect_event().await;
+        let stalled = api.expect_status(&after_intent, "81", 200).await;
+        (stored_with(&after_intent, &stalled, "811"), event, api)
+    });
+    let action = run(ctx, &command(None)).await.unwrap();
+    let (stalled, event, api) = verifier.await.unwrap();
+    (action, stalled, event, api)
+}
+
 #[tokio::test]
 async fn a_throttled_send_is_made_again_with_a_fresh_intent_without_a_search() {
     let retry = Duration::from_millis(300);
@@ -368,23 +395,8 @@ async fn a_throttled_send_is_made_again_with_a_fresh_intent_without_a_search() {
 
 #[tokio::test]
 async fn a_send_iam_refuses_stalls_as_access_denied_and_is_not_retried_at_once() {
-    let (ctx, sim, mut api) = fixture(Fence::open()).await;
-    sim.inject_send(ssm_sim::SendFault::refuse(
-        "AccessDeniedException",
-        "not authorized to perform: ssm:SendCommand",
-    ));
-    let object = command(None);
-    let verifier = tokio::spawn(async move {
-        let stored = api.expect_finalizer(&object, "8").await;
-        api.expect_event().await;
-        let intent = api.expect_status(&stored, "8", 200).await;
-        let after_intent = stored_with(&stored, &intent, "81");
-        let event = api.expect_event().await;
-        let stalled = api.expect_status(&after_intent, "81", 200).await;
-        (stored_with(&after_intent, &stalled, "811"), event, api)
-    });
-    let action = run(&ctx, &command(None)).await.unwrap();
-    let (stalled, event, mut api) = verifier.await.unwrap();
+    let (ctx, sim, api) = fixture(Fence::open()).await;
+    let (action, stalled, event, mut api) = send_refused_by_iam(&ctx, &sim, api).await;
     assert_eq!(
         action,
         Action::requeue(Duration::from_secs(300)),
@@ -589,23 +601,8 @@ async fn commands_are_limited_across_namespaces_by_their_own_permits_and_never_b
 
 #[tokio::test]
 async fn a_send_refused_for_the_old_identity_is_made_again_once_the_namespace_role_changes() {
-    let (ctx, sim, mut api) = fixture(Fence::open()).await;
-    sim.inject_send(ssm_sim::SendFault::refuse(
-        "AccessDeniedException",
-        "not authorized to perform: ssm:SendCommand",
-    ));
-    let object = command(None);
-    let verifier = tokio::spawn(async move {
-        let stored = api.expect_finalizer(&object, "8").await;
-        api.expect_event().await;
-        let intent = api.expect_status(&stored, "8", 200).await;
-        let after_intent = stored_with(&stored, &intent, "81");
-        api.expect_event().await;
-        let stalled = api.expect_status(&after_intent, "81", 200).await;
-        (stored_with(&after_intent, &stalled, "811"), api)
-    });
-    let action = run(&ctx, &command(None)).await.unwrap();
-    let (stalled, mut api) = verifier.await.unwrap();
+    let (ctx, sim, api) = fixture(Fence::open()).await;
+    let (action, stalled, _, mut api) = send_refused_by_iam(&ctx, &sim, api).await;
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
 
     // The Command's watch has it cached (a second mock API server serves the watch).
