@@ -523,9 +523,6 @@ impl Tracker {
             let regular = command.clock.due <= now;
             let hinted = command.hint_due.is_some_and(|at| at <= now);
             if regular || hinted {
-                if regular {
-                    command.clock.start();
-                }
                 command.running = true;
                 command.rounds = command.rounds.wrapping_add(1);
                 due.push((key.clone(), regular));
@@ -539,24 +536,35 @@ impl Tracker {
         (due, next)
     }
 
+    /// What a round of `key` asks about: the steps tracked now (which answer every hurry so
+    /// far, for a `regular` round), and the hinted nodes, taken. `None`: the command is gone.
+    fn take_round(&self, key: &CommandKey, regular: bool) -> Option<RoundStart> {
+        let mut state = self.state();
+        let command = state.commands.get_mut(key)?;
+        let steps: HashSet<Step> = command.members.values().map(|m| m.step.clone()).collect();
+        if regular {
+            command.clock.start();
+        }
+        let use_list = command.list_failures < LIST_FAILURES_TOLERATED
+            || command.rounds % LIST_RETRY_EVERY == 0;
+        command.hint_due = None;
+        Some(RoundStart {
+            steps,
+            use_list,
+            hinted: std::mem::take(&mut command.hinted),
+        })
+    }
+
     /// One round of one command: ask SSM, keep the answers, wake whose answer changed. A
     /// round that is not `regular` only reads the nodes events hinted at.
     async fn round(self: Arc<Self>, key: CommandKey, regular: bool) {
-        let (steps, use_list, hinted) = {
-            let mut state = self.state();
-            let Some(command) = state.commands.get_mut(&key) else {
-                return;
-            };
-            let steps: HashSet<Step> = command.members.values().map(|m| m.step.clone()).collect();
-            if regular {
-                // These steps cover every hurry so far (also one since `start_due`).
-                command.clock.start();
-            }
-            let use_list = command.list_failures < LIST_FAILURES_TOLERATED
-                || command.rounds % LIST_RETRY_EVERY == 0;
-            command.hint_due = None;
-            let hinted = std::mem::take(&mut command.hinted);
-            (steps, use_list, hinted)
+        let Some(RoundStart {
+            steps,
+            use_list,
+            hinted,
+        }) = self.take_round(&key, regular)
+        else {
+            return;
         };
         let pages = steps.len().div_ceil(crate::ssm::PAGE_SIZE as usize);
         let hinted: Vec<Step> = steps
@@ -848,6 +856,15 @@ impl Tracker {
         }
         self.changed.notify_one();
     }
+}
+
+/// What a round asks about, taken when it starts.
+struct RoundStart {
+    steps: HashSet<Step>,
+    /// List, or (while List keeps failing) Get per step.
+    use_list: bool,
+    /// Nodes events hinted at since the last round.
+    hinted: HashSet<String>,
 }
 
 /// What a List walk found.

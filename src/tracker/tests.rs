@@ -271,8 +271,12 @@ fn a_resource_tracked_while_its_commands_round_runs_is_asked_right_after_that_ro
         [(command_key(COMMAND_A), true)],
         "a new command is due at once"
     );
-    // The round took r1's step; r2 is created meanwhile (its node's event, if any, came
-    // before it was tracked and was dropped).
+    let round = tracker
+        .take_round(&command_key(COMMAND_A), true)
+        .expect("tracked");
+    assert_eq!(round.steps.len(), 1, "the round asks about r1");
+    // r2 is created meanwhile (its node's event, if any, came before it was tracked and
+    // was dropped).
     track(&tracker, "ops", "r2", COMMAND_A);
     let asked = Time(Timestamp::now());
     tracker.keep(
