@@ -634,6 +634,7 @@ impl Tracker {
         let mut news = false;
         let mut unclear = Vec::new();
         let mut token = None;
+        let mut failed = None;
         for _ in 0..MAX_PAGES {
             let asked_at = Time(Timestamp::now());
             let mut answered = Vec::new();
@@ -644,13 +645,8 @@ impl Tracker {
             {
                 Ok(page) => page,
                 Err(error) => {
-                    let not_listed = wanted.into_values().flatten().cloned().collect();
-                    let walked = Walked {
-                        news,
-                        not_listed,
-                        unclear,
-                    };
-                    return (walked, Some(error));
+                    failed = Some(error);
+                    break;
                 }
             };
             for listed in &page.invocations {
@@ -678,7 +674,7 @@ impl Tracker {
             not_listed,
             unclear,
         };
-        (walked, None)
+        (walked, failed)
     }
 
     /// Steps whose node List did not show: one `GetCommandInvocation` probes; if SSM has no
