@@ -27,7 +27,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -105,8 +105,6 @@ pub struct CommandContext {
     memo: Mutex<HashMap<String, Memo>>,
     /// The caches of the `Command` watches ([`CommandContext::watch`]).
     stores: Arc<CommandStores>,
-    /// The same caches, to tell whether a reconciled `Command` is gone ([`CommandContext::gone`]).
-    watched: Mutex<Vec<Store<Command>>>,
     /// Where [`CommandContext::role_changed`] wakes Commands: a channel per controller, with
     /// its namespace (`None`: all).
     wakers: Wakers<Command>,
@@ -141,7 +139,6 @@ impl CommandContext {
             permits: Semaphore::new(max_concurrent_reconciles.max(1)),
             memo: Mutex::new(HashMap::new()),
             stores: Arc::new(CommandStores::default()),
-            watched: Mutex::new(Vec::new()),
             wakers: Wakers::default(),
         }
     }
@@ -149,28 +146,12 @@ impl CommandContext {
     /// The watch of `api`'s `Command`s for a controller; the ones it sees deleted, or no
     /// longer lists, are forgotten here.
     pub fn watch(self: &Arc<Self>, api: Api<Command>) -> WatchedCommands {
-        let watched = watch_commands(api, self.stores.clone(), self.clone());
-        self.watched
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(watched.store.clone());
-        watched
+        watch_commands(api, self.stores.clone(), self.clone())
     }
 
-    /// Whether `object` is known to be gone: every watch has listed, and none holds it (by
-    /// uid). Without a watch, or before a watch's first list, nothing is known to be gone.
+    /// Whether `object` is known to be gone (see [`CommandStores::known_gone`]).
     fn gone(&self, object: &Command) -> bool {
-        let stores = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
-        let key = ObjectRef::from_obj(object);
-        let listed = |store: &Store<Command>| {
-            futures::FutureExt::now_or_never(store.wait_until_ready()).is_some_and(|r| r.is_ok())
-        };
-        !stores.is_empty()
-            && stores.iter().all(listed)
-            && !stores
-                .iter()
-                .filter_map(|store| store.get(&key))
-                .any(|cached| cached.metadata.uid == object.metadata.uid)
+        self.stores.known_gone(object)
     }
 
     /// The `Command`s of `namespace` (`None`: all) to reconcile now, for a controller's

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ::http::header::{HeaderValue, USER_AGENT};
 use futures::future::join_all;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client};
@@ -408,7 +408,7 @@ async fn until_stopped<K>(
 {
     let unsynced_at_shutdown = async move {
         shutdown.await;
-        if matches!(store.wait_until_ready().now_or_never(), Some(Ok(()))) {
+        if crate::watch::listed(&store) {
             std::future::pending::<()>().await;
         }
     };

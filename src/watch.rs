@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::stream::BoxStream;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use kube::api::{ListParams, WatchEvent, WatchParams};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, ResourceExt};
@@ -172,6 +172,19 @@ impl CommandStores {
             .collect()
     }
 
+    /// Whether `object` is known to be gone: every watch has listed, and none holds it (by
+    /// uid). Without a watch, or before a watch's first list, nothing is known to be gone.
+    pub fn known_gone(&self, object: &Command) -> bool {
+        let stores = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = ObjectRef::from_obj(object);
+        !stores.is_empty()
+            && stores.iter().all(listed)
+            && !stores
+                .iter()
+                .filter_map(|store| store.get(&key))
+                .any(|cached| cached.metadata.uid == object.metadata.uid)
+    }
+
     /// The uids of every watched `Command`.
     pub fn live_uids(&self) -> HashSet<String> {
         self.0
@@ -182,6 +195,15 @@ impl CommandStores {
             .filter_map(|c| c.metadata.uid.clone())
             .collect()
     }
+}
+
+/// Whether `store`'s watch has listed (its cache is filled), without waiting.
+pub fn listed<K>(store: &Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    matches!(store.wait_until_ready().now_or_never(), Some(Ok(())))
 }
 
 /// Builds the watch of `api`'s `Command`s, its cache registered in `stores`: a deleted one is
