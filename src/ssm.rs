@@ -574,31 +574,34 @@ fn role_credentials_failure(err: &(dyn std::error::Error + 'static)) -> Option<S
         // Something else before sending (say, signing): the caller's generic wording.
         return None;
     }
-    let detail: String = std::iter::successors(Some(loading), |e| e.source())
+    let detail = std::iter::successors(Some(loading), |e| e.source())
         .map(ToString::to_string)
         .collect::<Vec<_>>()
-        .join(": ")
-        .chars()
-        .take(STS_DETAIL_CHARS)
-        .collect();
-    Some(SsmError::Unavailable(format!(
-        "could not get the namespace's role credentials from STS: {detail}"
-    )))
+        .join(": ");
+    Some(sts_unavailable(&detail))
 }
 
 /// What STS's answer `code: message` to `AssumeRole` means (see [`STS_REFUSAL_CODES`]).
 fn sts_answer(code: &str, message: &str) -> SsmError {
-    let said: String = format!("{code}: {message}")
-        .chars()
-        .take(STS_DETAIL_CHARS)
-        .collect();
+    let said = format!("{code}: {message}");
     if STS_REFUSAL_CODES.contains(&code) {
-        SsmError::AssumeRoleFailed(said)
+        SsmError::AssumeRoleFailed(sts_detail(&said))
     } else {
-        SsmError::Unavailable(format!(
-            "could not get the namespace's role credentials from STS: {said}"
-        ))
+        sts_unavailable(&said)
     }
+}
+
+/// The namespace's role credentials did not come from STS, for a reason a retry may cure.
+fn sts_unavailable(detail: &str) -> SsmError {
+    SsmError::Unavailable(format!(
+        "could not get the namespace's role credentials from STS: {}",
+        sts_detail(detail)
+    ))
+}
+
+/// `detail` cut to [`STS_DETAIL_CHARS`] characters.
+fn sts_detail(detail: &str) -> String {
+    detail.chars().take(STS_DETAIL_CHARS).collect()
 }
 
 /// Error codes that say the caller's AWS identity may not do this (IAM can be fixed outside).

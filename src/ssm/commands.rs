@@ -347,10 +347,10 @@ where
     // throttling, timeouts, connection errors, the operator's own credentials) is transient.
     if let Some(failure) = super::role_credentials_failure(&error) {
         return match failure {
-            SsmError::AssumeRoleFailed(message) if with_role => (
+            failure @ SsmError::AssumeRoleFailed(_) if with_role => (
                 SendResult::Blocked {
                     reason: "AssumeRoleFailed",
-                    message: format!("could not assume the namespace's role: {message}"),
+                    message: failure.to_string(),
                 },
                 "AssumeRoleFailed",
             ),
