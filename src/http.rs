@@ -63,12 +63,7 @@ impl Health {
 
     /// The uids of every watched resource.
     pub fn live_uids(&self) -> HashSet<String> {
-        let stores = self.stores.lock().unwrap_or_else(PoisonError::into_inner);
-        stores
-            .iter()
-            .flat_map(Store::state)
-            .filter_map(|o| o.metadata.uid.clone())
-            .collect()
+        crate::watch::uids_in(&self.stores.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Counts watched resources by SSM status (`Unobserved` before the first answer).

@@ -85,15 +85,7 @@ pub fn watch(
             match event {
                 Ok(event) => {
                     health.set_failing(id, false);
-                    match event {
-                        Event::Delete(object) => {
-                            if let Some(uid) = object.uid() {
-                                gone.forget(&uid);
-                            }
-                        }
-                        Event::InitDone => gone.retain(&health.live_uids()),
-                        Event::Apply(_) | Event::Init | Event::InitApply(_) => {}
-                    }
+                    hand_over_gone(event, gone.as_ref(), || health.live_uids());
                 }
                 Err(error) => {
                     metrics.watch_failed();
@@ -187,14 +179,39 @@ impl CommandStores {
 
     /// The uids of every watched `Command`.
     pub fn live_uids(&self) -> HashSet<String> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .flat_map(Store::state)
-            .filter_map(|c| c.metadata.uid.clone())
-            .collect()
+        uids_in(&self.0.lock().unwrap_or_else(PoisonError::into_inner))
     }
+}
+
+/// Hands what a watch `event` says left the cache to `gone`: a deleted object, or after a
+/// (re-)list everything not in `live` (the uids the caches hold now).
+fn hand_over_gone<K: kube::Resource>(
+    event: &Event<K>,
+    gone: &dyn Forget,
+    live: impl FnOnce() -> HashSet<String>,
+) {
+    match event {
+        Event::Delete(object) => {
+            if let Some(uid) = object.uid() {
+                gone.forget(&uid);
+            }
+        }
+        Event::InitDone => gone.retain(&live()),
+        Event::Apply(_) | Event::Init | Event::InitApply(_) => {}
+    }
+}
+
+/// The uids of every object in `stores`.
+pub fn uids_in<K>(stores: &[Store<K>]) -> HashSet<String>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    stores
+        .iter()
+        .flat_map(Store::state)
+        .filter_map(|o| o.meta().uid.clone())
+        .collect()
 }
 
 /// Whether `store`'s watch has listed (its cache is filled), without waiting.
@@ -218,14 +235,10 @@ pub fn watch_commands(
     let stream = watcher::watcher(api, watcher::Config::default())
         .default_backoff()
         .reflect(writer)
-        .inspect(move |event| match event {
-            Ok(Event::Delete(object)) => {
-                if let Some(uid) = object.uid() {
-                    gone.forget(&uid);
-                }
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                hand_over_gone(event, gone.as_ref(), || stores.live_uids());
             }
-            Ok(Event::InitDone) => gone.retain(&stores.live_uids()),
-            Ok(Event::Apply(_) | Event::Init | Event::InitApply(_)) | Err(_) => {}
         })
         .applied_objects()
         .boxed();
