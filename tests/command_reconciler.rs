@@ -302,6 +302,26 @@ fn stored_with(object: &Command, applied: &Value, version: &str) -> Command {
     stored
 }
 
+/// Reconciles `stored` (resourceVersion "811", its last send not made) through a fresh
+/// intent and a send SSM accepts: the intent and the adopted status written.
+async fn send_again(
+    ctx: &Arc<CommandContext>,
+    mut api: ApiServer,
+    stored: &Command,
+) -> (Value, Value) {
+    let again = stored.clone();
+    let verifier = tokio::spawn(async move {
+        api.expect_event().await;
+        let intent = api.expect_status(&again, "811", 200).await;
+        let after = stored_with(&again, &intent, "8111");
+        api.expect_event().await;
+        let adopted = api.expect_status(&after, "8111", 200).await;
+        (intent, adopted)
+    });
+    run(ctx, stored).await.unwrap();
+    verifier.await.unwrap()
+}
+
 /// Reconciles a new Command whose `SendCommand` IAM refuses, through to its Stalled status:
 /// the reconcile's action, the Command as stored after it (resourceVersion "811"), the
 /// Warning Event, and the mock API server.
@@ -368,17 +388,7 @@ async fn a_throttled_send_is_made_again_with_a_fresh_intent_without_a_search() {
 
     // Then a fresh intent (same marker) and the send, never a search of ListCommands.
     tokio::time::sleep(retry).await;
-    let again = throttled.clone();
-    let verifier = tokio::spawn(async move {
-        api.expect_event().await;
-        let intent = api.expect_status(&again, "811", 200).await;
-        let after = stored_with(&again, &intent, "8111");
-        api.expect_event().await;
-        let adopted = api.expect_status(&after, "8111", 200).await;
-        (intent, adopted)
-    });
-    run(&ctx, &throttled).await.unwrap();
-    let (intent, adopted) = verifier.await.unwrap();
+    let (intent, adopted) = send_again(&ctx, api, &throttled).await;
     assert_eq!(intent["status"]["send"]["marker"], marker(UID, 1));
     assert_eq!(sim.calls("SendCommand"), 2);
     assert_eq!(
@@ -602,7 +612,7 @@ async fn commands_are_limited_across_namespaces_by_their_own_permits_and_never_b
 #[tokio::test]
 async fn a_send_refused_for_the_old_identity_is_made_again_once_the_namespace_role_changes() {
     let (ctx, sim, api) = fixture(Fence::open()).await;
-    let (action, stalled, _, mut api) = send_refused_by_iam(&ctx, &sim, api).await;
+    let (action, stalled, _, api) = send_refused_by_iam(&ctx, &sim, api).await;
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
 
     // The Command's watch has it cached (a second mock API server serves the watch).
@@ -640,17 +650,7 @@ async fn a_send_refused_for_the_old_identity_is_made_again_once_the_namespace_ro
     );
     // ... and sends again with a fresh intent (the same marker), without waiting the 300 s
     // re-check.
-    let again = stalled.clone();
-    let verifier = tokio::spawn(async move {
-        api.expect_event().await;
-        let intent = api.expect_status(&again, "811", 200).await;
-        let after = stored_with(&again, &intent, "8111");
-        api.expect_event().await;
-        let adopted = api.expect_status(&after, "8111", 200).await;
-        (intent, adopted)
-    });
-    run(&ctx, &stalled).await.unwrap();
-    let (intent, adopted) = verifier.await.unwrap();
+    let (intent, adopted) = send_again(&ctx, api, &stalled).await;
     assert_eq!(intent["status"]["send"]["marker"], marker(UID, 1));
     assert_eq!(sim.calls("SendCommand"), 2);
     assert_eq!(sim.sent().len(), 1, "the refused send created nothing");
