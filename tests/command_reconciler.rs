@@ -51,6 +51,15 @@ impl ApiServer {
         mock_api::body(request).await
     }
 
+    /// A new Command's first steps: the finalizer (stored at "8"), the "sending" Event, and
+    /// the intent written; returns the Command as stored after the intent (at "81").
+    async fn expect_intent(&mut self, object: &Command) -> Command {
+        let stored = self.expect_finalizer(object, "8").await;
+        self.expect_event().await;
+        let intent = self.expect_status(&stored, "8", 200).await;
+        stored_with(&stored, &intent, "81")
+    }
+
     /// The finalizer patch, carrying the resourceVersion it was decided on; answered with
     /// the object at resourceVersion `next`.
     async fn expect_finalizer(&mut self, object: &Command, next: &str) -> Command {
@@ -336,10 +345,7 @@ async fn send_refused_by_iam(
     ));
     let object = command(None);
     let verifier = tokio::spawn(async move {
-        let stored = api.expect_finalizer(&object, "8").await;
-        api.expect_event().await;
-        let intent = api.expect_status(&stored, "8", 200).await;
-        let after_intent = stored_with(&stored, &intent, "81");
+        let after_intent = api.expect_intent(&object).await;
         let event = api.expect_event().await;
         let stalled = api.expect_status(&after_intent, "81", 200).await;
         (stored_with(&after_intent, &stalled, "811"), event, api)
@@ -356,10 +362,7 @@ async fn a_throttled_send_is_made_again_with_a_fresh_intent_without_a_search() {
     sim.inject_send(ssm_sim::SendFault::Throttle);
     let object = command(None);
     let verifier = tokio::spawn(async move {
-        let stored = api.expect_finalizer(&object, "8").await;
-        api.expect_event().await;
-        let intent = api.expect_status(&stored, "8", 200).await;
-        let after_intent = stored_with(&stored, &intent, "81");
+        let after_intent = api.expect_intent(&object).await;
         let retry = api.expect_status(&after_intent, "81", 200).await;
         (stored_with(&after_intent, &retry, "811"), api)
     });
