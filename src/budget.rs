@@ -5,6 +5,10 @@
 //! configured rate (additive increase), so the whole fleet backs off together instead of every
 //! resource retrying on its own.
 //!
+//! Calls are served in the order they ask: each reserves the next token at once (the bucket
+//! may go into debt) and waits until it is due, so no caller is passed over while others win
+//! the race for each new token.
+//!
 //! [`Bucket`] is the pure state machine (time is passed in); [`Budget`] shares it and waits.
 
 use std::sync::{Mutex, PoisonError};
@@ -15,7 +19,7 @@ pub const MIN_RATE: f64 = 0.5;
 /// Share of the configured rate regained per second without throttling.
 pub const RECOVERY_PER_SECOND: f64 = 0.02;
 
-/// Token bucket with an adaptive rate.
+/// Token bucket with an adaptive rate; negative tokens are reservations not yet due.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Bucket {
     max_rate: f64,
@@ -49,18 +53,20 @@ impl Bucket {
         self.tokens = (self.tokens + self.rate * elapsed).min(self.rate.max(1.0));
     }
 
-    /// Takes a token at `now`, or says how long to wait before asking again.
-    pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
+    /// Reserves a token at `now`; returns how long to wait until it is due (zero: call now).
+    /// Callers are served in the order they reserve.
+    pub fn reserve(&mut self, now: Instant) -> Duration {
         self.refill(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
         } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+            Duration::from_secs_f64(-self.tokens / self.rate)
         }
     }
 
-    /// SSM throttled a call: halve the rate and drop the saved burst.
+    /// SSM throttled a call: halve the rate and drop the saved burst (reservations already
+    /// made keep their times; later ones pay off the debt at the new rate).
     pub fn throttled(&mut self, now: Instant) {
         self.refill(now);
         self.rate = (self.rate / 2.0).max(MIN_RATE);
@@ -82,16 +88,14 @@ impl Budget {
         }
     }
 
-    /// Waits until a call may be made.
+    /// Waits until a call may be made (first come, first served).
     pub async fn acquire(&self) {
-        loop {
-            let wait = {
-                let mut bucket = self.bucket.lock().unwrap_or_else(PoisonError::into_inner);
-                match bucket.take(Instant::now()) {
-                    Ok(()) => return,
-                    Err(wait) => wait,
-                }
-            };
+        let wait = self
+            .bucket
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reserve(Instant::now());
+        if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
     }
@@ -116,16 +120,17 @@ impl Budget {
 mod tests {
     use super::*;
 
+    /// Calls a caller that reserves and waits, over and over, makes within `window`.
     fn takes_within(bucket: &mut Bucket, start: Instant, window: Duration) -> u32 {
         let mut now = start;
         let mut taken = 0;
-        while now < start + window {
-            match bucket.take(now) {
-                Ok(()) => taken += 1,
-                Err(wait) => now += wait.max(Duration::from_micros(1)),
+        loop {
+            now += bucket.reserve(now);
+            if now >= start + window {
+                return taken;
             }
+            taken += 1;
         }
-        taken
     }
 
     #[test]
@@ -147,7 +152,7 @@ mod tests {
             bucket.throttled(t0);
         }
         assert_eq!(bucket.rate(), MIN_RATE);
-        assert!(bucket.take(t0).is_err(), "the saved burst is dropped");
+        assert!(!bucket.reserve(t0).is_zero(), "the saved burst is dropped");
     }
 
     #[test]
@@ -167,10 +172,24 @@ mod tests {
         let t0 = Instant::now();
         let mut bucket = Bucket::new(10.0, t0);
         for _ in 0..10 {
-            bucket.take(t0).unwrap();
+            assert_eq!(bucket.reserve(t0), Duration::ZERO, "the saved burst");
         }
-        let wait = bucket.take(t0).unwrap_err();
+        let wait = bucket.reserve(t0);
         assert!((wait.as_secs_f64() - 0.1).abs() < 1e-6, "{wait:?}");
-        assert!(bucket.take(t0 + wait).is_ok());
+    }
+
+    #[test]
+    fn callers_are_served_in_the_order_they_ask() {
+        let t0 = Instant::now();
+        let mut bucket = Bucket::new(10.0, t0);
+        for _ in 0..10 {
+            bucket.reserve(t0);
+        }
+        // Three callers ask at once with the burst spent: each gets the next slot in turn.
+        let waits: Vec<u128> = (0..3).map(|_| bucket.reserve(t0).as_millis()).collect();
+        assert_eq!(waits, [100, 200, 300]);
+        // A caller asking later queues behind them, whatever the timing of its wake-ups.
+        let later = t0 + Duration::from_millis(50);
+        assert_eq!(bucket.reserve(later).as_millis(), 350);
     }
 }
