@@ -267,14 +267,19 @@ impl Ssm {
         }
     }
 
-    /// Waits for the budget, then counts the call's outcome (and a throttle) when it is done.
-    async fn call<T>(
+    /// Waits for the budget, then makes the call and counts its outcome (and a throttle).
+    /// The SDK's request future (~20 KB) is made and boxed only once the budget lets the
+    /// call go, so the calls queued for the budget stay small.
+    async fn call<T, F>(
         &self,
         operation: &'static str,
-        call: impl std::future::Future<Output = Result<T, SsmError>>,
-    ) -> Result<T, SsmError> {
+        make: impl FnOnce() -> F,
+    ) -> Result<T, SsmError>
+    where
+        F: std::future::Future<Output = Result<T, SsmError>>,
+    {
         self.budget.acquire().await;
-        let result = call.await;
+        let result = Box::pin(make()).await;
         let outcome = match &result {
             Ok(_) => "success",
             Err(e) => e.reason(),
@@ -313,10 +318,9 @@ impl Ssm {
             .command_id(command_id)
             .details(true)
             .max_results(PAGE_SIZE)
-            .set_next_token(next_token)
-            .send();
-        self.call("ListCommandInvocations", async {
-            let out = request.await.map_err(|e| classify(e, with_role))?;
+            .set_next_token(next_token);
+        self.call("ListCommandInvocations", || async move {
+            let out = request.send().await.map_err(|e| classify(e, with_role))?;
             Ok(Page {
                 invocations: out.command_invocations().iter().map(Listed::from).collect(),
                 next_token: out.next_token().map(str::to_string),
@@ -374,10 +378,10 @@ impl Ssm {
             .get_command_invocation()
             .command_id(&key.command_id)
             .instance_id(&key.instance_id)
-            .set_plugin_name(key.plugin_name.clone())
-            .send();
-        self.call("GetCommandInvocation", async {
+            .set_plugin_name(key.plugin_name.clone());
+        self.call("GetCommandInvocation", || async move {
             request
+                .send()
                 .await
                 .map(Invocation::from)
                 .map_err(|e| classify(e, with_role))

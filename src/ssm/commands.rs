@@ -123,15 +123,14 @@ impl Ssm {
             .customize()
             .config_override(
                 aws_sdk_ssm::config::Builder::new().retry_config(RetryConfig::disabled()),
-            )
-            .send();
+            );
         self.budget.acquire().await;
         if Timestamp::now() > not_after {
             return SendResult::NotCreated {
                 message: "the send waited too long for the SSM budget and was not made".into(),
             };
         }
-        let (result, outcome) = match request.await {
+        let (result, outcome) = match request.send().await {
             Ok(out) => match out.command().and_then(|c| c.command_id()) {
                 Some(id) => (
                     SendResult::Accepted {
@@ -187,11 +186,10 @@ impl Ssm {
                 .list_commands()
                 .set_filters(Some(filters.clone()))
                 .max_results(COMMANDS_PAGE)
-                .set_next_token(next_token)
-                .send();
+                .set_next_token(next_token);
             let page = self
-                .call("ListCommands", async {
-                    request.await.map_err(|e| classify(e, with_role))
+                .call("ListCommands", || async move {
+                    request.send().await.map_err(|e| classify(e, with_role))
                 })
                 .await;
             let page = match page {
@@ -238,10 +236,9 @@ impl Ssm {
             .client(&scope.region, &scope.role)
             .await
             .list_commands()
-            .command_id(command_id)
-            .send();
-        self.call("ListCommands", async {
-            let out = request.await.map_err(|e| classify(e, with_role))?;
+            .command_id(command_id);
+        self.call("ListCommands", || async move {
+            let out = request.send().await.map_err(|e| classify(e, with_role))?;
             Ok(out.commands().first().map(CommandSummary::from))
         })
         .await
@@ -263,11 +260,10 @@ impl Ssm {
                 .list_command_invocations()
                 .command_id(command_id)
                 .max_results(super::PAGE_SIZE)
-                .set_next_token(next_token)
-                .send();
+                .set_next_token(next_token);
             let page = self
-                .call("ListCommandInvocations", async {
-                    request.await.map_err(|e| classify(e, with_role))
+                .call("ListCommandInvocations", || async move {
+                    request.send().await.map_err(|e| classify(e, with_role))
                 })
                 .await?;
             nodes.extend(
@@ -289,10 +285,10 @@ impl Ssm {
             .client(&scope.region, &scope.role)
             .await
             .cancel_command()
-            .command_id(command_id)
-            .send();
-        self.call("CancelCommand", async {
+            .command_id(command_id);
+        self.call("CancelCommand", || async move {
             request
+                .send()
                 .await
                 .map(|_| ())
                 .map_err(|e| classify(e, with_role))
