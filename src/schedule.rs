@@ -89,6 +89,13 @@ impl RoundClock {
         delay
     }
 
+    /// A step is read outside the rounds (a new resource) and more news may follow soon: the
+    /// backoff starts over and the next round comes no later than `by`.
+    pub fn restart_backoff(&mut self, by: Instant) {
+        self.attempt = 0;
+        self.due = self.due.min(by);
+    }
+
     /// Something new needs an answer (a resource or spec change): due now, backoff reset.
     pub fn hurry(&mut self, now: Instant) {
         self.attempt = 0;
@@ -164,6 +171,24 @@ mod tests {
             Duration::from_secs(4),
             "backoff restarted: one step past min"
         );
+    }
+
+    #[test]
+    fn restarting_the_backoff_brings_a_far_round_closer_and_never_delays_one() {
+        let t0 = Instant::now();
+        let recheck = Duration::from_secs(300);
+        let mut clock = RoundClock::due_at(t0);
+        for _ in 0..4 {
+            clock.after_round(false, false, IV, recheck, t0, 0.5);
+        }
+        assert_eq!(clock.due, t0 + IV.max, "backed off to max");
+        clock.restart_backoff(t0 + IV.min);
+        assert_eq!(clock.due, t0 + IV.min);
+        clock.restart_backoff(t0 + IV.max);
+        assert_eq!(clock.due, t0 + IV.min, "never later than it was");
+        clock.start();
+        let next = clock.after_round(false, false, IV, recheck, t0, 0.5);
+        assert_eq!(next, Duration::from_secs(4), "one step past min");
     }
 
     #[test]

@@ -8,12 +8,16 @@
 //! (a stream per controller), and their reconcile maps the answer and writes. A reconcile never
 //! waits on SSM. Every call takes a token from the process-wide SSM budget (in [`Ssm`]).
 //!
+//! A new resource (or a new generation) is read like a hinted node (below), and its command's
+//! backoff starts over: one Get while few are new, one walk when many are (start-up).
+//!
 //! If List keeps failing (an endpoint or IAM policy without it), rounds fall back to one
 //! `GetCommandInvocation` per step and try List again now and then.
 //!
 //! Push (`--sqs-queue-url`): an event that a node reached a terminal state is a hint: within
 //! [`HINT_COALESCE`] the hinted nodes of a command are read with one `GetCommandInvocation`
-//! each (or one List walk when that is cheaper), so a finished invocation costs one read. While
+//! each (or one List walk when that is cheaper: a walk costs every page of the command's
+//! listing, [`Command::walk_pages`]), so a finished invocation costs one read. While
 //! the queue delivers, regular rounds slow to the backstop interval (`--push-backstop`), never
 //! stopping: delivery is best effort.
 
@@ -115,12 +119,35 @@ struct Command {
     /// Shared with the reconciles that read them (an answer is ~400 bytes).
     answers: HashMap<Step, Arc<Answer>>,
     clock: RoundClock,
-    running: bool,
+    /// A walk runs (a regular round, or hinted nodes too many for Gets): one at a time, so a
+    /// busy budget's queue holds at most one page per command.
+    walking: bool,
+    /// A round reading hinted nodes with one Get each runs.
+    getting: bool,
     list_failures: u32,
     rounds: u32,
-    /// Nodes an event said reached a terminal state, to read at `hint_due`.
+    /// Nodes to read at `hint_due` without a whole round: an event said they reached a
+    /// terminal state, or their resource is new (no answer yet).
     hinted: HashSet<String>,
     hint_due: Option<Instant>,
+    /// Pages in the command's listing, as far as walks have seen (SSM keeps every node of a
+    /// command, so a walk costs this many calls however few nodes are still tracked).
+    walk_pages: usize,
+}
+
+impl Command {
+    /// What a walk costs, in pages: [`Command::walk_pages`], at least one per 50 steps.
+    fn walk_cost(&self) -> usize {
+        self.walk_pages
+            .max(self.members.len().div_ceil(crate::ssm::PAGE_SIZE as usize))
+    }
+
+    /// Reads `node` within [`HINT_COALESCE`], together with the other hinted nodes.
+    fn hint(&mut self, node: &str, now: Instant) {
+        self.hinted.insert(node.to_string());
+        let due = now + HINT_COALESCE;
+        self.hint_due = Some(self.hint_due.map_or(due, |d| d.min(due)));
+    }
 }
 
 #[derive(Debug, Default)]
@@ -244,9 +271,7 @@ impl Tracker {
                         .values()
                         .any(|m| m.step.instance_id == *node)
                     {
-                        command.hinted.insert(node.clone());
-                        let due = now + HINT_COALESCE;
-                        command.hint_due = Some(command.hint_due.map_or(due, |d| d.min(due)));
+                        command.hint(node, now);
                         any = true;
                     }
                 }
@@ -301,6 +326,11 @@ impl Tracker {
             instance_id: key.instance_id.clone(),
             plugin_name: key.plugin_name.clone(),
         };
+        let soon = if self.push_active(now) {
+            self.backstop
+        } else {
+            self.intervals.min
+        };
         let mut state = self.state();
         if state
             .command_of
@@ -319,11 +349,13 @@ impl Tracker {
                 members: HashMap::new(),
                 answers: HashMap::new(),
                 clock: RoundClock::due_at(now),
-                running: false,
+                walking: false,
+                getting: false,
                 list_failures: 0,
                 rounds: 0,
                 hinted: HashSet::new(),
                 hint_due: None,
+                walk_pages: 0,
             });
         let answer = command.answers.get(&step).cloned();
         let member = command
@@ -346,7 +378,12 @@ impl Tracker {
         }
         let first_seen = member.first_seen;
         if new_generation || answer.is_none() {
-            command.clock.hurry(now);
+            // Read like a hinted node: one Get while few are new, one walk for many (at
+            // start-up, while thousands are tracked in a few seconds).
+            // The rounds that follow come at the first interval again.
+            let node = member.step.instance_id.clone();
+            command.hint(&node, now);
+            command.clock.restart_backoff(now + soon);
             self.changed.notify_one();
         }
         self.report_sizes(state);
@@ -484,8 +521,8 @@ impl Tracker {
             let (due, next) = self.start_due(now);
             let woken = self.turn(now);
             self.wake(woken);
-            for (key, regular) in due {
-                rounds.spawn(self.clone().round(key, regular));
+            for (key, kind) in due {
+                rounds.spawn(self.clone().round(key, kind));
             }
             let sleep = next
                 .map_or(Duration::from_secs(1), |at| {
@@ -510,26 +547,39 @@ impl Tracker {
         take_deferred(&mut state, DEFERRED_PER_TURN)
     }
 
-    /// Marks the commands due at `now` as running; returns them (and whether the round is a
-    /// regular one, or only reads hinted nodes) and the next due time.
-    fn start_due(&self, now: Instant) -> (Vec<(CommandKey, bool)>, Option<Instant>) {
+    /// Marks the rounds due at `now` as running; returns them (and their kind) and the next
+    /// due time. A command runs at most one walk and one round of Gets at once.
+    fn start_due(&self, now: Instant) -> (Vec<(CommandKey, RoundKind)>, Option<Instant>) {
         let mut state = self.state();
         let mut due = Vec::new();
         let mut next: Option<Instant> = None;
         for (key, command) in state.commands.iter_mut() {
-            if command.running {
+            if !command.walking && command.clock.due <= now {
+                // The round asks about every step, hinted ones included.
+                command.walking = true;
+                command.hint_due = None;
+                command.rounds = command.rounds.wrapping_add(1);
+                due.push((key.clone(), RoundKind::Regular));
+            }
+            // Hinted nodes are read beside a running walk when Gets will do; a second walk
+            // waits for the first (its end wakes this loop).
+            let kind = if command.hinted.len() <= command.walk_cost() {
+                (!command.getting).then_some(RoundKind::Gets)
+            } else {
+                (!command.walking).then_some(RoundKind::HintWalk)
+            };
+            let hint_due = command.hint_due.filter(|_| kind.is_some());
+            if let (Some(kind), Some(true)) = (kind, hint_due.map(|at| at <= now)) {
+                match kind {
+                    RoundKind::Gets => command.getting = true,
+                    _ => command.walking = true,
+                }
+                command.rounds = command.rounds.wrapping_add(1);
+                due.push((key.clone(), kind));
                 continue;
             }
-            let regular = command.clock.due <= now;
-            let hinted = command.hint_due.is_some_and(|at| at <= now);
-            if regular || hinted {
-                command.running = true;
-                command.rounds = command.rounds.wrapping_add(1);
-                due.push((key.clone(), regular));
-            } else {
-                let at = command
-                    .hint_due
-                    .map_or(command.clock.due, |h| h.min(command.clock.due));
+            let regular_due = (!command.walking).then_some(command.clock.due);
+            if let Some(at) = [regular_due, hint_due].into_iter().flatten().min() {
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
         }
@@ -537,12 +587,12 @@ impl Tracker {
     }
 
     /// What a round of `key` asks about: the steps tracked now (which answer every hurry so
-    /// far, for a `regular` round), and the hinted nodes, taken. `None`: the command is gone.
-    fn take_round(&self, key: &CommandKey, regular: bool) -> Option<RoundStart> {
+    /// far, for a regular round), and the hinted nodes, taken. `None`: the command is gone.
+    fn take_round(&self, key: &CommandKey, kind: RoundKind) -> Option<RoundStart> {
         let mut state = self.state();
         let command = state.commands.get_mut(key)?;
         let steps: HashSet<Step> = command.members.values().map(|m| m.step.clone()).collect();
-        if regular {
+        if kind == RoundKind::Regular {
             command.clock.start();
         }
         let use_list = command.list_failures < LIST_FAILURES_TOLERATED
@@ -556,27 +606,26 @@ impl Tracker {
     }
 
     /// One round of one command: ask SSM, keep the answers, wake whose answer changed. A
-    /// round that is not `regular` only reads the nodes events hinted at.
-    async fn round(self: Arc<Self>, key: CommandKey, regular: bool) {
+    /// round that is not regular reads the hinted nodes (a walk answers the others too).
+    async fn round(self: Arc<Self>, key: CommandKey, kind: RoundKind) {
         let Some(RoundStart {
             steps,
             use_list,
             hinted,
-        }) = self.take_round(&key, regular)
+        }) = self.take_round(&key, kind)
         else {
             return;
         };
-        let pages = steps.len().div_ceil(crate::ssm::PAGE_SIZE as usize);
         let hinted: Vec<Step> = steps
             .iter()
             .filter(|s| hinted.contains(&s.instance_id))
             .cloned()
             .collect();
-        if !regular && hinted.len() <= pages {
-            // Fewer hinted nodes than pages in a walk: one Get each is the cheapest read.
+        if kind == RoundKind::Gets {
+            // No more hinted nodes than pages in a walk: one Get each is the cheapest read.
             let asked_at = Time(Timestamp::now());
             let fresh = self.get_each(&key, hinted).await;
-            self.keep(&key, fresh, asked_at, false, false);
+            self.keep(&key, fresh, asked_at, false, kind);
             return;
         }
         let mut fresh: Vec<(Step, Result<Invocation, SsmError>)> = Vec::new();
@@ -620,7 +669,7 @@ impl Tracker {
         gets.truncate(MAX_GETS_PER_ROUND);
         let asked_at = Time(Timestamp::now());
         fresh.extend(self.get_each(&key, gets).await);
-        self.keep(&key, fresh, asked_at, news || more_left, regular);
+        self.keep(&key, fresh, asked_at, news || more_left, kind);
     }
 
     /// Walks every page of the command, keeping each page's answers as it arrives (a node
@@ -635,6 +684,7 @@ impl Tracker {
         let mut unclear = Vec::new();
         let mut token = None;
         let mut failed = None;
+        let mut pages = 0;
         for _ in 0..MAX_PAGES {
             let asked_at = Time(Timestamp::now());
             let mut answered = Vec::new();
@@ -662,11 +712,15 @@ impl Tracker {
                     }
                 }
             }
+            pages += 1;
             news |= self.absorb(key, answered, &asked_at);
             token = page.next_token.filter(|t| !t.is_empty());
             if token.is_none() || wanted.is_empty() {
                 break;
             }
+        }
+        if let Some(command) = self.state().commands.get_mut(key) {
+            command.walk_pages = command.walk_pages.max(pages);
         }
         let not_listed = wanted.into_values().flatten().cloned().collect();
         let walked = Walked {
@@ -764,6 +818,11 @@ impl Tracker {
             for (step, result) in fresh {
                 let known = command.answers.get(&step).map(|a| &a.result);
                 let same = match (known, &result) {
+                    // A round that ran beside another read this node before it finished: an
+                    // invocation never leaves a terminal state, so the later answer stands.
+                    (Some(Ok(old)), Ok(new)) if is_terminal(&old.status) => {
+                        old == new || !is_terminal(&new.status)
+                    }
                     (Some(Ok(old)), Ok(new)) => old == new || only_elapsed_time_ticked(old, new),
                     (Some(old), new) => old == new,
                     (None, _) => false,
@@ -807,7 +866,7 @@ impl Tracker {
         fresh: Vec<(Step, Result<Invocation, SsmError>)>,
         asked_at: Time,
         news: bool,
-        regular: bool,
+        kind: RoundKind,
     ) {
         let news = self.absorb(key, fresh, &asked_at) || news;
         let now = Instant::now();
@@ -838,7 +897,7 @@ impl Tracker {
                         .is_some_and(|a| a.result.as_ref().is_ok_and(|i| is_terminal(&i.status)))
             });
             // A hint-only round leaves the regular rounds' clock alone.
-            if regular {
+            if kind == RoundKind::Regular {
                 command.clock.after_round(
                     news,
                     only_rare,
@@ -848,10 +907,24 @@ impl Tracker {
                     fastrand::f64(),
                 );
             }
-            command.running = false;
+            match kind {
+                RoundKind::Gets => command.getting = false,
+                RoundKind::Regular | RoundKind::HintWalk => command.walking = false,
+            }
         }
         self.changed.notify_one();
     }
+}
+
+/// What a round reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RoundKind {
+    /// Every tracked step, on the command's clock.
+    Regular,
+    /// The hinted nodes, with one `GetCommandInvocation` each.
+    Gets,
+    /// The hinted nodes, too many for Gets, with a walk (which answers every step).
+    HintWalk,
 }
 
 /// What a round asks about, taken when it starts.
@@ -859,7 +932,7 @@ struct RoundStart {
     steps: HashSet<Step>,
     /// List, or (while List keeps failing) Get per step.
     use_list: bool,
-    /// Nodes events hinted at since the last round.
+    /// Nodes hinted at since the last round.
     hinted: HashSet<String>,
 }
 

@@ -268,11 +268,11 @@ fn a_resource_tracked_while_its_commands_round_runs_is_asked_right_after_that_ro
     let (due, _) = tracker.start_due(started);
     assert_eq!(
         due,
-        [(command_key(COMMAND_A), true)],
+        [(command_key(COMMAND_A), RoundKind::Regular)],
         "a new command is due at once"
     );
     let round = tracker
-        .take_round(&command_key(COMMAND_A), true)
+        .take_round(&command_key(COMMAND_A), RoundKind::Regular)
         .expect("tracked");
     assert_eq!(round.steps.len(), 1, "the round asks about r1");
     // r2 is created meanwhile (its node's event, if any, came before it was tracked and
@@ -284,12 +284,148 @@ fn a_resource_tracked_while_its_commands_round_runs_is_asked_right_after_that_ro
         vec![answer("r1", "InProgress", "PT1S")],
         asked,
         true,
-        true,
+        RoundKind::Regular,
     );
-    let (due, next) = tracker.start_due(Instant::now());
+    let (due, next) = tracker.start_due(Instant::now() + HINT_COALESCE);
     assert_eq!(
         due,
-        [(command_key(COMMAND_A), true)],
+        [(command_key(COMMAND_A), RoundKind::Gets)],
         "r2 is not left waiting for the next interval (next due: {next:?})"
     );
+    let round = tracker
+        .take_round(&command_key(COMMAND_A), RoundKind::Gets)
+        .expect("tracked");
+    assert_eq!(
+        round.hinted,
+        HashSet::from(["i-r2".to_string()]),
+        "only r2's node is read"
+    );
+}
+
+#[test]
+fn new_resources_are_read_with_a_get_each_while_fewer_than_a_walks_pages() {
+    let (tracker, _) = tracker();
+    let key = command_key(COMMAND_A);
+    track(&tracker, "ops", "r00", COMMAND_A);
+    let (due, _) = tracker.start_due(Instant::now());
+    assert_eq!(due, [(key.clone(), RoundKind::Regular)]);
+    tracker
+        .take_round(&key, RoundKind::Regular)
+        .expect("tracked");
+    // That walk saw 10 pages (500 nodes), though one resource is tracked.
+    tracker
+        .state()
+        .commands
+        .get_mut(&key)
+        .expect("tracked")
+        .walk_pages = 10;
+    let asked = Time(Timestamp::now());
+    tracker.keep(
+        &key,
+        vec![answer("r00", "InProgress", "PT1S")],
+        asked.clone(),
+        true,
+        RoundKind::Regular,
+    );
+
+    for i in 1..=3 {
+        track(&tracker, "ops", &format!("r{i:02}"), COMMAND_A);
+    }
+    let soon = Instant::now() + HINT_COALESCE;
+    let (due, _) = tracker.start_due(soon);
+    assert_eq!(
+        due,
+        [(key.clone(), RoundKind::Gets)],
+        "three Gets, not a 10-page walk"
+    );
+    let round = tracker.take_round(&key, RoundKind::Gets).expect("tracked");
+    assert_eq!(round.hinted.len(), 3);
+    tracker.keep(&key, vec![], asked, false, RoundKind::Gets);
+
+    for i in 4..=14 {
+        track(&tracker, "ops", &format!("r{i:02}"), COMMAND_A);
+    }
+    let (due, _) = tracker.start_due(soon + HINT_COALESCE);
+    assert_eq!(
+        due,
+        [(key, RoundKind::HintWalk)],
+        "eleven: one walk is cheaper"
+    );
+}
+
+fn hint_node(tracker: &Tracker, uid: &str) {
+    tracker.hint(&crate::events::Hint {
+        region: None,
+        command_id: COMMAND_A.into(),
+        instance_id: Some(format!("i-{uid}")),
+        status: "Success".into(),
+    });
+}
+
+#[test]
+fn a_hinted_node_is_read_beside_a_running_round_unless_that_needs_a_second_walk() {
+    let (tracker, _) = tracker();
+    let key = command_key(COMMAND_A);
+    for uid in ["r1", "r2", "r3"] {
+        track(&tracker, "ops", uid, COMMAND_A);
+    }
+    let (due, _) = tracker.start_due(Instant::now());
+    assert_eq!(
+        due,
+        [(key.clone(), RoundKind::Regular)],
+        "a new command's regular round"
+    );
+    tracker
+        .take_round(&key, RoundKind::Regular)
+        .expect("tracked");
+
+    // r1's node finished while the round walks: one Get reads it, without waiting.
+    hint_node(&tracker, "r1");
+    let (due, _) = tracker.start_due(Instant::now() + HINT_COALESCE);
+    assert_eq!(due, [(key.clone(), RoundKind::Gets)]);
+    let round = tracker.take_round(&key, RoundKind::Gets).expect("tracked");
+    assert_eq!(round.hinted, HashSet::from(["i-r1".to_string()]));
+
+    // The hint round ends; two nodes finish, more than the one page a walk of them costs:
+    // that read waits for the running walk to end, and the loop does not spin meanwhile.
+    let asked = Time(Timestamp::now());
+    tracker.keep(
+        &key,
+        vec![answer("r1", "Success", "PT1S")],
+        asked.clone(),
+        true,
+        RoundKind::Gets,
+    );
+    hint_node(&tracker, "r2");
+    hint_node(&tracker, "r3");
+    let later = Instant::now() + HINT_COALESCE;
+    let (due, next) = tracker.start_due(later);
+    assert!(due.is_empty(), "{due:?}");
+    assert_eq!(next, None, "nothing to wait for but the running round");
+
+    // The walk ends: the hinted nodes are read now.
+    tracker.keep(&key, vec![], asked, true, RoundKind::Regular);
+    let (due, _) = tracker.start_due(later);
+    assert_eq!(due, [(key, RoundKind::HintWalk)], "one walk reads both");
+}
+
+#[test]
+fn a_terminal_answer_is_never_replaced_by_an_older_read_of_a_running_step() {
+    let (tracker, _) = tracker();
+    let mut wakes = Box::pin(tracker.wakes(None));
+    track(&tracker, "ops", "a1", COMMAND_A);
+    let key = command_key(COMMAND_A);
+    let asked = Time(Timestamp::now());
+    assert!(tracker.absorb(&key, vec![answer("a1", "Success", "PT4S")], &asked));
+    assert_eq!(woken(&mut wakes), ["ci-a1"]);
+    // A walk page read before the node finished arrives after the Get that saw it finish.
+    assert!(!tracker.absorb(&key, vec![answer("a1", "InProgress", "PT3S")], &asked));
+    assert!(woken(&mut wakes).is_empty());
+    let kept = tracker.state().commands[&key]
+        .answers
+        .values()
+        .next()
+        .cloned();
+    let status = kept.and_then(|a| a.result.clone().ok()).map(|i| i.status);
+    assert_eq!(status.as_deref(), Some("Success"));
 }
