@@ -93,6 +93,7 @@ config:
   logFormat: json
   httpBindAddress: "::"
   httpPort: 9090
+  ssmMaxRate: 150
 aws: {region: eu-west-1, endpointUrl: "https://ssm.eu-west-1.amazonaws.com"}
 namespaceRoles: {enabled: true, stsEndpointUrl: "https://sts.eu-west-1.amazonaws.com"}
 push: {sqsQueueUrl: "https://sqs.eu-west-1.amazonaws.com/111122223333/ssm-events", backstop: 1m, sqsEndpointUrl: "https://sqs.eu-west-1.amazonaws.com"}
@@ -269,7 +270,8 @@ check "everything: STS endpoint" eq "$(env_value everything AWS_ENDPOINT_URL_STS
 check "everything: namespaces readable for roles" has everything 'resources: \["namespaces"\]'
 check "defaults: no namespace access without namespace roles" hasnt defaults 'resources: \["namespaces"\]'
 check "defaults: namespace roles off" eq "$(env_value defaults SSM_OPERATOR_NAMESPACE_ROLES)" '"false"'
-check "defaults: SSM budget" eq "$(env_value defaults SSM_OPERATOR_SSM_MAX_RATE)" '"100"'
+check "defaults: SSM budget left to the operator" hasnt defaults 'name: SSM_OPERATOR_SSM_MAX_RATE$'
+check "everything: SSM budget" eq "$(env_value everything SSM_OPERATOR_SSM_MAX_RATE)" '"150"'
 check "defaults: no queue without a URL" hasnt defaults 'name: SSM_OPERATOR_SQS_QUEUE_URL$'
 check "everything: queue URL" eq "$(env_value everything SSM_OPERATOR_SQS_QUEUE_URL)" '"https://sqs.eu-west-1.amazonaws.com/111122223333/ssm-events"'
 check "everything: backstop" eq "$(env_value everything SSM_OPERATOR_PUSH_BACKSTOP)" '"1m"'

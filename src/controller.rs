@@ -62,7 +62,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         sqs_queue_url = ?args.sqs_queue_url,
         push_backstop = ?args.push_backstop,
         ssm_attempt_timeout = ?args.ssm_attempt_timeout,
-        ssm_max_rate = args.ssm_max_rate,
+        ssm_max_rate = args.ssm_rate(),
         max_concurrent_reconciles = args.max_concurrent_reconciles,
         send_commands = args.send_commands,
         allowed_documents = ?args.allowed_documents,
@@ -72,7 +72,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let client = kube_client().await?;
     let metrics = Arc::new(Metrics::new());
     let ssm =
-        Arc::new(Ssm::from_env(metrics.clone(), args.ssm_attempt_timeout, args.ssm_max_rate).await);
+        Arc::new(Ssm::from_env(metrics.clone(), args.ssm_attempt_timeout, args.ssm_rate()).await);
     match ssm.default_region() {
         Some(region) => info!(region, "SSM default region"),
         None => warn!(
