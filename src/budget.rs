@@ -7,7 +7,8 @@
 //!
 //! Calls are served in the order they ask: each reserves the next token at once (the bucket
 //! may go into debt) and waits until it is due, so no caller is passed over while others win
-//! the race for each new token.
+//! the race for each new token. A throttle forgives the debt and makes every waiting call
+//! reserve again, at the new rate.
 //!
 //! [`Bucket`] is the pure state machine (time is passed in); [`Budget`] shares it and waits.
 
@@ -26,6 +27,8 @@ pub struct Bucket {
     rate: f64,
     tokens: f64,
     updated: Instant,
+    /// Throttles so far: a reservation made before the latest one is void.
+    throttles: u64,
 }
 
 impl Bucket {
@@ -37,6 +40,7 @@ impl Bucket {
             rate: max_rate,
             tokens: max_rate,
             updated: now,
+            throttles: 0,
         }
     }
 
@@ -65,12 +69,18 @@ impl Bucket {
         }
     }
 
-    /// SSM throttled a call: halve the rate and drop the saved burst (reservations already
-    /// made keep their times; later ones pay off the debt at the new rate).
+    /// Throttles so far; a reservation made under an older count must be made again.
+    pub fn throttles(&self) -> u64 {
+        self.throttles
+    }
+
+    /// SSM throttled a call: halve the rate, drop the saved burst and void every reservation
+    /// (their callers reserve again, at the new rate).
     pub fn throttled(&mut self, now: Instant) {
         self.refill(now);
         self.rate = (self.rate / 2.0).max(MIN_RATE);
-        self.tokens = self.tokens.min(0.0);
+        self.tokens = 0.0;
+        self.throttles = self.throttles.wrapping_add(1);
     }
 }
 
@@ -88,15 +98,22 @@ impl Budget {
         }
     }
 
-    /// Waits until a call may be made (first come, first served).
+    /// Waits until a call may be made (first come, first served; again at the new rate if
+    /// SSM throttled meanwhile).
     pub async fn acquire(&self) {
-        let wait = self
-            .bucket
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .reserve(Instant::now());
-        if !wait.is_zero() {
+        loop {
+            let (wait, throttles) = {
+                let mut bucket = self.bucket.lock().unwrap_or_else(PoisonError::into_inner);
+                (bucket.reserve(Instant::now()), bucket.throttles())
+            };
+            if wait.is_zero() {
+                return;
+            }
             tokio::time::sleep(wait).await;
+            let bucket = self.bucket.lock().unwrap_or_else(PoisonError::into_inner);
+            if bucket.throttles() == throttles {
+                return;
+            }
         }
     }
 
@@ -176,6 +193,45 @@ mod tests {
         }
         let wait = bucket.reserve(t0);
         assert!((wait.as_secs_f64() - 0.1).abs() < 1e-6, "{wait:?}");
+    }
+
+    #[test]
+    fn a_throttle_forgives_the_queue_and_voids_its_reservations() {
+        let t0 = Instant::now();
+        let mut bucket = Bucket::new(10.0, t0);
+        for _ in 0..30 {
+            bucket.reserve(t0);
+        }
+        let before = bucket.throttles();
+        bucket.throttled(t0);
+        assert_ne!(
+            bucket.throttles(),
+            before,
+            "waiting callers must reserve again"
+        );
+        // The 20 queued calls reserve again at 5/s: the first waits one slot, not the debt.
+        assert_eq!(bucket.reserve(t0).as_millis(), 200);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_waiting_when_ssm_throttles_goes_out_at_the_new_rate() {
+        let budget = Budget::new(10.0);
+        for _ in 0..10 {
+            budget.acquire().await;
+        }
+        let start = tokio::time::Instant::now();
+        let waiting = budget.acquire();
+        tokio::pin!(waiting);
+        // Its slot is 100 ms away; SSM throttles another call 50 ms in.
+        assert!(futures::poll!(waiting.as_mut()).is_pending());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        budget.throttled();
+        waiting.await;
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(250),
+            "reserved again at 5/s after the throttle, not at 10/s: {waited:?}"
+        );
     }
 
     #[test]
