@@ -219,7 +219,10 @@ mod tests {
         };
         assert_eq!(rate(&[]), 100.0);
         assert_eq!(rate(&["--sqs-queue-url", "https://q"]), 200.0);
-        assert_eq!(rate(&["--sqs-queue-url", "https://q", "--ssm-max-rate", "50"]), 50.0);
+        assert_eq!(
+            rate(&["--sqs-queue-url", "https://q", "--ssm-max-rate", "50"]),
+            50.0
+        );
         assert_eq!(rate(&["--ssm-max-rate", "300"]), 300.0);
         for bad in ["0", "-1", "NaN", "inf", "lots"] {
             let parsed = Cli::try_parse_from(["ssm-operator", "run", "--ssm-max-rate", bad]);

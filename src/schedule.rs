@@ -33,8 +33,8 @@ pub fn backoff(intervals: PollIntervals, attempt: u32, unit: f64) -> Duration {
 /// When one command's next round is due: at once when first tracked; then from `min` again
 /// after a round that brought news, else one backoff step further (up to `max`); every
 /// `recheck` while all its tracked steps are stalled on errors an outside fix can cure. A
-/// hurry while a round runs (a resource tracked after the round took its list of steps) makes
-/// the next round due as soon as this one ends.
+/// hurry while a round runs (a command-level event after the round took its list of steps)
+/// makes the next round due as soon as this one ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RoundClock {
     attempt: u32,
@@ -90,13 +90,15 @@ impl RoundClock {
     }
 
     /// A step is read outside the rounds (a new resource) and more news may follow soon: the
-    /// backoff starts over and the next round comes no later than `by`.
+    /// backoff starts over and the next round comes no later than `by` (a round running now
+    /// schedules the next one from its own end, from the first interval).
     pub fn restart_backoff(&mut self, by: Instant) {
         self.attempt = 0;
         self.due = self.due.min(by);
     }
 
-    /// Something new needs an answer (a resource or spec change): due now, backoff reset.
+    /// Something new needs a whole round (an event said the command changed): due now,
+    /// backoff reset.
     pub fn hurry(&mut self, now: Instant) {
         self.attempt = 0;
         self.due = self.due.min(now);
@@ -201,7 +203,7 @@ mod tests {
         };
         let mut clock = RoundClock::due_at(t0);
         clock.start();
-        // A resource of this command is tracked after the round took its steps.
+        // A command-level event comes after the round took its steps.
         clock.hurry(t0 + Duration::from_millis(10));
         let end = t0 + Duration::from_millis(500);
         assert_eq!(

@@ -53,6 +53,8 @@ const MAX_GETS_PER_ROUND: usize = 50;
 const GETS_IN_FLIGHT: usize = 8;
 /// A walk stops after this many pages (100,000 nodes), whatever SSM says.
 const MAX_PAGES: usize = 2000;
+/// Regular rounds under push come this share of the backstop sooner, at most.
+const BACKSTOP_JITTER: f64 = 0.2;
 /// Hints arriving within this window are read together.
 pub const HINT_COALESCE: Duration = Duration::from_millis(100);
 /// The queue counts as delivering while its last SSM event is younger than this.
@@ -130,8 +132,9 @@ struct Command {
     /// terminal state, or their resource is new (no answer yet).
     hinted: HashSet<String>,
     hint_due: Option<Instant>,
-    /// Pages in the command's listing, as far as walks have seen (SSM keeps every node of a
-    /// command, so a walk costs this many calls however few nodes are still tracked).
+    /// The most pages a walk of the command has read. SSM keeps every node of a command, so
+    /// a walk that must find a node on the last page costs this many calls however few nodes
+    /// are still tracked (a walk stops once it has seen every tracked node).
     walk_pages: usize,
 }
 
@@ -305,7 +308,8 @@ impl Tracker {
     }
 
     /// Tracks the resource `uid` (its step `key`, its `generation`) and returns what is known.
-    /// A new resource, a new generation or a step without an answer makes its command due now.
+    /// A new resource, a new generation or a step without an answer is read like a hinted node
+    /// (within [`HINT_COALESCE`]), and its command's backoff starts over.
     pub fn track(
         &self,
         uid: &str,
@@ -621,8 +625,9 @@ impl Tracker {
             .filter(|s| hinted.contains(&s.instance_id))
             .cloned()
             .collect();
-        if kind == RoundKind::Gets {
-            // No more hinted nodes than pages in a walk: one Get each is the cheapest read.
+        if kind == RoundKind::Gets || (kind == RoundKind::HintWalk && !use_list) {
+            // No more hinted nodes than pages in a walk: one Get each is the cheapest read
+            // (and the only one while List keeps failing).
             let asked_at = Time(Timestamp::now());
             let fresh = self.get_each(&key, hinted).await;
             self.keep(&key, fresh, asked_at, false, kind);
@@ -818,11 +823,13 @@ impl Tracker {
             for (step, result) in fresh {
                 let known = command.answers.get(&step).map(|a| &a.result);
                 let same = match (known, &result) {
-                    // A round that ran beside another read this node before it finished: an
-                    // invocation never leaves a terminal state, so the later answer stands.
-                    (Some(Ok(old)), Ok(new)) if is_terminal(&old.status) => {
-                        old == new || !is_terminal(&new.status)
-                    }
+                    // An invocation never leaves a terminal state: a read that says otherwise
+                    // (a walk page read before the node finished, beside the Get that saw it
+                    // finish) or failed is older news, and the terminal answer stands.
+                    (Some(Ok(old)), new) if is_terminal(&old.status) => match new {
+                        Ok(new) => old == new || !is_terminal(&new.status),
+                        Err(_) => true,
+                    },
                     (Some(Ok(old)), Ok(new)) => old == new || only_elapsed_time_ticked(old, new),
                     (Some(old), new) => old == new,
                     (None, _) => false,
@@ -871,10 +878,11 @@ impl Tracker {
         let news = self.absorb(key, fresh, &asked_at) || news;
         let now = Instant::now();
         // While the queue delivers, regular rounds come every backstop interval, no slower, so
-        // a lost event delays an update by at most that long.
+        // a lost event delays an update by at most that long; up to a fifth sooner (jitter), so
+        // that commands tracked together do not all walk, and write, at once.
         let intervals = if self.push_active(now) {
             PollIntervals {
-                min: self.backstop,
+                min: self.backstop.mul_f64(1.0 - BACKSTOP_JITTER),
                 max: self.backstop,
             }
         } else {

@@ -420,6 +420,10 @@ fn a_terminal_answer_is_never_replaced_by_an_older_read_of_a_running_step() {
     assert_eq!(woken(&mut wakes), ["ci-a1"]);
     // A walk page read before the node finished arrives after the Get that saw it finish.
     assert!(!tracker.absorb(&key, vec![answer("a1", "InProgress", "PT3S")], &asked));
+    // Nor does a read that failed (a throttle) take the final answer away.
+    let (step, _) = answer("a1", "Success", "PT4S");
+    let throttled = Err(SsmError::Throttled("Rate exceeded".into()));
+    assert!(!tracker.absorb(&key, vec![(step, throttled)], &asked));
     assert!(woken(&mut wakes).is_empty());
     let kept = tracker.state().commands[&key]
         .answers
