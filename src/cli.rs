@@ -106,11 +106,12 @@ pub struct RunArgs {
     pub push_backstop: Duration,
 
     /// SSM calls per second for the whole process (halved on throttling, recovering slowly).
-    /// Default: 100, or 200 with --sqs-queue-url (see [`RunArgs::ssm_rate`]).
+    /// Default: 100, or 200 with --sqs-queue-url.
     #[arg(long, env = "SSM_OPERATOR_SSM_MAX_RATE", value_parser = parse_rate)]
     pub ssm_max_rate: Option<f64>,
 
-    /// Reconciles at once per kind (status writes in flight), across all watched namespaces.
+    /// Reconciles at once per kind that write (status writes in flight), across all watched
+    /// namespaces; up to 4x as many run, so those with nothing to write never wait for writes.
     #[arg(long, env = "SSM_OPERATOR_MAX_CONCURRENT_RECONCILES", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_concurrent_reconciles: u16,
 

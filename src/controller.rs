@@ -34,6 +34,9 @@ use crate::tracker::Tracker;
 use crate::watch::watch as watch_invocations;
 use crate::{Error, OPERATOR_NAME};
 
+/// Reconciles that run at once per kind, per `--max-concurrent-reconciles` write permit.
+const RECONCILES_PER_WRITE: u16 = 4;
+
 /// A resource stalled on an error an outside fix can cure is asked again after this many
 /// `--poll-interval-max` (5 minutes by default).
 const RECHECK_FACTOR: u32 = 10;
@@ -301,7 +304,13 @@ async fn run_controllers(
     }
     let apis: Vec<(Option<String>, Api<CommandInvocation>)> = apis_for(&client, &args.namespaces);
     let command_apis: Vec<(Option<String>, Api<Command>)> = apis_for(&client, &args.namespaces);
-    let config = controller::Config::default().concurrency(args.max_concurrent_reconciles);
+    // Writes in flight are bounded by the permits; more reconciles than that run at once so
+    // that those with nothing to write (tracking a resource, putting off a progress write)
+    // are not stuck behind the writes.
+    let config = controller::Config::default().concurrency(
+        args.max_concurrent_reconciles
+            .saturating_mul(RECONCILES_PER_WRITE),
+    );
     let mut stores = Vec::new();
     let runs = apis.into_iter().map(|(namespace, api)| {
         let watched = watch_invocations(api, health.clone(), ctx.metrics.clone(), ctx.clone());

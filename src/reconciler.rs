@@ -8,7 +8,8 @@
 //!
 //! A reconcile acts on what is really stored: when the watch cache has not yet shown this
 //! process's last write, it uses that write ([`StatusWriter::fresher`]). At most
-//! `--max-concurrent-reconciles` reconciles run at once, across all watched namespaces.
+//! `--max-concurrent-reconciles` reconciles write at once, across all watched namespaces; one
+//! with nothing to write never waits for them.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -46,7 +47,8 @@ pub struct Context {
     pub intervals: PollIntervals,
     /// Process metrics.
     pub metrics: Arc<Metrics>,
-    /// `--max-concurrent-reconciles` permits, shared by every watched namespace.
+    /// `--max-concurrent-reconciles` permits for status writes (and their Events), shared by
+    /// every watched namespace.
     pub permits: tokio::sync::Semaphore,
 }
 
@@ -72,8 +74,6 @@ pub async fn reconcile(object: Arc<CommandInvocation>, ctx: Arc<Context>) -> Res
 }
 
 async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Action, Error> {
-    // The semaphore is never closed; without a permit (impossible) the reconcile goes ahead.
-    let _permit = ctx.permits.acquire().await.ok();
     let fresher = ctx.writer.fresher(object);
     let object = fresher.as_ref().unwrap_or(object);
     let uid = object.uid().ok_or(Error::MissingObjectKey("uid"))?;
@@ -106,8 +106,18 @@ async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Ac
         waited,
     };
     let outcome = mapping::apply(current, &poll, &ctx.settings);
+    // Writes in flight are bounded; a reconcile with nothing to write (most, at start-up,
+    // where each resource is first only tracked) never waits for them. The semaphore is
+    // never closed; without a permit (impossible) the reconcile goes ahead.
+    let _permit = if outcome.write || outcome.note.is_some() {
+        ctx.permits.acquire().await.ok()
+    } else {
+        None
+    };
     // Final answers first: while they queue for the API server, a write that only shows
-    // progress waits (the tracker wakes this resource again once they are written).
+    // progress waits (the tracker wakes this resource again once they are written). Asked
+    // with the permit in hand, so a progress write that queued for it yields to the final
+    // answers that came meanwhile.
     if outcome.write && mapping::is_progress(&outcome.status) && ctx.tracker.defer(&uid) {
         debug!("progress write put off: final answers are waiting");
         return Ok(Action::await_change());
