@@ -111,7 +111,7 @@ pub struct RunArgs {
     pub ssm_max_rate: Option<f64>,
 
     /// Reconciles at once per kind that write (status writes in flight), across all watched
-    /// namespaces; up to 4x as many run, so those with nothing to write never wait for writes.
+    /// namespaces; up to twice as many run, so those with nothing to write never wait for writes.
     #[arg(long, env = "SSM_OPERATOR_MAX_CONCURRENT_RECONCILES", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_concurrent_reconciles: u16,
 

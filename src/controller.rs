@@ -35,7 +35,7 @@ use crate::watch::watch as watch_invocations;
 use crate::{Error, OPERATOR_NAME};
 
 /// Reconciles that run at once per kind, per `--max-concurrent-reconciles` write permit.
-const RECONCILES_PER_WRITE: u16 = 4;
+const RECONCILES_PER_WRITE: u16 = 2;
 
 /// A resource stalled on an error an outside fix can cure is asked again after this many
 /// `--poll-interval-max` (5 minutes by default).
