@@ -138,7 +138,6 @@ pub struct RunArgs {
     pub log_format: LogFormat,
 }
 
-/// A rate in calls per second: a finite number from 0.5 to 10,000.
 /// The SSM budget's default while the operator polls alone: rounds of List walks spend it, so it
 /// sets how often a large fleet's commands are walked (on the fleet benchmark: ~13× fewer
 /// calls than a 5 s waiter, lag p99 under 5 s).
@@ -160,6 +159,7 @@ impl RunArgs {
     }
 }
 
+/// A rate in calls per second: a finite number from 0.5 to 10,000.
 fn parse_rate(text: &str) -> Result<f64, String> {
     let rate: f64 = text.parse().map_err(|e| format!("{e}"))?;
     if rate.is_finite() && (0.5..=10_000.0).contains(&rate) {

@@ -383,8 +383,8 @@ impl Tracker {
         let first_seen = member.first_seen;
         if new_generation || answer.is_none() {
             // Read like a hinted node: one Get while few are new, one walk for many (at
-            // start-up, while thousands are tracked in a few seconds).
-            // The rounds that follow come at the first interval again.
+            // start-up, while thousands are tracked in a few seconds). The rounds that follow
+            // come at the first interval again.
             let node = member.step.instance_id.clone();
             command.hint(&node, now);
             command.clock.restart_backoff(now + soon);
@@ -576,7 +576,7 @@ impl Tracker {
             if let (Some(kind), Some(true)) = (kind, hint_due.map(|at| at <= now)) {
                 match kind {
                     RoundKind::Gets => command.getting = true,
-                    _ => command.walking = true,
+                    RoundKind::Regular | RoundKind::HintWalk => command.walking = true,
                 }
                 command.rounds = command.rounds.wrapping_add(1);
                 due.push((key.clone(), kind));
