@@ -400,9 +400,31 @@ struct Seen {
     code: Option<i32>,
 }
 
+/// One run of a variant: the phases of the module doc, in order. Returns the variant's
+/// summary line, or what broke (after printing the figures it had).
 async fn run(config: &Config, variant: Variant) -> Result<String, String> {
+    announce(config, variant);
+    // 1. The API server and the SSM simulator.
+    let testbed = start_testbed().await?;
+    let timelines = timelines(config);
+    // 2. All resources first, the operator not running yet.
+    create_invocations(config, &testbed.api).await?;
+    // 3. The bench's watch, then the commands sent.
+    let mut sent = watch_and_send(config, variant, &testbed, &timelines).await?;
+    // 4. The operator, right after the send, followed until every resource is Finished.
+    let mut running = start_operator(config, variant, &testbed, &sent)?;
+    let followed = follow_until_finished(config, &testbed.sim, &mut sent, &mut running).await;
+    // 5. The quiet window; the figures; then the operator stopped and the verdict.
+    let end = quiet_window(&testbed.sim, &running, &followed).await;
+    let figures = print_figures(
+        config, variant, &timelines, &sent, &running, &followed, &end,
+    );
+    stop_and_conclude(config, testbed, sent, running, followed, figures).await
+}
+
+/// The variant's header: the workload and what the operator runs with.
+fn announce(config: &Config, variant: Variant) {
     let n = config.n();
-    let throttled_variant = variant == Variant::Throttled;
     println!();
     println!(
         "== bench scale, variant {}: {} commands × {} instances = {n} CommandInvocations, \
@@ -413,7 +435,7 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
         config.instances,
         config.lead,
         config.spread,
-        if throttled_variant {
+        if variant == Variant::Throttled {
             format!(", SSM throttles above {} requests/s", config.rate_limit)
         } else {
             String::new()
@@ -443,17 +465,36 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
             format!(", operator environment {}", pairs.join(" "))
         },
     );
+}
+
+/// Phase 1's servers. Fields drop in this order: the simulator before the API server.
+struct Testbed {
+    /// The SSM simulator, in this process.
+    sim: Simulator,
+    /// The CommandInvocations of the bench's namespace.
+    api: Api<CommandInvocation>,
+    /// etcd and kube-apiserver.
+    cluster: TestCluster,
+}
+
+/// Phase 1: starts a real etcd + kube-apiserver, installs the shipped CRD and creates the
+/// bench's namespace, then starts the SSM simulator in this process.
+async fn start_testbed() -> Result<Testbed, String> {
     let cluster = TestCluster::start()
         .await
         .map_err(|e| format!("cannot start the test API server: {e}"))?;
     install_crd(&cluster).await?;
     let client = cluster.client().await.map_err(|e| e.to_string())?;
     create_namespace(&client).await?;
-    let api: Api<CommandInvocation> = Api::namespaced(client.clone(), NAMESPACE);
+    let api: Api<CommandInvocation> = Api::namespaced(client, NAMESPACE);
     let sim = Simulator::start().await.map_err(|e| e.to_string())?;
-    let timelines = timelines(config);
+    Ok(Testbed { sim, api, cluster })
+}
 
-    // All resources first, the operator not running yet.
+/// Phase 2: creates all N CommandInvocations (`CREATE_CONCURRENCY` in flight) and prints how
+/// long that took.
+async fn create_invocations(config: &Config, api: &Api<CommandInvocation>) -> Result<(), String> {
+    let n = config.n();
     let first_create = Instant::now();
     futures::stream::iter(0..n)
         .map(|k| {
@@ -484,10 +525,35 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
             n as f64 / creation.as_secs_f64()
         ),
     );
+    Ok(())
+}
 
-    let (finished_tx, mut finished_rx) = mpsc::unbounded_channel();
+/// Phase 3's outcome: when the commands were sent, the push variants' queue, and the bench's
+/// watch.
+struct Sent {
+    /// When the simulator got the commands.
+    at: Instant,
+    /// When the timelines start: `at` + `BENCH_LEAD`.
+    t0: Instant,
+    /// The SQS simulator the push variants' SSM events go to.
+    sqs: Option<SqsSimulator>,
+    /// Each resource the first time the watch sees it `Finished=True` (see [`watch_finished`]).
+    finished: mpsc::UnboundedReceiver<(String, Instant, Option<String>, Option<i32>)>,
+    /// The watch's task, aborted when following ends.
+    watch: tokio::task::JoinHandle<()>,
+}
+
+/// Phase 3: starts the bench's watch and waits for its initial list, then sends the commands
+/// (adds them to the simulator), the push variants' queue connected first.
+async fn watch_and_send(
+    config: &Config,
+    variant: Variant,
+    testbed: &Testbed,
+    timelines: &[Timeline],
+) -> Result<Sent, String> {
+    let (finished_tx, finished_rx) = mpsc::unbounded_channel();
     let (synced_tx, synced_rx) = oneshot::channel();
-    let watch = tokio::spawn(watch_finished(api.clone(), finished_tx, synced_tx));
+    let watch = tokio::spawn(watch_finished(testbed.api.clone(), finished_tx, synced_tx));
     synced_rx
         .await
         .map_err(|_| "the bench's watch ended before it synced".to_string())?;
@@ -495,7 +561,8 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
     // The commands are sent here, then the operator starts; the timelines start `lead` later.
     // Events are scheduled when a command is added, so the queue is connected (and its
     // faults set) first.
-    if throttled_variant {
+    let sim = &testbed.sim;
+    if variant == Variant::Throttled {
         sim.set_rate_limit(Some(config.rate_limit));
     }
     let sqs = if variant.push() {
@@ -507,9 +574,39 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
     } else {
         None
     };
-    let commands = scripted_commands(config, &timelines);
-    let sent = sim.add_commands(commands);
-    let t0 = sent + config.lead;
+    let commands = scripted_commands(config, timelines);
+    let at = sim.add_commands(commands);
+    Ok(Sent {
+        at,
+        t0: at + config.lead,
+        sqs,
+        finished: finished_rx,
+        watch,
+    })
+}
+
+/// The operator as phase 4 started it, and what its CPU figures count from.
+struct Running {
+    operator: Operator,
+    /// When it was started: the deadline and the CPU figures count from here.
+    started: Instant,
+    /// kube-apiserver, etcd and this process: what each is, and its pid.
+    others: [(&'static str, u32); 3],
+    /// Their CPU seconds at `started`.
+    cpu_before: [Option<f64>; 3],
+    /// Holds the operator's log unless `BENCH_OPERATOR_LOG` names one. Fields drop in order,
+    /// so the operator is killed before this is removed.
+    _scratch: tempfile::TempDir,
+}
+
+/// Phase 4, start: the real `ssm-operator run` with its default flags, plus the push
+/// variants' queue and `BENCH_OPERATOR_ARGS` / `BENCH_OPERATOR_ENV`.
+fn start_operator(
+    config: &Config,
+    variant: Variant,
+    testbed: &Testbed,
+    sent: &Sent,
+) -> Result<Running, String> {
     let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
     let log = match &config.operator_log {
         Some(path) if config.variants.len() > 1 => {
@@ -522,28 +619,63 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
     };
     let mut operator_args = Vec::new();
     let mut operator_env = Vec::new();
-    if let Some(sqs) = &sqs {
+    if let Some(sqs) = &sent.sqs {
         operator_args.extend(["--sqs-queue-url".to_string(), sqs.queue_url()]);
         operator_env.push(("AWS_ENDPOINT_URL_SQS".to_string(), sqs.endpoint()));
     }
     operator_args.extend(config.operator_args.iter().cloned());
     operator_env.extend(config.operator_env.iter().cloned());
-    let mut operator = Operator::start(
-        &cluster,
-        &sim.endpoint(),
+    let operator = Operator::start(
+        &testbed.cluster,
+        &testbed.sim.endpoint(),
         &log,
         &operator_args,
         &operator_env,
     )?;
-    let operator_start = Instant::now();
+    let started = Instant::now();
     let others = [
-        ("kube-apiserver", cluster.apiserver_pid()),
-        ("etcd", cluster.etcd_pid()),
+        ("kube-apiserver", testbed.cluster.apiserver_pid()),
+        ("etcd", testbed.cluster.etcd_pid()),
         ("bench (simulator, watch)", std::process::id()),
     ];
     let cpu_before = others.map(|(_, pid)| cpu_seconds(pid));
+    Ok(Running {
+        operator,
+        started,
+        others,
+        cpu_before,
+        _scratch: scratch,
+    })
+}
 
-    // Follow the watch until every resource is Finished.
+/// Phase 4's outcome: what the watch saw, and why and when following ended.
+struct Followed {
+    /// Per resource (index as in the timelines): what the watch saw first.
+    seen: Vec<Option<Seen>>,
+    /// How many of `seen` are set.
+    count: usize,
+    /// When the operator's `/readyz` first answered 200.
+    ready_at: Option<Instant>,
+    /// When following ended: when all were Finished, unless `broken`.
+    at: Instant,
+    /// The highest SSM call rate over windows of about a second.
+    peak_rate: f64,
+    /// Why following ended before all were Finished.
+    broken: Option<String>,
+}
+
+/// Phase 4, follow: the watch until every resource is `Finished=True` (or the watch ends, the
+/// operator exits, or `BENCH_DEADLINE` passes), with a progress line every `PROGRESS_EVERY`;
+/// then stops the watch.
+async fn follow_until_finished(
+    config: &Config,
+    sim: &Simulator,
+    sent: &mut Sent,
+    running: &mut Running,
+) -> Followed {
+    let n = config.n();
+    let operator_start = running.started;
+    let operator = &mut running.operator;
     let deadline = tokio::time::Instant::from_std(operator_start + config.deadline);
     let mut seen: Vec<Option<Seen>> = vec![None; n];
     let mut count = 0;
@@ -554,7 +686,7 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
     let mut broken: Option<String> = None;
     while count < n {
         tokio::select! {
-            got = finished_rx.recv() => match got {
+            got = sent.finished.recv() => match got {
                 Some((name, at, status, code)) => {
                     if let Some(k) = index_of(config, &name) {
                         if seen[k].is_none() {
@@ -583,7 +715,7 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
                     println!(
                         "  … {:>5.0} s after the commands were sent: {count} of {n} Finished, \
                          {} SSM calls, {} throttled",
-                        secs(now - sent),
+                        secs(now - sent.at),
                         sim.total_calls(),
                         sim.throttled()
                     );
@@ -599,9 +731,42 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
         }
     }
     let all_finished = Instant::now();
-    watch.abort();
-    let ssm_at_finish = SsmCounts::read(&sim);
-    let metrics_at_finish = if broken.is_none() {
+    sent.watch.abort();
+    Followed {
+        seen,
+        count,
+        ready_at,
+        at: all_finished,
+        peak_rate: rate.peak,
+        broken,
+    }
+}
+
+/// Counters read at the end of the run (phase 5).
+struct AtEnd {
+    /// The simulator's counters when following ended.
+    ssm_at_finish: SsmCounts,
+    /// The operator's metrics `WRITE_SETTLE` after all were Finished (none if something broke).
+    metrics_at_finish: Option<String>,
+    /// The simulator's counters after the quiet window.
+    ssm: SsmCounts,
+    /// The operator's metrics at the end (empty if it did not answer).
+    metrics: String,
+    /// The operator's CPU seconds, whole run.
+    operator_cpu: Option<f64>,
+    /// The operator's `VmHWM` in KiB.
+    peak_rss: Option<u64>,
+    /// The other processes' CPU from the operator's start, e.g. `etcd 1.2 s`.
+    cpu_others: Vec<String>,
+}
+
+/// Phase 5, quiet window: the SSM counters when all were Finished and `QUIET_WINDOW` later
+/// (no wait if something broke), then the operator's metrics, CPU and peak RSS, and the
+/// other processes' CPU.
+async fn quiet_window(sim: &Simulator, running: &Running, followed: &Followed) -> AtEnd {
+    let operator = &running.operator;
+    let ssm_at_finish = SsmCounts::read(sim);
+    let metrics_at_finish = if followed.broken.is_none() {
         // The operator counts a status write once its patch returns, which can be just
         // after the watch delivered the change.
         tokio::time::sleep(WRITE_SETTLE).await;
@@ -611,13 +776,14 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
     } else {
         None
     };
-    let ssm = SsmCounts::read(&sim);
+    let ssm = SsmCounts::read(sim);
     let metrics = operator.metrics().await.unwrap_or_default();
     let operator_cpu = operator.pid().and_then(cpu_seconds);
     let peak_rss = operator.peak_rss();
-    let cpu_others: Vec<String> = others
+    let cpu_others: Vec<String> = running
+        .others
         .iter()
-        .zip(&cpu_before)
+        .zip(&running.cpu_before)
         .map(|((what, pid), before)| {
             let used = cpu_seconds(*pid).zip(*before).map(|(a, b)| a - b);
             format!(
@@ -626,8 +792,80 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
             )
         })
         .collect();
+    AtEnd {
+        ssm_at_finish,
+        metrics_at_finish,
+        ssm,
+        metrics,
+        operator_cpu,
+        peak_rss,
+        cpu_others,
+    }
+}
 
-    // Figures.
+/// What the verdict needs from the figures.
+struct Figures {
+    /// Resources whose final status differs from the script.
+    wrong: Vec<String>,
+    /// The variant's line of the closing summary.
+    summary: String,
+}
+
+/// The figures (the module doc's "Printed for each variant"), as rows in a fixed order; also
+/// makes the variant's summary line.
+fn print_figures(
+    config: &Config,
+    variant: Variant,
+    timelines: &[Timeline],
+    sent: &Sent,
+    running: &Running,
+    followed: &Followed,
+    end: &AtEnd,
+) -> Figures {
+    let n = config.n();
+    timing_figures(config, timelines, sent, followed);
+    ssm_figures(config, variant, running.started, followed, end);
+    let operator_calls = end.ssm_at_finish.total;
+    let waiter_calls = waiter_figures(config, timelines, operator_calls);
+    let Lags { lags, wrong } = lag_figures(config, timelines, &followed.seen, sent.t0);
+    let push_summary = match &sent.sqs {
+        Some(sqs) => push_figures(
+            config,
+            variant,
+            sqs,
+            &end.metrics,
+            timelines,
+            &followed.seen,
+            sent.t0,
+            operator_calls,
+        ),
+        None => String::new(),
+    };
+    let writes = operator_figures(n, end);
+    let summary = format!(
+        "{}: N={n} all Finished {:.1} s after the timelines started; {operator_calls} SSM calls \
+         ({:.2}/invocation, {} throttled), 5 s waiter {waiter_calls} ({:.1}× the operator); \
+         lag p50 {:.2} s p99 {:.2} s max {:.2} s; {:.2} writes/resource; operator CPU {}, \
+         peak RSS {}{push_summary}",
+        variant.name(),
+        secs(followed.at - sent.t0),
+        operator_calls as f64 / n as f64,
+        end.ssm_at_finish.throttled,
+        waiter_calls as f64 / operator_calls.max(1) as f64,
+        secs(quantile(&lags, 50.0)),
+        secs(quantile(&lags, 99.0)),
+        secs(quantile(&lags, 100.0)),
+        writes / n as f64,
+        end.operator_cpu.map_or("?".into(), |s| format!("{s:.1} s")),
+        end.peak_rss
+            .map_or("?".into(), |kb| format!("{:.1} MiB", kb as f64 / 1024.0)),
+    );
+    Figures { wrong, summary }
+}
+
+/// When the operator was ready and when all were Finished.
+fn timing_figures(config: &Config, timelines: &[Timeline], sent: &Sent, followed: &Followed) {
+    let n = config.n();
     let last_terminal = timelines
         .iter()
         .map(|t| t.terminal)
@@ -635,26 +873,40 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
         .unwrap_or_default();
     row(
         "operator ready (/readyz)",
-        ready_at.map_or("not seen".into(), |at| {
+        followed.ready_at.map_or("not seen".into(), |at| {
             format!(
                 "{:.1} s after the commands were sent (their timelines start at {:.1} s)",
-                secs(at - sent),
+                secs(at - sent.at),
                 secs(config.lead)
             )
         }),
     );
     row(
         "all Finished",
-        if broken.is_none() {
+        if followed.broken.is_none() {
             format!(
                 "{:.1} s after the timelines started (last SSM terminal state at {:.1} s)",
-                secs(all_finished - t0),
+                secs(followed.at - sent.t0),
                 secs(last_terminal)
             )
         } else {
-            format!("no: {count} of {n}")
+            format!("no: {} of {n}", followed.count)
         },
     );
+}
+
+/// SSM calls by operation and in all, throttled answers, the operator's own count by outcome,
+/// the call rate, and the operator's SSM budget if it has one.
+fn ssm_figures(
+    config: &Config,
+    variant: Variant,
+    operator_start: Instant,
+    followed: &Followed,
+    end: &AtEnd,
+) {
+    let n = config.n();
+    let ssm_at_finish = &end.ssm_at_finish;
+    let metrics = &end.metrics;
     let operator_calls = ssm_at_finish.total;
     row(
         "SSM calls (simulator)",
@@ -669,7 +921,7 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
         format!(
             "{}{}",
             ssm_at_finish.throttled,
-            if throttled_variant {
+            if variant == Variant::Throttled {
                 format!(
                     " = {:.1} % of calls (limit {} requests/s)",
                     percent(ssm_at_finish.throttled, operator_calls),
@@ -682,14 +934,14 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
     );
     row(
         "SSM calls (operator, by outcome)",
-        by_label(&metrics, "ssm_operator_ssm_calls_total", "outcome"),
+        by_label(metrics, "ssm_operator_ssm_calls_total", "outcome"),
     );
     row(
         "SSM call rate (simulator)",
         format!(
             "mean {:.1}/s from the operator's start, peak {:.1}/s (1 s windows)",
-            operator_calls as f64 / all_finished.duration_since(operator_start).as_secs_f64(),
-            rate.peak
+            operator_calls as f64 / followed.at.duration_since(operator_start).as_secs_f64(),
+            followed.peak_rate
         ),
     );
     if metrics.contains("ssm_operator_ssm_rate_limit ") {
@@ -697,12 +949,17 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
             "operator's SSM budget at the end",
             format!(
                 "{:.1} calls/s",
-                metric(&metrics, "ssm_operator_ssm_rate_limit", None)
+                metric(metrics, "ssm_operator_ssm_rate_limit", None)
             ),
         );
     }
+}
 
-    let (waiter_calls, mut waiter_lags) = waiter(&timelines, config.lead);
+/// The per-invocation waiter on the same timelines: its calls and lag, and how its calls
+/// compare with the operator's. Returns its calls.
+fn waiter_figures(config: &Config, timelines: &[Timeline], operator_calls: u64) -> u64 {
+    let n = config.n();
+    let (waiter_calls, mut waiter_lags) = waiter(timelines, config.lead);
     waiter_lags.sort();
     row(
         format!("{}s waiter, same timelines", WAITER_INTERVAL.as_secs()),
@@ -721,11 +978,30 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
             format!("{:.2}", waiter_calls as f64 / operator_calls as f64)
         },
     );
+    waiter_calls
+}
 
+/// The status lags of the Finished resources, and which of them ended wrong.
+struct Lags {
+    /// Each Finished resource's status lag after its SSM terminal state, sorted.
+    lags: Vec<Duration>,
+    /// Resources whose final status differs from the script, described.
+    wrong: Vec<String>,
+}
+
+/// Status lag after SSM's terminal state, the slowest resources, and whether the final
+/// statuses are as scripted.
+fn lag_figures(
+    config: &Config,
+    timelines: &[Timeline],
+    seen: &[Option<Seen>],
+    t0: Instant,
+) -> Lags {
+    let n = config.n();
     let mut lags: Vec<Duration> = Vec::with_capacity(n);
     let mut slowest: Vec<(Duration, usize)> = Vec::with_capacity(n);
     let mut wrong: Vec<String> = Vec::new();
-    for (k, (t, s)) in timelines.iter().zip(&seen).enumerate() {
+    for (k, (t, s)) in timelines.iter().zip(seen).enumerate() {
         let Some(s) = s else { continue };
         lags.push(s.at.saturating_duration_since(t0 + t.terminal));
         slowest.push((s.at.saturating_duration_since(t0 + t.terminal), k));
@@ -790,21 +1066,15 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
             )
         },
     );
-    let push_summary = match &sqs {
-        Some(sqs) => push_figures(
-            config,
-            variant,
-            sqs,
-            &metrics,
-            &timelines,
-            &seen,
-            t0,
-            operator_calls,
-        ),
-        None => String::new(),
-    };
-    let writes = metric(&metrics, "ssm_operator_status_writes_total", None);
-    let events = metric(&metrics, "ssm_operator_events_total", None);
+    Lags { lags, wrong }
+}
+
+/// Status writes, Events and reconciles (operator metrics), the CPU and memory figures, and
+/// what happened in the quiet window. Returns the status writes.
+fn operator_figures(n: usize, end: &AtEnd) -> f64 {
+    let metrics = &end.metrics;
+    let writes = metric(metrics, "ssm_operator_status_writes_total", None);
+    let events = metric(metrics, "ssm_operator_events_total", None);
     row(
         "status writes",
         format!("{writes:.0} = {:.2} per resource", writes / n as f64),
@@ -817,64 +1087,65 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
         "reconciles",
         format!(
             "{:.0}, {:.0} errors",
-            metric(&metrics, "ssm_operator_reconciles_total", None),
-            metric(&metrics, "ssm_operator_reconcile_errors_total", None)
+            metric(metrics, "ssm_operator_reconciles_total", None),
+            metric(metrics, "ssm_operator_reconcile_errors_total", None)
         ),
     );
     row(
         "operator CPU, whole run",
-        operator_cpu.map_or("?".into(), |s| format!("{s:.1} s")),
+        end.operator_cpu.map_or("?".into(), |s| format!("{s:.1} s")),
     );
     row(
         "operator peak RSS (VmHWM)",
-        peak_rss.map_or("?".into(), |kb| format!("{:.1} MiB", kb as f64 / 1024.0)),
+        end.peak_rss
+            .map_or("?".into(), |kb| format!("{:.1} MiB", kb as f64 / 1024.0)),
     );
-    row("CPU from the operator's start", cpu_others.join(", "));
-    if let Some(at_finish) = &metrics_at_finish {
+    row("CPU from the operator's start", end.cpu_others.join(", "));
+    if let Some(at_finish) = &end.metrics_at_finish {
         row(
             format!("{QUIET_WINDOW:?} after all Finished"),
             format!(
                 "{} SSM calls, {:.0} status writes (from +{WRITE_SETTLE:?})",
-                ssm.total - ssm_at_finish.total,
+                end.ssm.total - end.ssm_at_finish.total,
                 writes - metric(at_finish, "ssm_operator_status_writes_total", None)
             ),
         );
     }
+    writes
+}
 
-    if let Some(problem) = broken {
-        report_missing(config, &api, &seen).await;
-        eprintln!("--- operator log (tail) ---\n{}", operator.log_tail());
+/// Phase 5, stop, and the verdict: if following broke off, what never finished and the
+/// operator's log tail, and that error; else the operator stopped (SIGTERM, exit 0 expected)
+/// and the servers shut down, then an error if a final status was wrong, else the summary.
+async fn stop_and_conclude(
+    config: &Config,
+    testbed: Testbed,
+    sent: Sent,
+    mut running: Running,
+    followed: Followed,
+    figures: Figures,
+) -> Result<String, String> {
+    if let Some(problem) = followed.broken {
+        report_missing(config, &testbed.api, &followed.seen).await;
+        eprintln!(
+            "--- operator log (tail) ---\n{}",
+            running.operator.log_tail()
+        );
         return Err(problem);
     }
-    operator.stop().await?;
-    if let Some(sqs) = sqs {
+    running.operator.stop().await?;
+    if let Some(sqs) = sent.sqs {
         sqs.shutdown().await;
     }
-    drop(sim);
-    drop(cluster);
-    if !wrong.is_empty() {
+    drop(testbed.sim);
+    drop(testbed.cluster);
+    if !figures.wrong.is_empty() {
         return Err(format!(
             "{} resources ended with a wrong status",
-            wrong.len()
+            figures.wrong.len()
         ));
     }
-    Ok(format!(
-        "{}: N={n} all Finished {:.1} s after the timelines started; {operator_calls} SSM calls \
-         ({:.2}/invocation, {} throttled), 5 s waiter {waiter_calls} ({:.1}× the operator); \
-         lag p50 {:.2} s p99 {:.2} s max {:.2} s; {:.2} writes/resource; operator CPU {}, \
-         peak RSS {}{push_summary}",
-        variant.name(),
-        secs(all_finished - t0),
-        operator_calls as f64 / n as f64,
-        ssm_at_finish.throttled,
-        waiter_calls as f64 / operator_calls.max(1) as f64,
-        secs(quantile(&lags, 50.0)),
-        secs(quantile(&lags, 99.0)),
-        secs(quantile(&lags, 100.0)),
-        writes / n as f64,
-        operator_cpu.map_or("?".into(), |s| format!("{s:.1} s")),
-        peak_rss.map_or("?".into(), |kb| format!("{:.1} MiB", kb as f64 / 1024.0)),
-    ))
+    Ok(figures.summary)
 }
 
 /// The push variants' own figures (printed as rows); returns a piece for the summary line.
