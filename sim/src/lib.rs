@@ -53,6 +53,7 @@ mod model;
 mod protocol;
 mod ratelimit;
 mod render;
+mod scenario;
 mod script;
 #[cfg(test)]
 mod send_tests;
@@ -65,9 +66,9 @@ pub mod sqs;
 pub mod sts;
 
 pub use faults::Fault;
+pub use scenario::Scenario;
 pub use script::{
-    Command, Invocation, Plugin, Scenario, Status, DEFAULT_DOCUMENT, DEFAULT_PLUGIN,
-    DEFAULT_S3_REGION,
+    Command, Invocation, Plugin, Status, DEFAULT_DOCUMENT, DEFAULT_PLUGIN, DEFAULT_S3_REGION,
 };
 pub use sending::{SendFault, Sent};
 pub use simulator::Simulator;

@@ -2,15 +2,17 @@
 //! scripts, the default timeline, tag targets that resolve over time), the documents it
 //! refuses, the faults only it suffers, and the records of what was sent and cancelled.
 //!
-//! The state ([`Sending`]) lives in the [`crate::model::Store`], under the same lock as the
-//! commands; the public handle is in [`crate::simulator_send`].
+//! The state ([`Sending`]) lives in the simulator's store (the `model` module), under the
+//! same lock as the commands; the public handle is [`crate::Simulator`]'s SendCommand
+//! methods (the `simulator_send` module), and the scenario-file shapes of this set-up are
+//! in the `scenario` module.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
-use crate::script::{millis, Invocation, Plugin, ScriptedError};
+use crate::script::{millis, Invocation, Plugin};
 
 /// The target key whose values are instance ids themselves, as in SSM.
 pub(crate) const INSTANCE_IDS_KEY: &str = "InstanceIds";
@@ -230,55 +232,6 @@ impl Sending {
         selected.sort_by_key(|&(_, after)| after);
         selected
     }
-}
-
-/// A per-instance script in a scenario file: an invocation without its instance id (the
-/// key it is filed under).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct InstanceScriptJson {
-    #[serde(default)]
-    plugins: Vec<Plugin>,
-    #[serde(default, rename = "hidden_ms", alias = "hiddenMs", with = "millis")]
-    hidden_for: Duration,
-    #[serde(default, alias = "alwaysError")]
-    always_error: Option<ScriptedError>,
-}
-
-impl InstanceScriptJson {
-    /// The script as an invocation on `instance_id`.
-    pub(crate) fn into_invocation(self, instance_id: String) -> Invocation {
-        let mut invocation = Invocation::new(instance_id);
-        invocation.plugins = self.plugins;
-        invocation.hidden_for = self.hidden_for;
-        invocation.always_error = self.always_error;
-        invocation
-    }
-}
-
-/// A tag target in a scenario file: `key` = `value` resolves to `instances`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct TargetJson {
-    pub(crate) key: String,
-    pub(crate) value: String,
-    #[serde(default)]
-    pub(crate) instances: Vec<TargetInstanceJson>,
-}
-
-/// One instance a [`TargetJson`] resolves to.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct TargetInstanceJson {
-    #[serde(alias = "instanceId")]
-    pub(crate) instance_id: String,
-    #[serde(
-        default,
-        rename = "appears_after_ms",
-        alias = "appearsAfterMs",
-        with = "millis"
-    )]
-    pub(crate) appears_after: Duration,
 }
 
 #[cfg(test)]

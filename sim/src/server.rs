@@ -4,7 +4,6 @@
 //! [`crate::serving::Server`] serves connections with.
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -20,7 +19,7 @@ use crate::model::Store;
 use crate::protocol::{CONTENT_TYPE as AMZ_JSON, TARGET_PREFIX};
 use crate::ratelimit::TokenBucket;
 use crate::sending::SendFault;
-use crate::serving::{json_operation, read_body, reply, Reply};
+use crate::serving::{json_operation, read_body, reply, DropConnection, Reply};
 
 /// Largest request body accepted.
 const BODY_LIMIT: usize = 4 * 1024 * 1024;
@@ -128,18 +127,6 @@ impl Shared {
         Duration::from_nanos(self.latency_nanos.load(Ordering::Relaxed))
     }
 }
-
-/// The service error that makes hyper close a connection without answering.
-#[derive(Debug)]
-pub(crate) struct DropConnection;
-
-impl fmt::Display for DropConnection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("connection dropped by an injected fault")
-    }
-}
-
-impl std::error::Error for DropConnection {}
 
 /// Answers one SSM request; `Err` drops the connection without an answer.
 pub(crate) async fn respond(

@@ -1,7 +1,8 @@
 //! The serving the SSM, STS and SQS simulators share: [`Server`] accepts connections on a
 //! listener, runs one hyper HTTP/1.1 service per connection around a handler, and on stop
 //! lets in-flight requests finish for up to two seconds; plus the small pieces of AWS
-//! requests and replies they share ([`json_operation`], [`read_body`], [`reply`]).
+//! requests and replies they share ([`json_operation`], [`read_body`], [`reply`]) and the
+//! handler error that closes a connection unanswered ([`DropConnection`]).
 
 use std::error::Error;
 use std::fmt;
@@ -69,6 +70,18 @@ where
         self(req, stop)
     }
 }
+
+/// The service error that makes hyper close a connection without answering.
+#[derive(Debug)]
+pub(crate) struct DropConnection;
+
+impl fmt::Display for DropConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("connection dropped by an injected fault")
+    }
+}
+
+impl Error for DropConnection {}
 
 /// A running server: the address it serves, its stop signal and the tasks that end on it
 /// (the accept loop, and any [`Server::spawn`] added). Dropping it tells them to stop.

@@ -6,7 +6,8 @@ use std::sync::{PoisonError, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use crate::model::Store;
-use crate::script::{Invocation, Plugin, Scenario};
+use crate::scenario::Scenario;
+use crate::script::{Invocation, Plugin};
 use crate::sending::{SendFault, Sent};
 use crate::Simulator;
 

@@ -40,8 +40,7 @@ use crate::clock::iso_instant;
 use crate::error::ApiError;
 use crate::faults::{Fault, FaultQueue, Hit};
 use crate::ids::uuid_v4;
-use crate::server::DropConnection;
-use crate::serving::{read_body, reply, Reply, Server, LOOPBACK};
+use crate::serving::{read_body, reply, DropConnection, Reply, Server, LOOPBACK};
 
 /// The XML namespace of STS's answers.
 const XMLNS: &str = "https://sts.amazonaws.com/doc/2011-06-15/";
