@@ -1,61 +1,24 @@
 //! ssm-operator: mirrors AWS Systems Manager Run Command invocations into `CommandInvocation`
 //! resources (`ssm.operator.dev/v1alpha1`), so `kubectl`, kstatus and GitOps tools can see them.
 //!
-//! Where things are decided:
-//! - [`api`]: the resource types the CRD is generated from;
-//! - [`ssm`]: the only code that talks to SSM (clients per region, error classes, budget);
-//! - [`budget`]: pure, the process-wide SSM rate (token bucket, halved on throttling);
-//! - [`tracker`]: asks SSM per command in rounds and wakes the resources whose answer changed;
-//! - [`batch`]: pure, what a `ListCommandInvocations` entry says about one tracked step;
-//! - [`sts`]: the only code that talks to STS (a namespace's role credentials);
-//! - [`sqs`]: the only code that talks to SQS (the push queue of SSM events);
-//! - [`events`]: pure, what an EventBridge message says (a hint to re-read SSM);
-//! - [`roles`]: which role each namespace's resources use (a watch of Namespace annotations);
-//! - [`mapping`]: pure, SSM answer + current status → new status, Event, next step;
-//! - [`conditions`]: the four conditions and their transition times;
-//! - [`output`]: bounding of stdout/stderr in the status;
-//! - [`schedule`]: pure, backoff with jitter and each command's round clock;
-//! - [`reconciler`]: the reconcile (the tracker's answer, map, Event, write);
-//! - [`send`]: pure, the exactly-once send of a `Command` generation (intent, marker, search);
-//! - [`command_status`]: pure, a `Command`'s status and conditions for each step of its run;
-//! - [`children`]: pure, the child `CommandInvocation` of a `Command` for one node;
-//! - [`command_reconciler`]: the reconcile of a `Command` (send or search, track, children,
-//!   cancel on deletion);
-//! - [`status_writer`]: server-side-apply status patches and Events;
-//! - [`watch`]: the watch of `CommandInvocation`s (cache, errors, readiness, deletes);
-//! - [`controller`]: wiring (watches per namespace, leader election, shutdown, HTTP);
-//! - [`leader`], [`metrics`], [`http`], [`telemetry`], [`cli`]: process plumbing.
+//! The tree, a folder per concern (each folder's `mod.rs` says what it owns):
+//! - [`api`]: the two kinds (`CommandInvocation`, `Command`), their schema and conditions;
+//! - [`invocation`]: a `CommandInvocation`'s reconcile and its pure status mapping;
+//! - [`command`]: a `Command`'s reconcile: the exactly-once send, its status, its children;
+//! - [`tracking`]: when SSM is asked, per command in rounds, and who is woken by the answer;
+//! - [`aws`]: the only code that talks to AWS (SSM, STS, SQS), the SSM budget, roles, events;
+//! - [`k8s`]: the only code that changes the cluster (the fenced writer), watches, leadership;
+//! - [`runtime`]: process wiring: controllers, HTTP, metrics, flags, logs, memory.
 
 #![warn(missing_docs)]
 
 pub mod api;
-pub mod batch;
-pub mod budget;
-pub mod children;
-pub mod cli;
-pub mod command_reconciler;
-pub mod command_status;
-pub mod conditions;
-pub mod controller;
-pub mod events;
-pub mod http;
-pub mod leader;
-pub mod mapping;
-pub mod memory;
-pub mod metrics;
-pub mod output;
-pub mod reconciler;
-pub mod roles;
-pub mod schedule;
-pub mod send;
-pub mod sqs;
-pub mod ssm;
-pub mod status_writer;
-pub mod sts;
-pub mod telemetry;
-pub mod tracker;
-pub mod wakers;
-pub mod watch;
+pub mod aws;
+pub mod command;
+pub mod invocation;
+pub mod k8s;
+pub mod runtime;
+pub mod tracking;
 
 /// The name the operator uses as field manager, Event reporter and User-Agent product.
 pub const OPERATOR_NAME: &str = "ssm-operator";

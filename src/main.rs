@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use kube::CustomResourceExt;
 use ssm_operator::api::{Command as SsmCommand, CommandInvocation};
-use ssm_operator::cli::{Cli, Command, CrdKind};
-use ssm_operator::{controller, telemetry};
+use ssm_operator::runtime::cli::{Cli, Command, CrdKind};
+use ssm_operator::runtime::{controller, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -32,7 +32,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run(args) => {
-            ssm_operator::memory::tune_allocator();
+            ssm_operator::runtime::memory::tune_allocator();
             telemetry::init(args.log_format);
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,

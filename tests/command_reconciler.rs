@@ -14,14 +14,14 @@ use kube::runtime::controller::Action;
 use kube::Client;
 use serde_json::{json, Value};
 use ssm_operator::api::{Command, CommandSpec, CommandStatus, SendRecord};
-use ssm_operator::command_reconciler::{reconcile, CommandContext, FINALIZER};
-use ssm_operator::leader::Fence;
-use ssm_operator::metrics::Metrics;
-use ssm_operator::roles::Roles;
-use ssm_operator::schedule::PollIntervals;
-use ssm_operator::send::{marker, Policy};
-use ssm_operator::ssm::Ssm;
-use ssm_operator::status_writer::StatusWriter;
+use ssm_operator::aws::roles::Roles;
+use ssm_operator::aws::ssm::Ssm;
+use ssm_operator::command::reconcile::{reconcile, CommandContext, FINALIZER};
+use ssm_operator::command::send::{marker, Policy};
+use ssm_operator::k8s::leader::Fence;
+use ssm_operator::k8s::writer::StatusWriter;
+use ssm_operator::runtime::metrics::Metrics;
+use ssm_operator::tracking::schedule::PollIntervals;
 use ssm_sim::{Plugin, Simulator};
 use tokio::sync::Semaphore;
 
@@ -441,9 +441,9 @@ async fn a_send_iam_refuses_stalls_as_access_denied_and_is_not_retried_at_once()
 #[tokio::test]
 async fn commands_are_limited_across_namespaces_by_their_own_permits_and_never_block_invocations() {
     use ssm_operator::api::{CommandInvocation, CommandInvocationSpec};
-    use ssm_operator::mapping::Settings;
-    use ssm_operator::reconciler::{self, Context};
-    use ssm_operator::tracker::Tracker;
+    use ssm_operator::invocation::reconcile::{self as reconciler, Context};
+    use ssm_operator::invocation::status::Settings;
+    use ssm_operator::tracking::tracker::Tracker;
 
     // --max-concurrent-reconciles 1, as the operator wires it: one limit per kind, each
     // across all watched namespaces.

@@ -25,12 +25,12 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::TestCaseError;
 use serde_json::{json, Map, Value};
+use ssm_operator::api::conditions::{FINISHED, READY, RECONCILING, STALLED};
 use ssm_operator::api::CommandInvocationStatus;
-use ssm_operator::conditions::{FINISHED, READY, RECONCILING, STALLED};
-use ssm_operator::mapping::{self, Poll, Settings, TERMINAL_STATUSES};
-use ssm_operator::metrics::Metrics;
-use ssm_operator::output::CUT_MARKER;
-use ssm_operator::ssm::{Invocation, InvocationKey, Ssm, SsmError};
+use ssm_operator::aws::ssm::{Invocation, InvocationKey, Ssm, SsmError};
+use ssm_operator::invocation::status::{self as mapping, Poll, Settings, TERMINAL_STATUSES};
+use ssm_operator::k8s::output::CUT_MARKER;
+use ssm_operator::runtime::metrics::Metrics;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

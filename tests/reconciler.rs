@@ -22,15 +22,15 @@ use kube::runtime::controller::Action;
 use kube::Client;
 use serde_json::{json, Value};
 use ssm_operator::api::{CommandInvocation, CommandInvocationSpec, CommandInvocationStatus};
-use ssm_operator::leader::Fence;
-use ssm_operator::mapping::Settings;
-use ssm_operator::metrics::Metrics;
-use ssm_operator::reconciler::{error_policy, reconcile, Context};
-use ssm_operator::roles::Roles;
-use ssm_operator::schedule::PollIntervals;
-use ssm_operator::ssm::Ssm;
-use ssm_operator::status_writer::StatusWriter;
-use ssm_operator::tracker::Tracker;
+use ssm_operator::aws::roles::Roles;
+use ssm_operator::aws::ssm::Ssm;
+use ssm_operator::invocation::reconcile::{error_policy, reconcile, Context};
+use ssm_operator::invocation::status::Settings;
+use ssm_operator::k8s::leader::Fence;
+use ssm_operator::k8s::writer::StatusWriter;
+use ssm_operator::runtime::metrics::Metrics;
+use ssm_operator::tracking::schedule::PollIntervals;
+use ssm_operator::tracking::tracker::Tracker;
 use ssm_sim::{Command, Invocation, Plugin, Simulator, Status};
 
 const COMMAND_ID: &str = "8f2f6d1e-2b0c-4e4b-9a53-0c7b9f0e1a11";
@@ -654,7 +654,7 @@ async fn a_terminal_event_is_read_with_one_get_not_a_walk() {
     f.woken().await;
     assert_eq!(f.sim.calls("ListCommandInvocations"), 1);
 
-    let hint = ssm_operator::events::Hint {
+    let hint = ssm_operator::aws::eventbridge::Hint {
         region: None,
         command_id: COMMAND_ID.into(),
         instance_id: Some(INSTANCE_ID.into()),
@@ -662,7 +662,7 @@ async fn a_terminal_event_is_read_with_one_get_not_a_walk() {
     };
     // The event may arrive before SSM shows the change (it is a hint, not truth): hint again
     // until the read shows it, as repeated events would.
-    let key = ssm_operator::ssm::InvocationKey {
+    let key = ssm_operator::aws::ssm::InvocationKey {
         region: None,
         command_id: COMMAND_ID.into(),
         instance_id: INSTANCE_ID.into(),
@@ -818,7 +818,7 @@ async fn max_concurrent_reconciles_is_one_limit_across_namespaces() {
 
 #[tokio::test]
 async fn a_deleted_resource_is_forgotten_by_the_tracker_and_the_writer() {
-    use ssm_operator::watch::Forget;
+    use ssm_operator::k8s::watch::Forget;
 
     let (f, mut api) = fixture().await;
     let (_, objects) = fleet(2);

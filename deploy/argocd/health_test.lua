@@ -231,7 +231,7 @@ case("Stalled condition of an older generation is ignored", cinv(2, stale_stalle
 case("no metadata.generation", { metadata = { name = "x" }, status = succeeded(1) }, "Healthy", "Success")
 
 -- Command: the same script under the key ssm.operator.dev_Command. All four
--- conditions carry the same reason and message (src/command_status.rs).
+-- conditions carry the same reason and message (src/command/status.rs).
 local function command(generation, status)
   return {
     apiVersion = "ssm.operator.dev/v1alpha1",

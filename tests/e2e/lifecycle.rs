@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
-use ssm_operator::output::CUT_MARKER;
+use ssm_operator::k8s::output::CUT_MARKER;
 use ssm_sim::{Command, Fault, Invocation, Plugin, Simulator, Status};
 use testbed::TestCluster;
 

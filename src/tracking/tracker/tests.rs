@@ -354,7 +354,7 @@ fn new_resources_are_read_with_a_get_each_while_fewer_than_a_walks_pages() {
 }
 
 fn hint_node(tracker: &Tracker, uid: &str) {
-    tracker.hint(&crate::events::Hint {
+    tracker.hint(&crate::aws::eventbridge::Hint {
         region: None,
         command_id: COMMAND_A.into(),
         instance_id: Some(format!("i-{uid}")),

@@ -4,11 +4,11 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use crate::api::conditions::{self, Standing, READY};
 use crate::api::{CommandStatus, SendRecord};
-use crate::conditions::{self, Standing, READY};
-use crate::mapping::{is_terminal, Note};
-use crate::send::{DOCUMENT_NOT_ALLOWED, SENDING_DISABLED};
-use crate::ssm::{CommandSummary, Recovery, SsmError};
+use crate::aws::ssm::{CommandSummary, Recovery, SsmError};
+use crate::command::send::{DOCUMENT_NOT_ALLOWED, SENDING_DISABLED};
+use crate::invocation::status::{is_terminal, Note};
 
 /// Condition reason from the intent until SSM reports on the run: SSM's own first status
 /// (the contract's reasons are SSM statuses and the operator's named errors).
@@ -282,7 +282,7 @@ pub fn run_finished(status: &CommandStatus) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conditions::{is_true, FINISHED, RECONCILING, STALLED};
+    use crate::api::conditions::{is_true, FINISHED, RECONCILING, STALLED};
     use k8s_openapi::jiff::Timestamp;
 
     fn now(secs: i64) -> Time {

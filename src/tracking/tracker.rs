@@ -34,13 +34,13 @@ use tokio::task::JoinSet;
 use tracing::debug;
 
 use crate::api::CommandInvocation;
-use crate::batch::{self, FromList, Why};
-use crate::mapping::{is_terminal, only_elapsed_time_ticked, Next};
-use crate::metrics::Metrics;
-use crate::schedule::{PollIntervals, RoundClock};
-use crate::ssm::{Invocation, InvocationKey, Ssm, SsmError};
-use crate::sts::Role;
-use crate::wakers::Wakers;
+use crate::aws::ssm::{Invocation, InvocationKey, Ssm, SsmError};
+use crate::aws::sts::Role;
+use crate::invocation::status::{is_terminal, only_elapsed_time_ticked, Next};
+use crate::runtime::metrics::Metrics;
+use crate::tracking::entries::{self as batch, FromList, Why};
+use crate::tracking::schedule::{PollIntervals, RoundClock};
+use crate::tracking::wakers::Wakers;
 
 /// After this many failed List walks in a row, a transient error is shown on the resources and
 /// (unless SSM is throttling) rounds ask `GetCommandInvocation` per step instead.
@@ -141,8 +141,11 @@ struct Command {
 impl Command {
     /// What a walk costs, in pages: [`Command::walk_pages`], at least one per 50 steps.
     fn walk_cost(&self) -> usize {
-        self.walk_pages
-            .max(self.members.len().div_ceil(crate::ssm::PAGE_SIZE as usize))
+        self.walk_pages.max(
+            self.members
+                .len()
+                .div_ceil(crate::aws::ssm::PAGE_SIZE as usize),
+        )
     }
 
     /// Reads `node` within [`HINT_COALESCE`], together with the other hinted nodes.
@@ -255,7 +258,7 @@ impl Tracker {
 
     /// An SSM event (a hint, never truth): a node of a command reached a terminal state, or
     /// the whole command did. The hinted nodes are read shortly, together.
-    pub fn hint(&self, hint: &crate::events::Hint) {
+    pub fn hint(&self, hint: &crate::aws::eventbridge::Hint) {
         let now = Instant::now();
         self.push().last_event = Some(now);
         if !hint.is_terminal() {

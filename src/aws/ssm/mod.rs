@@ -22,9 +22,9 @@ use aws_sdk_ssm::Client;
 mod commands;
 pub use commands::{CommandSummary, Scope};
 
-use crate::budget::Budget;
-use crate::metrics::Metrics;
-use crate::sts::Role;
+use crate::aws::budget::Budget;
+use crate::aws::sts::Role;
+use crate::runtime::metrics::Metrics;
 
 /// Page size of `ListCommandInvocations` (SSM's maximum).
 pub const PAGE_SIZE: i32 = 50;

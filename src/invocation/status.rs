@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use crate::api::conditions::{self, Standing};
 use crate::api::{CloudWatchOutputConfig, CommandInvocationStatus};
-use crate::conditions::{self, Standing};
-use crate::output;
-use crate::ssm::{Invocation, Recovery, SsmError};
+use crate::aws::ssm::{Invocation, Recovery, SsmError};
+use crate::k8s::output;
 
 /// SSM statuses after which SSM changes nothing more.
 pub const TERMINAL_STATUSES: &[&str] = &["Success", "Failed", "TimedOut", "Cancelled"];
@@ -400,7 +400,7 @@ fn ssm_fields_from(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conditions::{FINISHED, READY, RECONCILING, STALLED};
+    use crate::api::conditions::{FINISHED, READY, RECONCILING, STALLED};
     use k8s_openapi::jiff::Timestamp;
 
     const SETTINGS: Settings = Settings {

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 
+use crate::api::conditions::STALLED;
 use crate::api::{CommandStatus, SendRecord};
-use crate::conditions::STALLED;
 
 /// How long `ListCommands` may lag behind `SendCommand` (eventual consistency; users report
 /// about a second, SSM publishes no bound). An intent not found after this was never sent.
@@ -430,7 +430,7 @@ pub fn ended_without_run(status: &CommandStatus, generation: i64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conditions;
+    use crate::api::conditions;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
     const UID: &str = "6f1c0c9e-8a4e-4c1e-9f7e-2f0d6c1b9a11";

@@ -1,6 +1,6 @@
-//! The reconcile of one `Command`: decide the send ([`crate::send`]), make it or look for it
-//! in SSM, follow the run's counts ([`crate::command_status`]) and create a child
-//! `CommandInvocation` for every node SSM reports ([`crate::children`]); on deletion, cancel
+//! The reconcile of one `Command`: decide the send ([`crate::command::send`]), make it or look for it
+//! in SSM, follow the run's counts ([`crate::command::status`]) and create a child
+//! `CommandInvocation` for every node SSM reports ([`crate::command::children`]); on deletion, cancel
 //! an unfinished run before the finalizer goes.
 //!
 //! Every status write is a compare-and-swap on the resourceVersion the decision was made on
@@ -34,18 +34,20 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, instrument, warn};
 
 use crate::api::{Command, CommandInvocation, CommandStatus, SendRecord};
-use crate::children::{self, COMMAND_LABEL};
-use crate::command_status::{self, Change};
-use crate::leader::Fence;
-use crate::mapping::Note;
-use crate::metrics::Metrics;
-use crate::roles::Roles;
-use crate::schedule::{backoff, PollIntervals};
-use crate::send::{self, Facts, Next, Policy, SearchResult, Step, SEND_FAILED, SEND_UNKNOWN};
-use crate::ssm::{Recovery, Scope, Ssm};
-use crate::status_writer::StatusWriter;
-use crate::wakers::Wakers;
-use crate::watch::{watch_commands, CommandStores, Forget, WatchedCommands};
+use crate::aws::roles::Roles;
+use crate::aws::ssm::{Recovery, Scope, Ssm};
+use crate::command::children::{self, COMMAND_LABEL};
+use crate::command::send::{
+    self, Facts, Next, Policy, SearchResult, Step, SEND_FAILED, SEND_UNKNOWN,
+};
+use crate::command::status::{self as command_status, Change};
+use crate::invocation::status::Note;
+use crate::k8s::leader::Fence;
+use crate::k8s::watch::{watch_commands, CommandStores, Forget, WatchedCommands};
+use crate::k8s::writer::StatusWriter;
+use crate::runtime::metrics::Metrics;
+use crate::tracking::schedule::{backoff, PollIntervals};
+use crate::tracking::wakers::Wakers;
 use crate::Error;
 
 /// The finalizer that makes deletion cancel an unfinished run first.
@@ -604,7 +606,7 @@ async fn track(object: &Command, ctx: &CommandContext, command_id: &str) -> Resu
     let now = Time(Timestamp::now());
     match ctx.ssm.command(&scope, command_id).await {
         Ok(Some(summary)) => {
-            let finished = crate::mapping::is_terminal(&summary.status);
+            let finished = crate::invocation::status::is_terminal(&summary.status);
             sync_children(
                 object,
                 ctx,

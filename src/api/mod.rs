@@ -11,6 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 mod command;
+pub mod conditions;
 pub use command::{
     Command, CommandSpec, CommandStatus, SendRecord, Target, DOCUMENT_NAME_PATTERN,
     MAX_COMMENT_CHARS,

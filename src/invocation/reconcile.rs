@@ -1,6 +1,6 @@
 //! The reconcile of one `CommandInvocation`: take the latest SSM answer for its step from the
 //! [`Tracker`] (which asks SSM, per command, and wakes this reconcile when the answer changes),
-//! map it ([`crate::mapping`]), and record the Event and write the status if anything changed.
+//! map it ([`crate::invocation::status`]), and record the Event and write the status if anything changed.
 //! A reconcile never waits on SSM.
 //!
 //! SSM errors never fail a reconcile: they become conditions. Only Kubernetes write failures do,
@@ -23,14 +23,14 @@ use tracing::{debug, info, instrument};
 
 use crate::api::CommandInvocation;
 use crate::api::CommandInvocationSpec;
-use crate::mapping::{self, Next, Poll, Settings};
-use crate::metrics::Metrics;
-use crate::roles::Roles;
-use crate::schedule::{backoff, PollIntervals};
-use crate::ssm::{InvocationKey, SsmError};
-use crate::status_writer::StatusWriter;
-use crate::tracker::Tracker;
-use crate::watch::Forget;
+use crate::aws::roles::Roles;
+use crate::aws::ssm::{InvocationKey, SsmError};
+use crate::invocation::status::{self as mapping, Next, Poll, Settings};
+use crate::k8s::watch::Forget;
+use crate::k8s::writer::StatusWriter;
+use crate::runtime::metrics::Metrics;
+use crate::tracking::schedule::{backoff, PollIntervals};
+use crate::tracking::tracker::Tracker;
 use crate::Error;
 
 /// Everything a reconcile run needs, shared by all runs.
@@ -156,7 +156,7 @@ async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Ac
 }
 
 /// The step to ask SSM about, with the identity to ask with.
-fn key_of(spec: &CommandInvocationSpec, role: Option<crate::sts::Role>) -> InvocationKey {
+fn key_of(spec: &CommandInvocationSpec, role: Option<crate::aws::sts::Role>) -> InvocationKey {
     InvocationKey {
         region: spec.region.clone(),
         command_id: spec.command_id.clone(),

@@ -17,21 +17,21 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::api::{Command, CommandInvocation};
-use crate::cli::RunArgs;
-use crate::command_reconciler::{self, CommandContext};
-use crate::http::{self, Health};
-use crate::leader::{Fence, Leadership, LeaseSettings};
-use crate::mapping::Settings;
-use crate::metrics::Metrics;
-use crate::reconciler::{self, Context};
-use crate::roles::Roles;
-use crate::schedule::PollIntervals;
-use crate::send::Policy;
-use crate::sqs::Queue;
-use crate::ssm::Ssm;
-use crate::status_writer::StatusWriter;
-use crate::tracker::Tracker;
-use crate::watch::watch as watch_invocations;
+use crate::aws::roles::Roles;
+use crate::aws::sqs::Queue;
+use crate::aws::ssm::Ssm;
+use crate::command::reconcile::{self as command_reconciler, CommandContext};
+use crate::command::send::Policy;
+use crate::invocation::reconcile::{self as reconciler, Context};
+use crate::invocation::status::Settings;
+use crate::k8s::leader::{Fence, Leadership, LeaseSettings};
+use crate::k8s::watch::watch as watch_invocations;
+use crate::k8s::writer::StatusWriter;
+use crate::runtime::cli::RunArgs;
+use crate::runtime::http::{self, Health};
+use crate::runtime::metrics::Metrics;
+use crate::tracking::schedule::PollIntervals;
+use crate::tracking::tracker::Tracker;
 use crate::{Error, OPERATOR_NAME};
 
 /// Reconciles that run at once per kind, per `--max-concurrent-reconciles` write permit.
@@ -322,7 +322,7 @@ async fn run_controllers(
             .graceful_shutdown_on(shutdown.clone())
             .run(reconciler::reconcile, reconciler::error_policy, ctx.clone())
             .for_each(|result| async move {
-                // Watch errors are logged and counted where they happen (crate::watch).
+                // Watch errors are logged and counted where they happen (crate::k8s::watch).
                 if let Err(error) = result {
                     tracing::debug!(%error, "controller event");
                 }
@@ -417,7 +417,7 @@ async fn until_stopped<K>(
 {
     let unsynced_at_shutdown = async move {
         shutdown.await;
-        if crate::watch::listed(&store) {
+        if crate::k8s::watch::listed(&store) {
             std::future::pending::<()>().await;
         }
     };

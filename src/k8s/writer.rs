@@ -26,10 +26,10 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::api::{Command, CommandInvocation, CommandInvocationStatus, CommandStatus};
-use crate::leader::Fence;
-use crate::mapping::Note;
-use crate::metrics::Metrics;
-use crate::output::cut_to_bytes;
+use crate::invocation::status::Note;
+use crate::k8s::leader::Fence;
+use crate::k8s::output::cut_to_bytes;
+use crate::runtime::metrics::Metrics;
 use crate::{Error, OPERATOR_NAME};
 
 /// The API refuses Event notes longer than 1 kB (bytes, not characters).

@@ -59,7 +59,7 @@ pub fn build(
             type_: type_.to_string(),
             status,
             reason: reason.to_string(),
-            message: crate::output::cut_to_bytes(message, MAX_MESSAGE_BYTES).to_string(),
+            message: crate::k8s::output::cut_to_bytes(message, MAX_MESSAGE_BYTES).to_string(),
             observed_generation: generation,
             last_transition_time,
         }

@@ -1,6 +1,6 @@
 //! The only code that talks to AWS SQS: the push queue (`--sqs-queue-url`) that an EventBridge
 //! rule fills with SSM status-change events. One long poll at a time (`WaitTimeSeconds=20`, up
-//! to 10 messages); every message is handed to the tracker as a hint ([`crate::events`]) and
+//! to 10 messages); every message is handed to the tracker as a hint ([`crate::aws::eventbridge`]) and
 //! then deleted, whatever it held; queue errors back off (1 s doubling to 60 s), are logged and
 //! counted, and never stop polling, which stays correct without the queue.
 
@@ -14,9 +14,9 @@ use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
 use aws_sdk_sqs::Client;
 use tracing::{debug, info, warn};
 
-use crate::events::{self, Parsed};
-use crate::metrics::Metrics;
-use crate::tracker::Tracker;
+use crate::aws::eventbridge::{self as events, Parsed};
+use crate::runtime::metrics::Metrics;
+use crate::tracking::tracker::Tracker;
 
 /// SQS's longest long poll.
 const WAIT_SECONDS: i32 = 20;

@@ -13,8 +13,8 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::{classify, iso, Ssm, SsmError, THROTTLING_CODES};
 use crate::api::CommandSpec;
-use crate::send::{carries, Found, SearchResult, SendResult};
-use crate::sts::Role;
+use crate::aws::sts::Role;
+use crate::command::send::{carries, Found, SearchResult, SendResult};
 
 /// Page size of `ListCommands` (SSM's maximum).
 const COMMANDS_PAGE: i32 = 50;
@@ -388,7 +388,7 @@ mod tests {
     use aws_sdk_ssm::operation::send_command::SendCommandError;
 
     use super::*;
-    use crate::ssm::tests::{io, ssm_via, sts_said, transient_sts_failures};
+    use crate::aws::ssm::tests::{io, ssm_via, sts_said, transient_sts_failures};
 
     /// SSM's own answer to `SendCommand`: HTTP `status` with `code`.
     fn ssm_said(status: u16, code: &str, message: &str) -> SdkError<SendCommandError> {

@@ -15,7 +15,7 @@ use kube::runtime::reflector::Store;
 use tokio::net::TcpListener;
 
 use crate::api::CommandInvocation;
-use crate::metrics::Metrics;
+use crate::runtime::metrics::Metrics;
 use crate::Error;
 
 /// What the endpoints report on, shared with the controller.
@@ -63,7 +63,7 @@ impl Health {
 
     /// The uids of every watched resource.
     pub fn live_uids(&self) -> HashSet<String> {
-        crate::watch::uids_in(&self.stores.lock().unwrap_or_else(PoisonError::into_inner))
+        crate::k8s::watch::uids_in(&self.stores.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Counts watched resources by SSM status (`Unobserved` before the first answer).

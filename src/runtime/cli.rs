@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::telemetry::LogFormat;
+use crate::runtime::telemetry::LogFormat;
 
 /// Mirrors AWS SSM Run Command invocations into CommandInvocation resources.
 #[derive(Debug, Parser)]

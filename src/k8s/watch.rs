@@ -24,8 +24,8 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::api::{Command, CommandInvocation};
-use crate::http::Health;
-use crate::metrics::Metrics;
+use crate::runtime::http::Health;
+use crate::runtime::metrics::Metrics;
 
 /// How often a failed watch is probed for recovery.
 const PROBE_EVERY: Duration = Duration::from_secs(1);

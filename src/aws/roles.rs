@@ -20,8 +20,8 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::metrics::Metrics;
-use crate::sts::Role;
+use crate::aws::sts::Role;
+use crate::runtime::metrics::Metrics;
 
 /// The Namespace annotation naming the role.
 pub const ROLE_ARN: &str = "ssm.operator.dev/role-arn";

@@ -1,0 +1,7 @@
+//! `CommandInvocation`: one SSM invocation mirrored into `.status`.
+//!
+//! - [`reconcile`]: the reconcile: the tracker's answer, mapped, its Event, the status write;
+//! - [`status`]: pure, SSM answer + current status -> new status, Event note, next step.
+
+pub mod reconcile;
+pub mod status;

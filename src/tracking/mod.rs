@@ -1,0 +1,11 @@
+//! When SSM is asked: per command in rounds, not per resource, and who is woken by the answer.
+//!
+//! - [`tracker`]: the tracker (what reconcilers call) and its rounds;
+//! - [`entries`]: pure, what a `ListCommandInvocations` entry says about one tracked step;
+//! - [`schedule`]: pure, backoff with jitter and each command's round clock;
+//! - [`wakers`]: the streams that wake resources whose answer changed.
+
+pub mod entries;
+pub mod schedule;
+pub mod tracker;
+pub mod wakers;
