@@ -31,7 +31,7 @@ impl Hint {
     /// The event reports a status after which nothing changes: worth a read at once.
     /// (Events of running states are left to the next round: the terminal one matters.)
     pub fn is_terminal(&self) -> bool {
-        crate::invocation::status::is_terminal(&self.status)
+        crate::aws::ssm::is_terminal(&self.status)
     }
 }
 

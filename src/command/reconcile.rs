@@ -38,12 +38,12 @@ use crate::aws::roles::Roles;
 use crate::aws::ssm::{Recovery, Scope, Ssm};
 use crate::command::children::{self, COMMAND_LABEL};
 use crate::command::send::{
-    self, Facts, Next, Policy, SearchResult, Step, SEND_FAILED, SEND_UNKNOWN,
+    self, Facts, FollowUp, Policy, SearchResult, Step, SEND_FAILED, SEND_UNKNOWN,
 };
 use crate::command::status::{self as command_status, Change};
-use crate::invocation::status::Note;
 use crate::k8s::leader::Fence;
 use crate::k8s::watch::{watch_commands, CommandStores, Forget, WatchedCommands};
+use crate::k8s::writer::EventNote;
 use crate::k8s::writer::StatusWriter;
 use crate::runtime::metrics::Metrics;
 use crate::tracking::schedule::{backoff, PollIntervals};
@@ -306,7 +306,7 @@ async fn reconcile_inner(object: &Command, ctx: &CommandContext) -> Result<Actio
     let no_command_id = status.is_none_or(|s| s.command_id.is_none());
     if let (Some(command_id), true) = (accepted, no_command_id) {
         // SSM accepted this attempt; only the status write recording it was lost.
-        let next = Next::Adopt {
+        let next = FollowUp::Adopt {
             command_id,
             duplicates: Vec::new(),
         };
@@ -498,7 +498,7 @@ fn not_after(record: &SendRecord) -> Timestamp {
 async fn follow(
     object: &Command,
     ctx: &CommandContext,
-    next: Next,
+    next: FollowUp,
     sent: Option<&SendRecord>,
 ) -> Result<Action, Error> {
     let generation = object.metadata.generation.unwrap_or_default();
@@ -506,12 +506,12 @@ async fn follow(
     let now = Time(Timestamp::now());
     let uid = object.uid().unwrap_or_default();
     match next {
-        Next::Adopt {
+        FollowUp::Adopt {
             command_id,
             duplicates,
         } => {
             if !duplicates.is_empty() {
-                let note = Note {
+                let note = EventNote {
                     warning: true,
                     reason: "DuplicateSend".into(),
                     action: "SendingToSent".into(),
@@ -529,7 +529,7 @@ async fn follow(
                 Action::requeue(ctx.intervals.min),
             ))
         }
-        Next::Failed { message } => {
+        FollowUp::Failed { message } => {
             let message = format!("SSM refused the send: {message}");
             let change = command_status::refused(status, generation, SEND_FAILED, &message, &now);
             Ok(settle(
@@ -537,14 +537,14 @@ async fn follow(
                 Action::await_change(),
             ))
         }
-        Next::Unknown { message } => {
+        FollowUp::Unknown { message } => {
             let change = command_status::refused(status, generation, SEND_UNKNOWN, &message, &now);
             Ok(settle(
                 write(object, ctx, change).await?,
                 Action::await_change(),
             ))
         }
-        Next::Retry { message } => {
+        FollowUp::Retry { message } => {
             let what = if sent.is_some() {
                 "SSM did not create the command"
             } else {
@@ -566,7 +566,7 @@ async fn follow(
                 Action::requeue(wait),
             ))
         }
-        Next::Blocked { reason, message } => {
+        FollowUp::Blocked { reason, message } => {
             let message = format!("SSM did not create the command: {message}");
             let change = command_status::refused(status, generation, reason, &message, &now);
             Ok(settle(
@@ -574,8 +574,8 @@ async fn follow(
                 Action::requeue(ctx.recheck),
             ))
         }
-        Next::Search => Ok(Action::requeue(Duration::from_secs(1))),
-        Next::SearchAgain { after } => {
+        FollowUp::Search => Ok(Action::requeue(Duration::from_secs(1))),
+        FollowUp::SearchAgain { after } => {
             let message = "SSM did not say whether it created the command: looking for it in \
                            ListCommands while SSM's listing catches up";
             let change = command_status::sending(status, generation, message, &now);
@@ -585,7 +585,7 @@ async fn follow(
                 Action::requeue(wait),
             ))
         }
-        Next::Resend => {
+        FollowUp::Resend => {
             // Not in SSM's settled listing: never created. The same marker, a new attempt.
             let attempted = status.and_then(|s| s.send.as_ref()).map(|s| s.time.0);
             if let Some(attempted) = attempted {
@@ -606,7 +606,7 @@ async fn track(object: &Command, ctx: &CommandContext, command_id: &str) -> Resu
     let now = Time(Timestamp::now());
     match ctx.ssm.command(&scope, command_id).await {
         Ok(Some(summary)) => {
-            let finished = crate::invocation::status::is_terminal(&summary.status);
+            let finished = crate::aws::ssm::is_terminal(&summary.status);
             sync_children(
                 object,
                 ctx,
@@ -960,7 +960,7 @@ async fn cancel_before_deletion(object: &Command, ctx: &CommandContext) -> Resul
             status.send.as_ref().map_or("-", |s| s.marker.as_str())
         );
         warn!(%message, "Command deleted without cancelling its run");
-        let note = Note {
+        let note = EventNote {
             warning: true,
             reason: "CancelFailed".into(),
             action: "Deleting".into(),

@@ -300,7 +300,7 @@ pub enum SendResult {
 
 /// What follows a `SendCommand` call (or a search).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Next {
+pub enum FollowUp {
     /// Record this command id: the run is known.
     Adopt {
         /// SSM command id.
@@ -344,16 +344,16 @@ pub enum Next {
 }
 
 /// The step after a `SendCommand` call.
-pub fn after_send(result: SendResult) -> Next {
+pub fn after_send(result: SendResult) -> FollowUp {
     match result {
-        SendResult::Accepted { command_id } => Next::Adopt {
+        SendResult::Accepted { command_id } => FollowUp::Adopt {
             command_id,
             duplicates: Vec::new(),
         },
-        SendResult::Refused { message } => Next::Failed { message },
-        SendResult::NotCreated { message } => Next::Retry { message },
-        SendResult::Blocked { reason, message } => Next::Blocked { reason, message },
-        SendResult::Unknown { .. } => Next::Search,
+        SendResult::Refused { message } => FollowUp::Failed { message },
+        SendResult::NotCreated { message } => FollowUp::Retry { message },
+        SendResult::Blocked { reason, message } => FollowUp::Blocked { reason, message },
+        SendResult::Unknown { .. } => FollowUp::Search,
     }
 }
 
@@ -385,13 +385,13 @@ pub enum SearchResult {
 
 /// The step after a search for the intent's marker. `intent_time` is when the attempt was
 /// recorded, `now` the time the search started.
-pub fn after_search(result: SearchResult, intent_time: Timestamp, now: Timestamp) -> Next {
+pub fn after_search(result: SearchResult, intent_time: Timestamp, now: Timestamp) -> FollowUp {
     match result {
         SearchResult::Listed(mut found) if !found.is_empty() => {
             found.sort_by(|a, b| (a.requested, &a.command_id).cmp(&(b.requested, &b.command_id)));
             let mut ids = found.into_iter().map(|f| f.command_id);
             let command_id = ids.next().unwrap_or_default();
-            Next::Adopt {
+            FollowUp::Adopt {
                 command_id,
                 duplicates: ids.collect(),
             }
@@ -399,20 +399,20 @@ pub fn after_search(result: SearchResult, intent_time: Timestamp, now: Timestamp
         SearchResult::Listed(_) => {
             let waited = age(now, intent_time);
             if waited >= SETTLE {
-                Next::Resend
+                FollowUp::Resend
             } else {
-                Next::SearchAgain {
+                FollowUp::SearchAgain {
                     after: SETTLE - waited,
                 }
             }
         }
-        SearchResult::Refused { message } => Next::Unknown {
+        SearchResult::Refused { message } => FollowUp::Unknown {
             message: format!(
                 "a send was attempted but its reply was lost, and SSM refused the search for it \
                  (ListCommands): {message}"
             ),
         },
-        SearchResult::Failed { message } => Next::Retry { message },
+        SearchResult::Failed { message } => FollowUp::Retry { message },
     }
 }
 
@@ -693,7 +693,7 @@ mod tests {
             after_send(SendResult::Accepted {
                 command_id: "c".into()
             }),
-            Next::Adopt {
+            FollowUp::Adopt {
                 command_id: "c".into(),
                 duplicates: vec![]
             }
@@ -702,7 +702,7 @@ mod tests {
             after_send(SendResult::Refused {
                 message: "InvalidDocument: nope".into()
             }),
-            Next::Failed {
+            FollowUp::Failed {
                 message: "InvalidDocument: nope".into()
             }
         );
@@ -710,7 +710,7 @@ mod tests {
             after_send(SendResult::NotCreated {
                 message: "Rate exceeded".into()
             }),
-            Next::Retry {
+            FollowUp::Retry {
                 message: "Rate exceeded".into()
             }
         );
@@ -718,14 +718,14 @@ mod tests {
             after_send(SendResult::Unknown {
                 message: "HTTP 500".into()
             }),
-            Next::Search
+            FollowUp::Search
         );
         assert_eq!(
             after_send(SendResult::Blocked {
                 reason: "AccessDenied",
                 message: "no ssm:SendCommand".into()
             }),
-            Next::Blocked {
+            FollowUp::Blocked {
                 reason: "AccessDenied",
                 message: "no ssm:SendCommand".into()
             }
@@ -744,7 +744,7 @@ mod tests {
                 at(0),
                 at(3)
             ),
-            Next::Adopt {
+            FollowUp::Adopt {
                 command_id: "a".into(),
                 duplicates: vec!["b".into()]
             },
@@ -752,13 +752,13 @@ mod tests {
         );
         assert_eq!(
             after_search(SearchResult::Listed(vec![]), at(0), at(20)),
-            Next::SearchAgain {
+            FollowUp::SearchAgain {
                 after: Duration::from_secs(40)
             }
         );
         assert_eq!(
             after_search(SearchResult::Listed(vec![]), at(0), at(60)),
-            Next::Resend
+            FollowUp::Resend
         );
         assert!(matches!(
             after_search(
@@ -768,7 +768,7 @@ mod tests {
                 at(0),
                 at(1)
             ),
-            Next::Unknown { .. }
+            FollowUp::Unknown { .. }
         ));
         assert_eq!(
             after_search(
@@ -778,7 +778,7 @@ mod tests {
                 at(0),
                 at(1)
             ),
-            Next::Retry {
+            FollowUp::Retry {
                 message: "Rate exceeded".into()
             }
         );

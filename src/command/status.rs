@@ -6,9 +6,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::conditions::{self, Standing, READY};
 use crate::api::{CommandStatus, SendRecord};
+use crate::aws::ssm::is_terminal;
 use crate::aws::ssm::{CommandSummary, Recovery, SsmError};
 use crate::command::send::{DOCUMENT_NOT_ALLOWED, SENDING_DISABLED};
-use crate::invocation::status::{is_terminal, Note};
+use crate::k8s::writer::EventNote;
 
 /// Condition reason from the intent until SSM reports on the run: SSM's own first status
 /// (the contract's reasons are SSM statuses and the operator's named errors).
@@ -24,7 +25,7 @@ pub struct Change {
     /// The whole status.
     pub status: CommandStatus,
     /// The Event to record before writing it.
-    pub note: Option<Note>,
+    pub note: Option<EventNote>,
 }
 
 impl Change {
@@ -80,7 +81,7 @@ fn with_event(
         was.is_none_or(|c| c.reason != reason || c.observed_generation != Some(generation));
     let note = (transition || (event.is_some() && !same)).then(|| {
         let reason = event.unwrap_or(reason);
-        Note {
+        EventNote {
             warning: standing == Standing::Stalled,
             reason: reason.to_string(),
             action: format!("{}To{reason}", was.map_or("New", |c| c.reason.as_str())),

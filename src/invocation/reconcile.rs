@@ -25,7 +25,7 @@ use crate::api::CommandInvocation;
 use crate::api::CommandInvocationSpec;
 use crate::aws::roles::Roles;
 use crate::aws::ssm::{InvocationKey, SsmError};
-use crate::invocation::status::{self as mapping, Next, Poll, Settings};
+use crate::invocation::status::{self as mapping, Poll, Polling, Settings};
 use crate::k8s::watch::Forget;
 use crate::k8s::writer::StatusWriter;
 use crate::runtime::metrics::Metrics;
@@ -145,7 +145,7 @@ async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Ac
     // Stalled when the grace runs out, with no new answer: look again then.
     let action = match &answer.result {
         Err(SsmError::InvocationDoesNotExist(_))
-            if outcome.next == Next::Poll && waited < ctx.settings.not_found_grace =>
+            if outcome.next == Polling::Poll && waited < ctx.settings.not_found_grace =>
         {
             Action::requeue(ctx.settings.not_found_grace - waited + Duration::from_millis(100))
         }

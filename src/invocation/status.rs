@@ -17,16 +17,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::conditions::{self, Standing};
 use crate::api::{CloudWatchOutputConfig, CommandInvocationStatus};
-use crate::aws::ssm::{Invocation, Recovery, SsmError};
+use crate::aws::ssm::{is_terminal, Invocation, Recovery, SsmError};
 use crate::k8s::output;
-
-/// SSM statuses after which SSM changes nothing more.
-pub const TERMINAL_STATUSES: &[&str] = &["Success", "Failed", "TimedOut", "Cancelled"];
-
-/// Whether SSM changes nothing more after `status`.
-pub fn is_terminal(status: &str) -> bool {
-    TERMINAL_STATUSES.contains(&status)
-}
+use crate::k8s::writer::EventNote;
 
 /// The operator settings that shape the status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,7 +47,7 @@ pub struct Poll<'a> {
 
 /// What the reconciler does after this answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Next {
+pub enum Polling {
     /// Keep polling with backoff.
     Poll,
     /// Stalled on an error an outside fix can cure (`InvocationNotFound`, `AccessDenied`):
@@ -62,20 +55,6 @@ pub enum Next {
     RecheckRarely,
     /// Terminal or permanent error: no more SSM calls until the spec changes.
     Stop,
-}
-
-/// A Kubernetes Event to record.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Note {
-    /// `Warning` rather than `Normal`.
-    pub warning: bool,
-    /// Short CamelCase reason (the SSM status or the error reason).
-    pub reason: String,
-    /// The transition, `<previous reason>To<reason>` (`New` when there was none), so Events of
-    /// different transitions are never folded into one series by the recorder.
-    pub action: String,
-    /// Human-readable text.
-    pub message: String,
 }
 
 /// The result of [`apply`].
@@ -86,9 +65,9 @@ pub struct Outcome {
     /// The status differs from the current one: write it.
     pub write: bool,
     /// The Event to record, if the change deserves one.
-    pub note: Option<Note>,
+    pub note: Option<EventNote>,
     /// What to do next.
-    pub next: Next,
+    pub next: Polling,
 }
 
 /// Judges one SSM answer against the current status.
@@ -144,7 +123,7 @@ pub fn apply(
         let from = previous_conditions
             .first()
             .map_or("New", |c| c.reason.as_str());
-        Some(Note {
+        Some(EventNote {
             warning,
             reason: judged.reason.clone(),
             action: format!("{from}To{}", judged.reason),
@@ -174,7 +153,7 @@ struct Judged {
     standing: Standing,
     reason: String,
     message: String,
-    next: Next,
+    next: Polling,
     /// Expected, nothing to tell the user (not visible yet, within the grace window).
     quiet: bool,
 }
@@ -212,7 +191,7 @@ fn judge(
             Standing::Stalled,
             reason,
             message.to_string(),
-            Next::RecheckRarely,
+            Polling::RecheckRarely,
             true,
         ),
         (SsmError::InvocationDoesNotExist(msg), _, None)
@@ -226,7 +205,7 @@ fn judge(
                 Standing::InProgress,
                 error.reason(),
                 message,
-                Next::Poll,
+                Polling::Poll,
                 true,
             )
         }
@@ -234,14 +213,14 @@ fn judge(
             Standing::Stalled,
             error.reason(),
             outside_fix_message(error, settings),
-            Next::RecheckRarely,
+            Polling::RecheckRarely,
             false,
         ),
         (_, Recovery::SpecChange, _) => keep(
             Standing::Stalled,
             error.reason(),
             format!("{error}; fix the spec to try again"),
-            Next::Stop,
+            Polling::Stop,
             false,
         ),
         (_, Recovery::Transient, None) => {
@@ -250,7 +229,7 @@ fn judge(
                 Standing::InProgress,
                 error.reason(),
                 message,
-                Next::Poll,
+                Polling::Poll,
                 false,
             )
         }
@@ -286,9 +265,9 @@ fn outside_fix_message(error: &SsmError, settings: &Settings) -> String {
 fn judge_answer(invocation: &Invocation, settings: &Settings) -> Judged {
     let terminal = is_terminal(&invocation.status);
     let (standing, next) = match invocation.status.as_str() {
-        "Success" => (Standing::Succeeded, Next::Stop),
-        _ if terminal => (Standing::Stalled, Next::Stop),
-        _ => (Standing::InProgress, Next::Poll),
+        "Success" => (Standing::Succeeded, Polling::Stop),
+        _ if terminal => (Standing::Stalled, Polling::Stop),
+        _ => (Standing::InProgress, Polling::Poll),
     };
     Judged {
         fields: ssm_fields_from(invocation, terminal, settings),
@@ -464,57 +443,67 @@ mod tests {
                 "Pending",
                 "Pending",
                 [false, true, false, false],
-                Next::Poll,
+                Polling::Poll,
             ),
             (
                 "InProgress",
                 "In Progress",
                 [false, true, false, false],
-                Next::Poll,
+                Polling::Poll,
             ),
             (
                 "Delayed",
                 "Delayed",
                 [false, true, false, false],
-                Next::Poll,
+                Polling::Poll,
             ),
             (
                 "Cancelling",
                 "Cancelling",
                 [false, true, false, false],
-                Next::Poll,
+                Polling::Poll,
             ),
-            ("Success", "Success", [true, false, false, true], Next::Stop),
-            ("Failed", "Failed", [false, false, true, true], Next::Stop),
+            (
+                "Success",
+                "Success",
+                [true, false, false, true],
+                Polling::Stop,
+            ),
+            (
+                "Failed",
+                "Failed",
+                [false, false, true, true],
+                Polling::Stop,
+            ),
             (
                 "TimedOut",
                 "Execution Timed Out",
                 [false, false, true, true],
-                Next::Stop,
+                Polling::Stop,
             ),
             (
                 "TimedOut",
                 "Delivery Timed Out",
                 [false, false, true, true],
-                Next::Stop,
+                Polling::Stop,
             ),
             (
                 "Cancelled",
                 "Cancelled",
                 [false, false, true, true],
-                Next::Stop,
+                Polling::Stop,
             ),
             (
                 "Failed",
                 "Undeliverable",
                 [false, false, true, true],
-                Next::Stop,
+                Polling::Stop,
             ),
             (
                 "Failed",
                 "Terminated",
                 [false, false, true, true],
-                Next::Stop,
+                Polling::Stop,
             ),
         ];
         for (status, details, expected, next) in cases {
@@ -535,7 +524,7 @@ mod tests {
     #[test]
     fn an_unknown_future_status_keeps_polling_and_is_copied_verbatim() {
         let out = poll_at(&Ok(invocation("Paused By Admin", "Paused", -1)), 1);
-        assert_eq!(out.next, Next::Poll);
+        assert_eq!(out.next, Polling::Poll);
         assert_eq!(flags(&out.status), [false, true, false, false]);
         assert_eq!(out.status.status.as_deref(), Some("Paused By Admin"));
         assert_eq!(out.status.conditions[0].reason, "PausedByAdmin");
@@ -694,7 +683,7 @@ mod tests {
         let out = poll_at(&Err(SsmError::InvocationDoesNotExist("nope".into())), 5);
         assert_eq!(flags(&out.status), [false, true, false, false]);
         assert_eq!(out.status.conditions[1].reason, "InvocationNotFound");
-        assert_eq!(out.next, Next::Poll);
+        assert_eq!(out.next, Polling::Poll);
         assert_eq!(out.note, None);
         assert_eq!(out.status.status, None);
     }
@@ -703,7 +692,7 @@ mod tests {
     fn not_found_after_grace_stalls_and_is_rechecked_rarely() {
         let out = poll_at(&Err(SsmError::InvocationDoesNotExist("nope".into())), 301);
         assert_eq!(flags(&out.status), [false, false, true, true]);
-        assert_eq!(out.next, Next::RecheckRarely);
+        assert_eq!(out.next, Polling::RecheckRarely);
         let note = out.note.unwrap();
         assert_eq!(
             (note.warning, note.reason.as_str()),
@@ -742,7 +731,7 @@ mod tests {
                 .iter()
                 .all(|c| c.reason == err.reason()));
             assert!(out.status.conditions[2].message.contains(err.message()));
-            assert_eq!(out.next, Next::Stop);
+            assert_eq!(out.next, Polling::Stop);
             assert!(out.note.unwrap().warning);
         }
     }
@@ -754,7 +743,7 @@ mod tests {
             1,
         );
         assert_eq!(out.status.conditions[2].reason, "ValidationError");
-        assert_eq!(out.next, Next::Stop);
+        assert_eq!(out.next, Polling::Stop);
         assert!(!needs_polling(&out.status));
     }
 
@@ -763,7 +752,7 @@ mod tests {
         let denied = Err(SsmError::AccessDenied("not authorized".into()));
         let stalled = poll_at(&denied, 1);
         assert_eq!(flags(&stalled.status), [false, false, true, true]);
-        assert_eq!(stalled.next, Next::RecheckRarely);
+        assert_eq!(stalled.next, Polling::RecheckRarely);
         assert!(needs_polling(&stalled.status), "re-checked rarely");
         let message = &stalled.status.conditions[2].message;
         assert!(message.contains("ssm:GetCommandInvocation"), "{message}");
@@ -780,7 +769,7 @@ mod tests {
             800,
         );
         assert_eq!(flags(&fixed.status), [true, false, false, true]);
-        assert_eq!(fixed.next, Next::Stop);
+        assert_eq!(fixed.next, Polling::Stop);
         assert!(!needs_polling(&fixed.status));
     }
 
@@ -792,7 +781,7 @@ mod tests {
         let out = poll_at(&failed, 1);
         assert_eq!(flags(&out.status), [false, false, true, true]);
         assert_eq!(out.status.conditions[2].reason, "AssumeRoleFailed");
-        assert_eq!(out.next, Next::RecheckRarely);
+        assert_eq!(out.next, Polling::RecheckRarely);
         assert!(needs_polling(&out.status));
         let message = &out.status.conditions[2].message;
         assert!(
@@ -816,7 +805,7 @@ mod tests {
                 let out = poll_on(Some(&stalled.status), &Err(transient), 900);
                 assert_eq!(out.status, stalled.status, "{stalling:?} then a blip");
                 assert!(!out.write && out.note.is_none());
-                assert_eq!(out.next, Next::RecheckRarely);
+                assert_eq!(out.next, Polling::RecheckRarely);
             }
         }
     }
@@ -948,7 +937,7 @@ mod tests {
         assert_eq!(flags(&first.status), [false, true, false, false]);
         assert_eq!(condition_row(&first.status)[1].2, "Throttled");
         assert!(first.write);
-        assert_eq!(first.next, Next::Poll);
+        assert_eq!(first.next, Polling::Poll);
         assert_eq!(first.note.as_ref().unwrap().reason, "Throttled");
         let second = poll_on(Some(&first.status), &throttled, 30);
         assert!(!second.write);

@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::api::{Command, CommandInvocation};
-use crate::runtime::http::Health;
+use crate::k8s::health::{uids_in, Health};
 use crate::runtime::metrics::Metrics;
 
 /// How often a failed watch is probed for recovery.
@@ -199,19 +199,6 @@ fn hand_over_gone<K: kube::Resource>(
         Event::InitDone => gone.retain(&live()),
         Event::Apply(_) | Event::Init | Event::InitApply(_) => {}
     }
-}
-
-/// The uids of every object in `stores`.
-pub fn uids_in<K>(stores: &[Store<K>]) -> HashSet<String>
-where
-    K: kube::Resource + Clone + 'static,
-    K::DynamicType: std::hash::Hash + Eq + Clone,
-{
-    stores
-        .iter()
-        .flat_map(Store::state)
-        .filter_map(|o| o.meta().uid.clone())
-        .collect()
 }
 
 /// Whether `store`'s watch has listed (its cache is filled), without waiting.

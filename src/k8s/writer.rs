@@ -26,11 +26,24 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::api::{Command, CommandInvocation, CommandInvocationStatus, CommandStatus};
-use crate::invocation::status::Note;
 use crate::k8s::leader::Fence;
 use crate::k8s::output::cut_to_bytes;
 use crate::runtime::metrics::Metrics;
 use crate::{Error, OPERATOR_NAME};
+
+/// A Kubernetes Event to record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventNote {
+    /// `Warning` rather than `Normal`.
+    pub warning: bool,
+    /// Short CamelCase reason (the SSM status or the error reason).
+    pub reason: String,
+    /// The transition, `<previous reason>To<reason>` (`New` when there was none), so Events of
+    /// different transitions are never folded into one series by the recorder.
+    pub action: String,
+    /// Human-readable text.
+    pub message: String,
+}
 
 /// The API refuses Event notes longer than 1 kB (bytes, not characters).
 const MAX_NOTE_BYTES: usize = 1024;
@@ -181,20 +194,20 @@ impl StatusWriter {
     /// the reconcile fails before the status write and the Event is tried again: writing the
     /// status first would lose the Event for good. A refusal no retry changes (RBAC, an invalid
     /// Event) is logged and counted; the status is written anyway, as it says what happened.
-    pub async fn record(&self, object: &CommandInvocation, note: &Note) -> Result<(), Error> {
+    pub async fn record(&self, object: &CommandInvocation, note: &EventNote) -> Result<(), Error> {
         let event = event_of(object, note, &self.instance, Timestamp::now());
         self.create_event(object, event, note).await
     }
 
     /// Records `note` as an Event on a `Command` whose stored resourceVersion identifies the
     /// status the transition leaves. Failures as for [`StatusWriter::record`].
-    pub async fn record_command(&self, object: &Command, note: &Note) -> Result<(), Error> {
+    pub async fn record_command(&self, object: &Command, note: &EventNote) -> Result<(), Error> {
         let since = object.resource_version().unwrap_or_default();
         let event = event_for(object, &since, note, &self.instance, Timestamp::now());
         self.create_event(object, event, note).await
     }
 
-    async fn create_event<K>(&self, object: &K, event: Event, note: &Note) -> Result<(), Error>
+    async fn create_event<K>(&self, object: &K, event: Event, note: &EventNote) -> Result<(), Error>
     where
         K: Resource<DynamicType = ()>,
     {
@@ -333,7 +346,7 @@ fn fnv1a(parts: &[&str]) -> u64 {
 
 /// The Event for `note` on a `CommandInvocation`, named after the transition: the status it
 /// leaves is identified by when that was polled.
-fn event_of(object: &CommandInvocation, note: &Note, instance: &str, now: Timestamp) -> Event {
+fn event_of(object: &CommandInvocation, note: &EventNote, instance: &str, now: Timestamp) -> Event {
     let since = object
         .status
         .as_ref()
@@ -346,7 +359,7 @@ fn event_of(object: &CommandInvocation, note: &Note, instance: &str, now: Timest
 /// The Event for `note` on `object`, within the API's size limits, named after the
 /// transition: the object's uid and generation, `since` (what identifies the status it
 /// leaves), and the action. The same transition from the same status always gets the same name.
-fn event_for<K>(object: &K, since: &str, note: &Note, instance: &str, now: Timestamp) -> Event
+fn event_for<K>(object: &K, since: &str, note: &EventNote, instance: &str, now: Timestamp) -> Event
 where
     K: Resource<DynamicType = ()>,
 {
@@ -379,7 +392,7 @@ mod tests {
 
     #[test]
     fn notes_are_cut_at_1024_bytes_on_a_character_boundary() {
-        let note = Note {
+        let note = EventNote {
             warning: false,
             reason: "Failed".into(),
             action: "InProgressToFailed".into(),
@@ -396,7 +409,7 @@ mod tests {
 
     #[test]
     fn the_event_action_names_the_transition() {
-        let note = Note {
+        let note = EventNote {
             warning: true,
             reason: "Throttled".into(),
             action: "InProgressToThrottled".into(),
@@ -432,7 +445,7 @@ mod tests {
 
     #[test]
     fn the_same_transition_from_the_same_status_gets_the_same_event_name() {
-        let note = |action: &str| Note {
+        let note = |action: &str| EventNote {
             warning: false,
             reason: "Success".into(),
             action: action.into(),

@@ -8,8 +8,8 @@
 //! yet, a multi-step document without a step name, output that may be cut once the step ended)
 //! is left to `GetCommandInvocation`, which is also what reports SSM's own errors.
 
+use crate::aws::ssm::is_terminal;
 use crate::aws::ssm::{Invocation, Listed, ListedPlugin};
-use crate::invocation::status::is_terminal;
 
 /// Where the agent's combined `Output` switches from stdout to stderr.
 pub const ERROR_SEPARATOR: &str = "\n----------ERROR-------\n";

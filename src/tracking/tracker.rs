@@ -34,9 +34,10 @@ use tokio::task::JoinSet;
 use tracing::debug;
 
 use crate::api::CommandInvocation;
+use crate::aws::ssm::is_terminal;
 use crate::aws::ssm::{Invocation, InvocationKey, Ssm, SsmError};
 use crate::aws::sts::Role;
-use crate::invocation::status::{is_terminal, only_elapsed_time_ticked, Next};
+use crate::invocation::status::{only_elapsed_time_ticked, Polling};
 use crate::runtime::metrics::Metrics;
 use crate::tracking::entries::{self as batch, FromList, Why};
 use crate::tracking::schedule::{PollIntervals, RoundClock};
@@ -406,8 +407,8 @@ impl Tracker {
     }
 
     /// What the reconcile concluded: stop tracking, re-check rarely, or keep going.
-    pub fn settle(&self, uid: &str, next: Next) {
-        if next == Next::Stop {
+    pub fn settle(&self, uid: &str, next: Polling) {
+        if next == Polling::Stop {
             self.forget(uid);
             return;
         }
@@ -420,7 +421,7 @@ impl Tracker {
             return;
         };
         if let Some(member) = command.members.get_mut(uid) {
-            member.rare = next == Next::RecheckRarely;
+            member.rare = next == Polling::RecheckRarely;
             member.write_failures = 0;
         }
         // Only rarely re-checked steps left: the next round waits the recheck interval.

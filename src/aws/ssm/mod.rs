@@ -26,6 +26,14 @@ use crate::aws::budget::Budget;
 use crate::aws::sts::Role;
 use crate::runtime::metrics::Metrics;
 
+/// SSM statuses after which SSM changes nothing more.
+pub const TERMINAL_STATUSES: &[&str] = &["Success", "Failed", "TimedOut", "Cancelled"];
+
+/// Whether SSM changes nothing more after `status`.
+pub fn is_terminal(status: &str) -> bool {
+    TERMINAL_STATUSES.contains(&status)
+}
+
 /// Page size of `ListCommandInvocations` (SSM's maximum).
 pub const PAGE_SIZE: i32 = 50;
 
