@@ -55,9 +55,78 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    /// A step of a Command's reconcile (children, cancelling) failed in a way a retry may fix.
-    #[error("{0}")]
-    Command(String),
+    /// Creating a `Command`'s child `CommandInvocation` failed.
+    #[error("creating child {namespace}/{name}: {source}")]
+    CreateChild {
+        /// Namespace of the child.
+        namespace: String,
+        /// Name of the child.
+        name: String,
+        /// What the API server said.
+        #[source]
+        source: kube::Error,
+    },
+    /// Reading a child whose create conflicted (to tell ours from someone else's) failed.
+    #[error("reading child {name} after a conflict: {source}")]
+    ReadChild {
+        /// Name of the child.
+        name: String,
+        /// What the API server said.
+        #[source]
+        source: kube::Error,
+    },
+    /// Listing a `Command`'s children failed.
+    #[error("listing the children ({selector}): {source}")]
+    ListChildren {
+        /// The label selector.
+        selector: String,
+        /// What the API server said.
+        #[source]
+        source: kube::Error,
+    },
+    /// Deleting a child of an earlier run failed.
+    #[error("deleting child {name}: {source}")]
+    DeleteChild {
+        /// Name of the child.
+        name: String,
+        /// What the API server said.
+        #[source]
+        source: kube::Error,
+    },
+    /// Setting a `Command`'s finalizers failed.
+    #[error("setting the finalizers of {name}: {source}")]
+    PatchFinalizers {
+        /// Name of the `Command`.
+        name: String,
+        /// What the API server said.
+        #[source]
+        source: kube::Error,
+    },
+    /// SSM's list of a finished command's nodes could not be read (its final status waits for
+    /// every child).
+    #[error("listing the nodes of finished command {command_id}: {source}")]
+    ListNodes {
+        /// SSM command id.
+        command_id: String,
+        /// What SSM said.
+        #[source]
+        source: crate::aws::ssm::SsmError,
+    },
+    /// `CancelCommand` failed.
+    #[error("cancelling {command_id} in SSM: {source}")]
+    Cancel {
+        /// SSM command id.
+        command_id: String,
+        /// What SSM said.
+        #[source]
+        source: crate::aws::ssm::SsmError,
+    },
+    /// A deletion waits for SSM to list the run it must cancel (SSM's listing lags its send).
+    #[error("waiting for SSM to list the run to cancel before deletion")]
+    RunNotListedYet,
+    /// Looking in SSM for the run to cancel failed.
+    #[error("looking for the run to cancel before deletion: {0}")]
+    FindRun(String),
     /// The status could not be turned into JSON (a bug, not a runtime condition).
     #[error("serializing status: {0}")]
     Serialize(#[source] serde_json::Error),
@@ -79,7 +148,8 @@ pub enum Error {
     /// This process lost the Lease while reconciling; it exits so that it restarts as follower.
     #[error("lost leadership")]
     LostLeadership,
-    /// A write was refused because this process may not be sure it still leads.
+    /// A change to the cluster or to SSM was refused because this process may not be sure it
+    /// still leads ([`k8s::writer`] asks the fence before each).
     #[error("not the leader (lease not renewed in time): write refused")]
     Fenced,
     /// The HTTP server could not start.
@@ -99,7 +169,15 @@ impl Error {
         match self {
             Self::WriteStatus { .. } => "write_status",
             Self::RecordEvent { .. } => "record_event",
-            Self::Command(_) => "command",
+            Self::CreateChild { .. } => "create_child",
+            Self::ReadChild { .. } => "read_child",
+            Self::ListChildren { .. } => "list_children",
+            Self::DeleteChild { .. } => "delete_child",
+            Self::PatchFinalizers { .. } => "patch_finalizers",
+            Self::ListNodes { .. } => "list_nodes",
+            Self::Cancel { .. } => "cancel",
+            Self::RunNotListedYet => "run_not_listed_yet",
+            Self::FindRun(_) => "find_run",
             Self::MissingObjectKey(_) => "missing_object_key",
             Self::Serialize(_) => "serialize",
             Self::Kube(_) | Self::KubeConfig(_) => "kube",

@@ -16,10 +16,11 @@ use serde_json::{json, Value};
 use ssm_operator::api::{Command, CommandSpec, CommandStatus, SendRecord};
 use ssm_operator::aws::roles::Roles;
 use ssm_operator::aws::ssm::Ssm;
-use ssm_operator::command::reconcile::{reconcile, CommandContext, FINALIZER};
+use ssm_operator::command::reconcile::reconcile;
 use ssm_operator::command::send::{marker, Policy};
+use ssm_operator::command::{Context as CommandContext, FINALIZER};
 use ssm_operator::k8s::leader::Fence;
-use ssm_operator::k8s::writer::StatusWriter;
+use ssm_operator::k8s::writer::Writer;
 use ssm_operator::runtime::metrics::Metrics;
 use ssm_operator::tracking::schedule::PollIntervals;
 use ssm_sim::{Plugin, Simulator};
@@ -149,11 +150,10 @@ async fn fixture_polling(
         client.clone(),
         ssm,
         Arc::new(Roles::disabled()),
-        StatusWriter::new(client, Some("test".into()), metrics.clone(), fence.clone()),
+        Writer::new(client, Some("test".into()), metrics.clone(), fence.clone()),
         Policy::new(true, &[]).unwrap(),
         PollIntervals { min, max },
         Duration::from_secs(300),
-        fence,
         metrics,
         16,
     );
@@ -257,6 +257,39 @@ async fn a_replica_whose_fence_is_closed_never_sends() {
         "{result:?}"
     );
     assert_eq!(sim.calls("SendCommand"), 0);
+}
+
+#[tokio::test]
+async fn a_fenced_replica_on_a_new_generation_cancels_deletes_and_sends_nothing() {
+    // A deposed leader wakes up on generation 2 of a Command whose generation-1 run is still
+    // going: retiring that run (CancelCommand, deleting its children) and the new send are
+    // all changes, so the fence refuses each before it leaves the process.
+    let (ctx, sim, mut api) = fixture(Fence::for_lease("me", Duration::from_secs(15))).await;
+    let running = CommandStatus {
+        observed_generation: Some(1),
+        command_id: Some("5e3f1a2b-7c4d-4e8f-9a0b-1c2d3e4f5a6b".into()),
+        status: Some("InProgress".into()),
+        send: Some(SendRecord {
+            generation: 1,
+            marker: marker(UID, 1),
+            time: Time(Timestamp::now()),
+        }),
+        ..CommandStatus::default()
+    };
+    let mut object = command(Some(running));
+    object.metadata.generation = Some(2);
+    object.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    let verifier = tokio::spawn(async move {
+        api.expect_silence().await;
+    });
+    let result = run(&ctx, &object).await;
+    verifier.await.unwrap();
+    assert!(
+        matches!(result, Err(ssm_operator::Error::Fenced)),
+        "{result:?}"
+    );
+    assert_eq!(sim.calls("CancelCommand"), 0, "no cancel");
+    assert_eq!(sim.calls("SendCommand"), 0, "no send");
 }
 
 #[tokio::test]
@@ -478,7 +511,7 @@ async fn commands_are_limited_across_namespaces_by_their_own_permits_and_never_b
     let invocations = Arc::new(Context {
         tracker,
         roles: Arc::new(Roles::disabled()),
-        writer: StatusWriter::new(
+        writer: Writer::new(
             client.clone(),
             Some("test".into()),
             metrics.clone(),
@@ -497,11 +530,10 @@ async fn commands_are_limited_across_namespaces_by_their_own_permits_and_never_b
         client.clone(),
         ssm,
         Arc::new(Roles::disabled()),
-        StatusWriter::new(client, Some("test".into()), metrics.clone(), Fence::open()),
+        Writer::new(client, Some("test".into()), metrics.clone(), Fence::open()),
         Policy::new(true, &[]).unwrap(),
         intervals,
         Duration::from_secs(300),
-        Fence::open(),
         metrics,
         1,
     ));

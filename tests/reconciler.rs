@@ -27,7 +27,7 @@ use ssm_operator::aws::ssm::Ssm;
 use ssm_operator::invocation::reconcile::{error_policy, reconcile, Context};
 use ssm_operator::invocation::status::Settings;
 use ssm_operator::k8s::leader::Fence;
-use ssm_operator::k8s::writer::StatusWriter;
+use ssm_operator::k8s::writer::Writer;
 use ssm_operator::runtime::metrics::Metrics;
 use ssm_operator::tracking::schedule::PollIntervals;
 use ssm_operator::tracking::tracker::Tracker;
@@ -180,7 +180,7 @@ async fn fixture_full(
     let ctx = Arc::new(Context {
         tracker,
         roles: Arc::new(Roles::disabled()),
-        writer: StatusWriter::new(client, Some("test".into()), metrics.clone(), fence),
+        writer: Writer::new(client, Some("test".into()), metrics.clone(), fence),
         settings: Settings {
             max_output_chars: 4000,
             not_found_grace: Duration::from_secs(300),

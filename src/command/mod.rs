@@ -1,12 +1,21 @@
 //! `Command`: a Run Command sent declaratively, exactly once per generation, with a child
 //! `CommandInvocation` per node.
 //!
-//! - [`reconcile`]: the reconcile (send or search, track, children, cancel on deletion);
+//! - [`reconcile`]: the reconcile, read as its steps (send or search, track, sync children);
+//! - [`context`]: what every reconcile shares, and what this process remembers per `Command`;
 //! - [`send`]: pure, the exactly-once send state machine (intent, marker, search);
 //! - [`status`]: pure, the `Command`'s status and conditions for each step of its run;
-//! - [`children`]: pure, the child `CommandInvocation` of a `Command` for one node.
+//! - [`children`]: pure, the child `CommandInvocation` of a `Command` for one node;
+//! - [`sync`]: the children in step with SSM's nodes (create, resume, delete an earlier run's);
+//! - [`teardown`]: retiring an earlier run, and cancelling before deletion (the finalizer).
 
 pub mod children;
+pub mod context;
 pub mod reconcile;
 pub mod send;
 pub mod status;
+mod sync;
+mod teardown;
+
+pub use context::Context;
+pub use teardown::FINALIZER;

@@ -1,231 +1,50 @@
-//! The reconcile of one `Command`: decide the send ([`crate::command::send`]), make it or look for it
-//! in SSM, follow the run's counts ([`crate::command::status`]) and create a child
-//! `CommandInvocation` for every node SSM reports ([`crate::command::children`]); on deletion, cancel
-//! an unfinished run before the finalizer goes.
+//! The reconcile of one `Command`, read top to bottom as its steps: decide the send
+//! ([`crate::command::send`]), make it or look for it in SSM, follow the run's counts
+//! ([`crate::command::status`]) and keep a child `CommandInvocation` for every node SSM reports
+//! ([`crate::command::sync`]); a new generation first retires the earlier run, and deletion
+//! cancels an unfinished run before the finalizer goes ([`crate::command::teardown`]).
 //!
 //! Every status write is a compare-and-swap on the resourceVersion the decision was made on
-//! ([`StatusWriter::write_command`]): a reconcile that acts on a stale cache, or a second
-//! writer, loses the write and decides again instead of sending twice. `SendCommand` is only
-//! called after the intent write succeeded, and only while the leadership fence is open.
-//!
-//! Every reconcile first takes a permit from the `Command`s' own `--max-concurrent-reconciles`
-//! semaphore (one per process, across all watched namespaces, in [`CommandContext`]); it holds
-//! it while it calls SSM and the API server, and never waits on another reconcile, so no
-//! permit waits on another. `CommandInvocation` reconciles have their own semaphore of the
-//! same size: a `Command` waiting for SSM (its budget, throttling, STS) never holds up a
-//! `CommandInvocation`'s status write, nor the other way round. What this process remembers
-//! per `Command` is dropped when the watch sees it deleted, or misses it on a re-list
-//! ([`Forget`]), and at the end of a reconcile that finds it gone. When a namespace's role
-//! changes, its `Command`s are reconciled at once ([`CommandContext::role_changed`]).
+//! ([`Writer::write_command`](crate::k8s::writer::Writer::write_command)): a reconcile that
+//! acts on a stale cache, or a second writer, loses the write and decides again instead of
+//! sending twice. `SendCommand` is only called after the intent write succeeded. Every change
+//! (status, Events, children, finalizer, send, cancel) goes through the fenced writer, so a
+//! replica that is not sure it leads changes nothing. What the reconcile shares with the
+//! others, and what it remembers, is in [`crate::command::context`].
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::Stream;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Client, ResourceExt};
-use serde_json::json;
-use tokio::sync::Semaphore;
+use kube::ResourceExt;
 use tracing::{debug, info, instrument, warn};
 
-use crate::api::{Command, CommandInvocation, CommandStatus, SendRecord};
-use crate::aws::roles::Roles;
-use crate::aws::ssm::{Recovery, Scope, Ssm};
-use crate::command::children::{self, COMMAND_LABEL};
-use crate::command::send::{
-    self, Facts, FollowUp, Policy, SearchResult, Step, SEND_FAILED, SEND_UNKNOWN,
-};
+use crate::api::{Command, SendRecord};
+use crate::aws::ssm::{is_terminal, Recovery};
+use crate::command::context::Context;
+use crate::command::send::{self, Facts, FollowUp, SendResult, Step, SEND_FAILED, SEND_UNKNOWN};
 use crate::command::status::{self as command_status, Change};
-use crate::k8s::leader::Fence;
-use crate::k8s::watch::{watch_commands, CommandStores, Forget, WatchedCommands};
+use crate::command::sync::sync_children;
+use crate::command::teardown::{
+    add_finalizer, cancel_before_deletion, remove_finalizer, retire_previous_run, FINALIZER,
+};
+use crate::k8s::watch::Forget;
 use crate::k8s::writer::EventNote;
-use crate::k8s::writer::StatusWriter;
-use crate::runtime::metrics::Metrics;
-use crate::tracking::schedule::{backoff, PollIntervals};
-use crate::tracking::wakers::Wakers;
+use crate::tracking::schedule::backoff;
 use crate::Error;
-
-/// The finalizer that makes deletion cancel an unfinished run first.
-pub const FINALIZER: &str = "ssm.operator.dev/cancel";
 
 /// How soon a reconcile whose write lost a compare-and-swap runs again (the watch usually
 /// delivers the newer object first).
 const AFTER_CONFLICT: Duration = Duration::from_secs(1);
+
 /// How often a search waits between looks while SSM's listing settles.
 const SEARCH_EVERY: Duration = Duration::from_secs(10);
-/// How long a deletion retries cancelling the run before it goes ahead without (a Warning
-/// Event says so).
-const DELETE_GIVE_UP: Duration = Duration::from_secs(300);
-
-/// An attempt, named by its generation and the time its intent was recorded.
-type Attempt = (i64, Timestamp);
-
-/// What this process remembers per `Command` (by uid); losing it costs calls, never a send.
-#[derive(Default)]
-struct Memo {
-    /// The attempt this process knows SSM did not create, and when it may be made again.
-    unsent: Option<(Attempt, Instant)>,
-    /// The attempt SSM accepted, and the command it created (in case the status write that
-    /// records it lost its compare-and-swap).
-    accepted: Option<(Attempt, String)>,
-    /// Rounds in a row without news (for the polling backoff).
-    quiet: u32,
-    /// Failed reconciles in a row (for the retry backoff).
-    failures: u32,
-    /// The run whose children are known, and those children's nodes.
-    children: Option<(String, HashSet<String>)>,
-}
-
-/// Everything a `Command` reconcile needs, shared by all runs.
-pub struct CommandContext {
-    /// For finalizers and children.
-    pub client: Client,
-    /// SSM access (shared budget).
-    pub ssm: Arc<Ssm>,
-    /// The role each namespace's calls use.
-    pub roles: Arc<Roles>,
-    /// Status writes and Events.
-    pub writer: StatusWriter,
-    /// `--send-commands` / `--allowed-documents`.
-    pub policy: Policy,
-    /// Poll backoff bounds.
-    pub intervals: PollIntervals,
-    /// How often a run stalled on an error an outside fix can cure is looked at again.
-    pub recheck: Duration,
-    /// Leadership: no send unless it is open.
-    pub fence: Fence,
-    /// Process metrics.
-    pub metrics: Arc<Metrics>,
-    /// `--max-concurrent-reconciles` permits of `Command` reconciles, shared by every watched
-    /// namespace (the process has one context), not with `CommandInvocation` reconciles.
-    permits: Semaphore,
-    memo: Mutex<HashMap<String, Memo>>,
-    /// The caches of the `Command` watches ([`CommandContext::watch`]).
-    stores: Arc<CommandStores>,
-    /// Where [`CommandContext::role_changed`] wakes Commands: a channel per controller, with
-    /// its namespace (`None`: all).
-    wakers: Wakers<Command>,
-}
-
-impl CommandContext {
-    /// A context; see the fields. `max_concurrent_reconciles`: how many `Command` reconciles
-    /// run at once in the process (at least one).
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        client: Client,
-        ssm: Arc<Ssm>,
-        roles: Arc<Roles>,
-        writer: StatusWriter,
-        policy: Policy,
-        intervals: PollIntervals,
-        recheck: Duration,
-        fence: Fence,
-        metrics: Arc<Metrics>,
-        max_concurrent_reconciles: usize,
-    ) -> Self {
-        Self {
-            client,
-            ssm,
-            roles,
-            writer,
-            policy,
-            intervals,
-            recheck,
-            fence,
-            metrics,
-            permits: Semaphore::new(max_concurrent_reconciles.max(1)),
-            memo: Mutex::new(HashMap::new()),
-            stores: Arc::new(CommandStores::default()),
-            wakers: Wakers::default(),
-        }
-    }
-
-    /// The watch of `api`'s `Command`s for a controller; the ones it sees deleted, or no
-    /// longer lists, are forgotten here.
-    pub fn watch(self: &Arc<Self>, api: Api<Command>) -> WatchedCommands {
-        watch_commands(api, self.stores.clone(), self.clone())
-    }
-
-    /// Whether `object` is known to be gone (see [`CommandStores::known_gone`]).
-    fn gone(&self, object: &Command) -> bool {
-        self.stores.known_gone(object)
-    }
-
-    /// The `Command`s of `namespace` (`None`: all) to reconcile now, for a controller's
-    /// `reconcile_on`.
-    pub fn wakes(
-        &self,
-        namespace: Option<String>,
-    ) -> impl Stream<Item = ObjectRef<Command>> + Send + 'static {
-        self.wakers.stream(namespace)
-    }
-
-    /// `namespace`'s role changed: its `Command`s are reconciled at once, and a send SSM or
-    /// STS refused with the old identity (nothing created) is made again now rather than at
-    /// the rare re-check.
-    pub fn role_changed(&self, namespace: &str) {
-        let commands = self.stores.in_namespace(namespace);
-        {
-            let now = Instant::now();
-            let mut memo = self.memo.lock().unwrap_or_else(PoisonError::into_inner);
-            for uid in commands.iter().filter_map(|c| c.uid()) {
-                if let Some(m) = memo.get_mut(&uid) {
-                    m.unsent = m.unsent.map(|(attempt, _)| (attempt, now));
-                }
-            }
-        }
-        self.wakers
-            .wake(commands.iter().map(|c| ObjectRef::from_obj(c.as_ref())));
-    }
-
-    /// What is remembered for `uid`, created if nothing is. Only a reconcile uses it (it ends
-    /// by dropping the entry again if the `Command` turned out to be gone).
-    fn memo<T>(&self, uid: &str, f: impl FnOnce(&mut Memo) -> T) -> T {
-        let mut memo = self.memo.lock().unwrap_or_else(PoisonError::into_inner);
-        f(memo.entry(uid.to_string()).or_default())
-    }
-
-    /// Like [`CommandContext::memo`], but only for a `Command` already remembered (a deleted
-    /// one must not come back); `None` otherwise.
-    fn memo_if_known<T>(&self, uid: &str, f: impl FnOnce(&mut Memo) -> T) -> Option<T> {
-        let mut memo = self.memo.lock().unwrap_or_else(PoisonError::into_inner);
-        memo.get_mut(uid).map(f)
-    }
-
-    /// Number of `Command`s this process remembers something about.
-    #[cfg(test)]
-    fn memo_len(&self) -> usize {
-        self.memo
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-}
-
-impl Forget for CommandContext {
-    fn forget(&self, uid: &str) {
-        self.memo
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(uid);
-    }
-
-    fn retain(&self, live: &HashSet<String>) {
-        self.memo
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|uid, _| live.contains(uid));
-    }
-}
 
 /// Reconciles one `Command`. See the module docs.
 #[instrument(skip_all, fields(namespace = %object.namespace().unwrap_or_default(), name = %object.name_any()))]
-pub async fn reconcile(object: Arc<Command>, ctx: Arc<CommandContext>) -> Result<Action, Error> {
+pub async fn reconcile(object: Arc<Command>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = {
         // The semaphore is never closed; without a permit (impossible) the reconcile goes ahead.
@@ -256,7 +75,7 @@ fn gone_from_the_api(result: &Result<Action, Error>) -> bool {
 }
 
 /// Retries a failed reconcile with the poll backoff, growing with each failure in a row.
-pub fn error_policy(object: Arc<Command>, error: &Error, ctx: Arc<CommandContext>) -> Action {
+pub fn error_policy(object: Arc<Command>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_failed(error.metric_label());
     warn!(name = %object.name_any(), %error, "Command reconcile failed; retrying");
     // Only a Command still remembered counts its failures: a deleted one must not come back.
@@ -273,7 +92,7 @@ pub fn error_policy(object: Arc<Command>, error: &Error, ctx: Arc<CommandContext
     ))
 }
 
-async fn reconcile_inner(object: &Command, ctx: &CommandContext) -> Result<Action, Error> {
+async fn reconcile_inner(object: &Command, ctx: &Context) -> Result<Action, Error> {
     let uid = object.uid().ok_or(Error::MissingObjectKey("uid"))?;
     if object.metadata.deletion_timestamp.is_some() {
         if object.finalizers().iter().any(|f| f == FINALIZER) {
@@ -363,7 +182,7 @@ async fn reconcile_inner(object: &Command, ctx: &CommandContext) -> Result<Actio
         } => {
             let result = ctx
                 .ssm
-                .find_commands(&scope(object, ctx), &marker, window)
+                .find_commands(&ctx.scope(object), &marker, window)
                 .await;
             info!(?result, %marker, "looked for an earlier send in ListCommands");
             follow(
@@ -385,21 +204,9 @@ fn settle(stored: Option<Command>, action: Action) -> Action {
     }
 }
 
-/// Where the Command's SSM calls go, and as whom.
-fn scope(object: &Command, ctx: &CommandContext) -> Scope {
-    Scope {
-        region: object.spec.region.clone(),
-        role: ctx.roles.role_for(&object.namespace().unwrap_or_default()),
-    }
-}
-
 /// Records the change's Event, then writes its status (compare-and-swap). `Ok(None)`: the
 /// object changed meanwhile (nothing written). Nothing new: nothing written, `object` returned.
-async fn write(
-    object: &Command,
-    ctx: &CommandContext,
-    change: Change,
-) -> Result<Option<Command>, Error> {
+async fn write(object: &Command, ctx: &Context, change: Change) -> Result<Option<Command>, Error> {
     if !change.differs_from(object.status.as_ref()) {
         return Ok(Some(object.clone()));
     }
@@ -410,7 +217,7 @@ async fn write(
 /// intent must be stored over exactly the object it was decided on).
 async fn write_always(
     object: &Command,
-    ctx: &CommandContext,
+    ctx: &Context,
     change: Change,
 ) -> Result<Option<Command>, Error> {
     if let Some(note) = &change.note {
@@ -435,7 +242,7 @@ async fn write_always(
 /// only then does `SendCommand` run.
 async fn intend_and_send(
     object: &Command,
-    ctx: &CommandContext,
+    ctx: &Context,
     record: SendRecord,
 ) -> Result<Action, Error> {
     let generation = record.generation;
@@ -448,39 +255,38 @@ async fn intend_and_send(
     let Some(stored) = write_always(&object, ctx, change).await? else {
         return Ok(Action::requeue(AFTER_CONFLICT));
     };
-    if !ctx.fence.allows_writes() {
-        // Lost the lead between the write and the send: the next leader searches first.
-        return Err(Error::Fenced);
-    }
+    // Fenced like every change: a lead lost between the write and the send ends here, and the
+    // next leader searches first.
     let comment = send::comment(object.spec.comment.as_deref(), &record.marker);
     let result = ctx
-        .ssm
+        .writer
         .send_command(
-            &scope(&object, ctx),
+            &ctx.ssm,
+            &ctx.scope(&object),
             &object.spec,
             &comment,
             not_after(&record),
         )
-        .await;
+        .await?;
     info!(?result, marker = %record.marker, generation, "SendCommand");
     let uid = object.uid().unwrap_or_default();
     let attempt = (generation, record.time.0);
     match &result {
-        send::SendResult::Accepted { command_id } => {
+        SendResult::Accepted { command_id } => {
             let id = command_id.clone();
             ctx.memo(&uid, |m| m.accepted = Some((attempt, id)));
         }
-        send::SendResult::NotCreated { .. } => {
+        SendResult::NotCreated { .. } => {
             let wait = backoff(ctx.intervals, 2, fastrand::f64());
             ctx.memo(&uid, |m| m.unsent = Some((attempt, Instant::now() + wait)));
         }
-        send::SendResult::Blocked { .. } => {
+        SendResult::Blocked { .. } => {
             let recheck = ctx.recheck;
             ctx.memo(&uid, |m| {
                 m.unsent = Some((attempt, Instant::now() + recheck))
             });
         }
-        send::SendResult::Refused { .. } | send::SendResult::Unknown { .. } => {}
+        SendResult::Refused { .. } | SendResult::Unknown { .. } => {}
     }
     follow(&stored, ctx, send::after_send(result), Some(&record)).await
 }
@@ -497,7 +303,7 @@ fn not_after(record: &SendRecord) -> Timestamp {
 /// Acts on the step after a send or a search.
 async fn follow(
     object: &Command,
-    ctx: &CommandContext,
+    ctx: &Context,
     next: FollowUp,
     sent: Option<&SendRecord>,
 ) -> Result<Action, Error> {
@@ -598,15 +404,15 @@ async fn follow(
 }
 
 /// Follows a known run: SSM's counts into status, a child for every node.
-async fn track(object: &Command, ctx: &CommandContext, command_id: &str) -> Result<Action, Error> {
+async fn track(object: &Command, ctx: &Context, command_id: &str) -> Result<Action, Error> {
     let generation = object.metadata.generation.unwrap_or_default();
     let status = object.status.as_ref();
     let uid = object.uid().unwrap_or_default();
-    let scope = scope(object, ctx);
+    let scope = ctx.scope(object);
     let now = Time(Timestamp::now());
     match ctx.ssm.command(&scope, command_id).await {
         Ok(Some(summary)) => {
-            let finished = crate::aws::ssm::is_terminal(&summary.status);
+            let finished = is_terminal(&summary.status);
             sync_children(
                 object,
                 ctx,
@@ -657,375 +463,6 @@ async fn track(object: &Command, ctx: &CommandContext, command_id: &str) -> Resu
     }
 }
 
-/// Creates the children SSM's nodes call for: the named instance ids, or the nodes SSM lists
-/// for targets (asked only while fewer children are known than SSM counts targets, and once
-/// more when the run has finished).
-async fn sync_children(
-    object: &Command,
-    ctx: &CommandContext,
-    scope: &Scope,
-    command_id: &str,
-    target_count: i32,
-    finished: bool,
-) -> Result<(), Error> {
-    let uid = object.uid().unwrap_or_default();
-    let namespace = object
-        .namespace()
-        .ok_or(Error::MissingObjectKey("namespace"))?;
-    let api: Api<CommandInvocation> = Api::namespaced(ctx.client.clone(), &namespace);
-    let known = ctx.memo(&uid, |m| {
-        m.children
-            .as_ref()
-            .filter(|(id, _)| id == command_id)
-            .map(|(_, nodes)| nodes.clone())
-    });
-    let mut known = match known {
-        Some(known) => known,
-        None => existing_children(object, &api, command_id).await?,
-    };
-    let enough = usize::try_from(target_count).unwrap_or(0) <= known.len();
-    if enough && !finished {
-        ctx.memo(&uid, |m| m.children = Some((command_id.to_string(), known)));
-        return Ok(());
-    }
-    // Named nodes are the invocations SSM makes; only targets need SSM's list.
-    let named = object
-        .spec
-        .instance_ids
-        .clone()
-        .filter(|ids| !ids.is_empty());
-    let listed = match named {
-        Some(ids) => Ok(ids),
-        None => ctx.ssm.command_nodes(scope, command_id).await,
-    };
-    let nodes = match listed {
-        Ok(nodes) => nodes,
-        // The run's final status is written only once every child exists.
-        Err(error) if finished => {
-            return Err(Error::Command(format!(
-                "listing the nodes of finished command {command_id}: {error}"
-            )))
-        }
-        Err(error) => {
-            warn!(%error, "could not list the command's nodes; children follow later");
-            ctx.memo(&uid, |m| m.children = Some((command_id.to_string(), known)));
-            return Ok(());
-        }
-    };
-    for node in nodes {
-        if known.contains(&node) {
-            continue;
-        }
-        let child = children::child(object, command_id, &node);
-        let name = child.name_any();
-        match api.create(&PostParams::default(), &child).await {
-            Ok(_) => info!(child = %name, "child CommandInvocation created"),
-            Err(kube::Error::Api(status)) if status.code == 409 => {
-                // Ours from an earlier attempt, or someone else's (a child of a deleted
-                // Command of the same name not yet collected): only ours counts.
-                let existing = api.get_opt(&name).await.map_err(|e| {
-                    Error::Command(format!("reading child {name} after a conflict: {e}"))
-                })?;
-                let ours = existing.is_some_and(|c| {
-                    c.owner_references()
-                        .iter()
-                        .any(|o| o.controller == Some(true) && o.uid == uid)
-                });
-                if !ours {
-                    warn!(child = %name, "a CommandInvocation of that name belongs to something else; trying again later");
-                    continue;
-                }
-            }
-            Err(kube::Error::Api(status)) if status.code == 403 => {
-                // Sending was turned off (the chart drops create on commandinvocations):
-                // the status goes on without this child.
-                warn!(child = %name, message = %status.message, "may not create the child");
-                continue;
-            }
-            Err(source) => {
-                return Err(Error::Command(format!("creating child {name}: {source}")));
-            }
-        }
-        known.insert(node);
-    }
-    ctx.memo(&uid, |m| m.children = Some((command_id.to_string(), known)));
-    Ok(())
-}
-
-/// The nodes of `command_id` that already have a child; children of any other run are
-/// deleted (a new generation's run replaces the old one's).
-async fn existing_children(
-    object: &Command,
-    api: &Api<CommandInvocation>,
-    command_id: &str,
-) -> Result<HashSet<String>, Error> {
-    let selector = format!(
-        "{COMMAND_LABEL}={}",
-        children::label_value(&object.name_any())
-    );
-    let listed = api
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(|e| Error::Command(format!("listing the children ({selector}): {e}")))?;
-    let uid = object.uid().unwrap_or_default();
-    let mut nodes = HashSet::new();
-    for child in listed {
-        let ours = child.owner_references().iter().any(|o| o.uid == uid);
-        if !ours {
-            continue;
-        }
-        if child.spec.command_id == command_id {
-            nodes.insert(child.spec.instance_id.clone());
-        } else {
-            delete_child(api, &child.name_any()).await?;
-        }
-    }
-    Ok(nodes)
-}
-
-async fn delete_child(api: &Api<CommandInvocation>, name: &str) -> Result<(), Error> {
-    match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => {
-            info!(child = %name, "child of an earlier run deleted");
-            Ok(())
-        }
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(error) => Err(Error::Command(format!("deleting child {name}: {error}"))),
-    }
-}
-
-/// What SSM may still be running for a stored status.
-enum LiveRuns {
-    /// These commands (maybe none).
-    Known(Vec<String>),
-    /// An attempt whose outcome is unknown, younger than SSM's listing lag: not listed yet.
-    NotListedYet,
-}
-
-/// The commands SSM may still be running for `status`: its command if unfinished, one this
-/// process saw SSM accept, or what a search finds for an intent without a command id.
-async fn live_runs(
-    object: &Command,
-    ctx: &CommandContext,
-    status: &CommandStatus,
-) -> Result<LiveRuns, String> {
-    if let Some(id) = &status.command_id {
-        let unfinished = !command_status::run_finished(status);
-        return Ok(LiveRuns::Known(if unfinished {
-            vec![id.clone()]
-        } else {
-            Vec::new()
-        }));
-    }
-    let Some(intent) = &status.send else {
-        return Ok(LiveRuns::Known(Vec::new()));
-    };
-    let uid = object.uid().unwrap_or_default();
-    let attempt = (intent.generation, intent.time.0);
-    let accepted = ctx.memo(&uid, |m| {
-        m.accepted
-            .clone()
-            .filter(|(a, _)| *a == attempt)
-            .map(|(_, id)| id)
-    });
-    if let Some(id) = accepted {
-        return Ok(LiveRuns::Known(vec![id]));
-    }
-    let window = send::search_window(intent.time.0);
-    match ctx
-        .ssm
-        .find_commands(&scope(object, ctx), &intent.marker, window)
-        .await
-    {
-        SearchResult::Listed(found) if found.is_empty() => {
-            let settled = Timestamp::now()
-                .duration_since(intent.time.0)
-                .try_into()
-                .is_ok_and(|age: Duration| age >= send::SETTLE);
-            Ok(if settled {
-                LiveRuns::Known(Vec::new())
-            } else {
-                LiveRuns::NotListedYet
-            })
-        }
-        SearchResult::Listed(found) => Ok(LiveRuns::Known(
-            found.into_iter().map(|f| f.command_id).collect(),
-        )),
-        SearchResult::Refused { message } | SearchResult::Failed { message } => Err(message),
-    }
-}
-
-/// Before anything else happens for a new generation: the earlier generation's run, if SSM may
-/// still be running it, is cancelled, and its children go. `strict`: a failure to delete the
-/// children fails the reconcile (before a send); else it is logged (a refused generation).
-async fn retire_previous_run(
-    object: &Command,
-    ctx: &CommandContext,
-    generation: i64,
-    strict: bool,
-) -> Result<(), Error> {
-    let Some(status) = object.status.as_ref() else {
-        return Ok(());
-    };
-    let earlier = status
-        .send
-        .as_ref()
-        .is_some_and(|s| s.generation != generation);
-    if !earlier {
-        return Ok(());
-    }
-    match live_runs(object, ctx, status).await {
-        Ok(LiveRuns::Known(runs)) => {
-            for old in runs {
-                match ctx.ssm.cancel_command(&scope(object, ctx), &old).await {
-                    Ok(()) => {
-                        info!(command_id = %old, "earlier run cancelled for the new generation")
-                    }
-                    Err(error) => {
-                        warn!(command_id = %old, %error, "could not cancel the earlier run")
-                    }
-                }
-            }
-        }
-        Ok(LiveRuns::NotListedYet) => {
-            warn!("the earlier generation's send is not listed by SSM yet; it cannot be cancelled")
-        }
-        Err(message) => warn!(%message, "could not look for the earlier run to cancel"),
-    }
-    let namespace = object
-        .namespace()
-        .ok_or(Error::MissingObjectKey("namespace"))?;
-    let api: Api<CommandInvocation> = Api::namespaced(ctx.client.clone(), &namespace);
-    // No child belongs to the run about to be sent: every earlier child goes.
-    match existing_children(object, &api, "").await {
-        Ok(_) => {}
-        Err(error) if strict => return Err(error),
-        Err(error) => warn!(%error, "could not delete the earlier run's children"),
-    }
-    let uid = object.uid().unwrap_or_default();
-    ctx.memo(&uid, |m| m.children = None);
-    Ok(())
-}
-
-/// Deletion: cancels the run if SSM may still be running it (a run whose send is unknown is
-/// looked for first, and waited for while SSM's listing may lag). Past [`DELETE_GIVE_UP`] of
-/// failures, or on a permanent refusal, it is reported with a Warning Event and the deletion
-/// goes on: a Command must not stay Terminating for ever.
-async fn cancel_before_deletion(object: &Command, ctx: &CommandContext) -> Result<(), Error> {
-    let Some(status) = object.status.as_ref() else {
-        return Ok(());
-    };
-    let scope = scope(object, ctx);
-    let deleting_for = object
-        .metadata
-        .deletion_timestamp
-        .as_ref()
-        .and_then(|t| Timestamp::now().duration_since(t.0).try_into().ok())
-        .unwrap_or(Duration::ZERO);
-    let give_up = deleting_for >= DELETE_GIVE_UP;
-    let mut problems = Vec::new();
-    match live_runs(object, ctx, status).await {
-        Ok(LiveRuns::Known(runs)) => {
-            for id in runs {
-                match ctx.ssm.cancel_command(&scope, &id).await {
-                    Ok(()) => {
-                        info!(command_id = %id, "run cancelled: the Command is being deleted")
-                    }
-                    Err(error) if error.recovery() == Recovery::Transient && !give_up => {
-                        return Err(Error::Command(format!(
-                            "cancelling {id} before deletion: {error}"
-                        )))
-                    }
-                    Err(error) => problems.push(format!("cancelling {id}: {error}")),
-                }
-            }
-        }
-        Ok(LiveRuns::NotListedYet) if !give_up => {
-            return Err(Error::Command(
-                "waiting for SSM to list the run to cancel before deletion".into(),
-            ))
-        }
-        Ok(LiveRuns::NotListedYet) => problems.push("the run was never listed by SSM".into()),
-        Err(message) if !give_up => {
-            return Err(Error::Command(format!(
-                "looking for the run to cancel before deletion: {message}"
-            )))
-        }
-        Err(message) => problems.push(format!("looking for the run: {message}")),
-    }
-    if !problems.is_empty() {
-        let message = format!(
-            "deleted without cancelling in SSM ({}); check the command's marker {} in SSM",
-            problems.join("; "),
-            status.send.as_ref().map_or("-", |s| s.marker.as_str())
-        );
-        warn!(%message, "Command deleted without cancelling its run");
-        let note = EventNote {
-            warning: true,
-            reason: "CancelFailed".into(),
-            action: "Deleting".into(),
-            message,
-        };
-        ctx.writer.record_command(object, &note).await?;
-    }
-    Ok(())
-}
-
-/// Adds the finalizer (a no-op when present). `Ok(None)`: the object changed meanwhile.
-async fn add_finalizer(object: &Command, ctx: &CommandContext) -> Result<Option<Command>, Error> {
-    if object.finalizers().iter().any(|f| f == FINALIZER) {
-        return Ok(Some(object.clone()));
-    }
-    let mut finalizers = object.finalizers().to_vec();
-    finalizers.push(FINALIZER.to_string());
-    patch_finalizers(object, ctx, finalizers).await
-}
-
-async fn remove_finalizer(object: &Command, ctx: &CommandContext) -> Result<(), Error> {
-    let finalizers: Vec<String> = object
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .collect();
-    patch_finalizers(object, ctx, finalizers).await.map(|_| ())
-}
-
-/// Sets `metadata.finalizers` if the object is still at its resourceVersion (fenced like
-/// every write).
-async fn patch_finalizers(
-    object: &Command,
-    ctx: &CommandContext,
-    finalizers: Vec<String>,
-) -> Result<Option<Command>, Error> {
-    let namespace = object
-        .namespace()
-        .ok_or(Error::MissingObjectKey("namespace"))?;
-    if !ctx.fence.allows_writes() {
-        return Err(Error::Fenced);
-    }
-    let api: Api<Command> = Api::namespaced(ctx.client.clone(), &namespace);
-    let patch = json!({
-        "metadata": {
-            "finalizers": finalizers,
-            "resourceVersion": object.resource_version(),
-        }
-    });
-    match api
-        .patch(
-            &object.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(stored) => Ok(Some(stored)),
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(None),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
-        Err(error) => Err(Error::Kube(error)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1033,8 +470,17 @@ mod tests {
     use futures::StreamExt;
     use http::{Request, Response};
     use kube::client::Body;
+    use kube::{Api, Client};
+    use serde_json::json;
 
-    use crate::api::CommandSpec;
+    use crate::api::{CommandSpec, CommandStatus};
+    use crate::aws::roles::Roles;
+    use crate::aws::ssm::Ssm;
+    use crate::command::send::Policy;
+    use crate::k8s::leader::Fence;
+    use crate::k8s::writer::Writer;
+    use crate::runtime::metrics::Metrics;
+    use crate::tracking::schedule::PollIntervals;
 
     type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
@@ -1042,7 +488,7 @@ mod tests {
 
     /// A context whose API server is a mock (returned) and whose SSM is nowhere (no test here
     /// reaches SSM).
-    fn context() -> (Arc<CommandContext>, Handle) {
+    fn context() -> (Arc<Context>, Handle) {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
         let metrics = Arc::new(Metrics::new());
@@ -1051,18 +497,17 @@ mod tests {
             metrics.clone(),
             1000.0,
         ));
-        let ctx = CommandContext::new(
+        let ctx = Context::new(
             client.clone(),
             ssm,
             Arc::new(Roles::disabled()),
-            StatusWriter::new(client, Some("test".into()), metrics.clone(), Fence::open()),
+            Writer::new(client, Some("test".into()), metrics.clone(), Fence::open()),
             Policy::new(true, &[]).expect("no globs"),
             PollIntervals {
                 min: Duration::from_millis(200),
                 max: Duration::from_secs(2),
             },
             Duration::from_secs(300),
-            Fence::open(),
             metrics,
             4,
         );
@@ -1086,7 +531,7 @@ mod tests {
     }
 
     /// Something remembered for `uid`, as a reconcile leaves it.
-    fn remember(ctx: &CommandContext, uid: &str) {
+    fn remember(ctx: &Context, uid: &str) {
         ctx.memo(uid, |m| m.quiet = 3);
     }
 
@@ -1222,7 +667,10 @@ mod tests {
     async fn a_failed_reconcile_of_a_forgotten_command_does_not_bring_it_back() {
         let (ctx, _api) = context();
         let object = Arc::new(command("u-gone"));
-        let error = Error::Command("cancelling before deletion: SSM unavailable".into());
+        let error = Error::Cancel {
+            command_id: "c0ffee00-0000-4000-8000-000000000000".into(),
+            source: crate::aws::ssm::SsmError::Unavailable("SSM unavailable".into()),
+        };
         // The watch already forgot it (deleted while its reconcile was in flight).
         error_policy(object, &error, ctx.clone());
         assert_eq!(

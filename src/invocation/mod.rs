@@ -5,3 +5,5 @@
 
 pub mod reconcile;
 pub mod status;
+
+pub use reconcile::Context;

@@ -7,7 +7,7 @@
 //! and [`error_policy`] retries those with backoff.
 //!
 //! A reconcile acts on what is really stored: when the watch cache has not yet shown this
-//! process's last write, it uses that write ([`StatusWriter::fresher`]). At most
+//! process's last write, it uses that write ([`Writer::fresher`]). At most
 //! `--max-concurrent-reconciles` reconciles write at once, across all watched namespaces; one
 //! with nothing to write never waits for them.
 
@@ -27,7 +27,7 @@ use crate::aws::roles::Roles;
 use crate::aws::ssm::{InvocationKey, SsmError};
 use crate::invocation::status::{self as mapping, Poll, Polling, Settings};
 use crate::k8s::watch::Forget;
-use crate::k8s::writer::StatusWriter;
+use crate::k8s::writer::Writer;
 use crate::runtime::metrics::Metrics;
 use crate::tracking::schedule::{backoff, PollIntervals};
 use crate::tracking::tracker::Tracker;
@@ -40,7 +40,7 @@ pub struct Context {
     /// The role each namespace's calls use (`--namespace-roles`).
     pub roles: Arc<Roles>,
     /// Status and Event writes.
-    pub writer: StatusWriter,
+    pub writer: Writer,
     /// Status-shaping settings.
     pub settings: Settings,
     /// Poll backoff bounds (also for retrying failed writes).

@@ -1,16 +1,21 @@
-//! Writes `.status` with server-side apply (field manager `ssm-operator`, forced) and records
-//! Kubernetes Events. The only code that changes objects in the API server.
+//! The fenced writer: the only code that changes the cluster, or SSM's state, on behalf of a
+//! reconcile. Status patches and Events of both kinds, a `Command`'s children (create,
+//! delete), its finalizer, and `SendCommand` / `CancelCommand` all go through [`Writer`],
+//! which asks the leadership [`Fence`] right before each: a replica that is not sure it leads
+//! (a follower, or a leader paused past its Lease) changes nothing, and the reconcile that
+//! tried ends with [`Error::Fenced`]. Reads (the watch, SSM's answers, `ListCommands`) are not
+//! fenced: they change nothing.
 //!
+//! Status is written with server-side apply (field manager `ssm-operator`, forced).
 //! Events are created directly (events.k8s.io/v1) under a name derived from the object, the
 //! transition and the status it left, so recording one twice (a retry, or a restart after a
 //! crash between the Event and the status write) is refused by the API server as a duplicate
-//! instead of creating a second Event. The reconciler records the Event before the status
+//! instead of creating a second Event. The reconcilers record the Event before the status
 //! write, so a crash can repeat an Event attempt but never lose one.
 //!
-//! Every write and Event first asks the leadership [`Fence`]. The writer also remembers what it
-//! wrote last for each resource until the watch cache shows that write, so a reconcile that
-//! runs on the older cached object acts on what is really stored (no duplicate Event, no moved
-//! `lastTransitionTime`).
+//! The writer also remembers what it wrote last for each `CommandInvocation` until the watch
+//! cache shows that write, so a reconcile that runs on the older cached object acts on what is
+//! really stored (no duplicate Event, no moved `lastTransitionTime`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,14 +23,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::PostParams;
-use kube::api::{Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::api::{Command, CommandInvocation, CommandInvocationStatus, CommandStatus};
+use crate::api::{Command, CommandInvocation, CommandInvocationStatus, CommandSpec, CommandStatus};
+use crate::aws::ssm::{Scope, Ssm};
+use crate::command::send::SendResult;
 use crate::k8s::leader::Fence;
 use crate::k8s::output::cut_to_bytes;
 use crate::runtime::metrics::Metrics;
@@ -94,8 +100,8 @@ pub fn null_removed_fields(current: &Value, next: &mut Value) {
     }
 }
 
-/// Status patches and Events for `CommandInvocation` resources.
-pub struct StatusWriter {
+/// Every change a reconcile makes, each behind the fence (see the module docs).
+pub struct Writer {
     client: Client,
     instance: String,
     metrics: Arc<Metrics>,
@@ -103,9 +109,9 @@ pub struct StatusWriter {
     written: Mutex<HashMap<String, Written>>,
 }
 
-impl StatusWriter {
+impl Writer {
     /// A writer reporting Events as `ssm-operator` from `instance` (the pod name).
-    /// Writes and Events are refused while `fence` is closed.
+    /// Every change is refused while `fence` is closed.
     pub fn new(
         client: Client,
         instance: Option<String>,
@@ -200,7 +206,7 @@ impl StatusWriter {
     }
 
     /// Records `note` as an Event on a `Command` whose stored resourceVersion identifies the
-    /// status the transition leaves. Failures as for [`StatusWriter::record`].
+    /// status the transition leaves. Failures as for [`Writer::record`].
     pub async fn record_command(&self, object: &Command, note: &EventNote) -> Result<(), Error> {
         let since = object.resource_version().unwrap_or_default();
         let event = event_for(object, &since, note, &self.instance, Timestamp::now());
@@ -267,6 +273,109 @@ impl StatusWriter {
         }
     }
 
+    /// Creates a `Command`'s child. The API server's refusal comes back as
+    /// [`Error::CreateChild`] (409 when it exists: the caller tells ours from someone else's).
+    pub async fn create_child(&self, child: &CommandInvocation) -> Result<(), Error> {
+        let namespace = child
+            .namespace()
+            .ok_or(Error::MissingObjectKey("namespace"))?;
+        let name = child.name_any();
+        self.check_fence()?;
+        let api: Api<CommandInvocation> = Api::namespaced(self.client.clone(), &namespace);
+        match api.create(&PostParams::default(), child).await {
+            Ok(_) => Ok(()),
+            Err(source) => Err(Error::CreateChild {
+                namespace,
+                name,
+                source,
+            }),
+        }
+    }
+
+    /// Deletes child `name` of an earlier run (background propagation). Already gone is
+    /// success.
+    pub async fn delete_child(&self, namespace: &str, name: &str) -> Result<(), Error> {
+        self.check_fence()?;
+        let api: Api<CommandInvocation> = Api::namespaced(self.client.clone(), namespace);
+        match api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(source) => Err(Error::DeleteChild {
+                name: name.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Sets a `Command`'s `metadata.finalizers` if the object is still at the resourceVersion
+    /// `object` carries. `Ok(None)`: it changed meanwhile, or is gone.
+    pub async fn patch_finalizers(
+        &self,
+        object: &Command,
+        finalizers: Vec<String>,
+    ) -> Result<Option<Command>, Error> {
+        let namespace = object
+            .namespace()
+            .ok_or(Error::MissingObjectKey("namespace"))?;
+        let name = object.name_any();
+        let patch = json!({
+            "metadata": {
+                "finalizers": finalizers,
+                "resourceVersion": object.resource_version(),
+            }
+        });
+        self.check_fence()?;
+        let api: Api<Command> = Api::namespaced(self.client.clone(), &namespace);
+        match api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(stored) => Ok(Some(stored)),
+            Err(kube::Error::Api(status)) if status.code == 409 || status.code == 404 => Ok(None),
+            Err(source) => Err(Error::PatchFinalizers { name, source }),
+        }
+    }
+
+    /// `SendCommand` for `spec` through `ssm` (see [`Ssm::send_command`]).
+    pub async fn send_command(
+        &self,
+        ssm: &Ssm,
+        scope: &Scope,
+        spec: &CommandSpec,
+        comment: &str,
+        not_after: Timestamp,
+    ) -> Result<SendResult, Error> {
+        self.check_fence()?;
+        Ok(ssm.send_command(scope, spec, comment, not_after).await)
+    }
+
+    /// `CancelCommand` of `command_id` through `ssm`. SSM's refusal comes back as
+    /// [`Error::Cancel`].
+    pub async fn cancel_command(
+        &self,
+        ssm: &Ssm,
+        scope: &Scope,
+        command_id: &str,
+    ) -> Result<(), Error> {
+        self.check_fence()?;
+        ssm.cancel_command(scope, command_id)
+            .await
+            .map_err(|source| Error::Cancel {
+                command_id: command_id.to_string(),
+                source,
+            })
+    }
+
+    /// [`Error::Fenced`] (counted) unless this process may change things now.
+    fn check_fence(&self) -> Result<(), Error> {
+        if self.fence.allows_writes() {
+            Ok(())
+        } else {
+            self.metrics.write_fenced();
+            Err(Error::Fenced)
+        }
+    }
+
     /// Server-side-applies `status` as the whole status the operator owns (fields `current`
     /// has and `status` lacks are cleared), fenced; with `version`, only over that
     /// resourceVersion. Returns the stored object.
@@ -304,10 +413,7 @@ impl StatusWriter {
             "metadata": metadata,
             "status": body,
         });
-        if !self.fence.allows_writes() {
-            self.metrics.write_fenced();
-            return Err(Error::Fenced);
-        }
+        self.check_fence()?;
         let stored = api
             .patch_status(
                 &name,

@@ -20,19 +20,18 @@ use crate::api::{Command, CommandInvocation};
 use crate::aws::roles::Roles;
 use crate::aws::sqs::Queue;
 use crate::aws::ssm::Ssm;
-use crate::command::reconcile::{self as command_reconciler, CommandContext};
 use crate::command::send::Policy;
-use crate::invocation::reconcile::{self as reconciler, Context};
 use crate::invocation::status::Settings;
 use crate::k8s::health::Health;
 use crate::k8s::leader::{Fence, Leadership, LeaseSettings};
 use crate::k8s::watch::watch as watch_invocations;
-use crate::k8s::writer::StatusWriter;
+use crate::k8s::writer::Writer;
 use crate::runtime::cli::RunArgs;
 use crate::runtime::http;
 use crate::runtime::metrics::Metrics;
 use crate::tracking::schedule::PollIntervals;
 use crate::tracking::tracker::Tracker;
+use crate::{command, invocation};
 use crate::{Error, OPERATOR_NAME};
 
 /// Reconciles that run at once per kind, per `--max-concurrent-reconciles` write permit.
@@ -111,7 +110,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     } else {
         Roles::disabled()
     });
-    let ctx = Arc::new(Context {
+    let ctx = Arc::new(invocation::Context {
         tracker: Arc::new(Tracker::new(
             ssm.clone(),
             intervals,
@@ -120,7 +119,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             metrics.clone(),
         )),
         roles: roles.clone(),
-        writer: StatusWriter::new(
+        writer: Writer::new(
             client.clone(),
             Some(identity.clone()),
             metrics.clone(),
@@ -138,11 +137,11 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
 
     let policy = Policy::new(args.send_commands, &args.allowed_documents)
         .map_err(|e| Error::Config(format!("--allowed-documents: {e}")))?;
-    let commands = Arc::new(CommandContext::new(
+    let commands = Arc::new(command::Context::new(
         client.clone(),
         ssm.clone(),
         roles.clone(),
-        StatusWriter::new(
+        Writer::new(
             client.clone(),
             Some(identity.clone()),
             ctx.metrics.clone(),
@@ -151,7 +150,6 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         policy,
         intervals,
         recheck_interval,
-        fence.clone(),
         ctx.metrics.clone(),
         // --max-concurrent-reconciles per kind: Commands have their own semaphore (one for the
         // process, across all watched namespaces), so that Commands waiting for SSM never hold
@@ -230,8 +228,8 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
 struct Parts<'a> {
     args: &'a RunArgs,
     client: Client,
-    ctx: Arc<Context>,
-    commands: Arc<CommandContext>,
+    ctx: Arc<invocation::Context>,
+    commands: Arc<command::Context>,
     health: Arc<Health>,
     queue: Option<Queue>,
 }
@@ -321,7 +319,11 @@ async fn run_controllers(
             .reconcile_on(ctx.tracker.wakes(namespace))
             .with_config(config.clone())
             .graceful_shutdown_on(shutdown.clone())
-            .run(reconciler::reconcile, reconciler::error_policy, ctx.clone())
+            .run(
+                invocation::reconcile::reconcile,
+                invocation::reconcile::error_policy,
+                ctx.clone(),
+            )
             .for_each(|result| async move {
                 // Watch errors are logged and counted where they happen (crate::k8s::watch).
                 if let Err(error) = result {
@@ -343,8 +345,8 @@ async fn run_controllers(
             .with_config(config.clone())
             .graceful_shutdown_on(shutdown.clone())
             .run(
-                command_reconciler::reconcile,
-                command_reconciler::error_policy,
+                command::reconcile::reconcile,
+                command::reconcile::error_policy,
                 commands.clone(),
             )
             .for_each(move |result| {

@@ -11,6 +11,7 @@ mod commands;
 mod conformance;
 mod faults_kube;
 mod faults_ssm;
+mod fencing;
 mod flux_cel;
 mod gitops;
 mod history;
@@ -80,6 +81,7 @@ fn all_scenarios() -> Vec<(&'static str, Scenario)> {
         flux_cel::health_check_exprs_judge_real_objects,
         faults_ssm::ssm_5xx_storms_drops_and_slow_replies_end_right,
         faults_ssm::leader_paused_with_reconciles_in_flight_writes_nothing_after_resuming,
+        fencing::a_fenced_replica_on_a_new_generation_changes_nothing,
         roles::each_namespace_is_asked_with_its_own_identity,
         roles::a_role_that_cannot_be_assumed_stalls_only_its_namespace,
         roles::short_lived_credentials_are_refreshed,
