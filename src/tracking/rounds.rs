@@ -30,6 +30,7 @@ use crate::aws::ssm::is_terminal;
 use crate::aws::ssm::{Invocation, InvocationKey, SsmError};
 use crate::invocation::status::only_elapsed_time_ticked;
 use crate::tracking::entries::{self as batch, FromList, Why};
+use crate::tracking::plan::{plan, RoundFacts, RoundKind, RoundPlan};
 use crate::tracking::schedule::PollIntervals;
 use crate::tracking::tracker::{take_deferred, Answer, CommandKey, Step, Tracker};
 
@@ -88,39 +89,37 @@ impl Tracker {
     }
 
     /// Marks the rounds due at `now` as running; returns them (and their kind) and the next
-    /// due time. A command runs at most one walk and one round of Gets at once.
+    /// due time. A command runs at most one walk and one round of Gets at once: which round
+    /// starts is [`plan`]'s choice, applied here.
     fn start_due(&self, now: Instant) -> (Vec<(CommandKey, RoundKind)>, Option<Instant>) {
         let mut state = self.state();
         let mut due = Vec::new();
         let mut next: Option<Instant> = None;
         for (key, command) in state.commands.iter_mut() {
-            if !command.walking && command.clock.due <= now {
-                // The round asks about every step, hinted ones included.
-                command.walking = true;
-                command.hint_due = None;
-                command.rounds = command.rounds.wrapping_add(1);
-                due.push((key.clone(), RoundKind::Regular));
-            }
-            // Hinted nodes are read beside a running walk when Gets will do; a second walk
-            // waits for the first (its end wakes this loop).
-            let kind = if command.hinted.len() <= command.walk_cost() {
-                (!command.getting).then_some(RoundKind::Gets)
-            } else {
-                (!command.walking).then_some(RoundKind::HintWalk)
+            let facts = RoundFacts {
+                walking: command.walking,
+                getting: command.getting,
+                regular_due: command.clock.due,
+                hint_due: command.hint_due,
+                hinted: command.hinted.len(),
+                walk_cost: command.walk_cost(),
             };
-            let hint_due = command.hint_due.filter(|_| kind.is_some());
-            if let (Some(kind), Some(true)) = (kind, hint_due.map(|at| at <= now)) {
-                match kind {
-                    RoundKind::Gets => command.getting = true,
-                    RoundKind::Regular | RoundKind::HintWalk => command.walking = true,
+            match plan(&facts, now) {
+                RoundPlan::Start(kind) => {
+                    match kind {
+                        RoundKind::Regular => {
+                            // The round asks about every step, hinted ones included.
+                            command.walking = true;
+                            command.hint_due = None;
+                        }
+                        RoundKind::Gets => command.getting = true,
+                        RoundKind::HintWalk => command.walking = true,
+                    }
+                    command.rounds = command.rounds.wrapping_add(1);
+                    due.push((key.clone(), kind));
                 }
-                command.rounds = command.rounds.wrapping_add(1);
-                due.push((key.clone(), kind));
-                continue;
-            }
-            let regular_due = (!command.walking).then_some(command.clock.due);
-            if let Some(at) = [regular_due, hint_due].into_iter().flatten().min() {
-                next = Some(next.map_or(at, |n| n.min(at)));
+                RoundPlan::Wait(Some(at)) => next = Some(next.map_or(at, |n| n.min(at))),
+                RoundPlan::Wait(None) => {}
             }
         }
         (due, next)
@@ -458,17 +457,6 @@ impl Tracker {
         }
         self.changed.notify_one();
     }
-}
-
-/// What a round reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RoundKind {
-    /// Every tracked step, on the command's clock.
-    Regular,
-    /// The hinted nodes, with one `GetCommandInvocation` each.
-    Gets,
-    /// The hinted nodes, too many for Gets, with a walk (which answers every step).
-    HintWalk,
 }
 
 /// What a round asks about, taken when it starts.
