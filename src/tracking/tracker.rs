@@ -16,9 +16,9 @@
 //! Push (`--sqs-queue-url`): an event that a node reached a terminal state is a hint: within
 //! [`HINT_COALESCE`] the hinted nodes of a command are read with one `GetCommandInvocation`
 //! each (or one List walk when that is cheaper: a walk costs every page of the command's
-//! listing, [`Command::walk_pages`]), so a finished invocation costs one read. While
-//! the queue delivers, regular rounds slow to the backstop interval (`--push-backstop`), never
-//! stopping: delivery is best effort.
+//! listing, [`TrackedCommand::walk_pages`]), so a finished invocation costs one read. While
+//! the queue delivers, regular rounds slow to the backstop interval (`--push-backstop`),
+//! never stopping: delivery is best effort.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -92,8 +92,10 @@ pub(super) struct Member {
     write_failures: u32,
 }
 
+/// One SSM command the tracker asks about (a [`CommandKey`]): its tracked resources, their
+/// answers and its rounds' state. Not the `Command` kind ([`crate::api::Command`]).
 #[derive(Debug)]
-pub(super) struct Command {
+pub(super) struct TrackedCommand {
     pub(super) members: HashMap<String, Member>,
     /// Shared with the reconciles that read them (an answer is ~400 bytes).
     pub(super) answers: HashMap<Step, Arc<Answer>>,
@@ -115,8 +117,8 @@ pub(super) struct Command {
     pub(super) walk_pages: usize,
 }
 
-impl Command {
-    /// What a walk costs, in pages: [`Command::walk_pages`], at least one per 50 steps.
+impl TrackedCommand {
+    /// What a walk costs, in pages: [`TrackedCommand::walk_pages`], at least one per 50 steps.
     pub(super) fn walk_cost(&self) -> usize {
         self.walk_pages.max(
             self.members
@@ -135,7 +137,7 @@ impl Command {
 
 #[derive(Debug, Default)]
 pub(super) struct State {
-    pub(super) commands: HashMap<CommandKey, Command>,
+    pub(super) commands: HashMap<CommandKey, TrackedCommand>,
     pub(super) command_of: HashMap<String, CommandKey>,
     /// Resources woken with a final answer whose status is not written yet, and when.
     pub(super) finals: HashMap<String, Instant>,
@@ -329,7 +331,7 @@ impl Tracker {
         let command = state
             .commands
             .entry(command_key)
-            .or_insert_with(|| Command {
+            .or_insert_with(|| TrackedCommand {
                 members: HashMap::new(),
                 answers: HashMap::new(),
                 clock: RoundClock::due_at(now),
