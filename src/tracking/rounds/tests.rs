@@ -1,8 +1,12 @@
-//! Unit tests of the tracker's bookkeeping (no SSM calls).
+//! Unit tests of the tracker's bookkeeping and rounds (no SSM calls).
 
 use super::*;
 
-use futures::FutureExt;
+use futures::{FutureExt, Stream};
+
+use crate::aws::ssm::Ssm;
+use crate::runtime::metrics::Metrics;
+use crate::tracking::tracker::{FINAL_BACKLOG, HINT_COALESCE};
 
 const COMMAND_A: &str = "8f2f6d1e-2b0c-4e4b-9a53-0c7b9f0e1a11";
 const COMMAND_B: &str = "0b7c8d9e-1f2a-4b3c-8d4e-5f6a7b8c9d0e";

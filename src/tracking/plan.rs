@@ -1,0 +1,265 @@
+//! Pure: which round of one command starts now, and when the command next needs the loop.
+//! The round loop (`rounds.rs`) gathers a command's [`RoundFacts`] and applies the
+//! [`RoundPlan`]; the choice itself is here, where it can be tested without a tracker.
+//!
+//! Nothing here may read a clock, take a lock or call SSM: the facts and `now` come in, the
+//! plan goes out.
+//!
+//! A command runs at most one walk and one round of Gets at once. A regular round asks about
+//! every step, hinted ones included. Hinted nodes are read with one `GetCommandInvocation`
+//! each while they are no more than the pages a walk costs, else with one walk.
+
+use std::time::Instant;
+
+/// What a round reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum RoundKind {
+    /// Every tracked step, on the command's clock.
+    Regular,
+    /// The hinted nodes, with one `GetCommandInvocation` each.
+    Gets,
+    /// The hinted nodes, too many for Gets, with a walk (which answers every step).
+    HintWalk,
+}
+
+/// What the choice of a command's next round depends on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct RoundFacts {
+    /// A walk runs (a regular round, or hinted nodes too many for Gets).
+    pub(super) walking: bool,
+    /// A round reading hinted nodes with one Get each runs.
+    pub(super) getting: bool,
+    /// When the next regular round is due (the command's round clock).
+    pub(super) regular_due: Instant,
+    /// When the hinted nodes are to be read, if any are waiting.
+    pub(super) hint_due: Option<Instant>,
+    /// How many nodes are hinted.
+    pub(super) hinted: usize,
+    /// What a walk of the command costs, in pages.
+    pub(super) walk_cost: usize,
+}
+
+/// What the loop does about one command now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum RoundPlan {
+    /// Start a round of this kind (its end wakes the loop again).
+    Start(RoundKind),
+    /// Nothing starts now; the command needs the loop again at this time (`None`: only when a
+    /// running round ends).
+    Wait(Option<Instant>),
+}
+
+/// Which round of a command with `facts` starts at `now`, if any, else when the command next
+/// needs the loop.
+pub(super) fn plan(facts: &RoundFacts, now: Instant) -> RoundPlan {
+    if !facts.walking && facts.regular_due <= now {
+        // The round asks about every step, hinted ones included.
+        return RoundPlan::Start(RoundKind::Regular);
+    }
+    // Hinted nodes are read beside a running walk when Gets will do; a second walk
+    // waits for the first (its end wakes this loop).
+    let kind = if facts.hinted <= facts.walk_cost {
+        (!facts.getting).then_some(RoundKind::Gets)
+    } else {
+        (!facts.walking).then_some(RoundKind::HintWalk)
+    };
+    let hint_due = facts.hint_due.filter(|_| kind.is_some());
+    if let (Some(kind), Some(true)) = (kind, hint_due.map(|at| at <= now)) {
+        return RoundPlan::Start(kind);
+    }
+    let regular_due = (!facts.walking).then_some(facts.regular_due);
+    RoundPlan::Wait([regular_due, hint_due].into_iter().flatten().min())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A command at rest: no round runs, the next regular round is `regular_in` away, no
+    /// hinted node, and a walk costs 10 pages.
+    fn idle(now: Instant, regular_in: Duration) -> RoundFacts {
+        RoundFacts {
+            walking: false,
+            getting: false,
+            regular_due: now + regular_in,
+            hint_due: None,
+            hinted: 0,
+            walk_cost: 10,
+        }
+    }
+
+    /// `facts` with `hinted` nodes to read at `due`.
+    fn hinted(facts: RoundFacts, hinted: usize, due: Instant) -> RoundFacts {
+        RoundFacts {
+            hinted,
+            hint_due: Some(due),
+            ..facts
+        }
+    }
+
+    const SOON: Duration = Duration::from_millis(50);
+    const LATER: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn a_regular_round_starts_when_due_and_no_walk_runs() {
+        let now = Instant::now();
+        assert_eq!(
+            plan(&idle(now, Duration::ZERO), now),
+            RoundPlan::Start(RoundKind::Regular),
+            "due exactly now"
+        );
+        let overdue = idle(now, Duration::ZERO);
+        assert_eq!(
+            plan(&overdue, now + LATER),
+            RoundPlan::Start(RoundKind::Regular),
+            "overdue"
+        );
+        let getting = RoundFacts {
+            getting: true,
+            ..idle(now, Duration::ZERO)
+        };
+        assert_eq!(
+            plan(&getting, now),
+            RoundPlan::Start(RoundKind::Regular),
+            "a round of Gets does not hold a walk back"
+        );
+    }
+
+    #[test]
+    fn a_regular_round_not_yet_due_waits_for_its_due_time() {
+        let now = Instant::now();
+        assert_eq!(
+            plan(&idle(now, LATER), now),
+            RoundPlan::Wait(Some(now + LATER))
+        );
+    }
+
+    #[test]
+    fn a_due_regular_round_waits_while_a_walk_runs_and_its_end_wakes_the_loop() {
+        let now = Instant::now();
+        let walking = RoundFacts {
+            walking: true,
+            ..idle(now, Duration::ZERO)
+        };
+        assert_eq!(plan(&walking, now), RoundPlan::Wait(None));
+    }
+
+    #[test]
+    fn a_due_regular_round_reads_the_hinted_nodes_too() {
+        let now = Instant::now();
+        let few = hinted(idle(now, Duration::ZERO), 3, now);
+        assert_eq!(plan(&few, now), RoundPlan::Start(RoundKind::Regular));
+        let many = hinted(idle(now, Duration::ZERO), 50, now);
+        assert_eq!(plan(&many, now), RoundPlan::Start(RoundKind::Regular));
+    }
+
+    #[test]
+    fn few_hinted_nodes_are_read_with_gets() {
+        let now = Instant::now();
+        let few = hinted(idle(now, LATER), 3, now);
+        assert_eq!(plan(&few, now), RoundPlan::Start(RoundKind::Gets));
+        let as_many_as_pages = hinted(idle(now, LATER), 10, now);
+        assert_eq!(
+            plan(&as_many_as_pages, now),
+            RoundPlan::Start(RoundKind::Gets),
+            "as many nodes as a walk has pages: still Gets"
+        );
+    }
+
+    #[test]
+    fn few_hinted_nodes_are_read_with_gets_beside_a_running_walk() {
+        let now = Instant::now();
+        let walking = RoundFacts {
+            walking: true,
+            ..hinted(idle(now, Duration::ZERO), 1, now)
+        };
+        assert_eq!(plan(&walking, now), RoundPlan::Start(RoundKind::Gets));
+    }
+
+    #[test]
+    fn few_hinted_nodes_wait_while_a_round_of_gets_runs() {
+        let now = Instant::now();
+        let getting = RoundFacts {
+            getting: true,
+            ..hinted(idle(now, LATER), 3, now)
+        };
+        assert_eq!(
+            plan(&getting, now),
+            RoundPlan::Wait(Some(now + LATER)),
+            "the hint's due time is no reason to wake: the running Gets' end is"
+        );
+        let busy = RoundFacts {
+            walking: true,
+            ..getting
+        };
+        assert_eq!(plan(&busy, now), RoundPlan::Wait(None));
+    }
+
+    #[test]
+    fn many_hinted_nodes_are_read_with_one_walk() {
+        let now = Instant::now();
+        let many = hinted(idle(now, LATER), 11, now);
+        assert_eq!(plan(&many, now), RoundPlan::Start(RoundKind::HintWalk));
+        let getting = RoundFacts {
+            getting: true,
+            ..many
+        };
+        assert_eq!(
+            plan(&getting, now),
+            RoundPlan::Start(RoundKind::HintWalk),
+            "a round of Gets does not hold a walk back"
+        );
+    }
+
+    #[test]
+    fn many_hinted_nodes_wait_for_a_running_walk_without_waking_the_loop() {
+        let now = Instant::now();
+        let walking = RoundFacts {
+            walking: true,
+            ..hinted(idle(now, Duration::ZERO), 11, now)
+        };
+        assert_eq!(plan(&walking, now), RoundPlan::Wait(None));
+    }
+
+    #[test]
+    fn hinted_nodes_not_yet_due_wait_for_the_earlier_of_the_hint_and_the_regular_round() {
+        let now = Instant::now();
+        let hint_first = hinted(idle(now, LATER), 3, now + SOON);
+        assert_eq!(plan(&hint_first, now), RoundPlan::Wait(Some(now + SOON)));
+        let regular_first = hinted(idle(now, SOON), 11, now + LATER);
+        assert_eq!(plan(&regular_first, now), RoundPlan::Wait(Some(now + SOON)));
+        let walking = RoundFacts {
+            walking: true,
+            ..hinted(idle(now, Duration::ZERO), 3, now + SOON)
+        };
+        assert_eq!(
+            plan(&walking, now),
+            RoundPlan::Wait(Some(now + SOON)),
+            "the Gets beside a running walk are due then; the regular round is not"
+        );
+        assert_eq!(
+            plan(&walking, now + SOON),
+            RoundPlan::Start(RoundKind::Gets),
+            "due at that time"
+        );
+    }
+
+    #[test]
+    fn hinted_nodes_that_cannot_start_set_no_due_time() {
+        let now = Instant::now();
+        // Too many for Gets while a walk runs: the walk's end wakes the loop, not the hint.
+        let walking = RoundFacts {
+            walking: true,
+            ..hinted(idle(now, Duration::ZERO), 11, now + SOON)
+        };
+        assert_eq!(plan(&walking, now), RoundPlan::Wait(None));
+        // Few, while Gets run: the regular round's time counts, the earlier hint's does not.
+        let getting = RoundFacts {
+            getting: true,
+            ..hinted(idle(now, LATER), 3, now + SOON)
+        };
+        assert_eq!(plan(&getting, now), RoundPlan::Wait(Some(now + LATER)));
+    }
+}

@@ -1,0 +1,482 @@
+//! The tracker's rounds: the loop that starts each command's rounds as they fall due, asks
+//! SSM, keeps the answers and wakes the resources whose answer changed. Only this part of
+//! the tracker calls SSM.
+//!
+//! It must never hold the state lock across an `.await` (the reconcilers' calls take it too,
+//! and a reconcile never waits on SSM), and never writes a status: that is the reconciles'.
+//!
+//! Each command gets rounds on its own [`RoundClock`](crate::tracking::schedule::RoundClock):
+//! one `ListCommandInvocations` walk (details, 50 per page) answers every tracked step of the
+//! command; `GetCommandInvocation` is asked only for what List cannot answer
+//! ([`batch::from_list`]). Every call takes a token from the process-wide SSM budget (in
+//! [`Ssm`](crate::aws::ssm::Ssm)).
+//!
+//! If List keeps failing (an endpoint or IAM policy without it), rounds fall back to one
+//! `GetCommandInvocation` per step and try List again now and then.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::reflector::ObjectRef;
+use tokio::task::JoinSet;
+use tracing::debug;
+
+use crate::api::CommandInvocation;
+use crate::aws::ssm::is_terminal;
+use crate::aws::ssm::{Invocation, InvocationKey, SsmError};
+use crate::invocation::status::only_elapsed_time_ticked;
+use crate::tracking::entries::{self as batch, FromList, Why};
+use crate::tracking::plan::{plan, RoundFacts, RoundKind, RoundPlan};
+use crate::tracking::schedule::PollIntervals;
+use crate::tracking::tracker::{take_deferred, Answer, CommandKey, Step, Tracker};
+
+/// After this many failed List walks in a row, a transient error is shown on the resources and
+/// (unless SSM is throttling) rounds ask `GetCommandInvocation` per step instead.
+const LIST_FAILURES_TOLERATED: u32 = 2;
+/// While List keeps failing, it is tried again every this many rounds.
+const LIST_RETRY_EVERY: u32 = 5;
+/// At most this many `GetCommandInvocation` calls per command per round; the rest wait.
+const MAX_GETS_PER_ROUND: usize = 50;
+/// `GetCommandInvocation` calls of one round in flight at once.
+const GETS_IN_FLIGHT: usize = 8;
+/// A walk stops after this many pages (100,000 nodes), whatever SSM says.
+const MAX_PAGES: usize = 2000;
+/// Regular rounds under push come this share of the backstop sooner, at most.
+const BACKSTOP_JITTER: f64 = 0.2;
+/// A final answer not written within this long no longer counts as waiting (its resource may
+/// be reconciled by nobody, e.g. its namespace is no longer watched).
+const FINAL_STALE: Duration = Duration::from_secs(30);
+/// Put-off resources woken per tracker loop turn while no final answers wait.
+const DEFERRED_PER_TURN: usize = 16;
+
+impl Tracker {
+    /// Runs rounds as they fall due, until dropped.
+    pub async fn run(self: Arc<Self>) {
+        let mut rounds = JoinSet::new();
+        loop {
+            let now = Instant::now();
+            let (due, next) = self.start_due(now);
+            let woken = self.turn(now);
+            self.wake(woken);
+            for (key, kind) in due {
+                rounds.spawn(self.clone().round(key, kind));
+            }
+            let sleep = next
+                .map_or(Duration::from_secs(1), |at| {
+                    at.saturating_duration_since(now)
+                })
+                .min(Duration::from_secs(1));
+            tokio::select! {
+                () = tokio::time::sleep(sleep) => {}
+                () = self.changed.notified() => {}
+                Some(_) = rounds.join_next(), if !rounds.is_empty() => {}
+            }
+        }
+    }
+
+    /// The bookkeeping of one loop turn at `now`: final answers waiting longer than
+    /// [`FINAL_STALE`] stop counting; returns the put-off resources to wake, if none wait.
+    fn turn(&self, now: Instant) -> Vec<ObjectRef<CommandInvocation>> {
+        let mut state = self.state();
+        state
+            .finals
+            .retain(|_, since| now.saturating_duration_since(*since) < FINAL_STALE);
+        take_deferred(&mut state, DEFERRED_PER_TURN)
+    }
+
+    /// Marks the rounds due at `now` as running; returns them (and their kind) and the next
+    /// due time. A command runs at most one walk and one round of Gets at once: which round
+    /// starts is [`plan`]'s choice, applied here.
+    fn start_due(&self, now: Instant) -> (Vec<(CommandKey, RoundKind)>, Option<Instant>) {
+        let mut state = self.state();
+        let mut due = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (key, command) in state.commands.iter_mut() {
+            let facts = RoundFacts {
+                walking: command.walking,
+                getting: command.getting,
+                regular_due: command.clock.due,
+                hint_due: command.hint_due,
+                hinted: command.hinted.len(),
+                walk_cost: command.walk_cost(),
+            };
+            match plan(&facts, now) {
+                RoundPlan::Start(kind) => {
+                    match kind {
+                        RoundKind::Regular => {
+                            // The round asks about every step, hinted ones included.
+                            command.walking = true;
+                            command.hint_due = None;
+                        }
+                        RoundKind::Gets => command.getting = true,
+                        RoundKind::HintWalk => command.walking = true,
+                    }
+                    command.rounds = command.rounds.wrapping_add(1);
+                    due.push((key.clone(), kind));
+                }
+                RoundPlan::Wait(Some(at)) => next = Some(next.map_or(at, |n| n.min(at))),
+                RoundPlan::Wait(None) => {}
+            }
+        }
+        (due, next)
+    }
+
+    /// What a round of `key` asks about: the steps tracked now (which answer every hurry so
+    /// far, for a regular round), and the hinted nodes, taken. `None`: the command is gone.
+    fn take_round(&self, key: &CommandKey, kind: RoundKind) -> Option<RoundStart> {
+        let mut state = self.state();
+        let command = state.commands.get_mut(key)?;
+        let steps: HashSet<Step> = command.members.values().map(|m| m.step.clone()).collect();
+        if kind == RoundKind::Regular {
+            command.clock.start();
+        }
+        let use_list = command.list_failures < LIST_FAILURES_TOLERATED
+            || command.rounds % LIST_RETRY_EVERY == 0;
+        command.hint_due = None;
+        Some(RoundStart {
+            steps,
+            use_list,
+            hinted: std::mem::take(&mut command.hinted),
+        })
+    }
+
+    /// One round of one command: ask SSM, keep the answers, wake whose answer changed. A
+    /// round that is not regular reads the hinted nodes (a walk answers the others too).
+    async fn round(self: Arc<Self>, key: CommandKey, kind: RoundKind) {
+        let Some(RoundStart {
+            steps,
+            use_list,
+            hinted,
+        }) = self.take_round(&key, kind)
+        else {
+            return;
+        };
+        let hinted: Vec<Step> = steps
+            .iter()
+            .filter(|s| hinted.contains(&s.instance_id))
+            .cloned()
+            .collect();
+        if kind == RoundKind::Gets || (kind == RoundKind::HintWalk && !use_list) {
+            // No more hinted nodes than pages in a walk: one Get each is the cheapest read
+            // (and the only one while List keeps failing).
+            let asked_at = Time(Timestamp::now());
+            let fresh = self.get_each(&key, hinted).await;
+            self.keep(&key, fresh, asked_at, false, kind);
+            return;
+        }
+        let mut fresh: Vec<(Step, Result<Invocation, SsmError>)> = Vec::new();
+        let mut gets: Vec<Step> = Vec::new();
+        let mut list_result = None;
+        let mut news = false;
+        // The steps no answer reached yet (a walk that failed midway answered some).
+        let mut unanswered: Vec<Step> = steps.iter().cloned().collect();
+        if use_list {
+            let (walked, error) = self.walk(&key, &steps).await;
+            news = walked.news;
+            match error {
+                None => {
+                    gets.extend(walked.unclear);
+                    fresh.extend(self.not_listed(&key, walked.not_listed, &mut gets).await);
+                    list_result = Some(None);
+                }
+                Some(error) => {
+                    unanswered = walked.not_listed;
+                    unanswered.extend(walked.unclear);
+                    list_result = Some(Some(error));
+                }
+            }
+        }
+        let failures = self.note_list_result(&key, list_result.as_ref());
+        match list_result {
+            Some(None) => {}
+            Some(Some(error)) if failures >= LIST_FAILURES_TOLERATED => {
+                if matches!(error, SsmError::Throttled(_)) {
+                    fresh.extend(unanswered.into_iter().map(|s| (s, Err(error.clone()))));
+                } else {
+                    gets.extend(unanswered);
+                }
+            }
+            Some(Some(error)) => {
+                debug!(command = %key.command_id, %error, "List failed; trying again next round")
+            }
+            None => gets.extend(steps.iter().cloned()),
+        }
+        let more_left = gets.len() > MAX_GETS_PER_ROUND;
+        gets.truncate(MAX_GETS_PER_ROUND);
+        let asked_at = Time(Timestamp::now());
+        fresh.extend(self.get_each(&key, gets).await);
+        self.keep(&key, fresh, asked_at, news || more_left, kind);
+    }
+
+    /// Walks every page of the command, keeping each page's answers as it arrives (a node
+    /// that finished is woken without waiting for the rest of the walk). A page that fails
+    /// ends the walk with that error; what earlier pages answered stays answered.
+    async fn walk(&self, key: &CommandKey, steps: &HashSet<Step>) -> (Walked, Option<SsmError>) {
+        let mut wanted: HashMap<&str, Vec<&Step>> = HashMap::new();
+        for step in steps {
+            wanted.entry(&step.instance_id).or_default().push(step);
+        }
+        let mut news = false;
+        let mut unclear = Vec::new();
+        let mut token = None;
+        let mut failed = None;
+        let mut pages = 0;
+        for _ in 0..MAX_PAGES {
+            let asked_at = Time(Timestamp::now());
+            let mut answered = Vec::new();
+            let page = match self
+                .ssm
+                .list_page(&key.region, &key.role, &key.command_id, token)
+                .await
+            {
+                Ok(page) => page,
+                Err(error) => {
+                    failed = Some(error);
+                    break;
+                }
+            };
+            for listed in &page.invocations {
+                for step in wanted
+                    .remove(listed.instance_id.as_str())
+                    .unwrap_or_default()
+                {
+                    match batch::from_list(Some(listed), step.plugin_name.as_deref()) {
+                        FromList::Answer(invocation) => {
+                            answered.push((step.clone(), Ok(*invocation)))
+                        }
+                        FromList::NeedsGet(_) => unclear.push(step.clone()),
+                    }
+                }
+            }
+            pages += 1;
+            news |= self.absorb(key, answered, &asked_at);
+            token = page.next_token.filter(|t| !t.is_empty());
+            if token.is_none() || wanted.is_empty() {
+                break;
+            }
+        }
+        if let Some(command) = self.state().commands.get_mut(key) {
+            command.walk_pages = command.walk_pages.max(pages);
+        }
+        let not_listed = wanted.into_values().flatten().cloned().collect();
+        let walked = Walked {
+            news,
+            not_listed,
+            unclear,
+        };
+        (walked, failed)
+    }
+
+    /// Steps whose node List did not show: one `GetCommandInvocation` probes; if SSM has no
+    /// such invocation either (just sent, or gone), that is every such step's answer, else the
+    /// rest are asked one by one.
+    async fn not_listed(
+        &self,
+        key: &CommandKey,
+        steps: Vec<Step>,
+        gets: &mut Vec<Step>,
+    ) -> Vec<(Step, Result<Invocation, SsmError>)> {
+        let Some(first) = steps.first().cloned() else {
+            return Vec::new();
+        };
+        let probe = self.get(key, &first).await;
+        debug!(command = %key.command_id, steps = steps.len(), why = ?Why::NotListed, "not listed; asked GetCommandInvocation");
+        if matches!(probe, Err(SsmError::InvocationDoesNotExist(_))) {
+            steps.into_iter().map(|s| (s, probe.clone())).collect()
+        } else {
+            gets.extend(steps.into_iter().skip(1));
+            vec![(first, probe)]
+        }
+    }
+
+    async fn get(&self, key: &CommandKey, step: &Step) -> Result<Invocation, SsmError> {
+        self.ssm
+            .invocation(&InvocationKey {
+                region: key.region.clone(),
+                command_id: key.command_id.clone(),
+                instance_id: step.instance_id.clone(),
+                plugin_name: step.plugin_name.clone(),
+                role: key.role.clone(),
+            })
+            .await
+    }
+
+    async fn get_each(
+        &self,
+        key: &CommandKey,
+        steps: Vec<Step>,
+    ) -> Vec<(Step, Result<Invocation, SsmError>)> {
+        futures::stream::iter(steps)
+            .map(|step| async move {
+                let answer = self.get(key, &step).await;
+                (step, answer)
+            })
+            .buffer_unordered(GETS_IN_FLIGHT)
+            .collect()
+            .await
+    }
+
+    /// Counts List failures in a row (`None`: List was not asked); returns the count.
+    fn note_list_result(&self, key: &CommandKey, result: Option<&Option<SsmError>>) -> u32 {
+        let mut state = self.state();
+        let Some(command) = state.commands.get_mut(key) else {
+            return 0;
+        };
+        match result {
+            Some(None) => command.list_failures = 0,
+            Some(Some(_)) => command.list_failures = command.list_failures.saturating_add(1),
+            None => {}
+        }
+        command.list_failures
+    }
+
+    /// Keeps `fresh` answers asked at `asked_at` and wakes the resources whose answer changed
+    /// (those with a final answer also count as waiting for their write). Returns whether any
+    /// answer changed.
+    fn absorb(
+        &self,
+        key: &CommandKey,
+        fresh: Vec<(Step, Result<Invocation, SsmError>)>,
+        asked_at: &Time,
+    ) -> bool {
+        if fresh.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        let mut wake = Vec::new();
+        {
+            let mut state = self.state();
+            let Some(command) = state.commands.get_mut(key) else {
+                return false;
+            };
+            // The steps whose answer changed, and whether the new one is final.
+            let mut changed: HashMap<Step, bool> = HashMap::new();
+            for (step, result) in fresh {
+                let known = command.answers.get(&step).map(|a| &a.result);
+                let same = match (known, &result) {
+                    // An invocation never leaves a terminal state: a read that says otherwise
+                    // (a walk page read before the node finished, beside the Get that saw it
+                    // finish) or failed is older news, and the terminal answer stands.
+                    (Some(Ok(old)), new) if is_terminal(&old.status) => match new {
+                        Ok(new) => old == new || !is_terminal(&new.status),
+                        Err(_) => true,
+                    },
+                    (Some(Ok(old)), Ok(new)) => old == new || only_elapsed_time_ticked(old, new),
+                    (Some(old), new) => old == new,
+                    (None, _) => false,
+                };
+                if same {
+                    continue;
+                }
+                let terminal = result.as_ref().is_ok_and(|i| is_terminal(&i.status));
+                changed.insert(step.clone(), terminal);
+                let answer = Answer {
+                    result,
+                    asked_at: asked_at.clone(),
+                };
+                command.answers.insert(step, Arc::new(answer));
+            }
+            if changed.is_empty() {
+                return false;
+            }
+            let mut finals = Vec::new();
+            for (uid, member) in &command.members {
+                if let Some(&terminal) = changed.get(&member.step) {
+                    wake.push(member.object.clone());
+                    if terminal {
+                        finals.push(uid.clone());
+                    }
+                }
+            }
+            for uid in finals {
+                state.finals.entry(uid).or_insert(now);
+            }
+        }
+        self.wake(wake);
+        true
+    }
+
+    /// Keeps the round's last answers, schedules the next round (`news`: an earlier part of
+    /// the round already brought some) and wakes the resources whose answer changed.
+    fn keep(
+        &self,
+        key: &CommandKey,
+        fresh: Vec<(Step, Result<Invocation, SsmError>)>,
+        asked_at: Time,
+        news: bool,
+        kind: RoundKind,
+    ) {
+        let news = self.absorb(key, fresh, &asked_at) || news;
+        let now = Instant::now();
+        // While the queue delivers, regular rounds come every backstop interval, no slower, so
+        // a lost event delays an update by at most that long; up to a fifth sooner (jitter), so
+        // that commands tracked together do not all walk, and write, at once.
+        let intervals = if self.push_active(now) {
+            PollIntervals {
+                min: self.backstop.mul_f64(1.0 - BACKSTOP_JITTER),
+                max: self.backstop,
+            }
+        } else {
+            self.intervals
+        };
+        {
+            let mut state = self.state();
+            let Some(command) = state.commands.get_mut(key) else {
+                return;
+            };
+            let tracked: HashSet<&Step> = command.members.values().map(|m| &m.step).collect();
+            command.answers.retain(|step, _| tracked.contains(step));
+            // Every step stalled on an outside fix, or already answered with a terminal status
+            // (its reconcile only has to write it): nothing to ask SSM soon.
+            let only_rare = command.members.values().all(|m| {
+                m.rare
+                    || command
+                        .answers
+                        .get(&m.step)
+                        .is_some_and(|a| a.result.as_ref().is_ok_and(|i| is_terminal(&i.status)))
+            });
+            // A hint-only round leaves the regular rounds' clock alone.
+            if kind == RoundKind::Regular {
+                command.clock.after_round(
+                    news,
+                    only_rare,
+                    intervals,
+                    self.recheck,
+                    now,
+                    fastrand::f64(),
+                );
+            }
+            match kind {
+                RoundKind::Gets => command.getting = false,
+                RoundKind::Regular | RoundKind::HintWalk => command.walking = false,
+            }
+        }
+        self.changed.notify_one();
+    }
+}
+
+/// What a round asks about, taken when it starts.
+struct RoundStart {
+    steps: HashSet<Step>,
+    /// List, or (while List keeps failing) Get per step.
+    use_list: bool,
+    /// Nodes hinted at since the last round.
+    hinted: HashSet<String>,
+}
+
+/// What a List walk found.
+struct Walked {
+    /// Some answer changed.
+    news: bool,
+    /// Steps whose node List did not show (or not yet, when the walk failed midway).
+    not_listed: Vec<Step>,
+    /// Steps only `GetCommandInvocation` can answer.
+    unclear: Vec<Step>,
+}
+
+#[cfg(test)]
+mod tests;
