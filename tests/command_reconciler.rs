@@ -273,6 +273,7 @@ async fn a_fenced_replica_on_a_new_generation_cancels_deletes_and_sends_nothing(
             generation: 1,
             marker: marker(UID, 1),
             time: Time(Timestamp::now()),
+            attempt: 1,
         }),
         ..CommandStatus::default()
     };
@@ -316,6 +317,7 @@ async fn an_intent_found_in_ssm_is_adopted_not_sent_again() {
             generation: 1,
             marker: marker(UID, 1),
             time: Time(Timestamp::now()),
+            attempt: 1,
         }),
         ..CommandStatus::default()
     };
@@ -432,6 +434,69 @@ async fn a_throttled_send_is_made_again_with_a_fresh_intent_without_a_search() {
         0,
         "SSM said it created nothing: no search"
     );
+    assert_eq!(sim.sent().len(), 1);
+    assert_eq!(
+        adopted["status"]["commandId"],
+        sim.sent()[0].command_id.as_str()
+    );
+}
+
+#[tokio::test]
+async fn a_lost_reply_to_a_retry_in_the_same_second_is_searched_for_not_sent_again() {
+    // Intents are stamped in whole seconds: a throttled attempt and its retry within the same
+    // second carry the same time. When the retry's reply is then lost, what this process
+    // remembers of the first attempt ("SSM created nothing") must not be taken for the
+    // retry: the next reconcile looks in ListCommands and adopts what it finds.
+    let retry = Duration::from_millis(100);
+    let (ctx, sim, mut api) = fixture_polling(Fence::open(), retry, retry).await;
+    sim.inject_send(ssm_sim::SendFault::Throttle);
+    sim.inject_send(ssm_sim::SendFault::AcceptThenFail);
+    // Start early in a second, so that both attempts fall into it.
+    let into_second = Timestamp::now().subsec_nanosecond();
+    tokio::time::sleep(Duration::from_nanos(
+        u64::try_from(1_050_000_000 - i64::from(into_second)).unwrap_or(0),
+    ))
+    .await;
+
+    let object = command(None);
+    let verifier = tokio::spawn(async move {
+        let after_intent = api.expect_intent(&object).await;
+        let retrying = api.expect_status(&after_intent, "81", 200).await;
+        (stored_with(&after_intent, &retrying, "811"), api)
+    });
+    run(&ctx, &command(None)).await.unwrap();
+    let (throttled, mut api) = verifier.await.unwrap();
+    tokio::time::sleep(retry).await;
+
+    // The retry: a fresh intent, the send, and its reply lost (SSM created the command).
+    let again = throttled.clone();
+    let verifier = tokio::spawn(async move {
+        api.expect_event().await;
+        let intent = api.expect_status(&again, "811", 200).await;
+        (stored_with(&again, &intent, "8111"), intent, api)
+    });
+    run(&ctx, &throttled).await.unwrap();
+    let (lost, intent, mut api) = verifier.await.unwrap();
+    let first = throttled
+        .status
+        .as_ref()
+        .and_then(|s| s.send.clone())
+        .unwrap();
+    let second = lost.status.as_ref().and_then(|s| s.send.clone()).unwrap();
+    assert_eq!(first.time, second.time, "both attempts in the same second");
+    assert_eq!(intent["status"]["send"]["attempt"], 2);
+    assert_eq!(sim.sent().len(), 1, "the retry created the command");
+
+    // Next: a search finds it and the run is adopted; no third SendCommand.
+    let stored = lost.clone();
+    let verifier = tokio::spawn(async move {
+        api.expect_event().await;
+        api.expect_status(&stored, "8111", 200).await
+    });
+    run(&ctx, &lost).await.unwrap();
+    let adopted = verifier.await.unwrap();
+    assert_eq!(sim.calls("SendCommand"), 2, "no send without a search");
+    assert!(sim.calls("ListCommands") >= 1, "searched");
     assert_eq!(sim.sent().len(), 1);
     assert_eq!(
         adopted["status"]["commandId"],

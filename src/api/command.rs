@@ -212,8 +212,13 @@ pub struct SendRecord {
     pub generation: i64,
     /// The marker the command's Comment ends with (`op:` and 16 hex digits).
     pub marker: String,
-    /// When the latest attempt was recorded (just before it was made).
+    /// When the latest attempt was recorded (just before it was made), in whole seconds.
     pub time: Time,
+    /// Which attempt of this generation this is (1, 2, ...; 0 in statuses written before
+    /// attempts were numbered). With the generation it names the attempt: two attempts
+    /// recorded in the same second are still told apart.
+    #[serde(default)]
+    pub attempt: u32,
 }
 
 impl Command {

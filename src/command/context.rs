@@ -17,12 +17,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
-use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::Semaphore;
 
-use crate::api::Command;
+use crate::api::{Command, SendRecord};
 use crate::aws::roles::Roles;
 use crate::aws::ssm::{Scope, Ssm};
 use crate::command::send::Policy;
@@ -32,8 +31,13 @@ use crate::runtime::metrics::Metrics;
 use crate::tracking::schedule::PollIntervals;
 use crate::tracking::wakers::Wakers;
 
-/// An attempt, named by its generation and the time its intent was recorded.
-pub(super) type Attempt = (i64, Timestamp);
+/// An attempt, named by its generation and its number within it ([`SendRecord::attempt`]).
+pub(super) type Attempt = (i64, u32);
+
+/// The attempt `record` names.
+pub(super) fn attempt_of(record: &SendRecord) -> Attempt {
+    (record.generation, record.attempt)
+}
 
 /// What this process remembers per `Command` (by uid); losing it costs calls, never a send.
 #[derive(Default)]

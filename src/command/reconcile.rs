@@ -23,7 +23,7 @@ use tracing::{debug, info, instrument, warn};
 
 use crate::api::{Command, SendRecord};
 use crate::aws::ssm::{is_terminal, Recovery};
-use crate::command::context::Context;
+use crate::command::context::{attempt_of, Context};
 use crate::command::send::{self, Facts, FollowUp, SendResult, Step, SEND_FAILED, SEND_UNKNOWN};
 use crate::command::status::{self as command_status, Change};
 use crate::command::sync::sync_children;
@@ -105,11 +105,10 @@ async fn reconcile_inner(object: &Command, ctx: &Context) -> Result<Action, Erro
     let generation = object.metadata.generation.unwrap_or_default();
     let status = object.status.as_ref();
     let now = Timestamp::now();
-    let intent_time = status
+    let attempt = status
         .and_then(|s| s.send.as_ref())
         .filter(|s| s.generation == generation)
-        .map(|s| s.time.0);
-    let attempt = intent_time.map(|t| (generation, t));
+        .map(attempt_of);
     let (unsent, accepted) = ctx.memo(&uid, |m| {
         let unsent = m
             .unsent
@@ -270,7 +269,7 @@ async fn intend_and_send(
         .await?;
     info!(?result, marker = %record.marker, generation, "SendCommand");
     let uid = object.uid().unwrap_or_default();
-    let attempt = (generation, record.time.0);
+    let attempt = attempt_of(&record);
     match &result {
         SendResult::Accepted { command_id } => {
             let id = command_id.clone();
@@ -393,9 +392,8 @@ async fn follow(
         }
         FollowUp::Resend => {
             // Not in SSM's settled listing: never created. The same marker, a new attempt.
-            let attempted = status.and_then(|s| s.send.as_ref()).map(|s| s.time.0);
-            if let Some(attempted) = attempted {
-                let attempt = (generation, attempted);
+            let attempt = status.and_then(|s| s.send.as_ref()).map(attempt_of);
+            if let Some(attempt) = attempt {
                 ctx.memo(&uid, |m| m.unsent = Some((attempt, Instant::now())));
             }
             Ok(Action::requeue(Duration::from_millis(100)))
@@ -759,11 +757,12 @@ mod tests {
                     generation: 1,
                     marker: send::marker(uid, 1),
                     time: time.clone(),
+                    attempt: 1,
                 }),
                 ..CommandStatus::default()
             });
             let not_before = Instant::now() + Duration::from_secs(60);
-            ctx.memo(uid, |m| m.unsent = Some(((1, time.0), not_before)));
+            ctx.memo(uid, |m| m.unsent = Some(((1, 1), not_before)));
             c
         };
         let live = waiting("u-live");

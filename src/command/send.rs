@@ -236,9 +236,20 @@ fn fresh_or_refused(facts: &Facts<'_>) -> Step {
                 time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(whole_seconds(
                     facts.now,
                 )),
+                attempt: next_attempt(facts.status, facts.generation),
             },
         },
     }
+}
+
+/// The number of a new attempt at `generation`: one past the stored intent's of the same
+/// generation, else 1. Intents are stored with a compare-and-swap over the object that holds
+/// the previous one, so no two attempts of a generation get the same number.
+fn next_attempt(status: Option<&CommandStatus>, generation: i64) -> u32 {
+    status
+        .and_then(|s| s.send.as_ref())
+        .filter(|send| send.generation == generation)
+        .map_or(1, |send| send.attempt.saturating_add(1))
 }
 
 /// The `InvokedAfter` / `InvokedBefore` bounds of a search for an attempt made at `attempted`.
@@ -444,6 +455,7 @@ mod tests {
             generation,
             marker: marker(UID, generation),
             time: Time(at(secs)),
+            attempt: 1,
         }
     }
 
@@ -613,9 +625,12 @@ mod tests {
         assert_eq!(
             decide(&f),
             Step::Intend {
-                record: intent(1, 3)
+                record: SendRecord {
+                    attempt: 2,
+                    ..intent(1, 3)
+                }
             },
-            "the same marker, a fresh time"
+            "the same marker, a fresh time, the next number"
         );
         let f = Facts {
             known_unsent: true,
@@ -627,6 +642,45 @@ mod tests {
             Step::Refuse {
                 reason: SENDING_DISABLED
             }
+        );
+    }
+
+    #[test]
+    fn attempts_in_the_same_second_are_told_apart_by_their_number() {
+        // A throttled attempt at second 3, then a fresh one in the same second: the memo of
+        // the first ("not created") must never be taken for the second.
+        let status = CommandStatus {
+            send: Some(intent(1, 3)),
+            ..Default::default()
+        };
+        let f = Facts {
+            known_unsent: true,
+            ..facts(Some(&status), 1, 3)
+        };
+        let Step::Intend { record } = decide(&f) else {
+            panic!("intend")
+        };
+        assert_eq!(record.time, intent(1, 3).time, "the same whole second");
+        assert_ne!(
+            (record.generation, record.attempt),
+            (1, status.send.as_ref().map_or(0, |s| s.attempt)),
+            "a different attempt"
+        );
+        // The first attempt of a generation is 1, also after an earlier generation's.
+        assert_eq!(next_attempt(None, 1), 1);
+        assert_eq!(next_attempt(Some(&status), 2), 1);
+        assert_eq!(next_attempt(Some(&status), 1), 2);
+        let old = CommandStatus {
+            send: Some(SendRecord {
+                attempt: 0,
+                ..intent(1, 3)
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            next_attempt(Some(&old), 1),
+            1,
+            "a status written before numbering"
         );
     }
 

@@ -308,6 +308,7 @@ mod tests {
             generation: 1,
             marker: "op:0123456789abcdef".into(),
             time: now(0),
+            attempt: 1,
         }
     }
 

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::api::{Command, CommandInvocation, CommandStatus};
 use crate::aws::ssm::Recovery;
-use crate::command::context::Context;
+use crate::command::context::{attempt_of, Context};
 use crate::command::send::{self, SearchResult};
 use crate::command::status as command_status;
 use crate::command::sync::existing_children;
@@ -54,7 +54,7 @@ async fn live_runs(
         return Ok(LiveRuns::Known(Vec::new()));
     };
     let uid = object.uid().unwrap_or_default();
-    let attempt = (intent.generation, intent.time.0);
+    let attempt = attempt_of(intent);
     let accepted = ctx.memo(&uid, |m| {
         m.accepted
             .clone()
