@@ -121,6 +121,10 @@ pub enum Error {
         #[source]
         source: crate::aws::ssm::SsmError,
     },
+    /// With `--namespace-roles`, the resource's namespace was not seen yet (its role unknown):
+    /// nothing is asked or sent for it until it is.
+    #[error(transparent)]
+    NamespaceNotSeen(#[from] crate::aws::roles::NamespaceNotSeen),
     /// A deletion waits for SSM to list the run it must cancel (SSM's listing lags its send).
     #[error("waiting for SSM to list the run to cancel before deletion")]
     RunNotListedYet,
@@ -177,6 +181,7 @@ impl Error {
             Self::ListNodes { .. } => "list_nodes",
             Self::Cancel { .. } => "cancel",
             Self::RunNotListedYet => "run_not_listed_yet",
+            Self::NamespaceNotSeen(_) => "namespace_not_seen",
             Self::FindRun(_) => "find_run",
             Self::MissingObjectKey(_) => "missing_object_key",
             Self::Serialize(_) => "serialize",

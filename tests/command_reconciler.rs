@@ -139,6 +139,16 @@ async fn fixture_polling(
     min: Duration,
     max: Duration,
 ) -> (Arc<CommandContext>, Simulator, ApiServer) {
+    fixture_with(fence, min, max, Roles::disabled()).await
+}
+
+/// [`fixture_polling`] with `roles` (`--namespace-roles` or not).
+async fn fixture_with(
+    fence: Fence,
+    min: Duration,
+    max: Duration,
+    roles: Roles,
+) -> (Arc<CommandContext>, Simulator, ApiServer) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let sim = Simulator::start().await.unwrap();
@@ -149,7 +159,7 @@ async fn fixture_polling(
     let ctx = CommandContext::new(
         client.clone(),
         ssm,
-        Arc::new(Roles::disabled()),
+        Arc::new(roles),
         Writer::new(client, Some("test".into()), metrics.clone(), fence.clone()),
         Policy::new(true, &[]).unwrap(),
         PollIntervals { min, max },
@@ -498,6 +508,63 @@ async fn a_lost_reply_to_a_retry_in_the_same_second_is_searched_for_not_sent_aga
     assert_eq!(sim.calls("SendCommand"), 2, "no send without a search");
     assert!(sim.calls("ListCommands") >= 1, "searched");
     assert_eq!(sim.sent().len(), 1);
+    assert_eq!(
+        adopted["status"]["commandId"],
+        sim.sent()[0].command_id.as_str()
+    );
+}
+
+#[tokio::test]
+async fn with_namespace_roles_a_namespace_not_seen_yet_waits_and_is_never_sent_as_the_operator() {
+    // The Namespace watch has listed (other namespaces), but "ops" was created since and its
+    // event is still on the way: whether it names a role is unknown. Nothing is written and
+    // nothing is sent until it is seen; then the send goes out with the namespace's identity.
+    let roles = Roles::enabled();
+    roles.observe("other", None);
+    let (ctx, sim, mut api) = fixture_with(
+        Fence::open(),
+        Duration::from_millis(200),
+        Duration::from_secs(2),
+        roles,
+    )
+    .await;
+    let verifier = tokio::spawn(async move {
+        api.expect_silence().await;
+        api
+    });
+    let result = run(&ctx, &command(None)).await;
+    let mut api = verifier.await.unwrap();
+    assert!(
+        matches!(result, Err(ssm_operator::Error::NamespaceNotSeen(_))),
+        "{result:?}"
+    );
+    assert_eq!(
+        sim.total_calls(),
+        0,
+        "not one SSM call with the operator's identity"
+    );
+    let retry = ssm_operator::command::reconcile::error_policy(
+        Arc::new(command(None)),
+        &result.unwrap_err(),
+        ctx.clone(),
+    );
+    assert_eq!(
+        retry,
+        Action::requeue(Duration::from_secs(1)),
+        "looked at again soon"
+    );
+
+    // Seen, without an annotation: the operator's own identity is the namespace's choice.
+    ctx.roles.observe("ops", None);
+    let object = command(None);
+    let verifier = tokio::spawn(async move {
+        let stored = api.expect_intent(&object).await;
+        api.expect_event().await;
+        api.expect_status(&stored, "81", 200).await
+    });
+    run(&ctx, &command(None)).await.unwrap();
+    let adopted = verifier.await.unwrap();
+    assert_eq!(sim.calls("SendCommand"), 1);
     assert_eq!(
         adopted["status"]["commandId"],
         sim.sent()[0].command_id.as_str()

@@ -5,7 +5,9 @@
 //!
 //! A change takes effect without a restart: the namespace's tracked resources are woken, their
 //! reconcile re-keys them, and their commands are asked at once with the new identity. No
-//! resource is reconciled before the first list of Namespaces is in, so a namespace's calls are
+//! resource is reconciled before the first list of Namespaces is in, and a namespace this
+//! process has not seen yet (created after that list, its watch event still on the way) has
+//! no known role: its resources wait for it ([`NamespaceNotSeen`]), so a namespace's calls are
 //! never made with the operator's own identity by mistake.
 
 use std::collections::{BTreeMap, HashMap};
@@ -23,6 +25,10 @@ use tracing::{info, warn};
 use crate::aws::sts::Role;
 use crate::runtime::metrics::Metrics;
 
+/// How soon a resource waiting for its namespace to be seen is looked at again (the roles
+/// watch usually catches up within milliseconds; such a reconcile makes no call at all).
+pub const NAMESPACE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The Namespace annotation naming the role.
 pub const ROLE_ARN: &str = "ssm.operator.dev/role-arn";
 /// The Namespace annotation with the role's external id.
@@ -32,9 +38,16 @@ pub const EXTERNAL_ID: &str = "ssm.operator.dev/external-id";
 #[derive(Debug)]
 pub struct Roles {
     enabled: bool,
-    by_namespace: Mutex<HashMap<String, Role>>,
+    /// Every namespace seen, with the role it names (`None`: the operator's own identity).
+    by_namespace: Mutex<HashMap<String, Option<Role>>>,
     synced: watch::Sender<bool>,
 }
+
+/// With `--namespace-roles`, the namespace's Namespace has not been seen (yet): whether it
+/// names a role is unknown, and nothing may be asked for it until it is.
+#[derive(thiserror::Error, Clone, Debug, PartialEq, Eq)]
+#[error("namespace {0} not seen yet: its role (ssm.operator.dev/role-arn) is unknown")]
+pub struct NamespaceNotSeen(pub String);
 
 impl Roles {
     /// Without `--namespace-roles`: every call uses the operator's own identity.
@@ -56,16 +69,18 @@ impl Roles {
         }
     }
 
-    /// The role for resources in `namespace`, if it names one.
-    pub fn role_for(&self, namespace: &str) -> Option<Role> {
+    /// The role for resources in `namespace` (`None`: the operator's own identity), or
+    /// [`NamespaceNotSeen`] while its Namespace has not been seen with `--namespace-roles`.
+    pub fn role_for(&self, namespace: &str) -> Result<Option<Role>, NamespaceNotSeen> {
         if !self.enabled {
-            return None;
+            return Ok(None);
         }
         self.by_namespace
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(namespace)
             .cloned()
+            .ok_or_else(|| NamespaceNotSeen(namespace.to_string()))
     }
 
     /// Pure: the role a Namespace's annotations name (an empty ARN names none).
@@ -81,18 +96,24 @@ impl Roles {
         })
     }
 
-    /// Records `namespace`'s role; true when it changed.
+    /// Records `namespace`'s role as seen; true when it changed (also when the namespace was
+    /// not seen before: its resources waiting for it go on).
     pub fn observe(&self, namespace: &str, role: Option<Role>) -> bool {
         let mut roles = self
             .by_namespace
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let changed = roles.get(namespace) != role.as_ref();
-        match role {
-            Some(role) => roles.insert(namespace.to_string(), role),
-            None => roles.remove(namespace),
-        };
+        let changed = roles.get(namespace) != Some(&role);
+        roles.insert(namespace.to_string(), role);
         changed
+    }
+
+    /// Forgets a deleted namespace: its role is unknown again.
+    pub fn forget(&self, namespace: &str) {
+        self.by_namespace
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(namespace);
     }
 
     /// Completes once the roles are known (at once when disabled).
@@ -126,9 +147,7 @@ impl Roles {
                         changed(&name);
                     }
                 }
-                Ok(Event::Delete(ns)) => {
-                    self.observe(&ns.name_any(), None);
-                }
+                Ok(Event::Delete(ns)) => self.forget(&ns.name_any()),
                 Ok(Event::InitDone) => {
                     self.synced.send_replace(true);
                 }
@@ -182,11 +201,29 @@ mod tests {
         let role = Roles::role_of("a", &annotations(&[(ROLE_ARN, "arn:1")]));
         assert!(roles.observe("a", role.clone()));
         assert!(!roles.observe("a", role.clone()), "same role: no change");
-        assert_eq!(roles.role_for("a"), role);
+        assert_eq!(roles.role_for("a"), Ok(role.clone()));
         assert!(roles.observe("a", None), "annotation removed");
-        assert_eq!(roles.role_for("a"), None);
+        assert_eq!(roles.role_for("a"), Ok(None));
         let off = Roles::disabled();
         off.observe("a", role);
-        assert_eq!(off.role_for("a"), None);
+        assert_eq!(off.role_for("a"), Ok(None));
+        assert_eq!(off.role_for("never-seen"), Ok(None));
+    }
+
+    #[test]
+    fn a_namespace_not_seen_yet_has_no_role_rather_than_the_operators_own() {
+        let roles = Roles::enabled();
+        assert_eq!(
+            roles.role_for("new"),
+            Err(NamespaceNotSeen("new".into())),
+            "not 'no annotation'"
+        );
+        assert!(
+            roles.observe("new", None),
+            "first seen: its resources go on"
+        );
+        assert_eq!(roles.role_for("new"), Ok(None));
+        roles.forget("new");
+        assert_eq!(roles.role_for("new"), Err(NamespaceNotSeen("new".into())));
     }
 }

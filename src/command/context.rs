@@ -22,7 +22,7 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::Semaphore;
 
 use crate::api::{Command, SendRecord};
-use crate::aws::roles::Roles;
+use crate::aws::roles::{NamespaceNotSeen, Roles};
 use crate::aws::ssm::{Scope, Ssm};
 use crate::command::send::Policy;
 use crate::k8s::watch::{watch_commands, CommandStores, Forget, WatchedCommands};
@@ -176,12 +176,15 @@ impl Context {
             .len()
     }
 
-    /// Where `object`'s SSM calls go, and as whom.
-    pub(super) fn scope(&self, object: &Command) -> Scope {
-        Scope {
+    /// Where `object`'s SSM calls go, and as whom; [`NamespaceNotSeen`] while its namespace's
+    /// role is unknown (never the operator's own identity by mistake).
+    pub(super) fn scope(&self, object: &Command) -> Result<Scope, NamespaceNotSeen> {
+        Ok(Scope {
             region: object.spec.region.clone(),
-            role: self.roles.role_for(&object.namespace().unwrap_or_default()),
-        }
+            role: self
+                .roles
+                .role_for(&object.namespace().unwrap_or_default())?,
+        })
     }
 }
 

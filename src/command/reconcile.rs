@@ -22,6 +22,7 @@ use kube::ResourceExt;
 use tracing::{debug, info, instrument, warn};
 
 use crate::api::{Command, SendRecord};
+use crate::aws::roles::NAMESPACE_WAIT;
 use crate::aws::ssm::{is_terminal, Recovery};
 use crate::command::context::{attempt_of, Context};
 use crate::command::send::{self, Facts, FollowUp, SendResult, Step, SEND_FAILED, SEND_UNKNOWN};
@@ -78,6 +79,9 @@ fn gone_from_the_api(result: &Result<Action, Error>) -> bool {
 pub fn error_policy(object: Arc<Command>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_failed(error.metric_label());
     warn!(name = %object.name_any(), %error, "Command reconcile failed; retrying");
+    if matches!(error, Error::NamespaceNotSeen(_)) {
+        return Action::requeue(NAMESPACE_WAIT);
+    }
     // Only a Command still remembered counts its failures: a deleted one must not come back.
     let failures = ctx
         .memo_if_known(&object.uid().unwrap_or_default(), |m| {
@@ -102,6 +106,9 @@ async fn reconcile_inner(object: &Command, ctx: &Context) -> Result<Action, Erro
         ctx.forget(&uid);
         return Ok(Action::await_change());
     }
+    // With --namespace-roles, nothing (no finalizer, no intent, no call) before the
+    // namespace's role is known: a send must never go out with the operator's own identity.
+    ctx.scope(object)?;
     let generation = object.metadata.generation.unwrap_or_default();
     let status = object.status.as_ref();
     let now = Timestamp::now();
@@ -181,7 +188,7 @@ async fn reconcile_inner(object: &Command, ctx: &Context) -> Result<Action, Erro
         } => {
             let result = ctx
                 .ssm
-                .find_commands(&ctx.scope(object), &marker, window)
+                .find_commands(&ctx.scope(object)?, &marker, window)
                 .await;
             info!(?result, %marker, "looked for an earlier send in ListCommands");
             follow(
@@ -261,7 +268,7 @@ async fn intend_and_send(
         .writer
         .send_command(
             &ctx.ssm,
-            &ctx.scope(&object),
+            &ctx.scope(&object)?,
             &object.spec,
             &comment,
             not_after(&record),
@@ -406,7 +413,7 @@ async fn track(object: &Command, ctx: &Context, command_id: &str) -> Result<Acti
     let generation = object.metadata.generation.unwrap_or_default();
     let status = object.status.as_ref();
     let uid = object.uid().unwrap_or_default();
-    let scope = ctx.scope(object);
+    let scope = ctx.scope(object)?;
     let now = Time(Timestamp::now());
     match ctx.ssm.command(&scope, command_id).await {
         Ok(Some(summary)) => {

@@ -67,7 +67,11 @@ async fn live_runs(
     let window = send::search_window(intent.time.0);
     match ctx
         .ssm
-        .find_commands(&ctx.scope(object), &intent.marker, window)
+        .find_commands(
+            &ctx.scope(object).map_err(|e| e.to_string())?,
+            &intent.marker,
+            window,
+        )
         .await
     {
         SearchResult::Listed(found) if found.is_empty() => {
@@ -112,7 +116,7 @@ pub(super) async fn retire_previous_run(
             for old in runs {
                 match ctx
                     .writer
-                    .cancel_command(&ctx.ssm, &ctx.scope(object), &old)
+                    .cancel_command(&ctx.ssm, &ctx.scope(object)?, &old)
                     .await
                 {
                     Ok(()) => {
@@ -153,7 +157,7 @@ pub(super) async fn cancel_before_deletion(object: &Command, ctx: &Context) -> R
     let Some(status) = object.status.as_ref() else {
         return Ok(());
     };
-    let scope = ctx.scope(object);
+    let scope = ctx.scope(object)?;
     let deleting_for = object
         .metadata
         .deletion_timestamp

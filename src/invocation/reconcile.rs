@@ -86,7 +86,11 @@ async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Ac
         return Ok(Action::await_change());
     }
     let now = Instant::now();
-    let role = ctx.roles.role_for(&object.namespace().unwrap_or_default());
+    // With --namespace-roles, a namespace not seen yet has no known role: wait for it (the
+    // roles watch wakes its resources once it is seen), never ask with the operator's own.
+    let role = ctx
+        .roles
+        .role_for(&object.namespace().unwrap_or_default())?;
     let tracked = ctx.tracker.track(
         &uid,
         ObjectRef::from_obj(object),
@@ -189,6 +193,9 @@ fn waited(
 pub fn error_policy(object: Arc<CommandInvocation>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_failed(error.metric_label());
     tracing::warn!(name = %object.name_any(), %error, "reconcile failed; retrying");
+    if matches!(error, Error::NamespaceNotSeen(_)) {
+        return Action::requeue(crate::aws::roles::NAMESPACE_WAIT);
+    }
     let failures = ctx.tracker.write_failed(&object.uid().unwrap_or_default());
     Action::requeue(backoff(
         ctx.intervals,
