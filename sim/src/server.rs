@@ -104,6 +104,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// Which access key signed the requests, by operation.
     pub(crate) signers: crate::sts::Signers,
+    /// Where the events of added and sent commands go ([`crate::Simulator::publish_events_to`]).
+    pub(crate) events: crate::sqs::EventHook,
 }
 
 impl Shared {
@@ -202,6 +204,18 @@ async fn send_command(shared: &Shared, body: &[u8]) -> Result<Vec<u8>, ApiError>
             Instant::now(),
             SystemTime::now(),
         )
+    };
+    // A command SendCommand created publishes its events like an added one.
+    let send = || {
+        let reply = send()?;
+        let created: Option<String> = serde_json::from_slice::<serde_json::Value>(&reply)
+            .ok()
+            .and_then(|v| v["Command"]["CommandId"].as_str().map(str::to_string));
+        if let Some(id) = created {
+            let store = shared.store.read().unwrap_or_else(PoisonError::into_inner);
+            shared.events.command_added(&store, &id);
+        }
+        Ok(reply)
     };
     match fault {
         None => send(),

@@ -25,8 +25,6 @@ struct Inner {
     shared: Arc<Shared>,
     /// Stops when dropped, with the last handle.
     server: Server,
-    /// Where the events of added commands go ([`Simulator::publish_events_to`]).
-    events: crate::sqs::EventHook,
 }
 
 impl fmt::Debug for Simulator {
@@ -52,11 +50,7 @@ impl Simulator {
         let server =
             Server::start(addr, move |req, _| server::respond(serving.clone(), req)).await?;
         Ok(Simulator {
-            inner: Arc::new(Inner {
-                shared,
-                server,
-                events: Default::default(),
-            }),
+            inner: Arc::new(Inner { shared, server }),
         })
     }
 
@@ -75,12 +69,11 @@ impl Simulator {
         self.inner.server.local_addr()
     }
 
-    /// Puts EventBridge's events for the commands added from now on (see
-    /// [`crate::sqs`]) on `sqs`'s queue, each at the instant its status changes,
-    /// instead of on any queue given before. Commands made by SendCommand, and
-    /// CancelCommand, send no events.
+    /// Puts EventBridge's events for the commands added or sent (SendCommand) from now on
+    /// (see [`crate::sqs`]) on `sqs`'s queue, each at the instant its status changes,
+    /// instead of on any queue given before. CancelCommand sends no events.
     pub fn publish_events_to(&self, sqs: &crate::SqsSimulator) {
-        self.inner.events.connect(sqs);
+        self.inner.shared.events.connect(sqs);
     }
 
     /// Adds a scripted command; its timelines start now. A command with the same id is
@@ -103,7 +96,7 @@ impl Simulator {
         for command in commands {
             let id = command.command_id().to_string();
             store.add(command, now, wall);
-            self.inner.events.command_added(&store, &id);
+            self.inner.shared.events.command_added(&store, &id);
         }
         now
     }

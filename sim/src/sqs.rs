@@ -337,11 +337,24 @@ fn checked_ratio(ratio: f64) -> f64 {
     ratio
 }
 
-/// Where the SSM simulator sends the events of the commands it is given
+/// Where the SSM simulator sends the events of the commands it is given or sent
 /// ([`crate::Simulator::publish_events_to`]): nowhere until connected.
 #[derive(Default)]
 pub(crate) struct EventHook {
     sink: Mutex<Option<Arc<State>>>,
+}
+
+impl std::fmt::Debug for EventHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let connected = self
+            .sink
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some();
+        f.debug_struct("EventHook")
+            .field("connected", &connected)
+            .finish()
+    }
 }
 
 impl EventHook {

@@ -14,7 +14,7 @@ use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
 use aws_sdk_sqs::Client;
 use tracing::{debug, info, warn};
 
-use crate::aws::eventbridge::{self as events, Parsed};
+use crate::aws::eventbridge::{self as events, Hint, Parsed};
 use crate::runtime::metrics::Metrics;
 use crate::tracking::tracker::Tracker;
 
@@ -66,8 +66,10 @@ impl Queue {
         }
     }
 
-    /// Receives, hands over and deletes messages until dropped.
-    pub async fn consume(self, tracker: Arc<Tracker>) {
+    /// Receives, hands over and deletes messages until dropped: the tracker re-reads the
+    /// nodes an event names, and `hinted` hears of every hint too (the controller wakes the
+    /// `Command`s whose run it names).
+    pub async fn consume(self, tracker: Arc<Tracker>, hinted: impl Fn(&Hint)) {
         info!(queue = %self.url, "consuming SSM events");
         let mut backoff = BACKOFF_MIN;
         loop {
@@ -100,6 +102,7 @@ impl Queue {
                     Parsed::Hint(hint) => {
                         debug!(command = %hint.command_id, instance = ?hint.instance_id, status = %hint.status, "SSM event");
                         tracker.hint(&hint);
+                        hinted(&hint);
                         "hint"
                     }
                     Parsed::Foreign => "foreign",

@@ -82,7 +82,14 @@ pub struct Context {
     /// Where [`Context::role_changed`] wakes Commands: a channel per controller, with
     /// its namespace (`None`: all).
     wakers: Wakers<Command>,
+    /// SSM commands a push event named whose `Command`s will be woken shortly
+    /// ([`Context::hinted`]).
+    hinted: Mutex<HashSet<String>>,
 }
+
+/// Push events of one SSM command are gathered this long before its `Command` is woken: a
+/// fleet's nodes finish by the hundred per second, and one reconcile reads them all.
+pub const HINT_GATHER: Duration = Duration::from_millis(500);
 
 impl Context {
     /// A context; see the fields. `max_concurrent_reconciles`: how many `Command` reconciles
@@ -112,7 +119,35 @@ impl Context {
             memo: Mutex::new(HashMap::new()),
             stores: Arc::new(CommandStores::default()),
             wakers: Wakers::default(),
+            hinted: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// A push event named SSM command `command_id` (a node of it, or the command, changed):
+    /// its `Command`s are reconciled within [`HINT_GATHER`], once for all the events of that
+    /// window, so new nodes get their child and a finished run its final status without
+    /// waiting for the next poll.
+    pub fn hinted(self: &Arc<Self>, command_id: &str) {
+        let first = self
+            .hinted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(command_id.to_string());
+        if !first {
+            return;
+        }
+        let ctx = self.clone();
+        let command_id = command_id.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(HINT_GATHER).await;
+            ctx.hinted
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&command_id);
+            let commands = ctx.stores.running(&command_id);
+            ctx.wakers
+                .wake(commands.iter().map(|c| ObjectRef::from_obj(c.as_ref())));
+        });
     }
 
     /// The watch of `api`'s `Command`s for a controller; the ones it sees deleted, or no

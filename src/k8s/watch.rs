@@ -164,6 +164,21 @@ impl CommandStores {
             .collect()
     }
 
+    /// The watched `Command`s whose run is SSM command `command_id`.
+    pub fn running(&self, command_id: &str) -> Vec<Arc<Command>> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .flat_map(Store::state)
+            .filter(|c| {
+                c.status
+                    .as_ref()
+                    .is_some_and(|s| s.command_id.as_deref() == Some(command_id))
+            })
+            .collect()
+    }
+
     /// Whether `object` is known to be gone: every watch has listed, and none holds it (by
     /// uid). Without a watch, or before a watch's first list, nothing is known to be gone.
     pub fn known_gone(&self, object: &Command) -> bool {

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::api::{Command, CommandInvocation};
+use crate::aws::eventbridge::Hint;
 use crate::aws::roles::Roles;
 use crate::aws::sqs::Queue;
 use crate::aws::ssm::Ssm;
@@ -382,7 +383,11 @@ async fn run_controllers(
     // long as the controllers do.
     let consume = async {
         match queue {
-            Some(queue) => queue.consume(ctx.tracker.clone()).await,
+            Some(queue) => {
+                let commands = commands.clone();
+                let hinted = move |hint: &Hint| commands.hinted(&hint.command_id);
+                queue.consume(ctx.tracker.clone(), hinted).await
+            }
             None => std::future::pending().await,
         }
     };

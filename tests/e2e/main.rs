@@ -86,6 +86,7 @@ fn all_scenarios() -> Vec<(&'static str, Scenario)> {
         roles::a_role_that_cannot_be_assumed_stalls_only_its_namespace,
         roles::short_lived_credentials_are_refreshed,
         push::status_arrives_within_a_second_with_polling_at_its_backstop,
+        push::a_command_follows_its_events_not_its_poll,
         push::lost_events_only_slow_things_down,
         push::a_poisoned_message_does_not_block_the_queue,
         push::moto_sqs_speaks_the_same_protocol,

@@ -13,8 +13,11 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::QueueAttributeName;
 use futures::future::join_all;
+use kube::api::PostParams;
 use serde_json::{json, Value};
-use ssm_operator::api::{CommandInvocation, CommandInvocationSpec};
+use ssm_operator::api::{
+    Command as SsmCommand, CommandInvocation, CommandInvocationSpec, CommandSpec,
+};
 use ssm_sim::{Command, Invocation, Plugin, Simulator, SqsSimulator, Status};
 use testbed::TestCluster;
 
@@ -91,6 +94,16 @@ struct Push {
 
 impl Push {
     async fn start(cluster: Arc<TestCluster>, scenario: &str, backstop: &str) -> Push {
+        Push::start_with(cluster, scenario, backstop, &[]).await
+    }
+
+    /// [`Push::start`] with extra operator flags.
+    async fn start_with(
+        cluster: Arc<TestCluster>,
+        scenario: &str,
+        backstop: &str,
+        extra: &[&str],
+    ) -> Push {
         let world = World::new(cluster, scenario).await;
         let ssm = Simulator::start().await.expect("ssm simulator");
         let sqs = SqsSimulator::start().await.expect("sqs simulator");
@@ -99,12 +112,15 @@ impl Push {
             &world,
             &OperatorOptions {
                 ssm_endpoint: ssm.endpoint(),
-                args: vec![
-                    "--sqs-queue-url".into(),
+                args: [
+                    "--sqs-queue-url".to_string(),
                     sqs.queue_url(),
                     "--push-backstop".into(),
                     backstop.into(),
-                ],
+                ]
+                .into_iter()
+                .chain(extra.iter().map(|s| s.to_string()))
+                .collect(),
                 env: vec![("AWS_ENDPOINT_URL_SQS".into(), sqs.endpoint())],
             },
             POLL_MIN,
@@ -227,6 +243,58 @@ pub async fn status_arrives_within_a_second_with_polling_at_its_backstop(
     let calls = push.ssm.total_calls();
     assert!(calls <= 4 * cases.len() as u64, "{}", push.ssm_calls());
     push.queue_drained().await;
+    push.operator.stop().await;
+}
+
+/// A `Command`'s run is pushed too: with its own polling slowed to 10 s, node events create
+/// its children and the run's end (node and command events) finishes it within a couple of
+/// seconds.
+pub async fn a_command_follows_its_events_not_its_poll(cluster: Arc<TestCluster>) {
+    let push = Push::start_with(cluster, "push-command", "30s", &["--send-commands"]).await;
+    let nodes = ["i-0ccccccccccccccc1", "i-0ccccccccccccccc2"];
+    // Both nodes start at 1 s and end 3 s after the send.
+    push.ssm.set_send_default([Plugin::succeeding_at(
+        "aws:runShellScript",
+        ms(1000),
+        ms(3000),
+    )]);
+    let commands: kube::Api<SsmCommand> = push.world.api_of();
+    let spec = CommandSpec {
+        document_name: "AWS-RunShellScript".into(),
+        instance_ids: Some(nodes.iter().map(|n| n.to_string()).collect()),
+        ..CommandSpec::default()
+    };
+    let created = Instant::now();
+    commands
+        .create(&PostParams::default(), &SsmCommand::new("pushed", spec))
+        .await
+        .expect("create Command");
+    let finished = push
+        .world
+        .wait_on::<SsmCommand>("pushed", "Finished", |c| {
+            c.condition("Finished").is_some_and(|f| f.status == "True")
+        })
+        .await;
+    let sent = push.ssm.sent();
+    assert_eq!(sent.len(), 1, "one send");
+    let status = finished.status.clone().expect("status");
+    assert_eq!(status.status.as_deref(), Some("Success"));
+    // SSM's run ended 3 s after the send (made at once); the Command's own next poll comes
+    // 10 s after it.
+    let took = created.elapsed();
+    eprintln!("push-command: Finished {took:?} after the create (nodes ended 3 s after the send)");
+    assert!(
+        took < Duration::from_secs(7),
+        "Finished {took:?} after the create: the events did not wake the Command (its poll \
+         comes 10 s after the send)"
+    );
+    for node in nodes {
+        let child = push
+            .world
+            .wait_condition(&format!("pushed-{node}"), "Finished", "True")
+            .await;
+        assert_eq!(ssm_status(&child), Some("Success"));
+    }
     push.operator.stop().await;
 }
 
