@@ -115,6 +115,10 @@ pub(super) struct TrackedCommand {
     /// a walk that must find a node on the last page costs this many calls however few nodes
     /// are still tracked (a walk stops once it has seen every tracked node).
     pub(super) walk_pages: usize,
+    /// Its nodes have several steps (a listing showed them, or SSM refused a Get without a
+    /// step name): a step tracked without a name is the invocation as a whole, which only
+    /// List can read, so where a Get would read one node, one node's listing does instead.
+    pub(super) multi_step: bool,
 }
 
 impl TrackedCommand {
@@ -342,6 +346,7 @@ impl Tracker {
                 hinted: HashSet::new(),
                 hint_due: None,
                 walk_pages: 0,
+                multi_step: false,
             });
         let answer = command.answers.get(&step).cloned();
         let member = command
