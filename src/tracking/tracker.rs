@@ -16,7 +16,9 @@
 //! Push (`--sqs-queue-url`): an event that a node reached a terminal state is a hint: within
 //! [`HINT_COALESCE`] the hinted nodes of a command are read with one `GetCommandInvocation`
 //! each (or one List walk when that is cheaper: a walk costs every page of the command's
-//! listing, [`TrackedCommand::walk_pages`]), so a finished invocation costs one read. While
+//! listing, [`TrackedCommand::walk_pages`]), so a finished invocation costs one read (a step
+//! without a name on a multi-step command, [`TrackedCommand::multi_step`], is read from that
+//! node's listing instead: Get cannot read an invocation as a whole). While
 //! the queue delivers, regular rounds slow to the backstop interval (`--push-backstop`),
 //! never stopping: delivery is best effort.
 
