@@ -397,6 +397,22 @@ impl Plugin {
             .step_with(failed_at, Status::Failed, "Failed", response_code)
     }
 
+    /// A step the SSM agent skipped at `at` (a precondition such as the platform was not met:
+    /// `AWS-RunRemoteScript` skips the step for the other platform): as SSM reports it,
+    /// `Success` (code 0) straight away, with the agent's message as its output,
+    /// `Step execution skipped due to unsatisfied preconditions: ... Step name: <name>` (the
+    /// agent counts "Skipped" as a form of success when it aggregates the document's status).
+    pub fn skipped(name: impl Into<String>, at: Duration) -> Self {
+        let name = name.into();
+        let message = format!(
+            "Step execution skipped due to unsatisfied preconditions: \
+             '\"StringEquals\": [platformType, Windows]' failed. Step name: {name}"
+        );
+        Plugin::new(name)
+            .step_with(at, Status::Success, "Success", 0)
+            .stdout(message)
+    }
+
     /// The timeline SendCommand gives each instance: Pending, InProgress after 1 s, Success
     /// after 3 s with stdout `hello from <instance>\n`.
     pub fn default_for(name: impl Into<String>, instance_id: &str) -> Self {

@@ -163,6 +163,12 @@ pub struct CommandInvocationStatus {
     /// SSM `CloudWatchOutputConfig`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud_watch_output_config: Option<CloudWatchOutputConfig>,
+    /// Every step of a multi-step invocation, in document order, when the resource names no
+    /// step (`spec.pluginName`) and the document has several: the resource then mirrors the
+    /// invocation as a whole, and `pluginName`, `responseCode`, the times and the output are
+    /// those of the step that decided the outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<InvocationStep>>,
     /// The `metadata.generation` of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -173,6 +179,18 @@ pub struct CommandInvocationStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// One step of a multi-step invocation (SSM's `CommandPlugin`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InvocationStep {
+    /// The step's name (SSM `Name`), e.g. `runShellScript`.
+    pub name: String,
+    /// The step's SSM `Status`, verbatim (a skipped step is reported as SSM reports it).
+    pub status: String,
+    /// The step's exit code: -1 until the step reached a terminal status.
+    pub response_code: i32,
 }
 
 /// SSM `CloudWatchOutputConfig` of the command.

@@ -9,15 +9,17 @@
 //! - errors an outside fix can cure (`InvocationNotFound` after the grace, `AccessDenied`) stall
 //!   the resource and are re-checked rarely; a transient error during such a re-check leaves it
 //!   exactly as it was (no Stalled → Reconciling → Stalled flapping for kstatus);
-//! - nothing is written, and no clock moves, when the result equals the current status.
+//! - nothing is written, and no clock moves, when the result equals the current status;
+//! - a multi-step invocation answered as a whole (no step named) also lists its steps
+//!   (`status.steps`), each step's code -1 until that step is terminal.
 
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::conditions::{self, Standing};
-use crate::api::{CloudWatchOutputConfig, CommandInvocationStatus};
-use crate::aws::ssm::{is_terminal, Invocation, Recovery, SsmError};
+use crate::api::{CloudWatchOutputConfig, CommandInvocationStatus, InvocationStep};
+use crate::aws::ssm::{is_terminal, Invocation, Recovery, SsmError, StepOutcome};
 use crate::k8s::output;
 use crate::k8s::writer::EventNote;
 
@@ -370,10 +372,28 @@ fn ssm_fields_from(
         standard_output_content: output(&invocation.standard_output_content),
         standard_error_content: output(&invocation.standard_error_content),
         cloud_watch_output_config: cloud_watch,
+        steps: invocation.steps.as_deref().map(steps_from),
         observed_generation: None,
         last_polled_time: None,
         conditions: Vec::new(),
     }
+}
+
+/// The steps of a multi-step invocation as status shows them: each step's code is -1 until
+/// that step is terminal, as the invocation's own (the SDK reads an absent code as 0).
+fn steps_from(steps: &[StepOutcome]) -> Vec<InvocationStep> {
+    steps
+        .iter()
+        .map(|step| InvocationStep {
+            name: step.name.clone(),
+            status: step.status.clone(),
+            response_code: if is_terminal(&step.status) {
+                step.response_code
+            } else {
+                -1
+            },
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -564,8 +584,10 @@ mod tests {
             standard_error_url: "https://s3.eu-west-1.amazonaws.com/b/err".into(),
             cloud_watch_log_group_name: Some("/ssm/out".into()),
             cloud_watch_output_enabled: Some(true),
+            steps: None,
         };
         let s = poll_at(&Ok(full), 7).status;
+        assert_eq!(s.steps, None, "one step: no list of steps");
         assert_eq!(s.comment.as_deref(), Some("patch web"));
         assert_eq!(s.document_version.as_deref(), Some("$DEFAULT"));
         assert_eq!(s.plugin_name.as_deref(), Some("aws:runShellScript"));
@@ -593,6 +615,81 @@ mod tests {
         assert_eq!(cw.cloud_watch_output_enabled, Some(true));
         assert_eq!(s.observed_generation, Some(1));
         assert_eq!(s.last_polled_time, Some(at(7)));
+    }
+
+    #[test]
+    fn a_whole_multi_step_invocation_lists_its_steps_with_codes_only_once_terminal() {
+        let step = |name: &str, status: &str, code: i32| StepOutcome {
+            name: name.into(),
+            status: status.into(),
+            response_code: code,
+        };
+        let whole = |status: &str, steps: Vec<StepOutcome>| Invocation {
+            status: status.into(),
+            status_details: status.into(),
+            response_code: 2,
+            plugin_name: "runShellScript".into(),
+            document_name: "AWS-RunRemoteScript".into(),
+            steps: Some(steps),
+            ..Invocation::default()
+        };
+        let running = poll_at(
+            &Ok(whole(
+                "InProgress",
+                vec![
+                    step("downloadContent", "Success", 0),
+                    // The SDK reads an absent code as 0.
+                    step("runShellScript", "InProgress", 0),
+                ],
+            )),
+            1,
+        )
+        .status;
+        assert_eq!(running.response_code, Some(-1), "the invocation still runs");
+        assert_eq!(
+            running.steps,
+            Some(vec![
+                InvocationStep {
+                    name: "downloadContent".into(),
+                    status: "Success".into(),
+                    response_code: 0,
+                },
+                InvocationStep {
+                    name: "runShellScript".into(),
+                    status: "InProgress".into(),
+                    response_code: -1,
+                },
+            ])
+        );
+        let failed = poll_at(
+            &Ok(whole(
+                "Failed",
+                vec![
+                    step("downloadContent", "Success", 0),
+                    step("runShellScript", "Failed", 2),
+                ],
+            )),
+            2,
+        );
+        let s = &failed.status;
+        assert_eq!(s.status.as_deref(), Some("Failed"));
+        assert_eq!(s.response_code, Some(2), "the deciding step's code");
+        assert_eq!(s.plugin_name.as_deref(), Some("runShellScript"));
+        let steps = s.steps.as_deref().unwrap_or_default();
+        assert_eq!(
+            steps.iter().map(|s| s.response_code).collect::<Vec<_>>(),
+            [0, 2]
+        );
+        assert!(
+            conditions::is_true(&s.conditions, STALLED),
+            "a failure, not an error"
+        );
+        assert_eq!(failed.next, Polling::Stop);
+        let json = serde_json::to_value(s).unwrap();
+        assert_eq!(
+            json["steps"][1],
+            serde_json::json!({"name": "runShellScript", "status": "Failed", "responseCode": 2})
+        );
     }
 
     #[test]

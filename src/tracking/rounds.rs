@@ -13,6 +13,15 @@
 //!
 //! If List keeps failing (an endpoint or IAM policy without it), rounds fall back to one
 //! `GetCommandInvocation` per step and try List again now and then.
+//!
+//! A step tracked without a name on a multi-step invocation is the invocation as a whole,
+//! which `GetCommandInvocation` cannot read (SSM refuses a missing step name there): it is
+//! never sent to Get without a name. Where a Get would read such a node (a new resource, a
+//! hint, a node a walk did not list, the per-step fallback), one node's listing
+//! (`ListCommandInvocations` with `InstanceId`, one call like a Get) reads it instead; a
+//! command is known to be multi-step once a listing showed several steps, or once SSM refused
+//! a Get without a step name (then that node is read from its listing at once). While List
+//! keeps failing such steps therefore show List's error: nothing else can read them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -29,7 +38,7 @@ use crate::api::CommandInvocation;
 use crate::aws::ssm::is_terminal;
 use crate::aws::ssm::{Invocation, InvocationKey, SsmError};
 use crate::invocation::status::only_elapsed_time_ticked;
-use crate::tracking::entries::{self as batch, FromList, Why};
+use crate::tracking::entries::{self as batch, with_output_of, FromList, Why};
 use crate::tracking::plan::{plan, RoundFacts, RoundKind, RoundPlan};
 use crate::tracking::schedule::PollIntervals;
 use crate::tracking::tracker::{take_deferred, Answer, CommandKey, Step, Tracker};
@@ -177,6 +186,7 @@ impl Tracker {
         if use_list {
             let (walked, error) = self.walk(&key, &steps).await;
             news = walked.news;
+            fresh.extend(self.complete_outputs(&key, walked.outputs).await);
             match error {
                 None => {
                     gets.extend(walked.unclear);
@@ -222,6 +232,8 @@ impl Tracker {
         }
         let mut news = false;
         let mut unclear = Vec::new();
+        let mut outputs = Vec::new();
+        let mut multi_step = false;
         let mut token = None;
         let mut failed = None;
         let mut pages = 0;
@@ -244,9 +256,13 @@ impl Tracker {
                     .remove(listed.instance_id.as_str())
                     .unwrap_or_default()
                 {
+                    multi_step |= step.plugin_name.is_none() && listed.plugins.len() > 1;
                     match batch::from_list(Some(listed), step.plugin_name.as_deref()) {
                         FromList::Answer(invocation) => {
                             answered.push((step.clone(), Ok(*invocation)))
+                        }
+                        FromList::OutputFromGet { answer, step: name } => {
+                            outputs.push((step.clone(), *answer, name))
                         }
                         FromList::NeedsGet(_) => unclear.push(step.clone()),
                     }
@@ -261,12 +277,14 @@ impl Tracker {
         }
         if let Some(command) = self.state().commands.get_mut(key) {
             command.walk_pages = command.walk_pages.max(pages);
+            command.multi_step |= multi_step;
         }
         let not_listed = wanted.into_values().flatten().cloned().collect();
         let walked = Walked {
             news,
             not_listed,
             unclear,
+            outputs,
         };
         (walked, failed)
     }
@@ -293,15 +311,90 @@ impl Tracker {
         }
     }
 
+    /// Reads one step: `GetCommandInvocation`, except for a step without a name on a
+    /// multi-step command, which only List can read ([`Tracker::read_whole`]).
     async fn get(&self, key: &CommandKey, step: &Step) -> Result<Invocation, SsmError> {
+        let whole = step.plugin_name.is_none();
+        if whole && self.is_multi_step(key) {
+            return self.read_whole(key, step).await;
+        }
+        let answer = self.get_step(key, step, step.plugin_name.clone()).await;
+        if whole && matches!(answer, Err(SsmError::InvalidPluginName(_))) {
+            // SSM wants a step name: the document has several steps, and the resource names
+            // none. Not an error: the invocation as a whole is read from List.
+            if let Some(command) = self.state().commands.get_mut(key) {
+                command.multi_step = true;
+            }
+            return self.read_whole(key, step).await;
+        }
+        answer
+    }
+
+    /// `GetCommandInvocation` for `step`'s node, naming `plugin_name`.
+    async fn get_step(
+        &self,
+        key: &CommandKey,
+        step: &Step,
+        plugin_name: Option<String>,
+    ) -> Result<Invocation, SsmError> {
         self.ssm
             .invocation(&InvocationKey {
                 region: key.region.clone(),
                 command_id: key.command_id.clone(),
                 instance_id: step.instance_id.clone(),
-                plugin_name: step.plugin_name.clone(),
+                plugin_name,
                 role: key.role.clone(),
             })
+            .await
+    }
+
+    fn is_multi_step(&self, key: &CommandKey) -> bool {
+        self.state().commands.get(key).is_some_and(|c| c.multi_step)
+    }
+
+    /// A step without a name on a multi-step command, read from its node's listing (one
+    /// call, like a Get). A node not listed has no invocation to show yet
+    /// (`InvocationDoesNotExist`, as a Get would say); one step only, or none listed: the
+    /// Get without a name answers as before.
+    async fn read_whole(&self, key: &CommandKey, step: &Step) -> Result<Invocation, SsmError> {
+        let page = self
+            .ssm
+            .list_node(&key.region, &key.role, &key.command_id, &step.instance_id)
+            .await?;
+        let listed = page
+            .invocations
+            .iter()
+            .find(|l| l.instance_id == step.instance_id);
+        match batch::from_list(listed, None) {
+            FromList::Answer(answer) => Ok(*answer),
+            FromList::OutputFromGet { answer, step: name } => self
+                .get_step(key, step, Some(name))
+                .await
+                .map(|full| with_output_of(*answer, &full)),
+            FromList::NeedsGet(Why::NotListed) => Err(SsmError::InvocationDoesNotExist(format!(
+                "ListCommandInvocations does not list node {} of command {} (yet)",
+                step.instance_id, key.command_id
+            ))),
+            FromList::NeedsGet(Why::StepUnclear | Why::OutputCut) => {
+                self.get_step(key, step, None).await
+            }
+        }
+    }
+
+    /// Multi-step invocations answered as a whole whose deciding step's output List may have
+    /// cut: one `GetCommandInvocation` naming that step each reads the full output.
+    async fn complete_outputs(
+        &self,
+        key: &CommandKey,
+        outputs: Vec<(Step, Invocation, String)>,
+    ) -> Vec<(Step, Result<Invocation, SsmError>)> {
+        futures::stream::iter(outputs)
+            .map(|(step, answer, name)| async move {
+                let full = self.get_step(key, &step, Some(name)).await;
+                (step, full.map(|full| with_output_of(answer, &full)))
+            })
+            .buffer_unordered(GETS_IN_FLIGHT)
+            .collect()
             .await
     }
 
@@ -476,6 +569,9 @@ struct Walked {
     not_listed: Vec<Step>,
     /// Steps only `GetCommandInvocation` can answer.
     unclear: Vec<Step>,
+    /// Multi-step invocations answered as a whole whose deciding step's output (named) is
+    /// read from `GetCommandInvocation`.
+    outputs: Vec<(Step, Invocation, String)>,
 }
 
 #[cfg(test)]

@@ -16,7 +16,9 @@
 //! Push (`--sqs-queue-url`): an event that a node reached a terminal state is a hint: within
 //! [`HINT_COALESCE`] the hinted nodes of a command are read with one `GetCommandInvocation`
 //! each (or one List walk when that is cheaper: a walk costs every page of the command's
-//! listing, [`TrackedCommand::walk_pages`]), so a finished invocation costs one read. While
+//! listing, [`TrackedCommand::walk_pages`]), so a finished invocation costs one read (a step
+//! without a name on a multi-step command, [`TrackedCommand::multi_step`], is read from that
+//! node's listing instead: Get cannot read an invocation as a whole). While
 //! the queue delivers, regular rounds slow to the backstop interval (`--push-backstop`),
 //! never stopping: delivery is best effort.
 
@@ -115,6 +117,10 @@ pub(super) struct TrackedCommand {
     /// a walk that must find a node on the last page costs this many calls however few nodes
     /// are still tracked (a walk stops once it has seen every tracked node).
     pub(super) walk_pages: usize,
+    /// Its nodes have several steps (a listing showed them, or SSM refused a Get without a
+    /// step name): a step tracked without a name is the invocation as a whole, which only
+    /// List can read, so where a Get would read one node, one node's listing does instead.
+    pub(super) multi_step: bool,
 }
 
 impl TrackedCommand {
@@ -342,6 +348,7 @@ impl Tracker {
                 hinted: HashSet::new(),
                 hint_due: None,
                 walk_pages: 0,
+                multi_step: false,
             });
         let answer = command.answers.get(&step).cloned();
         let member = command

@@ -321,3 +321,154 @@ async fn the_binary_takes_send_scripts_and_targets_from_its_scenario() {
     assert!(status.success(), "{status:?}");
     let _ = std::fs::remove_file(scenario);
 }
+
+/// A multi-step document sent with SendCommand (`AWS-RunRemoteScript`-like: download, the
+/// PowerShell step skipped, then the shell step), one node failing in its last step: every
+/// step is listed in document order with its own timeline, the invocation's status comes
+/// from its steps, and GetCommandInvocation needs a step name, as SSM's does.
+#[tokio::test]
+async fn a_multi_step_document_is_sent_listed_per_step_and_refuses_a_get_without_a_step() {
+    let sim = Simulator::start().await.unwrap();
+    let ssm = client(&sim);
+    let download = || Plugin::succeeding_at("downloadContent", ms(0), ms(50)).stdout("got it");
+    sim.set_send_default([
+        download(),
+        Plugin::skipped("runPowerShellScript", ms(60)),
+        Plugin::succeeding_at("runShellScript", ms(60), ms(150)).stdout("ran"),
+    ]);
+    sim.script_instance(
+        Invocation::new("i-2")
+            .plugin(download())
+            .plugin(Plugin::skipped("runPowerShellScript", ms(60)))
+            .plugin(Plugin::failing_at("runShellScript", ms(60), ms(150), 2).stderr("boom")),
+    );
+    let command_id = ssm
+        .send_command()
+        .document_name("AWS-RunRemoteScript")
+        .instance_ids("i-1")
+        .instance_ids("i-2")
+        .send()
+        .await
+        .unwrap()
+        .command()
+        .unwrap()
+        .command_id()
+        .unwrap()
+        .to_string();
+
+    // While the last step runs, the invocation is InProgress and its steps are their own.
+    let running = eventually("the shell step runs", Duration::from_secs(5), || async {
+        let out = ssm
+            .list_command_invocations()
+            .command_id(&command_id)
+            .instance_id("i-1")
+            .details(true)
+            .send()
+            .await
+            .unwrap();
+        let inv = out.command_invocations().first()?.clone();
+        (inv.command_plugins().first()?.status()
+            == Some(&aws_sdk_ssm::types::CommandPluginStatus::Success))
+        .then_some(inv)
+    })
+    .await;
+    assert_eq!(running.command_plugins().len(), 3, "one node, filtered");
+    let names: Vec<&str> = running
+        .command_plugins()
+        .iter()
+        .map(|p| p.name().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        names,
+        ["downloadContent", "runPowerShellScript", "runShellScript"],
+        "document order"
+    );
+
+    let err = get_invocation(&ssm, &command_id, "i-1")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err).as_deref(), Some("InvalidPluginName"), "{err:?}");
+
+    let ended = eventually("both nodes end", Duration::from_secs(5), || async {
+        let out = ssm
+            .list_command_invocations()
+            .command_id(&command_id)
+            .details(true)
+            .send()
+            .await
+            .unwrap();
+        let all = out.command_invocations().to_vec();
+        all.iter()
+            .all(|i| {
+                matches!(
+                    i.status(),
+                    Some(CommandInvocationStatus::Success | CommandInvocationStatus::Failed)
+                )
+            })
+            .then_some(all)
+    })
+    .await;
+    let status_of = |node: &str| {
+        let inv = ended
+            .iter()
+            .find(|i| i.instance_id() == Some(node))
+            .unwrap();
+        let steps: Vec<(String, i32)> = inv
+            .command_plugins()
+            .iter()
+            .map(|p| (p.status().unwrap().as_str().to_string(), p.response_code()))
+            .collect();
+        (inv.status().unwrap().as_str().to_string(), steps)
+    };
+    let ok = |code| ("Success".to_string(), code);
+    assert_eq!(
+        status_of("i-1"),
+        ("Success".into(), vec![ok(0), ok(0), ok(0)]),
+        "a skipped step is a form of success"
+    );
+    assert_eq!(
+        status_of("i-2"),
+        ("Failed".into(), vec![ok(0), ok(0), ("Failed".into(), 2)]),
+    );
+    let skipped = ended[0].command_plugins()[1].output().unwrap_or_default();
+    assert!(
+        skipped.starts_with("Step execution skipped due to unsatisfied preconditions"),
+        "{skipped}"
+    );
+
+    // With a step name, Get answers that step alone.
+    let failed = get_invocation(&ssm, &command_id, "i-2")
+        .plugin_name("runShellScript")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), Some(&CommandInvocationStatus::Failed));
+    assert_eq!(failed.response_code(), 2);
+    assert_eq!(failed.standard_error_content(), Some("boom"));
+    let first = get_invocation(&ssm, &command_id, "i-2")
+        .plugin_name("downloadContent")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), Some(&CommandInvocationStatus::Success));
+    assert_eq!(first.standard_output_content(), Some("got it"));
+
+    // The command counts nodes, not steps.
+    let listed = ssm
+        .list_commands()
+        .command_id(&command_id)
+        .send()
+        .await
+        .unwrap();
+    let command = &listed.commands()[0];
+    assert_eq!(command.status(), Some(&CommandStatus::Failed));
+    assert_eq!(
+        (
+            command.target_count(),
+            command.completed_count(),
+            command.error_count()
+        ),
+        (2, 2, 1)
+    );
+}

@@ -1,5 +1,6 @@
 //! The only code that talks to AWS SSM: one client per region, built once and reused, the
-//! `ListCommandInvocations` (one page) and `GetCommandInvocation` calls, the process-wide
+//! `ListCommandInvocations` (one page of a command, or one node's listing) and
+//! `GetCommandInvocation` calls, the process-wide
 //! [`Budget`] every call waits for, and the classification of errors.
 //!
 //! Callers never see SDK types: a page is a list of [`Listed`] nodes, an answer an
@@ -90,6 +91,21 @@ pub struct Invocation {
     pub cloud_watch_log_group_name: Option<String>,
     /// `CloudWatchOutputConfig.CloudWatchOutputEnabled`, when SSM sent the config.
     pub cloud_watch_output_enabled: Option<bool>,
+    /// Every step, in document order, when this answers for a multi-step invocation as a
+    /// whole (read from `ListCommandInvocations`: `GetCommandInvocation` answers one step
+    /// only); `None` when it answers for one step.
+    pub steps: Option<Vec<StepOutcome>>,
+}
+
+/// One step of a multi-step invocation, as `ListCommandInvocations` reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StepOutcome {
+    /// The step's `Name`.
+    pub name: String,
+    /// Its `Status`, verbatim.
+    pub status: String,
+    /// Its `ResponseCode` (the SDK reads an absent code as 0).
+    pub response_code: i32,
 }
 
 /// Why SSM gave no invocation. The variant decides what the operator does next.
@@ -337,6 +353,34 @@ impl Ssm {
         .await
     }
 
+    /// One node's invocation of `command_id` (`ListCommandInvocations` with `InstanceId` and
+    /// `Details`): the only way to read a multi-step invocation as a whole, since
+    /// `GetCommandInvocation` answers one named step. An empty page: not listed (yet).
+    pub async fn list_node(
+        &self,
+        region: &Option<String>,
+        role: &Option<Role>,
+        command_id: &str,
+        instance_id: &str,
+    ) -> Result<Page, SsmError> {
+        let with_role = role.is_some();
+        let request = self
+            .client(region, role)
+            .await
+            .list_command_invocations()
+            .command_id(command_id)
+            .instance_id(instance_id)
+            .details(true);
+        self.call("ListCommandInvocations", || async move {
+            let out = request.send().await.map_err(|e| classify(e, with_role))?;
+            Ok(Page {
+                invocations: out.command_invocations().iter().map(Listed::from).collect(),
+                next_token: out.next_token().map(str::to_string),
+            })
+        })
+        .await
+    }
+
     /// The SDK configuration every client starts from (credentials, region, endpoints).
     pub fn sdk_config(&self) -> &SdkConfig {
         &self.base
@@ -486,6 +530,7 @@ impl From<GetCommandInvocationOutput> for Invocation {
                 .and_then(|c| c.cloud_watch_log_group_name())
                 .map(str::to_string),
             cloud_watch_output_enabled: cloud_watch.map(|c| c.cloud_watch_output_enabled()),
+            steps: None,
         }
     }
 }

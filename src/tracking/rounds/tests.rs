@@ -437,3 +437,166 @@ fn a_terminal_answer_is_never_replaced_by_an_older_read_of_a_running_step() {
     let status = kept.and_then(|a| a.result.clone().ok()).map(|i| i.status);
     assert_eq!(status.as_deref(), Some("Success"));
 }
+
+/// The operator's SSM access pointed at `sim`.
+async fn ssm_at(sim: &ssm_sim::Simulator) -> Arc<Ssm> {
+    use aws_sdk_ssm::config::Credentials;
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("eu-west-1"))
+        .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
+        .endpoint_url(sim.endpoint())
+        .load()
+        .await;
+    Arc::new(Ssm::new(sdk, Arc::new(Metrics::new()), 1000.0))
+}
+
+fn whole_step(node: &str) -> Step {
+    Step {
+        instance_id: format!("i-{node}"),
+        plugin_name: None,
+    }
+}
+
+/// The tracker's answer for `step` of `command_id`, once it has one.
+async fn answer_for(tracker: &Tracker, command_id: &str, step: &Step) -> Invocation {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let known = tracker
+            .state()
+            .commands
+            .get(&command_key(command_id))
+            .and_then(|c| c.answers.get(step).cloned());
+        if let Some(answer) = known {
+            return answer.result.clone().expect("an answer, not an error");
+        }
+        assert!(Instant::now() < deadline, "no answer for {step:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An `AWS-RunRemoteScript`-like command: `node1` fails in its second step, `node2`
+/// succeeds, `node3` succeeds with more output than List shows.
+fn remote_script() -> ssm_sim::Command {
+    use ssm_sim::{Command, Invocation as Node, Plugin};
+    let download = || Plugin::succeeding("downloadContent", Duration::ZERO).stdout("got it\n");
+    Command::new(COMMAND_A)
+        .document("AWS-RunRemoteScript", "1")
+        .invocation(
+            Node::new("i-node1").plugin(download()).plugin(
+                Plugin::failing_at("runShellScript", Duration::ZERO, Duration::ZERO, 2)
+                    .stderr("boom\n"),
+            ),
+        )
+        .invocation(
+            Node::new("i-node2")
+                .plugin(download())
+                .plugin(Plugin::succeeding("runShellScript", Duration::ZERO).stdout("ran\n")),
+        )
+        .invocation(Node::new("i-node3").plugin(download()).plugin(
+            Plugin::succeeding("runShellScript", Duration::ZERO).stdout("y".repeat(30_000)),
+        ))
+}
+
+#[tokio::test]
+async fn a_step_without_a_name_on_several_steps_is_never_refused_for_want_of_one() {
+    let sim = ssm_sim::Simulator::start().await.expect("simulator");
+    sim.add_command(remote_script());
+    let metrics = Arc::new(Metrics::new());
+    let intervals = PollIntervals {
+        min: Duration::from_secs(60),
+        max: Duration::from_secs(60),
+    };
+    let tracker = Tracker::new(
+        ssm_at(&sim).await,
+        intervals,
+        Duration::from_secs(300),
+        Duration::from_secs(30),
+        metrics,
+    );
+    track(&tracker, "ops", "node1", COMMAND_A);
+    let key = command_key(COMMAND_A);
+    assert!(!tracker.is_multi_step(&key), "nothing is known yet");
+
+    // A Get without a step name is refused (InvalidPluginName): not the answer, the node is
+    // read from its listing instead, and the command is known to have several steps.
+    let node1 = tracker.get(&key, &whole_step("node1")).await.expect("read");
+    assert_eq!(sim.calls("GetCommandInvocation"), 1);
+    assert!(tracker.is_multi_step(&key));
+    assert_eq!(node1.status, "Failed", "the invocation's status");
+    assert_eq!(node1.plugin_name, "runShellScript", "the deciding step");
+    assert_eq!(node1.response_code, 2);
+    assert_eq!(node1.standard_error_content, "boom\n");
+    assert_eq!(node1.steps.as_ref().map(Vec::len), Some(2));
+
+    // From now on no Get goes out without a step name: a new node is read from its listing
+    // (one call, as a Get), a regular round from the walk.
+    let tracker = Arc::new(tracker);
+    tokio::spawn(tracker.clone().run());
+    track(&tracker, "ops", "node2", COMMAND_A);
+    let node2 = answer_for(&tracker, COMMAND_A, &whole_step("node2")).await;
+    assert_eq!(
+        (node2.status.as_str(), node2.plugin_name.as_str()),
+        ("Success", "runShellScript")
+    );
+    assert_eq!(node2.standard_output_content, "ran\n");
+    assert_eq!(sim.calls("GetCommandInvocation"), 1, "no Get for node2");
+
+    // The deciding step's output may be cut in List: one Get naming that step reads it all.
+    track(&tracker, "ops", "node3", COMMAND_A);
+    let node3 = answer_for(&tracker, COMMAND_A, &whole_step("node3")).await;
+    assert_eq!(node3.status, "Success");
+    assert_eq!(
+        node3.standard_output_content.len(),
+        24_000,
+        "Get's full text"
+    );
+    assert_eq!(
+        sim.calls("GetCommandInvocation"),
+        2,
+        "one named Get for node3"
+    );
+}
+
+#[tokio::test]
+async fn a_walk_answers_steps_without_a_name_as_a_whole_and_marks_the_command() {
+    let sim = ssm_sim::Simulator::start().await.expect("simulator");
+    sim.add_command(remote_script());
+    let tracker = Tracker::new(
+        ssm_at(&sim).await,
+        PollIntervals {
+            min: Duration::from_secs(60),
+            max: Duration::from_secs(60),
+        },
+        Duration::from_secs(300),
+        Duration::from_secs(30),
+        Arc::new(Metrics::new()),
+    );
+    for node in ["node1", "node2", "node3"] {
+        track(&tracker, "ops", node, COMMAND_A);
+    }
+    let key = command_key(COMMAND_A);
+    let steps: HashSet<Step> = ["node1", "node2", "node3"].map(whole_step).into();
+    let (walked, error) = tracker.walk(&key, &steps).await;
+    assert_eq!(error, None);
+    assert!(tracker.is_multi_step(&key));
+    assert!(walked.unclear.is_empty() && walked.not_listed.is_empty());
+    let cut: Vec<(&str, &str)> = walked
+        .outputs
+        .iter()
+        .map(|(step, _, name)| (step.instance_id.as_str(), name.as_str()))
+        .collect();
+    assert_eq!(
+        cut,
+        [("i-node3", "runShellScript")],
+        "only node3's may be cut"
+    );
+    let node1 = answer_for(&tracker, COMMAND_A, &whole_step("node1")).await;
+    assert_eq!((node1.status.as_str(), node1.response_code), ("Failed", 2));
+    let completed = tracker.complete_outputs(&key, walked.outputs).await;
+    let (_, full) = &completed[0];
+    assert_eq!(
+        full.as_ref().map(|i| i.standard_output_content.len()),
+        Ok(24_000)
+    );
+    assert_eq!(sim.calls("GetCommandInvocation"), 1, "the named Get only");
+}
