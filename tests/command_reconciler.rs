@@ -571,6 +571,118 @@ async fn with_namespace_roles_a_namespace_not_seen_yet_waits_and_is_never_sent_a
     );
 }
 
+/// Answers the API calls of a tracking reconcile until its status write: children listed
+/// (none), child creates (422 for `refused`, 201 otherwise), Events and the status apply.
+/// Returns the child creates by node, the Event reasons and the status written.
+async fn answer_tracking(
+    mut api: ApiServer,
+    stored: Command,
+    refused: &'static str,
+) -> (Vec<String>, Vec<String>, Value, ApiServer) {
+    let (mut creates, mut events) = (Vec::new(), Vec::new());
+    loop {
+        let (request, send) = api.next().await;
+        let method = request.method().clone();
+        let path = request.uri().path().to_string();
+        if method == Method::GET && path.ends_with("/commandinvocations") {
+            send.send_response(json_response(
+                200,
+                &json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                        "metadata": {"resourceVersion": "1"}, "items": []}),
+            ));
+            continue;
+        }
+        let body = ApiServer::body(request).await;
+        if method == Method::POST && path.ends_with("/commandinvocations") {
+            let node = body["spec"]["instanceId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            creates.push(node.clone());
+            if node == refused {
+                send.send_response(json_response(
+                    422,
+                    &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                            "reason": "Invalid", "code": 422,
+                            "message": "admission webhook \"policy.example\" denied the request"}),
+                ));
+            } else {
+                send.send_response(json_response(201, &body));
+            }
+        } else if method == Method::POST && path.ends_with("/events") {
+            events.push(body["reason"].as_str().unwrap_or_default().to_string());
+            send.send_response(json_response(201, &body));
+        } else if method == Method::PATCH && path == format!("{PATH}/status") {
+            let mut object = serde_json::to_value(&stored).unwrap();
+            object["status"] = body["status"].clone();
+            object["metadata"]["resourceVersion"] = json!("9");
+            send.send_response(json_response(200, &object));
+            creates.sort();
+            return (creates, events, body, api);
+        } else {
+            panic!("unexpected {method} {path}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_child_the_api_server_refuses_is_reported_and_the_status_still_follows_ssm() {
+    // An admission policy refuses one node's child (422): the run's other children are
+    // created, the refusal is counted in status with a Warning Event, and the Command's
+    // status follows SSM instead of the reconcile failing for ever.
+    let (ctx, sim, api) = fixture(Fence::open()).await;
+    let nodes = [
+        "i-0aaaaaaaaaaaaaaa1",
+        "i-0aaaaaaaaaaaaaaa2",
+        "i-0aaaaaaaaaaaaaaa3",
+    ];
+    let aws = mock_api::sdk_config(&sim.endpoint()).await;
+    let made = aws_sdk_ssm::Client::new(&aws)
+        .send_command()
+        .document_name("AWS-RunShellScript")
+        .set_instance_ids(Some(nodes.iter().map(|n| n.to_string()).collect()))
+        .comment(format!("nightly {}", marker(UID, 1)))
+        .send()
+        .await
+        .unwrap();
+    let command_id = made
+        .command()
+        .and_then(|c| c.command_id())
+        .unwrap()
+        .to_string();
+    let mut object = command(Some(CommandStatus {
+        observed_generation: Some(1),
+        command_id: Some(command_id),
+        send: Some(SendRecord {
+            generation: 1,
+            marker: marker(UID, 1),
+            time: Time(Timestamp::now()),
+            attempt: 1,
+        }),
+        ..CommandStatus::default()
+    }));
+    object.spec.instance_ids = Some(nodes.iter().map(|n| n.to_string()).collect());
+    object.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    let verifier = tokio::spawn(answer_tracking(api, object.clone(), nodes[1]));
+    let result = run(&ctx, &object).await;
+    let (creates, events, written, api) = verifier.await.unwrap();
+    assert!(result.is_ok(), "the reconcile goes on: {result:?}");
+    assert_eq!(creates, nodes, "every node's child was asked for once");
+    assert!(events.contains(&"ChildRefused".to_string()), "{events:?}");
+    assert_eq!(written["status"]["refusedChildren"], 1);
+    assert_eq!(written["status"]["targetCount"], 3, "SSM's counts");
+
+    // Remembered: the next reconcile neither lists the children again nor re-posts any.
+    let mut tracked = stored_with(&object, &written, "9");
+    tracked.metadata.resource_version = Some("9".into());
+    let verifier = tokio::spawn(async move {
+        let mut api = api;
+        api.expect_silence().await;
+    });
+    run(&ctx, &tracked).await.unwrap();
+    verifier.await.unwrap();
+}
+
 #[tokio::test]
 async fn a_send_iam_refuses_stalls_as_access_denied_and_is_not_retried_at_once() {
     let (ctx, sim, api) = fixture(Fence::open()).await;

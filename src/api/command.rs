@@ -187,6 +187,10 @@ pub struct CommandStatus {
     /// SSM `DeliveryTimedOutCount`: nodes never reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery_timed_out_count: Option<i32>,
+    /// Nodes whose child `CommandInvocation` the API server refused (an admission policy, a
+    /// quota, RBAC); the status goes on following SSM without them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_children: Option<i32>,
     /// `completedCount/targetCount`, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub done: Option<String>,

@@ -1,6 +1,7 @@
 //! Pure: the child `CommandInvocation` a `Command` gets for each node SSM reports, named
 //! `<command name>-<instance id>` (cut and hashed past 253 characters), labelled
-//! `ssm.operator.dev/command: <command name>` and owned by the `Command` (a controller
+//! `ssm.operator.dev/command: <command name>` (and `ssm.operator.dev/command-id: <SSM command
+//! id>`, so a run's children are found from metadata alone) and owned by the `Command` (a controller
 //! ownerReference, so garbage collection removes children with their parent).
 
 use std::collections::BTreeMap;
@@ -12,6 +13,9 @@ use crate::api::{Command, CommandInvocation, CommandInvocationSpec};
 
 /// The label naming a child's `Command`.
 pub const COMMAND_LABEL: &str = "ssm.operator.dev/command";
+/// The label naming a child's run (the SSM command id), so a run's children are found from
+/// their metadata alone. Children created before it was added lack it.
+pub const COMMAND_ID_LABEL: &str = "ssm.operator.dev/command-id";
 
 /// Longest object name the API accepts (a DNS subdomain).
 const MAX_NAME: usize = 253;
@@ -71,10 +75,10 @@ pub fn child(command: &Command, command_id: &str, instance_id: &str) -> CommandI
     child.metadata = ObjectMeta {
         name: child.metadata.name.take(),
         namespace: command.namespace(),
-        labels: Some(BTreeMap::from([(
-            COMMAND_LABEL.to_string(),
-            label_value(&name),
-        )])),
+        labels: Some(BTreeMap::from([
+            (COMMAND_LABEL.to_string(), label_value(&name)),
+            (COMMAND_ID_LABEL.to_string(), label_value(command_id)),
+        ])),
         owner_references: command.controller_owner_ref(&()).map(|owner| vec![owner]),
         ..ObjectMeta::default()
     };
@@ -107,6 +111,7 @@ mod tests {
         assert_eq!(child.name_any(), "patch-web-i-0123456789abcdef0");
         assert_eq!(child.namespace().as_deref(), Some("ops"));
         assert_eq!(child.labels()[COMMAND_LABEL], "patch-web");
+        assert_eq!(child.labels()[COMMAND_ID_LABEL], "cmd-1");
         let owner = &child.owner_references()[0];
         assert_eq!(
             (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),

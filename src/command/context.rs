@@ -34,6 +34,17 @@ use crate::tracking::wakers::Wakers;
 /// An attempt, named by its generation and its number within it ([`SendRecord::attempt`]).
 pub(super) type Attempt = (i64, u32);
 
+/// What is known of the children of one run.
+#[derive(Clone, Debug, Default)]
+pub(super) struct KnownChildren {
+    /// The SSM command id of the run.
+    pub(super) command_id: String,
+    /// Names of the children that exist.
+    pub(super) names: HashSet<String>,
+    /// Nodes whose child the API server refused (admission policy, quota, RBAC), with why.
+    pub(super) refused: std::collections::BTreeMap<String, String>,
+}
+
 /// The attempt `record` names.
 pub(super) fn attempt_of(record: &SendRecord) -> Attempt {
     (record.generation, record.attempt)
@@ -52,7 +63,7 @@ pub(super) struct Memo {
     /// Failed reconciles in a row (for the retry backoff).
     pub(super) failures: u32,
     /// The run whose children are known, and those children's nodes.
-    pub(super) children: Option<(String, HashSet<String>)>,
+    pub(super) children: Option<KnownChildren>,
 }
 
 /// Everything a `Command` reconcile needs, shared by all runs.

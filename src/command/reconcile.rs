@@ -418,7 +418,7 @@ async fn track(object: &Command, ctx: &Context, command_id: &str) -> Result<Acti
     match ctx.ssm.command(&scope, command_id).await {
         Ok(Some(summary)) => {
             let finished = is_terminal(&summary.status);
-            sync_children(
+            let synced = sync_children(
                 object,
                 ctx,
                 &scope,
@@ -427,7 +427,24 @@ async fn track(object: &Command, ctx: &Context, command_id: &str) -> Result<Acti
                 finished,
             )
             .await?;
-            let change = command_status::observed(status, generation, &summary, &now);
+            if let Some((child, why)) = synced.newly_refused.first() {
+                let note = EventNote {
+                    warning: true,
+                    reason: "ChildRefused".into(),
+                    action: "CreatingChildren".into(),
+                    message: format!(
+                        "the API server refused {} child CommandInvocation(s) ({} in all), e.g. \
+                         {child}: {why}; the Command's status follows SSM without them",
+                        synced.newly_refused.len(),
+                        synced.refused
+                    ),
+                };
+                ctx.writer.record_command(object, &note).await?;
+            }
+            let change = command_status::with_refused_children(
+                command_status::observed(status, generation, &summary, &now),
+                synced.refused,
+            );
             let news = change.differs_from(status);
             let stored = write(object, ctx, change).await?;
             if finished {

@@ -205,6 +205,14 @@ pub fn sending(
 }
 
 /// What SSM reports for the run.
+/// `change` with `refused` children counted in its status (left out while none were).
+pub fn with_refused_children(mut change: Change, refused: usize) -> Change {
+    change.status.refused_children =
+        (refused > 0).then(|| i32::try_from(refused).unwrap_or(i32::MAX));
+    change
+}
+
+/// The status for SSM's latest `summary` of the run.
 pub fn observed(
     current: Option<&CommandStatus>,
     generation: i64,

@@ -16,7 +16,7 @@ use crate::aws::ssm::Recovery;
 use crate::command::context::{attempt_of, Context};
 use crate::command::send::{self, SearchResult};
 use crate::command::status as command_status;
-use crate::command::sync::existing_children;
+use crate::command::sync::delete_all_children;
 use crate::k8s::writer::EventNote;
 use crate::Error;
 
@@ -139,7 +139,7 @@ pub(super) async fn retire_previous_run(
         .ok_or(Error::MissingObjectKey("namespace"))?;
     let api: Api<CommandInvocation> = Api::namespaced(ctx.client.clone(), &namespace);
     // No child belongs to the run about to be sent: every earlier child goes.
-    match existing_children(object, ctx, &api, "").await {
+    match delete_all_children(object, ctx, &api).await {
         Ok(_) => {}
         Err(error) if strict || matches!(error, Error::Fenced) => return Err(error),
         Err(error) => warn!(%error, "could not delete the earlier run's children"),
