@@ -18,6 +18,7 @@ mod history;
 mod kubectl_ux;
 mod leader;
 mod lifecycle;
+mod monitoring;
 mod push;
 mod roles;
 mod support;
@@ -97,6 +98,7 @@ fn all_scenarios() -> Vec<(&'static str, Scenario)> {
         commands::sending_is_off_by_default,
         commands::delete_while_running_cancels_the_run,
         commands::spec_change_runs_again_exactly_once,
+        monitoring::prometheus_sees_the_storm_the_lag_and_every_dashboard_query,
     ]
 }
 
