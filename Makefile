@@ -36,10 +36,12 @@ e2e:
 	KUBEBUILDER_ASSETS="$$(bash hack/envtest-assets.sh)" SSM_OPERATOR_REQUIRE_MOTO=1 \
 	  $(CARGO) test --locked -p ssm-operator --test e2e
 
-## checks: layout (no import circles, small folders), Helm chart, Dockerfile lint, Argo CD health check.
+## checks: layout (no import circles, small folders), Helm chart, alerts and dashboard (promtool),
+## Dockerfile lint, Argo CD health check.
 checks:
 	python3 hack/check-layout.py
 	KUBEBUILDER_ASSETS="$$(bash hack/envtest-assets.sh)" bash hack/check-chart.sh
+	KUBEBUILDER_ASSETS="$$(bash hack/envtest-assets.sh)" bash hack/check-monitoring.sh
 	bash hack/check-dockerfile.sh
 	bash hack/test-argocd-health.sh
 

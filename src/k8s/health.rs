@@ -1,6 +1,7 @@
-//! What `/healthz`, `/readyz` and the resource gauges report on: the watches' caches and
-//! whether each watch is failing. The watches feed it ([`crate::k8s::watch`]); the HTTP
-//! endpoint reads it ([`crate::runtime::http`]).
+//! What `/healthz`, `/readyz` and the resource gauges report on: the watches' caches (both
+//! kinds) and whether each watch is failing. The watches feed it ([`crate::k8s::watch`]); the
+//! HTTP endpoint reads it ([`crate::runtime::http`]), also to count resources by condition at
+//! scrape time ([`condition_of`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,13 +9,18 @@ use std::sync::{Mutex, PoisonError};
 
 use kube::runtime::reflector::Store;
 
-use crate::api::CommandInvocation;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+use crate::api::conditions::{is_true, READY, RECONCILING, STALLED};
+use crate::api::{Command, CommandInvocation};
 
 /// What the endpoints report on, shared with the controller.
 #[derive(Debug, Default)]
 pub struct Health {
     ready: AtomicBool,
     stores: Mutex<Vec<Store<CommandInvocation>>>,
+    /// The `Command` watches' caches (counted in the resources gauge only).
+    command_stores: Mutex<Vec<Store<Command>>>,
     /// Watches (by index in `stores`) that failed and have not recovered yet.
     failing: Mutex<BTreeSet<usize>>,
 }
@@ -31,6 +37,61 @@ impl Health {
         let mut stores = self.stores.lock().unwrap_or_else(PoisonError::into_inner);
         stores.push(store);
         stores.len() - 1
+    }
+
+    /// Adds a `Command` watch's cache, counted in the `ssm_operator_resources` gauge.
+    pub fn add_command_store(&self, store: Store<Command>) {
+        self.command_stores
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(store);
+    }
+
+    /// Counts watched resources by kind and condition ([`condition_of`]); every kind and
+    /// condition is listed, zero or not, so dashboards and alerts always find the series.
+    pub fn condition_counts(&self) -> Vec<(&'static str, &'static str, i64)> {
+        let mut counts: Vec<_> = crate::runtime::metrics::KINDS
+            .iter()
+            .flat_map(|kind| {
+                crate::runtime::metrics::CONDITIONS
+                    .iter()
+                    .map(move |condition| (*kind, *condition, 0))
+            })
+            .collect();
+        let mut add = |kind: &str, conditions: &[Condition]| {
+            let condition = condition_of(conditions);
+            if let Some(entry) = counts
+                .iter_mut()
+                .find(|(k, c, _)| *k == kind && *c == condition)
+            {
+                entry.2 += 1;
+            }
+        };
+        for object in self
+            .stores
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .flat_map(Store::state)
+        {
+            add(
+                "CommandInvocation",
+                object.status.as_ref().map_or(&[], |s| &s.conditions),
+            );
+        }
+        for object in self
+            .command_stores
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .flat_map(Store::state)
+        {
+            add(
+                "Command",
+                object.status.as_ref().map_or(&[], |s| &s.conditions),
+            );
+        }
+        counts
     }
 
     /// Marks watch number `watch` as failing (list/watch errors) or recovered.
@@ -74,6 +135,15 @@ impl Health {
     }
 }
 
+/// The one condition a resource is counted under: `Stalled`, `Ready` or `Reconciling`,
+/// whichever is True (kstatus never has two of them True), else `Unknown` (no status yet).
+pub fn condition_of(conditions: &[Condition]) -> &'static str {
+    [STALLED, READY, RECONCILING]
+        .into_iter()
+        .find(|type_| is_true(conditions, type_))
+        .unwrap_or("Unknown")
+}
+
 /// The uids of every object in `stores`.
 pub fn uids_in<K>(stores: &[Store<K>]) -> HashSet<String>
 where
@@ -85,4 +155,47 @@ where
         .flat_map(Store::state)
         .filter_map(|o| o.meta().uid.clone())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn condition(type_: &str, status: &str) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: "Any".into(),
+            message: String::new(),
+            observed_generation: Some(1),
+            last_transition_time: Time(Timestamp::UNIX_EPOCH),
+        }
+    }
+
+    #[test]
+    fn a_resource_is_counted_under_the_condition_that_is_true() {
+        let set = |ready: &str, stalled: &str, reconciling: &str| {
+            vec![
+                condition("Ready", ready),
+                condition("Reconciling", reconciling),
+                condition("Stalled", stalled),
+                condition("Finished", "True"),
+            ]
+        };
+        assert_eq!(condition_of(&set("True", "False", "False")), "Ready");
+        assert_eq!(condition_of(&set("False", "True", "False")), "Stalled");
+        assert_eq!(condition_of(&set("False", "False", "True")), "Reconciling");
+        assert_eq!(condition_of(&set("False", "False", "False")), "Unknown");
+        assert_eq!(condition_of(&[]), "Unknown", "no status yet");
+    }
+
+    #[test]
+    fn every_kind_and_condition_is_counted_even_when_empty() {
+        let counts = Health::default().condition_counts();
+        assert_eq!(counts.len(), 8);
+        assert!(counts.iter().all(|(_, _, n)| *n == 0));
+        assert!(counts.contains(&("Command", "Stalled", 0)));
+    }
 }

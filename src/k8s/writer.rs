@@ -13,6 +13,9 @@
 //! instead of creating a second Event. The reconcilers record the Event before the status
 //! write, so a crash can repeat an Event attempt but never lose one.
 //!
+//! Each write that first stores a terminal SSM status records its status lag
+//! (`ssm_operator_status_lag_seconds`, measured by [`crate::runtime::lag`]) once it succeeded.
+//!
 //! The writer also remembers what it wrote last for each `CommandInvocation` until the watch
 //! cache shows that write, so a reconcile that runs on the older cached object acts on what is
 //! really stored (no duplicate Event, no moved `lastTransitionTime`).
@@ -34,6 +37,7 @@ use crate::aws::ssm::{Scope, Ssm};
 use crate::command::send::SendResult;
 use crate::k8s::leader::Fence;
 use crate::k8s::output::cut_to_bytes;
+use crate::runtime::lag;
 use crate::runtime::metrics::Metrics;
 use crate::{Error, OPERATOR_NAME};
 
@@ -179,6 +183,9 @@ impl Writer {
         let stored = self
             .apply_status(object, object.status.as_ref(), status, None)
             .await?;
+        if let Some(lag) = lag::invocation_lag(object.status.as_ref(), status, Timestamp::now()) {
+            self.metrics.status_lag("CommandInvocation", lag);
+        }
         if let Some(after) = stored.resource_version() {
             let written = Written {
                 before: object.resource_version().unwrap_or_default(),
@@ -264,7 +271,14 @@ impl Writer {
             .apply_status(object, object.status.as_ref(), status, Some(version))
             .await
         {
-            Ok(stored) => Ok(Some(stored)),
+            Ok(stored) => {
+                if let Some(lag) =
+                    lag::command_lag(object.status.as_ref(), status, Timestamp::now())
+                {
+                    self.metrics.status_lag("Command", lag);
+                }
+                Ok(Some(stored))
+            }
             Err(Error::WriteStatus {
                 source: kube::Error::Api(answer),
                 ..

@@ -86,21 +86,22 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
 
     let stop = stop_on_signals();
     let health = Arc::new(Health::default());
+    let fence = if args.leader_elect {
+        Fence::for_lease(&identity, args.lease_duration)
+    } else {
+        Fence::open()
+    };
     let (bound, server) = http::serve(
         args.http_bind,
         metrics.clone(),
         health.clone(),
+        fence.clone(),
         stopped(stop.subscribe()),
     )
     .await?;
     info!(%bound, "serving /metrics, /healthz, /readyz");
     let server = tokio::spawn(server);
 
-    let fence = if args.leader_elect {
-        Fence::for_lease(&identity, args.lease_duration)
-    } else {
-        Fence::open()
-    };
     let intervals = PollIntervals {
         min: args.poll_interval_min,
         max: args.poll_interval_max,
@@ -341,6 +342,7 @@ async fn run_controllers(
         // Deleted Commands (with or without the finalizer) are forgotten by the watch.
         let watched = commands.watch(api);
         let store = watched.store.clone();
+        health.add_command_store(store.clone());
         let run = Controller::for_stream(watched.stream, watched.store)
             .reconcile_on(commands.wakes(namespace))
             .with_config(config.clone())

@@ -1,4 +1,6 @@
 //! The HTTP endpoint on `--http-bind`: `/metrics` (Prometheus), `/healthz`, `/readyz`.
+//! Gauges of state (resources by status and condition, leadership, memory) are read at scrape
+//! time.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,6 +14,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::k8s::health::Health;
+use crate::k8s::leader::Fence;
 use crate::runtime::metrics::Metrics;
 use crate::Error;
 
@@ -19,14 +22,16 @@ use crate::Error;
 struct AppState {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    fence: Fence,
 }
 
 /// Binds `bind` and returns the bound address and the server future, which ends after
-/// `shutdown` completes.
+/// `shutdown` completes. `fence` tells whether this replica leads (`ssm_operator_leader`).
 pub async fn serve(
     bind: SocketAddr,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    fence: Fence,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, impl Future<Output = std::io::Result<()>>), Error> {
     let listener = TcpListener::bind(bind)
@@ -39,7 +44,11 @@ pub async fn serve(
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .with_state(AppState { metrics, health });
+        .with_state(AppState {
+            metrics,
+            health,
+            fence,
+        });
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
     Ok((bound, async move { server.await }))
 }
@@ -49,6 +58,11 @@ async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
     state
         .metrics
         .set_tracked(counts.iter().map(|(status, n)| (status.as_str(), *n)));
+    state.metrics.set_resources(state.health.condition_counts());
+    state.metrics.set_leader(state.fence.allows_writes());
+    if let Some(bytes) = crate::runtime::memory::resident_bytes() {
+        state.metrics.set_resident_memory(bytes);
+    }
     match state.metrics.encode() {
         Ok(text) => (
             StatusCode::OK,

@@ -1,5 +1,5 @@
 //! Start-up tuning of glibc's allocator, the one the container image (distroless/cc) and
-//! Debian builds use.
+//! Debian builds use; and the resident memory `/metrics` reports ([`resident_bytes`]).
 //!
 //! A watch cache of 10,000 resources is a few tens of MiB of small, long-lived allocations,
 //! while every API and SSM answer makes short-lived ones on whichever thread parsed it. glibc
@@ -69,9 +69,35 @@ fn apply() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn apply() {}
 
+/// The process's resident memory (`VmRSS` of `/proc/self/status`), in bytes; `None` where
+/// there is no such file (not Linux).
+pub fn resident_bytes() -> Option<u64> {
+    vm_rss(&std::fs::read_to_string("/proc/self/status").ok()?)
+}
+
+/// `VmRSS` of a `/proc/<pid>/status` text, in bytes (the kernel gives kB).
+fn vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resident_memory_is_read_from_vm_rss() {
+        let status = "Name:\tssm-operator\nVmHWM:\t   65432 kB\nVmRSS:\t   20480 kB\nThreads:\t4\n";
+        assert_eq!(vm_rss(status), Some(20480 * 1024));
+        assert_eq!(vm_rss("Name:\tx\n"), None);
+        if cfg!(target_os = "linux") {
+            assert!(
+                resident_bytes().is_some_and(|b| b > 0),
+                "this test process has memory"
+            );
+        }
+    }
 
     /// An environment with only `name` set, to `value`.
     fn only(name: &'static str, value: &'static str) -> impl Fn(&str) -> Option<String> {

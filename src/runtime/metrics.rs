@@ -1,5 +1,7 @@
 //! Prometheus metrics (prometheus-client): reconciles, errors by kind, SSM calls by operation
-//! and outcome, status writes, and tracked resources by SSM status.
+//! and outcome, status writes, tracked resources by SSM status and by condition, the status
+//! lag of terminal writes (see [`crate::runtime::lag`]), leadership, and resident memory.
+//! Gauges that describe the caches, leadership and memory are set at scrape time.
 
 use std::time::Duration;
 
@@ -27,6 +29,33 @@ struct PushLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResourceLabels {
+    kind: String,
+    condition: String,
+}
+
+/// The kinds the operator reconciles, as the `kind` label gives them.
+pub const KINDS: [&str; 2] = ["CommandInvocation", "Command"];
+
+/// The values of `ssm_operator_resources`' `condition` label.
+pub const CONDITIONS: [&str; 4] = ["Ready", "Stalled", "Reconciling", "Unknown"];
+
+/// Buckets of `ssm_operator_status_lag_seconds`: 0.1 s (push at its best) to 5 min (10 ×
+/// the default `--poll-interval-max`), dense around the 1–5 s of polling at the defaults.
+const LAG_BUCKETS: [f64; 14] = [
+    0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+fn lag_histogram() -> Histogram {
+    Histogram::new(LAG_BUCKETS)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
     status: String,
 }
@@ -48,6 +77,10 @@ pub struct Metrics {
     ssm_rate: Gauge<f64, std::sync::atomic::AtomicU64>,
     tracked_commands: Gauge,
     push_messages: Family<PushLabels, Counter>,
+    status_lag: Family<KindLabels, Histogram, fn() -> Histogram>,
+    resources: Family<ResourceLabels, Gauge>,
+    leader: Gauge,
+    resident_memory: Gauge,
 }
 
 impl Default for Metrics {
@@ -60,6 +93,13 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let mut root = Registry::default();
+        // The standard name (Go's and Python's clients use it), so shared dashboards find it.
+        let resident_memory = Gauge::default();
+        root.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the operator process (VmRSS)",
+            resident_memory.clone(),
+        );
         let registry = root.sub_registry_with_prefix("ssm_operator");
         let reconciles = Counter::default();
         registry.register("reconciles", "Reconcile runs", reconciles.clone());
@@ -131,8 +171,36 @@ impl Metrics {
             "Push queue outcomes: hint, foreign, malformed (messages, all deleted), queue_error, delete_error",
             push_messages.clone(),
         );
+        let status_lag =
+            Family::<KindLabels, Histogram, fn() -> Histogram>::new_with_constructor(lag_histogram);
+        registry.register(
+            "status_lag_seconds",
+            "From SSM's end of a run (executionEndDateTime, else when the operator first saw the \
+             terminal answer) to the success of the status write showing it, by kind",
+            status_lag.clone(),
+        );
+        for kind in KINDS {
+            let _ = status_lag.get_or_create(&KindLabels { kind: kind.into() });
+        }
+        let resources = Family::<ResourceLabels, Gauge>::default();
+        registry.register(
+            "resources",
+            "Watched resources by kind and condition (Ready, Stalled, Reconciling; Unknown: none \
+             of them True yet)",
+            resources.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the Lease (fence open) or runs without leader election",
+            leader.clone(),
+        );
         Self {
             registry: root,
+            status_lag,
+            resources,
+            leader,
+            resident_memory,
             push_messages,
             ssm_rate,
             tracked_commands,
@@ -233,6 +301,37 @@ impl Metrics {
         }
     }
 
+    /// Records the status lag of one terminal status write of `kind`.
+    pub fn status_lag(&self, kind: &str, lag: Duration) {
+        self.status_lag
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .observe(lag.as_secs_f64());
+    }
+
+    /// Replaces the resources gauge with fresh counts per (kind, condition).
+    pub fn set_resources<'a>(&self, counts: impl IntoIterator<Item = (&'a str, &'a str, i64)>) {
+        self.resources.clear();
+        for (kind, condition, count) in counts {
+            self.resources
+                .get_or_create(&ResourceLabels {
+                    kind: kind.into(),
+                    condition: condition.into(),
+                })
+                .set(count);
+        }
+    }
+
+    /// Sets whether this replica may lead (write) now.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// Sets the resident memory, in bytes.
+    pub fn set_resident_memory(&self, bytes: u64) {
+        self.resident_memory
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
     /// The OpenMetrics text exposition of every metric.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut text = String::new();
@@ -260,6 +359,10 @@ mod tests {
         m.set_tracked_commands(2);
         m.set_ssm_rate(12.5);
         m.push_message("malformed");
+        m.status_lag("CommandInvocation", Duration::from_millis(1500));
+        m.set_resources([("Command", "Stalled", 2)]);
+        m.set_leader(true);
+        m.set_resident_memory(20 << 20);
         let text = m.encode().unwrap();
         for line in [
             "ssm_operator_reconciles_total 1",
@@ -275,6 +378,13 @@ mod tests {
             "ssm_operator_tracked_commands 2",
             "ssm_operator_ssm_rate_limit 12.5",
             "ssm_operator_push_messages_total{kind=\"malformed\"} 1",
+            "ssm_operator_status_lag_seconds_count{kind=\"CommandInvocation\"} 1",
+            "ssm_operator_status_lag_seconds_bucket{le=\"2.0\",kind=\"CommandInvocation\"} 1",
+            "ssm_operator_status_lag_seconds_bucket{le=\"1.0\",kind=\"CommandInvocation\"} 0",
+            "ssm_operator_status_lag_seconds_bucket{le=\"300.0\",kind=\"Command\"} 0",
+            "ssm_operator_resources{kind=\"Command\",condition=\"Stalled\"} 2",
+            "ssm_operator_leader 1",
+            "process_resident_memory_bytes 20971520",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

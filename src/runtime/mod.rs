@@ -3,6 +3,7 @@
 //! - [`controller`]: wiring (watches per namespace, leader election, shutdown, HTTP);
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`;
 //! - [`metrics`]: the Prometheus registry;
+//! - [`lag`]: pure: the status lag a terminal status write is measured with;
 //! - [`cli`]: flags and their `SSM_OPERATOR_*` environment variables;
 //! - [`telemetry`]: logs (text or JSON);
 //! - [`memory`]: allocator tuning at start-up.
@@ -10,6 +11,7 @@
 pub mod cli;
 pub mod controller;
 pub mod http;
+pub mod lag;
 pub mod memory;
 pub mod metrics;
 pub mod telemetry;

@@ -18,6 +18,7 @@ mod history;
 mod kubectl_ux;
 mod leader;
 mod lifecycle;
+mod monitoring;
 mod multi_step;
 mod push;
 mod roles;
@@ -100,6 +101,7 @@ fn all_scenarios() -> Vec<(&'static str, Scenario)> {
         commands::delete_while_running_cancels_the_run,
         commands::spec_change_runs_again_exactly_once,
         multi_step::a_two_step_document_is_mirrored_per_node_as_a_whole,
+        monitoring::prometheus_sees_the_storm_the_lag_and_every_dashboard_query,
     ]
 }
 

@@ -124,3 +124,25 @@ sendCommands on: create/delete the child CommandInvocations.
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}
+
+{{/*
+PromQL label matchers selecting this release's operator series in the alert
+expressions: monitoring.selector, else the job and namespace labels the chart's
+ServiceMonitor gives them (jobLabel app.kubernetes.io/name).
+*/}}
+{{- define "ssm-operator.monitoringSelector" -}}
+{{- if .Values.monitoring.selector }}
+{{- .Values.monitoring.selector }}
+{{- else }}
+{{- printf "job=\"%s\",namespace=\"%s\"" (include "ssm-operator.name" .) .Release.Namespace }}
+{{- end }}
+{{- end }}
+
+{{/*
+runbook_url of alert NAME: monitoring.runbookUrl (or docs/runbook.md) and the
+alert's section anchor. Call with (list . "SsmOperatorDown").
+*/}}
+{{- define "ssm-operator.runbookUrl" -}}
+{{- $root := index . 0 }}
+{{- printf "%s#%s" (default "docs/runbook.md" $root.Values.monitoring.runbookUrl) (lower (index . 1)) }}
+{{- end }}
