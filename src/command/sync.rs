@@ -284,4 +284,3 @@ pub(super) async fn delete_all_children(
 ) -> Result<(), Error> {
     existing_children(object, ctx, api, "").await.map(|_| ())
 }
-

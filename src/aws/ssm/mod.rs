@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
@@ -302,7 +302,7 @@ impl Ssm {
     where
         F: std::future::Future<Output = Result<T, SsmError>>,
     {
-        self.budget.acquire().await;
+        let sent = self.budget.acquire().await;
         let result = Box::pin(make()).await;
         let outcome = match &result {
             Ok(_) => "success",
@@ -311,15 +311,16 @@ impl Ssm {
         self.finished(
             operation,
             outcome,
-            matches!(result, Err(SsmError::Throttled(_))),
+            matches!(result, Err(SsmError::Throttled(_))).then_some(sent),
         );
         result
     }
 
-    /// Counts a finished call by outcome; a throttled one also cuts the budget's rate.
-    fn finished(&self, operation: &'static str, outcome: &str, throttled: bool) {
-        if throttled {
-            self.budget.throttled();
+    /// Counts a finished call by outcome; a throttled one (let go at the instant given) also
+    /// cuts the budget's rate.
+    fn finished(&self, operation: &'static str, outcome: &str, throttled: Option<Instant>) {
+        if let Some(sent) = throttled {
+            self.budget.throttled(sent);
         }
         self.metrics.ssm_call(operation, outcome);
         self.metrics.set_ssm_rate(self.budget.rate());
