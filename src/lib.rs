@@ -125,11 +125,12 @@ pub enum Error {
     /// nothing is asked or sent for it until it is.
     #[error(transparent)]
     NamespaceNotSeen(#[from] crate::aws::roles::NamespaceNotSeen),
-    /// A deletion waits for SSM to list the run it must cancel (SSM's listing lags its send).
-    #[error("waiting for SSM to list the run to cancel before deletion")]
+    /// A deletion, or a new generation, waits for SSM to list the run it must cancel (SSM's
+    /// listing lags its send).
+    #[error("waiting for SSM to list the run to cancel")]
     RunNotListedYet,
     /// Looking in SSM for the run to cancel failed.
-    #[error("looking for the run to cancel before deletion: {0}")]
+    #[error("looking for the run to cancel: {0}")]
     FindRun(String),
     /// The status could not be turned into JSON (a bug, not a runtime condition).
     #[error("serializing status: {0}")]

@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::client::Body;
 use kube::runtime::controller::Action;
-use kube::Client;
+use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
 use ssm_operator::api::{Command, CommandSpec, CommandStatus, SendRecord};
 use ssm_operator::aws::roles::Roles;
@@ -681,6 +681,107 @@ async fn a_child_the_api_server_refuses_is_reported_and_the_status_still_follows
     });
     run(&ctx, &tracked).await.unwrap();
     verifier.await.unwrap();
+}
+
+/// Answers a reconcile's API calls (children listed: none; Events; status applies, each
+/// stored at the next resourceVersion) until it has made `writes` status writes. Returns the
+/// Event reasons and the last status written.
+async fn answer_writes(mut api: ApiServer, stored: Command, writes: usize) -> (Vec<String>, Value) {
+    let mut events = Vec::new();
+    let mut version = stored.resource_version().unwrap_or_default();
+    let mut written = 0;
+    loop {
+        let (request, send) = api.next().await;
+        let method = request.method().clone();
+        let path = request.uri().path().to_string();
+        if method == Method::GET && path.ends_with("/commandinvocations") {
+            send.send_response(json_response(
+                200,
+                &json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                        "metadata": {"resourceVersion": "1"}, "items": []}),
+            ));
+            continue;
+        }
+        let body = ApiServer::body(request).await;
+        if method == Method::POST && path.ends_with("/events") {
+            events.push(body["reason"].as_str().unwrap_or_default().to_string());
+            send.send_response(json_response(201, &body));
+        } else if method == Method::PATCH && path == format!("{PATH}/status") {
+            version.push('1');
+            let mut object = serde_json::to_value(&stored).unwrap();
+            object["status"] = body["status"].clone();
+            object["metadata"]["resourceVersion"] = json!(version);
+            send.send_response(json_response(200, &object));
+            written += 1;
+            if written == writes {
+                return (events, body);
+            }
+        } else {
+            panic!("unexpected {method} {path}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_new_generation_waits_for_the_earlier_runs_cancel_and_says_so() {
+    // Generation 2 arrives while generation 1's run still runs, and SSM throttles the
+    // CancelCommand (every SDK attempt): nothing is sent until the cancel went through, then
+    // an Event says the earlier run was cancelled and generation 2 is sent.
+    let retry = Duration::from_millis(100);
+    let (ctx, sim, mut api) = fixture_polling(Fence::open(), retry, retry).await;
+    sim.set_send_default([Plugin::succeeding("", Duration::from_secs(60))]);
+    let aws = mock_api::sdk_config(&sim.endpoint()).await;
+    let first = aws_sdk_ssm::Client::new(&aws)
+        .send_command()
+        .document_name("AWS-RunShellScript")
+        .instance_ids(NODE)
+        .comment(format!("nightly {}", marker(UID, 1)))
+        .send()
+        .await
+        .unwrap()
+        .command()
+        .and_then(|c| c.command_id())
+        .unwrap()
+        .to_string();
+    let mut object = command(Some(CommandStatus {
+        observed_generation: Some(1),
+        command_id: Some(first.clone()),
+        status: Some("InProgress".into()),
+        send: Some(SendRecord {
+            generation: 1,
+            marker: marker(UID, 1),
+            time: Time(Timestamp::now()),
+            attempt: 1,
+        }),
+        ..CommandStatus::default()
+    }));
+    object.metadata.generation = Some(2);
+    object.metadata.finalizers = Some(vec![FINALIZER.into()]);
+
+    sim.inject(ssm_sim::Fault::Throttle { count: 3 });
+    let verifier = tokio::spawn(async move {
+        api.expect_silence().await;
+        api
+    });
+    let result = run(&ctx, &object).await;
+    let api = verifier.await.unwrap();
+    assert!(
+        matches!(result, Err(ssm_operator::Error::Cancel { .. })),
+        "the new generation waits for the cancel: {result:?}"
+    );
+    assert_eq!(sim.calls("SendCommand"), 1, "generation 2 not sent yet");
+
+    // The retry: the cancel goes through, an Event says so, then the intent and the send.
+    let verifier = tokio::spawn(answer_writes(api, object.clone(), 2));
+    run(&ctx, &object).await.unwrap();
+    let (events, adopted) = verifier.await.unwrap();
+    assert!(
+        events.contains(&"EarlierRunCancelled".to_string()),
+        "{events:?}"
+    );
+    assert_eq!(sim.calls("SendCommand"), 2, "generation 2 sent once");
+    assert_ne!(adopted["status"]["commandId"], first.as_str());
+    assert!(sim.calls("CancelCommand") >= 2, "tried, then retried");
 }
 
 #[tokio::test]

@@ -64,6 +64,10 @@ pub(super) struct Memo {
     pub(super) failures: u32,
     /// The run whose children are known, and those children's nodes.
     pub(super) children: Option<KnownChildren>,
+    /// The generation waiting for the earlier run to be cancelled, and since when.
+    pub(super) retiring: Option<(i64, Instant)>,
+    /// Earlier runs this process cancelled (or gave up cancelling): not tried again.
+    pub(super) cancelled: HashSet<String>,
 }
 
 /// Everything a `Command` reconcile needs, shared by all runs.

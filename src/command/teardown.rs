@@ -5,7 +5,7 @@
 //! [`Writer`](crate::k8s::writer::Writer), so a replica that is not sure it leads never
 //! cancels a run nor deletes a child.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::{Api, ResourceExt};
@@ -26,6 +26,10 @@ pub const FINALIZER: &str = "ssm.operator.dev/cancel";
 /// How long a deletion retries cancelling the run before it goes ahead without (a Warning
 /// Event says so).
 const DELETE_GIVE_UP: Duration = Duration::from_secs(300);
+/// How long a new generation waits for the earlier run's cancel (SSM throttling or
+/// unavailable) before it goes on without it (a Warning Event says so). Waiting for the
+/// earlier send to be listed is bounded by [`send::SETTLE`] on its own.
+const RETIRE_GIVE_UP: Duration = Duration::from_secs(300);
 
 /// What SSM may still be running for a stored status.
 enum LiveRuns {
@@ -93,7 +97,10 @@ async fn live_runs(
 }
 
 /// Before anything else happens for a new generation: the earlier generation's run, if SSM may
-/// still be running it, is cancelled, and its children go. `strict`: a failure to delete the
+/// still be running it, is cancelled, and its children go. The new generation waits (the
+/// reconcile fails and is retried) while the cancel fails for now or the earlier send is not
+/// listed by SSM yet, for up to [`RETIRE_GIVE_UP`]; an Event says what became of the earlier
+/// run (`EarlierRunCancelled`, or a Warning `CancelFailed`). `strict`: a failure to delete the
 /// children fails the reconcile (before a send); else it is logged (a refused generation).
 pub(super) async fn retire_previous_run(
     object: &Command,
@@ -111,28 +118,66 @@ pub(super) async fn retire_previous_run(
     if !earlier {
         return Ok(());
     }
+    let uid = object.uid().unwrap_or_default();
+    let since = ctx.memo(&uid, |m| match m.retiring {
+        Some((g, since)) if g == generation => since,
+        _ => {
+            let now = Instant::now();
+            m.retiring = Some((generation, now));
+            now
+        }
+    });
+    let give_up = since.elapsed() >= RETIRE_GIVE_UP;
+    let earlier = |what: String| EventNote {
+        warning: true,
+        reason: "CancelFailed".into(),
+        action: "Retiring".into(),
+        message: format!(
+            "{what}; the earlier generation's run may still be running in SSM (marker {})",
+            status.send.as_ref().map_or("-", |s| s.marker.as_str())
+        ),
+    };
     match live_runs(object, ctx, status).await {
         Ok(LiveRuns::Known(runs)) => {
-            for old in runs {
-                match ctx
-                    .writer
-                    .cancel_command(&ctx.ssm, &ctx.scope(object)?, &old)
-                    .await
-                {
+            let done = ctx.memo(&uid, |m| m.cancelled.clone());
+            for old in runs.into_iter().filter(|id| !done.contains(id)) {
+                let scope = ctx.scope(object)?;
+                let note = match ctx.writer.cancel_command(&ctx.ssm, &scope, &old).await {
                     Ok(()) => {
-                        info!(command_id = %old, "earlier run cancelled for the new generation")
+                        info!(command_id = %old, "earlier run cancelled for the new generation");
+                        EventNote {
+                            warning: false,
+                            reason: "EarlierRunCancelled".into(),
+                            action: "Retiring".into(),
+                            message: format!(
+                                "cancelled {old}, the earlier generation's run, before \
+                                 generation {generation}"
+                            ),
+                        }
                     }
-                    Err(Error::Cancel { source, .. }) => {
-                        warn!(command_id = %old, error = %source, "could not cancel the earlier run")
+                    Err(error @ Error::Cancel { .. }) if transient(&error) && !give_up => {
+                        return Err(error)
+                    }
+                    Err(error @ Error::Cancel { .. }) => {
+                        warn!(%error, "could not cancel the earlier run");
+                        earlier(format!("could not cancel {old}: {error}"))
                     }
                     Err(error) => return Err(error),
-                }
+                };
+                ctx.writer.record_command(object, &note).await?;
+                ctx.memo(&uid, |m| m.cancelled.insert(old));
             }
         }
+        Ok(LiveRuns::NotListedYet) if !give_up => return Err(Error::RunNotListedYet),
         Ok(LiveRuns::NotListedYet) => {
-            warn!("the earlier generation's send is not listed by SSM yet; it cannot be cancelled")
+            let note = earlier("its send was never listed by SSM".into());
+            ctx.writer.record_command(object, &note).await?;
         }
-        Err(message) => warn!(%message, "could not look for the earlier run to cancel"),
+        Err(message) if !give_up => return Err(Error::FindRun(message)),
+        Err(message) => {
+            let note = earlier(format!("could not look for it: {message}"));
+            ctx.writer.record_command(object, &note).await?;
+        }
     }
     let namespace = object
         .namespace()
@@ -144,8 +189,10 @@ pub(super) async fn retire_previous_run(
         Err(error) if strict || matches!(error, Error::Fenced) => return Err(error),
         Err(error) => warn!(%error, "could not delete the earlier run's children"),
     }
-    let uid = object.uid().unwrap_or_default();
-    ctx.memo(&uid, |m| m.children = None);
+    ctx.memo(&uid, |m| {
+        m.children = None;
+        m.retiring = None;
+    });
     Ok(())
 }
 
