@@ -204,10 +204,45 @@ impl SsmError {
 /// A client per region (`None`: the default) and identity (`None`: the operator's own).
 type ClientKey = (Option<String>, Option<Role>);
 
+/// A client unused this long (its region or role no longer named by any resource) is dropped,
+/// with the role's cached credentials; it is built again if ever needed.
+pub const CLIENT_IDLE: Duration = Duration::from_secs(600);
+
+/// The clients per (region, role), each with when it was last used.
+#[derive(Default)]
+struct Clients {
+    by_key: HashMap<ClientKey, (Client, Instant)>,
+    /// When idle clients were last looked for.
+    pruned: Option<Instant>,
+}
+
+impl Clients {
+    /// The client for `key`, marked used at `now`; idle ones are dropped (looked for at most
+    /// once a minute).
+    fn get(&mut self, key: &ClientKey, now: Instant) -> Option<Client> {
+        if self
+            .pruned
+            .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(60))
+        {
+            self.pruned = Some(now);
+            self.by_key
+                .retain(|_, (_, used)| now.saturating_duration_since(*used) < CLIENT_IDLE);
+        }
+        let (client, used) = self.by_key.get_mut(key)?;
+        *used = now;
+        Some(client.clone())
+    }
+
+    /// Keeps `client` for `key` (unless one was built meanwhile, which is returned instead).
+    fn insert(&mut self, key: ClientKey, client: Client, now: Instant) -> Client {
+        self.by_key.entry(key).or_insert((client, now)).0.clone()
+    }
+}
+
 /// SSM access for the whole operator: shared SDK configuration and a client per region.
 pub struct Ssm {
     base: SdkConfig,
-    clients: Mutex<HashMap<ClientKey, Client>>,
+    clients: Mutex<Clients>,
     metrics: Arc<Metrics>,
     budget: Budget,
 }
@@ -285,7 +320,7 @@ impl Ssm {
     pub fn new(base: SdkConfig, metrics: Arc<Metrics>, max_rate: f64) -> Self {
         Self {
             base,
-            clients: Mutex::new(HashMap::new()),
+            clients: Mutex::new(Clients::default()),
             metrics,
             budget: Budget::new(max_rate),
         }
@@ -402,9 +437,9 @@ impl Ssm {
             .clients
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
+            .get(&key, Instant::now())
         {
-            return client.clone();
+            return client;
         }
         let mut config = aws_sdk_ssm::config::Builder::from(&self.base);
         if let Some(region) = region {
@@ -417,9 +452,7 @@ impl Ssm {
         self.clients
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .entry(key)
-            .or_insert(client)
-            .clone()
+            .insert(key, client, Instant::now())
     }
 
     /// Asks SSM for one invocation (`GetCommandInvocation`).
@@ -776,6 +809,32 @@ mod tests {
     }
 
     #[test]
+    fn clients_no_longer_used_are_dropped() {
+        let base = SdkConfig::builder()
+            .region(Region::new("eu-west-1"))
+            .behavior_version(BehaviorVersion::latest())
+            .build();
+        let client = Client::from_conf(aws_sdk_ssm::config::Builder::from(&base).build());
+        let t0 = Instant::now();
+        let mut clients = Clients::default();
+        let (gone, kept) = ((Some("us-east-1".to_string()), None), (None, None));
+        clients.insert(gone.clone(), client.clone(), t0);
+        clients.insert(kept.clone(), client, t0);
+        let later = t0 + CLIENT_IDLE / 2;
+        assert!(clients.get(&kept, later).is_some(), "used again");
+        let after = t0 + CLIENT_IDLE + Duration::from_secs(61);
+        assert!(
+            clients.get(&kept, after).is_some(),
+            "used within the idle time"
+        );
+        assert!(
+            clients.get(&gone, after).is_none(),
+            "a region nothing named for the idle time is dropped"
+        );
+        assert_eq!(clients.by_key.len(), 1);
+    }
+
+    #[test]
     fn clients_are_built_once_per_region_with_that_region() {
         let base = SdkConfig::builder()
             .region(Region::new("eu-west-1"))
@@ -791,7 +850,11 @@ mod tests {
         let us = Some("us-east-1".to_string());
         assert_eq!(region_of(client(&us)), Some("us-east-1".into()));
         assert_eq!(region_of(client(&us)), Some("us-east-1".into()));
-        assert_eq!(ssm.clients.lock().unwrap().len(), 2, "reused, not rebuilt");
+        assert_eq!(
+            ssm.clients.lock().unwrap().by_key.len(),
+            2,
+            "reused, not rebuilt"
+        );
         assert_eq!(ssm.default_region(), Some("eu-west-1"));
     }
 
