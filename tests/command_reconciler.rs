@@ -307,20 +307,7 @@ async fn a_fenced_replica_on_a_new_generation_cancels_deletes_and_sends_nothing(
 async fn an_intent_found_in_ssm_is_adopted_not_sent_again() {
     // Another process recorded the intent and SSM created the command; its reply was lost.
     let (ctx, sim, mut api) = fixture(Fence::open()).await;
-    let aws = mock_api::sdk_config(&sim.endpoint()).await;
-    let made = aws_sdk_ssm::Client::new(&aws)
-        .send_command()
-        .document_name("AWS-RunShellScript")
-        .instance_ids(NODE)
-        .comment(format!("nightly {}", marker(UID, 1)))
-        .send()
-        .await
-        .unwrap();
-    let made = made
-        .command()
-        .and_then(|c| c.command_id())
-        .unwrap()
-        .to_string();
+    let made = sent_by_an_earlier_process(&sim, &[NODE]).await;
     let intent = CommandStatus {
         observed_generation: Some(1),
         send: Some(SendRecord {
@@ -571,6 +558,33 @@ async fn with_namespace_roles_a_namespace_not_seen_yet_waits_and_is_never_sent_a
     );
 }
 
+/// The answer to a list of a Command's children (metadata only): none.
+fn no_children() -> Response<Body> {
+    json_response(
+        200,
+        &json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                "metadata": {"resourceVersion": "1"}, "items": []}),
+    )
+}
+
+/// A command sent to `nodes` straight through the simulator (as an earlier process of the
+/// operator did), with generation 1's marker; returns its id.
+async fn sent_by_an_earlier_process(sim: &Simulator, nodes: &[&str]) -> String {
+    let aws = mock_api::sdk_config(&sim.endpoint()).await;
+    aws_sdk_ssm::Client::new(&aws)
+        .send_command()
+        .document_name("AWS-RunShellScript")
+        .set_instance_ids(Some(nodes.iter().map(|n| n.to_string()).collect()))
+        .comment(format!("nightly {}", marker(UID, 1)))
+        .send()
+        .await
+        .unwrap()
+        .command()
+        .and_then(|c| c.command_id())
+        .unwrap()
+        .to_string()
+}
+
 /// Answers the API calls of a tracking reconcile until its status write: children listed
 /// (none), child creates (422 for `refused`, 201 otherwise), Events and the status apply.
 /// Returns the child creates by node, the Event reasons and the status written.
@@ -585,11 +599,7 @@ async fn answer_tracking(
         let method = request.method().clone();
         let path = request.uri().path().to_string();
         if method == Method::GET && path.ends_with("/commandinvocations") {
-            send.send_response(json_response(
-                200,
-                &json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
-                        "metadata": {"resourceVersion": "1"}, "items": []}),
-            ));
+            send.send_response(no_children());
             continue;
         }
         let body = ApiServer::body(request).await;
@@ -636,20 +646,7 @@ async fn a_child_the_api_server_refuses_is_reported_and_the_status_still_follows
         "i-0aaaaaaaaaaaaaaa2",
         "i-0aaaaaaaaaaaaaaa3",
     ];
-    let aws = mock_api::sdk_config(&sim.endpoint()).await;
-    let made = aws_sdk_ssm::Client::new(&aws)
-        .send_command()
-        .document_name("AWS-RunShellScript")
-        .set_instance_ids(Some(nodes.iter().map(|n| n.to_string()).collect()))
-        .comment(format!("nightly {}", marker(UID, 1)))
-        .send()
-        .await
-        .unwrap();
-    let command_id = made
-        .command()
-        .and_then(|c| c.command_id())
-        .unwrap()
-        .to_string();
+    let command_id = sent_by_an_earlier_process(&sim, &nodes).await;
     let mut object = command(Some(CommandStatus {
         observed_generation: Some(1),
         command_id: Some(command_id),
@@ -695,11 +692,7 @@ async fn answer_writes(mut api: ApiServer, stored: Command, writes: usize) -> (V
         let method = request.method().clone();
         let path = request.uri().path().to_string();
         if method == Method::GET && path.ends_with("/commandinvocations") {
-            send.send_response(json_response(
-                200,
-                &json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
-                        "metadata": {"resourceVersion": "1"}, "items": []}),
-            ));
+            send.send_response(no_children());
             continue;
         }
         let body = ApiServer::body(request).await;
@@ -730,19 +723,7 @@ async fn a_new_generation_waits_for_the_earlier_runs_cancel_and_says_so() {
     let retry = Duration::from_millis(100);
     let (ctx, sim, mut api) = fixture_polling(Fence::open(), retry, retry).await;
     sim.set_send_default([Plugin::succeeding("", Duration::from_secs(60))]);
-    let aws = mock_api::sdk_config(&sim.endpoint()).await;
-    let first = aws_sdk_ssm::Client::new(&aws)
-        .send_command()
-        .document_name("AWS-RunShellScript")
-        .instance_ids(NODE)
-        .comment(format!("nightly {}", marker(UID, 1)))
-        .send()
-        .await
-        .unwrap()
-        .command()
-        .and_then(|c| c.command_id())
-        .unwrap()
-        .to_string();
+    let first = sent_by_an_earlier_process(&sim, &[NODE]).await;
     let mut object = command(Some(CommandStatus {
         observed_generation: Some(1),
         command_id: Some(first.clone()),

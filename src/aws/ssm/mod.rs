@@ -379,6 +379,15 @@ impl Ssm {
             .details(true)
             .max_results(PAGE_SIZE)
             .set_next_token(next_token);
+        self.page(request, with_role).await
+    }
+
+    /// Makes a `ListCommandInvocations` request (through the budget) and keeps its page.
+    async fn page(
+        &self,
+        request: aws_sdk_ssm::operation::list_command_invocations::builders::ListCommandInvocationsFluentBuilder,
+        with_role: bool,
+    ) -> Result<Page, SsmError> {
         self.call("ListCommandInvocations", || async move {
             let out = request.send().await.map_err(|e| classify(e, with_role))?;
             Ok(Page {
@@ -407,14 +416,7 @@ impl Ssm {
             .command_id(command_id)
             .instance_id(instance_id)
             .details(true);
-        self.call("ListCommandInvocations", || async move {
-            let out = request.send().await.map_err(|e| classify(e, with_role))?;
-            Ok(Page {
-                invocations: out.command_invocations().iter().map(Listed::from).collect(),
-                next_token: out.next_token().map(str::to_string),
-            })
-        })
-        .await
+        self.page(request, with_role).await
     }
 
     /// The SDK configuration every client starts from (credentials, region, endpoints).
