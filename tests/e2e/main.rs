@@ -15,6 +15,7 @@ mod fencing;
 mod flux_cel;
 mod gitops;
 mod history;
+mod kubectl_ssm;
 mod kubectl_ux;
 mod leader;
 mod lifecycle;
@@ -97,6 +98,9 @@ fn all_scenarios() -> Vec<(&'static str, Scenario)> {
         commands::sending_is_off_by_default,
         commands::delete_while_running_cancels_the_run,
         commands::spec_change_runs_again_exactly_once,
+        kubectl_ssm::run_follows_to_the_exit_status_and_logs_show_the_output,
+        kubectl_ssm::timeout_leaves_the_command_and_usage_errors_exit_2,
+        kubectl_ssm::logs_full_reads_s3_and_cloudwatch,
     ]
 }
 
@@ -132,7 +136,8 @@ fn main() -> ExitCode {
         .map(|(name, scenario)| {
             let cluster = cluster.clone();
             let without_moto = (name.starts_with("conformance::")
-                || name == "push::moto_sqs_speaks_the_same_protocol")
+                || name == "push::moto_sqs_speaks_the_same_protocol"
+                || name == "kubectl_ssm::logs_full_reads_s3_and_cloudwatch")
                 && conformance::moto_server().is_none()
                 && std::env::var_os("SSM_OPERATOR_REQUIRE_MOTO").is_none();
             Trial::test(name, move || {
