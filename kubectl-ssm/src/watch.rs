@@ -139,12 +139,7 @@ impl Display {
     fn new(kind: Kind, name: &str) -> Display {
         if std::io::stderr().is_terminal() {
             let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-            let style = ProgressStyle::with_template(
-                "{spinner} {prefix} [{elapsed_precise}] [{bar:30}] {pos}/{len} {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
-            bar.set_style(style);
+            bar.set_style(bar_style(false));
             bar.set_prefix(format!("{}/{name}", kind.short()));
             bar.enable_steady_tick(Duration::from_millis(200));
             Display::Bar(bar)
@@ -159,7 +154,10 @@ impl Display {
     fn show(&mut self, kind: Kind, name: &str, progress: &Progress) {
         match self {
             Display::Bar(bar) => {
-                bar.set_length(u64::from(progress.target.max(progress.done)));
+                let target = progress.target.max(progress.done);
+                // No nodes known yet: a spinner, not a bar that looks full at 0/0.
+                bar.set_style(bar_style(target > 0));
+                bar.set_length(u64::from(target));
                 bar.set_position(u64::from(progress.done));
                 let plural = if progress.errors == 1 { "" } else { "s" };
                 bar.set_message(format!(
@@ -189,11 +187,25 @@ impl Display {
         }
     }
 
+    /// Stops redrawing; the bar is cleared, the result line that follows says the same.
     fn finish(&self) {
         if let Display::Bar(bar) = self {
-            bar.finish();
+            bar.finish_and_clear();
         }
     }
+}
+
+/// The bar's look: `⠋ ssmcmd/web [00:00:04] [=====>    ] 1/3 0 errors, InProgress`, or
+/// without the bar while no node is known.
+fn bar_style(with_bar: bool) -> ProgressStyle {
+    let template = if with_bar {
+        "{spinner} {prefix} [{elapsed_precise}] [{bar:30}] {pos}/{len} {msg}"
+    } else {
+        "{spinner} {prefix} [{elapsed_precise}] {msg}"
+    };
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
 }
 
 /// Follows `kind/name` until it is finished, `--timeout` passes or Ctrl-C; prints the result
