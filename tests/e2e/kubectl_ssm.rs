@@ -17,6 +17,7 @@ use ssm_operator::api::{Command, CommandInvocation};
 use ssm_operator::k8s::output::CUT_MARKER;
 use ssm_sim::{Invocation, Plugin, Simulator};
 use testbed::TestCluster;
+use tokio::io::AsyncBufReadExt;
 
 use crate::conformance::Moto;
 use crate::support::{spec, Operator, OperatorOptions, World};
@@ -347,6 +348,50 @@ pub async fn timeout_leaves_the_command_and_usage_errors_exit_2(cluster: Arc<Tes
             .is_some(),
         "the Command was deleted"
     );
+
+    // Ctrl-C (SIGINT) while following: exit 130, the Command left in place, and said so.
+    let mut child = world
+        .cluster
+        .kubectl()
+        .env("PATH", plugin_path())
+        .args(["ssm", "-n", &world.namespace, "wait", "ssmcmd/stuck"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start kubectl ssm wait");
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    // The first progress line comes once the watch (and the Ctrl-C handler) runs.
+    let first = tokio::time::timeout(crate::support::DEADLINE, stderr.next_line())
+        .await
+        .expect("a progress line in time")
+        .expect("read stderr")
+        .expect("a progress line");
+    assert!(
+        first.contains("ssmcmd/stuck: Waiting for the operator"),
+        "{first}"
+    );
+    crate::support::signal(child.id().expect("pid"), "-INT");
+    let status = tokio::time::timeout(crate::support::DEADLINE, child.wait())
+        .await
+        .expect("exit after SIGINT")
+        .expect("wait");
+    let mut rest = String::new();
+    while let Ok(Some(line)) = stderr.next_line().await {
+        rest.push_str(&line);
+        rest.push('\n');
+    }
+    assert_eq!(status.code(), Some(130), "{rest}");
+    assert!(
+        rest.contains("interrupted") && rest.contains("left in place"),
+        "{rest}"
+    );
+    assert!(world
+        .api_of::<Command>()
+        .get_opt("stuck")
+        .await
+        .expect("get")
+        .is_some());
 
     // Usage errors and the cluster refusing: exit 2, with a message.
     for (args, says) in [
