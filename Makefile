@@ -31,8 +31,10 @@ unit:
 	  $(CARGO) test --workspace --locked --exclude ssm-operator
 	$(CARGO) test --locked -p ssm-operator --lib --bins --test reconciler --test command_reconciler --test crd_drift --test malformed_replies
 
-## e2e: real kube-apiserver + etcd, SSM simulator and moto, the operator binary.
+## e2e: real kube-apiserver + etcd, SSM simulator and moto, the operator binary, and the
+## kubectl-ssm plugin (built first: tests/e2e/kubectl_ssm.rs runs it through kubectl).
 e2e:
+	$(CARGO) build --locked -p kubectl-ssm
 	KUBEBUILDER_ASSETS="$$(bash hack/envtest-assets.sh)" SSM_OPERATOR_REQUIRE_MOTO=1 \
 	  $(CARGO) test --locked -p ssm-operator --test e2e
 

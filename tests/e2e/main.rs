@@ -15,6 +15,7 @@ mod fencing;
 mod flux_cel;
 mod gitops;
 mod history;
+mod kubectl_ssm;
 mod kubectl_ux;
 mod leader;
 mod lifecycle;
@@ -102,6 +103,9 @@ fn all_scenarios() -> Vec<(&'static str, Scenario)> {
         commands::spec_change_runs_again_exactly_once,
         multi_step::a_two_step_document_is_mirrored_per_node_as_a_whole,
         monitoring::prometheus_sees_the_storm_the_lag_and_every_dashboard_query,
+        kubectl_ssm::run_follows_to_the_exit_status_and_logs_show_the_output,
+        kubectl_ssm::timeout_leaves_the_command_and_usage_errors_exit_2,
+        kubectl_ssm::logs_full_reads_s3_and_cloudwatch,
     ]
 }
 
@@ -137,7 +141,8 @@ fn main() -> ExitCode {
         .map(|(name, scenario)| {
             let cluster = cluster.clone();
             let without_moto = (name.starts_with("conformance::")
-                || name == "push::moto_sqs_speaks_the_same_protocol")
+                || name == "push::moto_sqs_speaks_the_same_protocol"
+                || name == "kubectl_ssm::logs_full_reads_s3_and_cloudwatch")
                 && conformance::moto_server().is_none()
                 && std::env::var_os("SSM_OPERATOR_REQUIRE_MOTO").is_none();
             Trial::test(name, move || {
