@@ -500,6 +500,7 @@ async fn create_invocations(config: &Config, api: &Api<CommandInvocation>) -> Re
         .map(|k| {
             let api = api.clone();
             let spec = CommandInvocationSpec {
+                ttl_seconds_after_finished: None,
                 command_id: command_id(k / config.instances),
                 instance_id: instance_id(k % config.instances),
                 plugin_name: None,

@@ -270,6 +270,7 @@ async fn a_fenced_replica_on_a_new_generation_cancels_deletes_and_sends_nothing(
         command_id: Some("5e3f1a2b-7c4d-4e8f-9a0b-1c2d3e4f5a6b".into()),
         status: Some("InProgress".into()),
         send: Some(SendRecord {
+            spec_hash: None,
             generation: 1,
             marker: marker(UID, 1),
             time: Time(Timestamp::now()),
@@ -313,6 +314,7 @@ async fn an_intent_found_in_ssm_is_adopted_not_sent_again() {
     let intent = CommandStatus {
         observed_generation: Some(1),
         send: Some(SendRecord {
+            spec_hash: None,
             generation: 1,
             marker: marker(UID, 1),
             time: Time(Timestamp::now()),
@@ -525,6 +527,7 @@ async fn commands_are_limited_across_namespaces_by_their_own_permits_and_never_b
         intervals,
         metrics: metrics.clone(),
         permits: Semaphore::new(1),
+        ttl_after_finished: None,
     });
     let commands = Arc::new(CommandContext::new(
         client.clone(),
@@ -556,6 +559,7 @@ async fn commands_are_limited_across_namespaces_by_their_own_permits_and_never_b
     let mut invocation = CommandInvocation::new(
         "patch-web-1",
         CommandInvocationSpec {
+            ttl_seconds_after_finished: None,
             command_id: invocation_command.into(),
             instance_id: NODE.into(),
             plugin_name: None,

@@ -189,6 +189,7 @@ async fn fixture_full(
         intervals,
         metrics,
         permits: tokio::sync::Semaphore::new(permits),
+        ttl_after_finished: None,
     });
     let fixture = Fixture {
         ctx,
@@ -203,6 +204,7 @@ fn resource(generation: i64, status: Option<CommandInvocationStatus>) -> Command
     let mut object = CommandInvocation::new(
         "patch-web-1",
         CommandInvocationSpec {
+            ttl_seconds_after_finished: None,
             command_id: COMMAND_ID.into(),
             instance_id: INSTANCE_ID.into(),
             plugin_name: None,

@@ -12,9 +12,12 @@
 //!
 //! Each cluster gets its own temporary directory (certificates, etcd data, logs, kubeconfig)
 //! and three free ports, so clusters can run side by side, also from several test binaries at
-//! once. Only the API server runs: there are no controllers, scheduler or kubelet.
+//! once. Besides the API server, kube-controller-manager runs (when the assets directory has
+//! it, as `hack/envtest-assets.sh` builds it) with only Kubernetes' garbage collector and
+//! namespace controller, so owner references and namespace deletion behave as in a real
+//! cluster; it serves nothing (no ports). There is no scheduler or kubelet.
 //!
-//! Dropping the [`TestCluster`] kills both processes and removes the directory; set
+//! Dropping the [`TestCluster`] kills the processes and removes the directory; set
 //! `TESTBED_KEEP=1` to keep it (its path is printed to stderr). The processes are also killed
 //! if the test process dies without dropping it (see the `process` module for how).
 //!
@@ -72,6 +75,8 @@ pub struct TestCluster {
     // apiserver; the readiness wait holds both across awaits.
     apiserver: Mutex<ManagedProcess>,
     etcd: Mutex<ManagedProcess>,
+    /// kube-controller-manager (garbage collector, namespace controller), if the assets have it.
+    controller_manager: Option<ManagedProcess>,
     /// The apiserver's pid, 0 while it is stopped (readable without the lock).
     apiserver_pid: AtomicU32,
     etcd_pid: u32,
@@ -154,8 +159,21 @@ impl TestCluster {
             &credentials.token,
         )?;
         ready::wait_for_apiserver(&mut apiserver, &mut etcd, &kubeconfig, deadline).await?;
+        let controller_manager = match assets.kube_controller_manager() {
+            Some(binary) => Some(
+                ManagedProcess::spawn(
+                    "kube-controller-manager",
+                    &binary,
+                    &controller_manager_args(&kubeconfig),
+                    &workdir.controller_manager_log(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
 
         Ok(TestCluster {
+            controller_manager,
             apiserver_pid: AtomicU32::new(apiserver.id()),
             etcd_pid: etcd.id(),
             apiserver: Mutex::new(apiserver),
@@ -220,6 +238,12 @@ impl TestCluster {
         self.workdir.root()
     }
 
+    /// Whether kube-controller-manager runs (garbage collector and namespace controller): the
+    /// assets directory has it. Its log is `controller-manager.log` in [`log_dir`](Self::log_dir).
+    pub fn has_controller_manager(&self) -> bool {
+        self.controller_manager.is_some()
+    }
+
     /// The process id of etcd.
     pub fn etcd_pid(&self) -> u32 {
         self.etcd_pid
@@ -282,7 +306,10 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
-        // The apiserver first, so it does not log etcd connection errors on the way down.
+        // Its clients first, so they do not log connection errors on the way down.
+        if let Some(controller_manager) = self.controller_manager.as_mut() {
+            controller_manager.stop();
+        }
         self.apiserver.get_mut().stop();
         self.etcd.get_mut().stop();
         // The fields drop next; the directory (last field) goes last.
@@ -323,6 +350,23 @@ fn apiserver_args(workdir: &Workdir, ports: Ports, credentials: &Credentials) ->
         "--authorization-mode=RBAC".into(),
         "--disable-admission-plugins=ServiceAccount".into(),
         "--allow-privileged=true".into(),
+    ]
+}
+
+/// kube-controller-manager's flags: only the garbage collector and the namespace controller,
+/// as the kubeconfig's admin (no service-account credentials: there is no token controller),
+/// no leader election, and nothing served (no insecure port, no secure port), so clusters
+/// side by side never share a port.
+fn controller_manager_args(kubeconfig: &Path) -> Vec<String> {
+    vec![
+        format!("--kubeconfig={}", kubeconfig.display()),
+        "--controllers=garbagecollector,namespace".into(),
+        "--use-service-account-credentials=false".into(),
+        "--leader-elect=false".into(),
+        "--port=0".into(),
+        "--secure-port=0".into(),
+        "--kube-api-qps=200".into(),
+        "--kube-api-burst=400".into(),
     ]
 }
 
