@@ -80,6 +80,8 @@ pub struct TestCluster {
     /// The apiserver's pid, 0 while it is stopped (readable without the lock).
     apiserver_pid: AtomicU32,
     etcd_pid: u32,
+    /// etcd's client URL, `http://127.0.0.1:<port>` (it also serves `/metrics`).
+    etcd_url: String,
     /// The flags the apiserver was started with: a restart reuses them (same port, etcd,
     /// certificates, token file).
     apiserver_args: Vec<String>,
@@ -176,6 +178,7 @@ impl TestCluster {
             controller_manager,
             apiserver_pid: AtomicU32::new(apiserver.id()),
             etcd_pid: etcd.id(),
+            etcd_url: format!("http://127.0.0.1:{}", ports.etcd_client),
             apiserver: Mutex::new(apiserver),
             etcd: Mutex::new(etcd),
             apiserver_args,
@@ -242,6 +245,12 @@ impl TestCluster {
     /// assets directory has it. Its log is `controller-manager.log` in [`log_dir`](Self::log_dir).
     pub fn has_controller_manager(&self) -> bool {
         self.controller_manager.is_some()
+    }
+
+    /// etcd's client URL, `http://127.0.0.1:<port>` (plain HTTP; it also serves `/metrics`
+    /// and etcd's JSON gateway, e.g. `/v3/kv/compaction`).
+    pub fn etcd_url(&self) -> &str {
+        &self.etcd_url
     }
 
     /// The process id of etcd.
