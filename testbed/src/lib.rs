@@ -241,6 +241,11 @@ impl TestCluster {
         self.workdir.root()
     }
 
+    /// The process id of kube-controller-manager, if it runs.
+    pub fn controller_manager_pid(&self) -> Option<u32> {
+        self.controller_manager.as_ref().map(ManagedProcess::id)
+    }
+
     /// Whether kube-controller-manager runs (garbage collector and namespace controller): the
     /// assets directory has it. Its log is `controller-manager.log` in [`log_dir`](Self::log_dir).
     pub fn has_controller_manager(&self) -> bool {
