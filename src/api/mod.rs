@@ -1,5 +1,5 @@
 //! The custom resources (`ssm.operator.dev/v1alpha1`): `CommandInvocation` here, `Command`
-//! in [`command`].
+//! in [`command`]; [`lifecycle`]: when finished ones expire (pure).
 //!
 //! The CRD YAML in `crds/` and in the Helm chart is generated from these types
 //! (`ssm-operator crd`); never edit it by hand. Field names and validation follow the public

@@ -3,6 +3,10 @@
 //! map it ([`crate::invocation::status`]), and record the Event and write the status if anything changed.
 //! A reconcile never waits on SSM.
 //!
+//! A finished resource is deleted once its TTL runs out ([`crate::api::lifecycle`]; the
+//! reconcile is requeued for exactly then, nothing is polled meanwhile), and a spec change
+//! that only touched the TTL moves the status to the new generation without asking SSM.
+//!
 //! SSM errors never fail a reconcile: they become conditions. Only Kubernetes write failures do,
 //! and [`error_policy`] retries those with backoff.
 //!

@@ -1,6 +1,7 @@
 //! The fenced writer: the only code that changes the cluster, or SSM's state, on behalf of a
 //! reconcile. Status patches and Events of both kinds, a `Command`'s children (create,
-//! delete), its finalizer, and `SendCommand` / `CancelCommand` all go through [`Writer`],
+//! delete), its finalizer, the deletion of resources whose TTL ran out (uid precondition), and
+//! `SendCommand` / `CancelCommand` all go through [`Writer`],
 //! which asks the leadership [`Fence`] right before each: a replica that is not sure it leads
 //! (a follower, or a leader paused past its Lease) changes nothing, and the reconcile that
 //! tried ends with [`Error::Fenced`]. Reads (the watch, SSM's answers, `ListCommands`) are not
