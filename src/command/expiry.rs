@@ -13,6 +13,7 @@ use kube::runtime::controller::Action;
 use kube::ResourceExt;
 use tracing::{info, warn};
 
+use crate::api::conditions;
 use crate::api::lifecycle::{self, Expiry, Ttl};
 use crate::api::Command;
 use crate::command::context::Context;
@@ -40,9 +41,8 @@ pub(super) async fn expire(
         .as_ref()
         .map_or(&[][..], |s| &s.conditions[..]);
     if let Ttl::RefusedGitOps { mark, tool } = &ttl {
-        if lifecycle::expiry(&Ttl::After(Duration::ZERO), conditions, Timestamp::now())
-            == Expiry::DeleteNow
-        {
+        // Said once it finished (the TTL would count from then), so the user learns it early.
+        if conditions::is_true(conditions, conditions::FINISHED) {
             refuse(object, ctx, mark, tool).await?;
         }
         return Ok(otherwise);
@@ -63,8 +63,8 @@ pub(super) async fn expire(
     }
 }
 
-/// Says (once per stored version: the Event's name is derived from it) that a TTL is not
-/// applied to a `Command` a GitOps tool manages.
+/// Says (once per stored version: the Event's name is derived from it, a repeat is refused
+/// as a duplicate) that a TTL is not applied to a `Command` a GitOps tool manages.
 async fn refuse(object: &Command, ctx: &Context, mark: &str, tool: &str) -> Result<(), Error> {
     let message = format!(
         "not deleted after its TTL: it carries {tool}'s tracking mark {mark}, and {tool} would \
