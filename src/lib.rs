@@ -93,6 +93,17 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// Deleting a resource whose TTL ran out failed.
+    #[error("deleting expired {namespace}/{name}: {source}")]
+    Expire {
+        /// Namespace of the resource.
+        namespace: String,
+        /// Name of the resource.
+        name: String,
+        /// What the API server said.
+        #[source]
+        source: kube::Error,
+    },
     /// Setting a `Command`'s finalizers failed.
     #[error("setting the finalizers of {name}: {source}")]
     PatchFinalizers {
@@ -178,6 +189,7 @@ impl Error {
             Self::ReadChild { .. } => "read_child",
             Self::ListChildren { .. } => "list_children",
             Self::DeleteChild { .. } => "delete_child",
+            Self::Expire { .. } => "expire",
             Self::PatchFinalizers { .. } => "patch_finalizers",
             Self::ListNodes { .. } => "list_nodes",
             Self::Cancel { .. } => "cancel",

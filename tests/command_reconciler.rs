@@ -280,6 +280,7 @@ async fn a_fenced_replica_on_a_new_generation_cancels_deletes_and_sends_nothing(
         command_id: Some("5e3f1a2b-7c4d-4e8f-9a0b-1c2d3e4f5a6b".into()),
         status: Some("InProgress".into()),
         send: Some(SendRecord {
+            spec_hash: None,
             generation: 1,
             marker: marker(UID, 1),
             time: Time(Timestamp::now()),
@@ -311,6 +312,7 @@ async fn an_intent_found_in_ssm_is_adopted_not_sent_again() {
     let intent = CommandStatus {
         observed_generation: Some(1),
         send: Some(SendRecord {
+            spec_hash: None,
             generation: 1,
             marker: marker(UID, 1),
             time: Time(Timestamp::now()),
@@ -655,6 +657,7 @@ async fn a_child_the_api_server_refuses_is_reported_and_the_status_still_follows
             marker: marker(UID, 1),
             time: Time(Timestamp::now()),
             attempt: 1,
+            spec_hash: None,
         }),
         ..CommandStatus::default()
     }));
@@ -733,6 +736,7 @@ async fn a_new_generation_waits_for_the_earlier_runs_cancel_and_says_so() {
             marker: marker(UID, 1),
             time: Time(Timestamp::now()),
             attempt: 1,
+            spec_hash: None,
         }),
         ..CommandStatus::default()
     }));
@@ -851,6 +855,7 @@ async fn commands_are_limited_across_namespaces_by_their_own_permits_and_never_b
         intervals,
         metrics: metrics.clone(),
         permits: Semaphore::new(1),
+        ttl_after_finished: None,
     });
     let commands = Arc::new(CommandContext::new(
         client.clone(),
@@ -882,6 +887,7 @@ async fn commands_are_limited_across_namespaces_by_their_own_permits_and_never_b
     let mut invocation = CommandInvocation::new(
         "patch-web-1",
         CommandInvocationSpec {
+            ttl_seconds_after_finished: None,
             command_id: invocation_command.into(),
             instance_id: NODE.into(),
             plugin_name: None,

@@ -189,6 +189,7 @@ async fn fixture_full(
         intervals,
         metrics,
         permits: tokio::sync::Semaphore::new(permits),
+        ttl_after_finished: None,
     });
     let fixture = Fixture {
         ctx,
@@ -203,6 +204,7 @@ fn resource(generation: i64, status: Option<CommandInvocationStatus>) -> Command
     let mut object = CommandInvocation::new(
         "patch-web-1",
         CommandInvocationSpec {
+            ttl_seconds_after_finished: None,
             command_id: COMMAND_ID.into(),
             instance_id: INSTANCE_ID.into(),
             plugin_name: None,
@@ -322,6 +324,7 @@ async fn first_answer_is_written_with_exactly_the_contract_fields_and_an_event()
             "observedGeneration",
             "pluginName",
             "responseCode",
+            "specHash",
             "status",
             "statusDetails",
         ],
@@ -413,6 +416,7 @@ async fn a_spec_change_is_tracked_again_with_the_new_generation() {
 
     let mut changed = resource(2, Some(status_from(&patch)));
     changed.metadata.resource_version = Some("101".into());
+    changed.spec.plugin_name = Some("aws:runShellScript".into());
     // The finished generation was no longer tracked: the new one is asked about at once.
     let (action, patch, _, _api) = run_expecting_patch_and_event(&f, api, &changed).await;
     assert_eq!(action.unwrap(), Action::await_change());
@@ -875,4 +879,136 @@ async fn a_deleted_resource_is_forgotten_by_the_tracker_and_the_writer() {
         "no SSM call for deleted resources within {window:?}"
     );
     api.expect_silence().await;
+}
+
+#[tokio::test]
+async fn a_ttl_only_change_of_a_finished_resource_moves_the_status_without_asking_ssm() {
+    let (f, api) = fixture().await;
+    f.sim.add_command(command(Plugin::succeeding(
+        "aws:runShellScript",
+        Duration::ZERO,
+    )));
+    let (_, patch, _, mut api) = run_expecting_patch_and_event(&f, api, &resource(1, None)).await;
+    let finished = status_from(&patch);
+    assert!(finished.spec_hash.is_some(), "the fingerprint is written");
+    let calls = f.sim.total_calls();
+
+    let mut changed = resource(2, Some(finished.clone()));
+    changed.metadata.resource_version = Some("101".into());
+    changed.spec.ttl_seconds_after_finished = Some(3600);
+    let answer_with = changed.clone();
+    let verifier = tokio::spawn(async move {
+        let patch = api.expect_status_patch(&answer_with).await;
+        api.expect_silence().await;
+        patch
+    });
+    let action = run(&f, &changed).await.unwrap();
+    let patch = verifier.await.expect("verifier");
+    assert_eq!(action, Action::await_change());
+    let moved = status_from(&patch);
+    assert_eq!(moved.observed_generation, Some(2));
+    assert!(moved
+        .conditions
+        .iter()
+        .all(|c| c.observed_generation == Some(2)));
+    assert_eq!(
+        moved.conditions,
+        finished
+            .conditions
+            .iter()
+            .cloned()
+            .map(|mut c| {
+                c.observed_generation = Some(2);
+                c
+            })
+            .collect::<Vec<_>>(),
+        "same conditions, same transition times"
+    );
+    assert_eq!(moved.status, finished.status);
+    assert_eq!(f.sim.total_calls(), calls, "SSM was not asked");
+}
+
+#[tokio::test]
+async fn an_expired_resource_is_deleted_with_its_uid_as_precondition() {
+    let (f, mut api) = fixture().await;
+    let mut expired = resource(1, None);
+    expired.spec.ttl_seconds_after_finished = Some(0);
+    let mut status = CommandInvocationStatus {
+        status: Some("Success".into()),
+        observed_generation: Some(1),
+        ..CommandInvocationStatus::default()
+    };
+    status.conditions = ["Ready", "Reconciling", "Stalled", "Finished"]
+        .into_iter()
+        .map(
+            |type_| k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: type_.into(),
+                status: if matches!(type_, "Ready" | "Finished") {
+                    "True"
+                } else {
+                    "False"
+                }
+                .into(),
+                reason: "Success".into(),
+                message: String::new(),
+                observed_generation: Some(1),
+                last_transition_time: Time(Timestamp::now()),
+            },
+        )
+        .collect();
+    expired.status = Some(status);
+    let verifier = tokio::spawn(async move {
+        let (request, send) = api.next().await;
+        assert_eq!(request.method(), Method::DELETE);
+        assert_eq!(
+            request.uri().path(),
+            "/apis/ssm.operator.dev/v1alpha1/namespaces/ops/commandinvocations/patch-web-1"
+        );
+        let body: Value = mock_api::body(request).await;
+        // A newer object of the same name has another uid: the API server answers 409.
+        let status = json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": "Precondition failed: UID in precondition: x, UID in object meta: y",
+            "reason": "Conflict", "code": 409
+        });
+        send.send_response(json_response(409, &status));
+        api.expect_silence().await;
+        body
+    });
+    let action = run(&f, &expired)
+        .await
+        .expect("a replaced object is no error");
+    let body = verifier.await.expect("verifier");
+    assert_eq!(action, Action::await_change());
+    assert_eq!(
+        body["preconditions"]["uid"],
+        "5c6f7a1e-0000-4000-8000-000000000001"
+    );
+    assert_eq!(body["propagationPolicy"], "Background");
+    assert_eq!(f.sim.total_calls(), 0, "expiry asks SSM nothing");
+}
+
+#[tokio::test]
+async fn a_finished_resource_is_looked_at_again_exactly_when_its_ttl_runs_out() {
+    let (f, api) = fixture().await;
+    f.sim.add_command(command(Plugin::succeeding(
+        "aws:runShellScript",
+        Duration::ZERO,
+    )));
+    let (_, patch, _, mut api) = run_expecting_patch_and_event(&f, api, &resource(1, None)).await;
+    let calls = f.sim.total_calls();
+    let mut finished = resource(1, Some(status_from(&patch)));
+    finished.spec.ttl_seconds_after_finished = Some(600);
+    let action = run(&f, &finished).await.unwrap();
+    api.expect_silence().await;
+    assert_eq!(f.sim.total_calls(), calls, "no SSM call until then");
+    // requeue_after ≈ 600 s (minus the seconds since Finished turned True).
+    let wait = format!("{action:?}");
+    let secs: f64 = wait
+        .split("requeue_after: Some(")
+        .nth(1)
+        .and_then(|rest| rest.split('s').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a requeue: {wait}"));
+    assert!((590.0..=600.1).contains(&secs), "{wait}");
 }

@@ -333,6 +333,7 @@ mod tests {
                 instance_id: "i-0aaaaaaaaaaaaaaa1".into(),
                 plugin_name: None,
                 region: None,
+                ttl_seconds_after_finished: None,
             },
         );
         c.metadata.generation = Some(1);
@@ -370,6 +371,7 @@ mod tests {
                 instance_id: "i-1".into(),
                 plugin_name: None,
                 region: None,
+                ttl_seconds_after_finished: None,
             },
         );
         c.metadata.generation = Some(1);

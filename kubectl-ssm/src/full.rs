@@ -353,6 +353,7 @@ mod tests {
                 instance_id: "i-0aaaaaaaaaaaaaaa1".into(),
                 plugin_name: plugin.map(str::to_string),
                 region: None,
+                ttl_seconds_after_finished: None,
             },
         );
         c.status = Some(status);

@@ -213,6 +213,7 @@ mod tests {
                 instance_id: "i-1".into(),
                 plugin_name: None,
                 region: None,
+                ttl_seconds_after_finished: None,
             },
         );
         cinv.status = Some(CommandInvocationStatus {

@@ -141,6 +141,14 @@ pub struct CommandSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(crate::api::REGION_PATTERN))]
     pub region: Option<String>,
+
+    /// Delete this `Command` (and, through their owner references, its children) this many
+    /// seconds after its `Finished` condition turned `True` (like a Job's). Unset: the
+    /// operator's `--ttl-after-finished`, if any. Refused on a `Command` that Argo CD or Flux
+    /// tracks, unless it is annotated `ssm.operator.dev/ttl-with-gitops: "true"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i64>,
 }
 
 /// One SSM target: nodes whose `key` (e.g. `tag:Role`, `InstanceIds`,
@@ -223,6 +231,10 @@ pub struct SendRecord {
     /// recorded in the same second are still told apart.
     #[serde(default)]
     pub attempt: u32,
+    /// Fingerprint of the spec sent, apart from `ttlSecondsAfterFinished`: a later generation
+    /// with the same fingerprint changed only the TTL, and is the same run (no new send).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_hash: Option<String>,
 }
 
 impl Command {
@@ -288,6 +300,7 @@ mod tests {
         assert_eq!(props["timeoutSeconds"]["minimum"], 30.0);
         assert_eq!(props["timeoutSeconds"]["maximum"], 2_592_000.0);
         assert_eq!(props["comment"]["maxLength"], MAX_COMMENT_CHARS);
+        assert_eq!(props["ttlSecondsAfterFinished"]["minimum"], 0.0);
         assert_eq!(
             props["parameters"]["additionalProperties"]["items"]["type"],
             "string"

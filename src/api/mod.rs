@@ -1,5 +1,5 @@
 //! The custom resources (`ssm.operator.dev/v1alpha1`): `CommandInvocation` here, `Command`
-//! in [`command`].
+//! in [`command`]; [`lifecycle`]: when finished ones expire (pure).
 //!
 //! The CRD YAML in `crds/` and in the Helm chart is generated from these types
 //! (`ssm-operator crd`); never edit it by hand. Field names and validation follow the public
@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 mod command;
 pub mod conditions;
+pub mod lifecycle;
 pub use command::{
     Command, CommandSpec, CommandStatus, SendRecord, Target, DOCUMENT_NAME_PATTERN,
     MAX_COMMENT_CHARS,
@@ -108,6 +109,13 @@ pub struct CommandInvocationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(REGION_PATTERN))]
     pub region: Option<String>,
+
+    /// Delete this resource this many seconds after its `Finished` condition turned `True`
+    /// (like a Job's). Unset: the operator's `--ttl-after-finished`, if any, for a resource
+    /// without a controller owner; a `Command`'s children go with their `Command` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i64>,
 }
 
 /// What SSM last reported for the invocation, copied verbatim, plus the operator's conditions.
@@ -175,6 +183,10 @@ pub struct CommandInvocationStatus {
     /// When SSM was asked for the answer this status shows (not moved when SSM repeats itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_polled_time: Option<Time>,
+    /// Fingerprint of the spec this status describes, apart from `ttlSecondsAfterFinished`:
+    /// a spec change that only sets the TTL is not read from SSM again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_hash: Option<String>,
     /// Standard conditions: Ready, Reconciling, Stalled, Finished.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
@@ -243,6 +255,8 @@ mod tests {
         assert_eq!(props["instanceId"]["pattern"], INSTANCE_ID_PATTERN);
         assert_eq!(props["pluginName"]["minLength"], 4);
         assert_eq!(props["region"]["pattern"], REGION_PATTERN);
+        assert_eq!(props["ttlSecondsAfterFinished"]["minimum"], 0.0);
+        assert_eq!(props["ttlSecondsAfterFinished"]["type"], "integer");
     }
 
     #[test]

@@ -66,6 +66,7 @@ pub fn child(command: &Command, command_id: &str, instance_id: &str) -> CommandI
     let mut child = CommandInvocation::new(
         &child_name(&name, instance_id),
         CommandInvocationSpec {
+            ttl_seconds_after_finished: None,
             command_id: command_id.to_string(),
             instance_id: instance_id.to_string(),
             plugin_name: None,

@@ -88,6 +88,8 @@ pub struct Context {
     pub recheck: Duration,
     /// Process metrics.
     pub metrics: Arc<Metrics>,
+    /// `--ttl-after-finished`: the TTL of a finished `Command` whose spec sets none.
+    pub ttl_after_finished: Option<Duration>,
     /// `--max-concurrent-reconciles` permits of `Command` reconciles, shared by every watched
     /// namespace (the process has one context), not with `CommandInvocation` reconciles.
     pub(super) permits: Semaphore,
@@ -130,6 +132,7 @@ impl Context {
             intervals,
             recheck,
             metrics,
+            ttl_after_finished: None,
             permits: Semaphore::new(max_concurrent_reconciles.max(1)),
             memo: Mutex::new(HashMap::new()),
             stores: Arc::new(CommandStores::default()),

@@ -7,10 +7,12 @@
 //! - [`status`]: pure, the `Command`'s status and conditions for each step of its run;
 //! - [`children`]: pure, the child `CommandInvocation` of a `Command` for one node;
 //! - [`sync`]: the children in step with SSM's nodes (create, resume, delete an earlier run's);
-//! - [`teardown`]: retiring an earlier run, and cancelling before deletion (the finalizer).
+//! - [`teardown`]: retiring an earlier run, and cancelling before deletion (the finalizer);
+//! - [`expiry`]: a finished `Command` deleted after its TTL; a TTL-only spec change is no new run.
 
 pub mod children;
 pub mod context;
+mod expiry;
 pub mod reconcile;
 pub mod send;
 pub mod status;

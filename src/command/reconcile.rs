@@ -25,6 +25,7 @@ use crate::api::{Command, SendRecord};
 use crate::aws::roles::NAMESPACE_WAIT;
 use crate::aws::ssm::{is_terminal, Recovery};
 use crate::command::context::{attempt_of, Context};
+use crate::command::expiry;
 use crate::command::send::{self, Facts, FollowUp, SendResult, Step, SEND_FAILED, SEND_UNKNOWN};
 use crate::command::status::{self as command_status, Change};
 use crate::command::sync::sync_children;
@@ -109,6 +110,9 @@ async fn reconcile_inner(object: &Command, ctx: &Context) -> Result<Action, Erro
     // With --namespace-roles, nothing (no finalizer, no intent, no call) before the
     // namespace's role is known: a send must never go out with the operator's own identity.
     ctx.scope(object)?;
+    if let Some(action) = expiry::rebase_ttl_change(object, ctx).await? {
+        return Ok(action);
+    }
     let generation = object.metadata.generation.unwrap_or_default();
     let status = object.status.as_ref();
     let now = Timestamp::now();
@@ -157,10 +161,10 @@ async fn reconcile_inner(object: &Command, ctx: &Context) -> Result<Action, Erro
                 s.observed_generation == Some(generation) && command_status::run_finished(s)
             }) =>
         {
-            Ok(Action::await_change())
+            expiry::expire(object, ctx, Action::await_change()).await
         }
         Step::Track { command_id } => track(object, ctx, &command_id).await,
-        Step::Settled => Ok(Action::await_change()),
+        Step::Settled => expiry::expire(object, ctx, Action::await_change()).await,
         Step::Refuse { reason } => {
             retire_previous_run(object, ctx, generation, false).await?;
             let message = command_status::gate_message(reason, &object.spec.document_name);
@@ -179,7 +183,11 @@ async fn reconcile_inner(object: &Command, ctx: &Context) -> Result<Action, Erro
                 Action::await_change(),
             ))
         }
-        Step::Intend { record } => intend_and_send(object, ctx, record).await,
+        Step::Intend { mut record } => {
+            // The fingerprint that tells a later TTL-only change from a new run.
+            record.spec_hash = Some(crate::api::lifecycle::spec_hash(&object.spec));
+            intend_and_send(object, ctx, record).await
+        }
         Step::Search {
             marker,
             attempted,
@@ -778,6 +786,7 @@ mod tests {
             let time = Time(Timestamp::now());
             c.status = Some(CommandStatus {
                 send: Some(SendRecord {
+                    spec_hash: None,
                     generation: 1,
                     marker: send::marker(uid, 1),
                     time: time.clone(),

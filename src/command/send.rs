@@ -231,6 +231,7 @@ fn fresh_or_refused(facts: &Facts<'_>) -> Step {
         },
         Gate::Open => Step::Intend {
             record: SendRecord {
+                spec_hash: None,
                 generation: facts.generation,
                 marker: marker(facts.uid, facts.generation),
                 time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(whole_seconds(
@@ -452,6 +453,7 @@ mod tests {
 
     fn intent(generation: i64, secs: i64) -> SendRecord {
         SendRecord {
+            spec_hash: None,
             generation,
             marker: marker(UID, generation),
             time: Time(at(secs)),

@@ -313,6 +313,7 @@ mod tests {
 
     fn record() -> SendRecord {
         SendRecord {
+            spec_hash: None,
             generation: 1,
             marker: "op:0123456789abcdef".into(),
             time: now(0),

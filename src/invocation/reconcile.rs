@@ -3,6 +3,10 @@
 //! map it ([`crate::invocation::status`]), and record the Event and write the status if anything changed.
 //! A reconcile never waits on SSM.
 //!
+//! A finished resource is deleted once its TTL runs out ([`crate::api::lifecycle`]; the
+//! reconcile is requeued for exactly then, nothing is polled meanwhile), and a spec change
+//! that only touched the TTL moves the status to the new generation without asking SSM.
+//!
 //! SSM errors never fail a reconcile: they become conditions. Only Kubernetes write failures do,
 //! and [`error_policy`] retries those with backoff.
 //!
@@ -21,6 +25,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
 use tracing::{debug, info, instrument};
 
+use crate::api::lifecycle::{self, Expiry};
 use crate::api::CommandInvocation;
 use crate::api::CommandInvocationSpec;
 use crate::aws::roles::Roles;
@@ -50,6 +55,9 @@ pub struct Context {
     /// `--max-concurrent-reconciles` permits for status writes (and their Events), shared by
     /// every watched namespace.
     pub permits: tokio::sync::Semaphore,
+    /// `--ttl-after-finished`: the TTL of a finished resource without a controller owner
+    /// whose spec sets none.
+    pub ttl_after_finished: Option<Duration>,
 }
 
 impl Forget for Context {
@@ -83,6 +91,26 @@ async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Ac
 
     if up_to_date && current.is_some_and(|s| !mapping::needs_polling(s)) {
         ctx.tracker.forget(&uid);
+        return expire(object, ctx).await;
+    }
+    let hash = lifecycle::spec_hash(&object.spec);
+    if let Some(status) = current.filter(|s| {
+        !up_to_date && !mapping::needs_polling(s) && s.spec_hash.as_deref() == Some(&hash)
+    }) {
+        // Finished, and the spec changed only in its TTL: SSM has nothing new to say. The
+        // status moves to this generation as it is (the TTL still counts from the finish).
+        let mut rebased = status.clone();
+        rebased.conditions = lifecycle::rebase_conditions(
+            &status.conditions,
+            status.observed_generation,
+            generation,
+        );
+        rebased.observed_generation = Some(generation);
+        ctx.writer.write(object, &rebased).await?;
+        info!(
+            generation,
+            "only the TTL changed: status moved to the new generation"
+        );
         return Ok(Action::await_change());
     }
     let now = Instant::now();
@@ -109,7 +137,12 @@ async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Ac
         now: answer.asked_at.clone(),
         waited,
     };
-    let outcome = mapping::apply(current, &poll, &ctx.settings);
+    let mut outcome = mapping::apply(current, &poll, &ctx.settings);
+    if outcome.status.spec_hash.as_deref() != Some(&hash) {
+        // Recorded with the first write of each spec (and once for statuses from before).
+        outcome.status.spec_hash = Some(hash);
+        outcome.write = true;
+    }
     // Writes in flight are bounded; a reconcile with nothing to write (most, at start-up,
     // where each resource is first only tracked) never waits for them. The semaphore is
     // never closed; without a permit (impossible) the reconcile goes ahead.
@@ -158,6 +191,33 @@ async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Ac
     debug!(?action, "reconciled");
     Ok(action)
 }
+
+/// A finished resource: deleted when its TTL ran out ([`lifecycle`]), else looked at again
+/// exactly when it runs out (no SSM or API call in between), else left alone.
+async fn expire(object: &CommandInvocation, ctx: &Context) -> Result<Action, Error> {
+    let ttl = lifecycle::invocation_ttl(
+        object.spec.ttl_seconds_after_finished,
+        object.owner_references(),
+        ctx.ttl_after_finished,
+    );
+    let conditions = object
+        .status
+        .as_ref()
+        .map_or(&[][..], |s| &s.conditions[..]);
+    match lifecycle::expiry(&ttl, conditions, Timestamp::now()) {
+        Expiry::Keep => Ok(Action::await_change()),
+        Expiry::CheckIn(left) => Ok(Action::requeue(left + EXPIRY_SLACK)),
+        Expiry::DeleteNow => {
+            if ctx.writer.delete_expired(object).await? {
+                info!(?ttl, "deleted: finished longer ago than its TTL");
+            }
+            Ok(Action::await_change())
+        }
+    }
+}
+
+/// Added to a requeue for an expiry, so that the look comes just after it, never just before.
+pub const EXPIRY_SLACK: Duration = Duration::from_millis(20);
 
 /// The step to ask SSM about, with the identity to ask with.
 fn key_of(spec: &CommandInvocationSpec, role: Option<crate::aws::sts::Role>) -> InvocationKey {

@@ -108,6 +108,8 @@ pub fn apply(
         &poll.now,
     );
     status.last_polled_time = current.and_then(|s| s.last_polled_time.clone());
+    // The spec's fingerprint is the reconciler's to set; the mapping keeps it.
+    status.spec_hash = current.and_then(|s| s.spec_hash.clone());
     let write = current != Some(&status);
     if write {
         status.last_polled_time = Some(poll.now.clone());
@@ -375,6 +377,7 @@ fn ssm_fields_from(
         steps: invocation.steps.as_deref().map(steps_from),
         observed_generation: None,
         last_polled_time: None,
+        spec_hash: None,
         conditions: Vec::new(),
     }
 }

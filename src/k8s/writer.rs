@@ -1,6 +1,7 @@
 //! The fenced writer: the only code that changes the cluster, or SSM's state, on behalf of a
 //! reconcile. Status patches and Events of both kinds, a `Command`'s children (create,
-//! delete), its finalizer, and `SendCommand` / `CancelCommand` all go through [`Writer`],
+//! delete), its finalizer, the deletion of resources whose TTL ran out (uid precondition), and
+//! `SendCommand` / `CancelCommand` all go through [`Writer`],
 //! which asks the leadership [`Fence`] right before each: a replica that is not sure it leads
 //! (a follower, or a leader paused past its Lease) changes nothing, and the reconcile that
 //! tried ends with [`Error::Fenced`]. Reads (the watch, SSM's answers, `ListCommands`) are not
@@ -321,6 +322,36 @@ impl Writer {
         }
     }
 
+    /// Deletes `object` because its TTL ran out (`ttlSecondsAfterFinished`), with its uid as
+    /// precondition, so a newer object of the same name is never deleted, and **background**
+    /// propagation: the object goes at once (after its finalizers) and Kubernetes' garbage
+    /// collector deletes what it owns afterwards (a `Command`'s children). `Ok(false)`: it was
+    /// already gone, or the name now belongs to another object (404 / 409).
+    pub async fn delete_expired<K>(&self, object: &K) -> Result<bool, Error>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let namespace = object
+            .namespace()
+            .ok_or(Error::MissingObjectKey("namespace"))?;
+        let uid = object.uid().ok_or(Error::MissingObjectKey("uid"))?;
+        let name = object.name_any();
+        self.check_fence()?;
+        let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
+        match api.delete(&name, &expiry_delete_params(uid)).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(false),
+            Err(source) => Err(Error::Expire {
+                namespace,
+                name,
+                source,
+            }),
+        }
+    }
+
     /// Sets a `Command`'s `metadata.finalizers` if the object is still at the resourceVersion
     /// `object` carries. `Ok(None)`: it changed meanwhile, or is gone.
     pub async fn patch_finalizers(
@@ -445,6 +476,17 @@ impl Writer {
     }
 }
 
+/// The delete of an expired object: only the object with this uid, background propagation.
+pub fn expiry_delete_params(uid: String) -> DeleteParams {
+    DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..DeleteParams::background()
+    }
+}
+
 /// Whether a failed API call may succeed when repeated unchanged: the server was unreachable,
 /// overloaded (429) or failed (5xx). Other answers (403, 404, 422, ...) will not change.
 fn worth_retrying(error: &kube::Error) -> bool {
@@ -551,6 +593,7 @@ mod tests {
         let mut object = CommandInvocation::new(
             "patch-web-1",
             crate::api::CommandInvocationSpec {
+                ttl_seconds_after_finished: None,
                 command_id: "8f2f6d1e-2b0c-4e4b-9a53-0c7b9f0e1a11".into(),
                 instance_id: "i-0123456789abcdef0".into(),
                 plugin_name: None,

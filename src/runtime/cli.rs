@@ -68,6 +68,12 @@ pub struct RunArgs {
     #[arg(long, env = "SSM_OPERATOR_NOT_FOUND_GRACE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub not_found_grace: Duration,
 
+    /// Delete finished resources this long after `Finished` turned True: every
+    /// CommandInvocation without a controller owner and every Command whose spec sets no
+    /// `ttlSecondsAfterFinished` (a Command's children go with it). Default: keep forever.
+    #[arg(long, env = "SSM_OPERATOR_TTL_AFTER_FINISHED", value_parser = humantime::parse_duration)]
+    pub ttl_after_finished: Option<Duration>,
+
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, env = "SSM_OPERATOR_HTTP_BIND", default_value = "0.0.0.0:8080")]
     pub http_bind: SocketAddr,
@@ -260,6 +266,27 @@ mod tests {
             args.allowed_documents,
             ["AWS-RunShellScript", "Team-*", "Other"]
         );
+    }
+
+    #[test]
+    fn ttl_after_finished_is_unset_by_default_and_a_human_duration() {
+        let ttl = |argv: &[&str]| {
+            let argv = ["ssm-operator", "run"].iter().chain(argv);
+            Cli::try_parse_from(argv).map(|cli| match cli.command {
+                Command::Run(args) => args.ttl_after_finished,
+                Command::Crd { .. } => panic!("expected run"),
+            })
+        };
+        assert_eq!(ttl(&[]).unwrap(), None, "keep forever, like a Job");
+        assert_eq!(
+            ttl(&["--ttl-after-finished", "7d"]).unwrap(),
+            Some(Duration::from_secs(7 * 24 * 3600))
+        );
+        assert_eq!(
+            ttl(&["--ttl-after-finished", "0s"]).unwrap(),
+            Some(Duration::ZERO)
+        );
+        assert!(ttl(&["--ttl-after-finished", "soon"]).is_err());
     }
 
     #[test]

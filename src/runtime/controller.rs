@@ -135,11 +135,12 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         intervals,
         metrics,
         permits: tokio::sync::Semaphore::new(usize::from(args.max_concurrent_reconciles)),
+        ttl_after_finished: args.ttl_after_finished,
     });
 
     let policy = Policy::new(args.send_commands, &args.allowed_documents)
         .map_err(|e| Error::Config(format!("--allowed-documents: {e}")))?;
-    let commands = Arc::new(command::Context::new(
+    let mut commands = command::Context::new(
         client.clone(),
         ssm.clone(),
         roles.clone(),
@@ -157,7 +158,9 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         // process, across all watched namespaces), so that Commands waiting for SSM never hold
         // the permits CommandInvocation status writes need, nor the other way round.
         usize::from(args.max_concurrent_reconciles),
-    ));
+    );
+    commands.ttl_after_finished = args.ttl_after_finished;
+    let commands = Arc::new(commands);
     let queue = args
         .sqs_queue_url
         .clone()

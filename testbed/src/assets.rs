@@ -1,6 +1,7 @@
 //! Locating the envtest binaries: a directory holding `kube-apiserver`, `etcd` and `kubectl`
-//! (and optionally `helm`), named by `KUBEBUILDER_ASSETS` as in controller-runtime's envtest.
-//! The project's `hack/envtest-assets.sh` builds such a directory and prints its path.
+//! (and optionally `helm` and `kube-controller-manager`), named by `KUBEBUILDER_ASSETS` as in
+//! controller-runtime's envtest. The project's `hack/envtest-assets.sh` builds such a
+//! directory (with both optional binaries) and prints its path.
 
 use std::path::{Path, PathBuf};
 
@@ -66,6 +67,12 @@ impl Assets {
         self.dir.join("kubectl")
     }
 
+    /// `kube-controller-manager`, if the directory has it (controller-runtime's prebuilt
+    /// envtest binaries do not).
+    pub(crate) fn kube_controller_manager(&self) -> Option<PathBuf> {
+        Some(self.dir.join("kube-controller-manager")).filter(|path| path.is_file())
+    }
+
     /// `helm` from the directory if it is there, else plain `helm` (looked up on `PATH`).
     pub(crate) fn helm(&self) -> PathBuf {
         let bundled = self.dir.join("helm");
@@ -101,6 +108,12 @@ mod tests {
         let assets = Assets::at(dir.path()).unwrap();
         assert_eq!(assets.etcd(), dir.path().join("etcd"));
         assert_eq!(assets.helm(), PathBuf::from("helm"));
+        assert_eq!(assets.kube_controller_manager(), None);
+        std::fs::write(dir.path().join("kube-controller-manager"), "").unwrap();
+        assert_eq!(
+            assets.kube_controller_manager(),
+            Some(dir.path().join("kube-controller-manager"))
+        );
         std::fs::write(dir.path().join("helm"), "").unwrap();
         assert_eq!(assets.helm(), dir.path().join("helm"));
     }

@@ -12,9 +12,12 @@
 //!
 //! Each cluster gets its own temporary directory (certificates, etcd data, logs, kubeconfig)
 //! and three free ports, so clusters can run side by side, also from several test binaries at
-//! once. Only the API server runs: there are no controllers, scheduler or kubelet.
+//! once. Besides the API server, kube-controller-manager runs (when the assets directory has
+//! it, as `hack/envtest-assets.sh` builds it) with only Kubernetes' garbage collector and
+//! namespace controller, so owner references and namespace deletion behave as in a real
+//! cluster; it serves nothing (no ports). There is no scheduler or kubelet.
 //!
-//! Dropping the [`TestCluster`] kills both processes and removes the directory; set
+//! Dropping the [`TestCluster`] kills the processes and removes the directory; set
 //! `TESTBED_KEEP=1` to keep it (its path is printed to stderr). The processes are also killed
 //! if the test process dies without dropping it (see the `process` module for how).
 //!
@@ -72,9 +75,13 @@ pub struct TestCluster {
     // apiserver; the readiness wait holds both across awaits.
     apiserver: Mutex<ManagedProcess>,
     etcd: Mutex<ManagedProcess>,
+    /// kube-controller-manager (garbage collector, namespace controller), if the assets have it.
+    controller_manager: Option<ManagedProcess>,
     /// The apiserver's pid, 0 while it is stopped (readable without the lock).
     apiserver_pid: AtomicU32,
     etcd_pid: u32,
+    /// etcd's client URL, `http://127.0.0.1:<port>` (it also serves `/metrics`).
+    etcd_url: String,
     /// The flags the apiserver was started with: a restart reuses them (same port, etcd,
     /// certificates, token file).
     apiserver_args: Vec<String>,
@@ -154,10 +161,24 @@ impl TestCluster {
             &credentials.token,
         )?;
         ready::wait_for_apiserver(&mut apiserver, &mut etcd, &kubeconfig, deadline).await?;
+        let controller_manager = match assets.kube_controller_manager() {
+            Some(binary) => Some(
+                ManagedProcess::spawn(
+                    "kube-controller-manager",
+                    &binary,
+                    &controller_manager_args(&kubeconfig),
+                    &workdir.controller_manager_log(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
 
         Ok(TestCluster {
+            controller_manager,
             apiserver_pid: AtomicU32::new(apiserver.id()),
             etcd_pid: etcd.id(),
+            etcd_url: format!("http://127.0.0.1:{}", ports.etcd_client),
             apiserver: Mutex::new(apiserver),
             etcd: Mutex::new(etcd),
             apiserver_args,
@@ -218,6 +239,23 @@ impl TestCluster {
     /// directory).
     pub fn log_dir(&self) -> &Path {
         self.workdir.root()
+    }
+
+    /// The process id of kube-controller-manager, if it runs.
+    pub fn controller_manager_pid(&self) -> Option<u32> {
+        self.controller_manager.as_ref().map(ManagedProcess::id)
+    }
+
+    /// Whether kube-controller-manager runs (garbage collector and namespace controller): the
+    /// assets directory has it. Its log is `controller-manager.log` in [`log_dir`](Self::log_dir).
+    pub fn has_controller_manager(&self) -> bool {
+        self.controller_manager.is_some()
+    }
+
+    /// etcd's client URL, `http://127.0.0.1:<port>` (plain HTTP; it also serves `/metrics`
+    /// and etcd's JSON gateway, e.g. `/v3/kv/compaction`).
+    pub fn etcd_url(&self) -> &str {
+        &self.etcd_url
     }
 
     /// The process id of etcd.
@@ -282,7 +320,10 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
-        // The apiserver first, so it does not log etcd connection errors on the way down.
+        // Its clients first, so they do not log connection errors on the way down.
+        if let Some(controller_manager) = self.controller_manager.as_mut() {
+            controller_manager.stop();
+        }
         self.apiserver.get_mut().stop();
         self.etcd.get_mut().stop();
         // The fields drop next; the directory (last field) goes last.
@@ -323,6 +364,23 @@ fn apiserver_args(workdir: &Workdir, ports: Ports, credentials: &Credentials) ->
         "--authorization-mode=RBAC".into(),
         "--disable-admission-plugins=ServiceAccount".into(),
         "--allow-privileged=true".into(),
+    ]
+}
+
+/// kube-controller-manager's flags: only the garbage collector and the namespace controller,
+/// as the kubeconfig's admin (no service-account credentials: there is no token controller),
+/// no leader election, and nothing served (no insecure port, no secure port), so clusters
+/// side by side never share a port.
+fn controller_manager_args(kubeconfig: &Path) -> Vec<String> {
+    vec![
+        format!("--kubeconfig={}", kubeconfig.display()),
+        "--controllers=garbagecollector,namespace".into(),
+        "--use-service-account-credentials=false".into(),
+        "--leader-elect=false".into(),
+        "--port=0".into(),
+        "--secure-port=0".into(),
+        "--kube-api-qps=200".into(),
+        "--kube-api-burst=400".into(),
     ]
 }
 

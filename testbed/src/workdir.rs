@@ -66,6 +66,11 @@ impl Workdir {
         self.root.join("apiserver.log")
     }
 
+    /// kube-controller-manager's log file.
+    pub(crate) fn controller_manager_log(&self) -> PathBuf {
+        self.root.join("controller-manager.log")
+    }
+
     /// The kubeconfig file.
     pub(crate) fn kubeconfig(&self) -> PathBuf {
         self.root.join("kubeconfig")

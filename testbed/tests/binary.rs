@@ -58,7 +58,7 @@ struct Running {
     child: Child,
     stdout: Lines<BufReader<ChildStdout>>,
     kubeconfig: PathBuf,
-    /// etcd and kube-apiserver.
+    /// etcd, kube-apiserver and kube-controller-manager.
     children: Vec<u32>,
     cluster_dir: PathBuf,
 }
@@ -89,7 +89,14 @@ async fn start_binary(dir: &Path) -> Running {
     );
     let cluster_dir = cluster_dir(&kubeconfig);
     let children = pids_mentioning(&cluster_dir.to_string_lossy());
-    assert_eq!(children.len(), 2, "etcd and kube-apiserver: {children:?}");
+    // kube-controller-manager too when the assets have it (hack/envtest-assets.sh builds it).
+    let with_controller_manager = std::env::var_os("KUBEBUILDER_ASSETS")
+        .is_some_and(|dir| Path::new(&dir).join("kube-controller-manager").is_file());
+    assert_eq!(
+        children.len(),
+        2 + usize::from(with_controller_manager),
+        "etcd, kube-apiserver (and kube-controller-manager): {children:?}"
+    );
     Running {
         child,
         stdout,

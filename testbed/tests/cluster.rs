@@ -123,7 +123,8 @@ async fn cluster_serves_api_kubectl_helm_and_cleans_up() {
     assert!(log_dir.join("etcd.log").is_file());
     assert!(log_dir.join("apiserver.log").is_file());
 
-    let pids = [cluster.apiserver_pid(), cluster.etcd_pid()];
+    let mut pids = vec![cluster.apiserver_pid(), cluster.etcd_pid()];
+    pids.extend(cluster.controller_manager_pid());
     assert!(pids.iter().all(|&pid| pid_alive(pid)), "{pids:?}");
     drop(client);
     drop(cluster);
@@ -235,4 +236,78 @@ async fn apiserver_stops_and_starts_again_on_the_same_port_with_its_data() {
     drop(client);
     drop(cluster);
     assert!(!pid_alive(second_pid) && !pid_alive(etcd_pid));
+}
+
+/// With kube-controller-manager in the assets (as `hack/envtest-assets.sh` builds them), owner
+/// references and namespace deletion work as in a real cluster.
+#[tokio::test]
+async fn the_garbage_collector_and_the_namespace_controller_run() {
+    let cluster = timed_start("controllers").await;
+    if !cluster.has_controller_manager() {
+        eprintln!("no kube-controller-manager in the assets: skipped");
+        return;
+    }
+    assert!(cluster.log_dir().join("controller-manager.log").is_file());
+    let client = cluster.client().await.unwrap();
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some("gc".into()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), "gc");
+    let owner = config_maps
+        .create(&PostParams::default(), &config_map("owner"))
+        .await
+        .unwrap();
+    let mut child = config_map("child");
+    child.metadata.owner_references = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            name: "owner".into(),
+            uid: owner.metadata.uid.clone().unwrap(),
+            controller: Some(true),
+            block_owner_deletion: None,
+        },
+    ]);
+    config_maps
+        .create(&PostParams::default(), &child)
+        .await
+        .unwrap();
+    config_maps
+        .delete("owner", &kube::api::DeleteParams::background())
+        .await
+        .unwrap();
+    wait_until("the garbage collector deletes the child", || async {
+        config_maps.get_opt("child").await.unwrap().is_none()
+    })
+    .await;
+    namespaces
+        .delete("gc", &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    wait_until(
+        "the namespace controller finishes the namespace",
+        || async { namespaces.get_opt("gc").await.unwrap().is_none() },
+    )
+    .await;
+}
+
+async fn wait_until<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

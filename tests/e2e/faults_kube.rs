@@ -34,6 +34,7 @@ fn command_id(scenario: u32, i: usize) -> String {
 
 fn spec_for(command_id: &str) -> CommandInvocationSpec {
     CommandInvocationSpec {
+        ttl_seconds_after_finished: None,
         command_id: command_id.to_string(),
         instance_id: INSTANCE_ID.into(),
         plugin_name: Some(PLUGIN.into()),

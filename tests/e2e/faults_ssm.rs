@@ -113,6 +113,7 @@ impl Case {
 
     fn spec(&self) -> CommandInvocationSpec {
         CommandInvocationSpec {
+            ttl_seconds_after_finished: None,
             command_id: self.command_id.into(),
             instance_id: INSTANCE_ID.into(),
             plugin_name: Some(PLUGIN.into()),

@@ -209,6 +209,7 @@ fn ms(n: u64) -> Duration {
 
 fn spec_for(command_id: &str) -> CommandInvocationSpec {
     CommandInvocationSpec {
+        ttl_seconds_after_finished: None,
         command_id: command_id.into(),
         ..spec(None)
     }

@@ -315,6 +315,7 @@ pub async fn kubectl_wait_on_ready_and_finished(cluster: Arc<TestCluster>) {
         .create(
             "fails",
             CommandInvocationSpec {
+                ttl_seconds_after_finished: None,
                 command_id: FAILING_COMMAND_ID.into(),
                 ..spec(None)
             },

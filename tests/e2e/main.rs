@@ -9,6 +9,7 @@
 mod chart;
 mod commands;
 mod conformance;
+mod expiry;
 mod faults_kube;
 mod faults_ssm;
 mod fencing;
@@ -106,6 +107,13 @@ fn all_scenarios() -> Vec<(&'static str, Scenario)> {
         kubectl_ssm::run_follows_to_the_exit_status_and_logs_show_the_output,
         kubectl_ssm::timeout_leaves_the_command_and_usage_errors_exit_2,
         kubectl_ssm::logs_full_reads_s3_and_cloudwatch,
+        expiry::an_invocation_expires_after_its_ttl_and_a_ttl_change_is_honoured,
+        expiry::a_command_deleted_by_its_ttl_loses_its_children_through_the_garbage_collector,
+        expiry::a_ttl_change_on_a_finished_command_sends_nothing_and_is_honoured,
+        expiry::a_gitops_tracked_command_is_not_deleted_without_the_opt_in,
+        expiry::deleting_a_namespace_cancels_its_running_commands_and_the_namespace_goes,
+        expiry::with_the_operator_stopped_a_namespace_waits_on_the_finalizer,
+        expiry::an_expired_object_is_deleted_only_by_its_uid,
     ]
 }
 

@@ -151,6 +151,7 @@ pub async fn a_two_step_document_is_mirrored_per_node_as_a_whole(cluster: Arc<Te
             instance_id: NODES[2].into(),
             plugin_name: Some("downloadContent".into()),
             region: None,
+            ttl_seconds_after_finished: None,
         },
     );
     world

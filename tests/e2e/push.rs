@@ -67,6 +67,7 @@ impl Case {
 
     fn spec(&self) -> CommandInvocationSpec {
         CommandInvocationSpec {
+            ttl_seconds_after_finished: None,
             command_id: self.command_id.clone(),
             instance_id: self.instance_id.clone(),
             plugin_name: None,

@@ -172,6 +172,7 @@ fn running(command_id: &str, ends: Duration) -> Command {
 
 fn spec_for(command_id: &str) -> CommandInvocationSpec {
     CommandInvocationSpec {
+        ttl_seconds_after_finished: None,
         command_id: command_id.into(),
         ..spec(None)
     }

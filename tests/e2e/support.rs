@@ -213,6 +213,7 @@ pub fn ssm_status(obj: &CommandInvocation) -> Option<&str> {
 /// A spec for the default command and instance.
 pub fn spec(plugin: Option<&str>) -> CommandInvocationSpec {
     CommandInvocationSpec {
+        ttl_seconds_after_finished: None,
         command_id: COMMAND_ID.into(),
         instance_id: INSTANCE_ID.into(),
         plugin_name: plugin.map(str::to_string),

@@ -115,10 +115,15 @@ sendCommands on: create/delete the child CommandInvocations.
 - apiGroups: ["ssm.operator.dev"]
   resources: ["commands/finalizers"]
   verbs: ["update"]
+# Finished resources whose TTL ran out (spec.ttlSecondsAfterFinished,
+# config.ttlAfterFinished) are deleted by the operator, with a uid precondition.
+- apiGroups: ["ssm.operator.dev"]
+  resources: ["commandinvocations", "commands"]
+  verbs: ["delete"]
 {{- if .Values.sendCommands.enabled }}
 - apiGroups: ["ssm.operator.dev"]
   resources: ["commandinvocations"]
-  verbs: ["create", "delete"]
+  verbs: ["create"]
 {{- end }}
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
