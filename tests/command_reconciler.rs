@@ -170,6 +170,17 @@ async fn fixture_with(
     (Arc::new(ctx), sim, ApiServer(handle))
 }
 
+/// Generation 1's intent, recorded now (its first attempt).
+fn first_intent() -> SendRecord {
+    SendRecord {
+        generation: 1,
+        marker: marker(UID, 1),
+        time: Time(Timestamp::now()),
+        attempt: 1,
+        spec_hash: None,
+    }
+}
+
 fn command(status: Option<CommandStatus>) -> Command {
     let mut c = Command::new(
         "patch",
@@ -279,13 +290,7 @@ async fn a_fenced_replica_on_a_new_generation_cancels_deletes_and_sends_nothing(
         observed_generation: Some(1),
         command_id: Some("5e3f1a2b-7c4d-4e8f-9a0b-1c2d3e4f5a6b".into()),
         status: Some("InProgress".into()),
-        send: Some(SendRecord {
-            spec_hash: None,
-            generation: 1,
-            marker: marker(UID, 1),
-            time: Time(Timestamp::now()),
-            attempt: 1,
-        }),
+        send: Some(first_intent()),
         ..CommandStatus::default()
     };
     let mut object = command(Some(running));
@@ -311,13 +316,7 @@ async fn an_intent_found_in_ssm_is_adopted_not_sent_again() {
     let made = sent_by_an_earlier_process(&sim, &[NODE]).await;
     let intent = CommandStatus {
         observed_generation: Some(1),
-        send: Some(SendRecord {
-            spec_hash: None,
-            generation: 1,
-            marker: marker(UID, 1),
-            time: Time(Timestamp::now()),
-            attempt: 1,
-        }),
+        send: Some(first_intent()),
         ..CommandStatus::default()
     };
     let mut object = command(Some(intent));
@@ -652,13 +651,7 @@ async fn a_child_the_api_server_refuses_is_reported_and_the_status_still_follows
     let mut object = command(Some(CommandStatus {
         observed_generation: Some(1),
         command_id: Some(command_id),
-        send: Some(SendRecord {
-            generation: 1,
-            marker: marker(UID, 1),
-            time: Time(Timestamp::now()),
-            attempt: 1,
-            spec_hash: None,
-        }),
+        send: Some(first_intent()),
         ..CommandStatus::default()
     }));
     object.spec.instance_ids = Some(nodes.iter().map(|n| n.to_string()).collect());
@@ -731,13 +724,7 @@ async fn a_new_generation_waits_for_the_earlier_runs_cancel_and_says_so() {
         observed_generation: Some(1),
         command_id: Some(first.clone()),
         status: Some("InProgress".into()),
-        send: Some(SendRecord {
-            generation: 1,
-            marker: marker(UID, 1),
-            time: Time(Timestamp::now()),
-            attempt: 1,
-            spec_hash: None,
-        }),
+        send: Some(first_intent()),
         ..CommandStatus::default()
     }));
     object.metadata.generation = Some(2);
