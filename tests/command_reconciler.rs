@@ -586,15 +586,19 @@ async fn sent_by_an_earlier_process(sim: &Simulator, nodes: &[&str]) -> String {
         .to_string()
 }
 
-/// Answers the API calls of a tracking reconcile until its status write: children listed
-/// (none), child creates (422 for `refused`, 201 otherwise), Events and the status apply.
-/// Returns the child creates by node, the Event reasons and the status written.
-async fn answer_tracking(
+/// Answers a reconcile's API calls until it has made `writes` status writes: children listed
+/// (none), child creates (422 for `refused`, 201 otherwise), Events, and status applies, each
+/// stored at the next resourceVersion. Returns the child creates by node, the Event reasons
+/// and the last status written.
+async fn answer_writes(
     mut api: ApiServer,
     stored: Command,
-    refused: &'static str,
+    writes: usize,
+    refused: Option<&'static str>,
 ) -> (Vec<String>, Vec<String>, Value, ApiServer) {
     let (mut creates, mut events) = (Vec::new(), Vec::new());
+    let mut version = stored.resource_version().unwrap_or_default();
+    let mut written = 0;
     loop {
         let (request, send) = api.next().await;
         let method = request.method().clone();
@@ -610,7 +614,7 @@ async fn answer_tracking(
                 .unwrap_or_default()
                 .to_string();
             creates.push(node.clone());
-            if node == refused {
+            if Some(node.as_str()) == refused {
                 send.send_response(json_response(
                     422,
                     &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
@@ -624,12 +628,16 @@ async fn answer_tracking(
             events.push(body["reason"].as_str().unwrap_or_default().to_string());
             send.send_response(json_response(201, &body));
         } else if method == Method::PATCH && path == format!("{PATH}/status") {
+            version.push('1');
             let mut object = serde_json::to_value(&stored).unwrap();
             object["status"] = body["status"].clone();
-            object["metadata"]["resourceVersion"] = json!("9");
+            object["metadata"]["resourceVersion"] = json!(version);
             send.send_response(json_response(200, &object));
-            creates.sort();
-            return (creates, events, body, api);
+            written += 1;
+            if written == writes {
+                creates.sort();
+                return (creates, events, body, api);
+            }
         } else {
             panic!("unexpected {method} {path}");
         }
@@ -656,7 +664,7 @@ async fn a_child_the_api_server_refuses_is_reported_and_the_status_still_follows
     }));
     object.spec.instance_ids = Some(nodes.iter().map(|n| n.to_string()).collect());
     object.metadata.finalizers = Some(vec![FINALIZER.into()]);
-    let verifier = tokio::spawn(answer_tracking(api, object.clone(), nodes[1]));
+    let verifier = tokio::spawn(answer_writes(api, object.clone(), 1, Some(nodes[1])));
     let result = run(&ctx, &object).await;
     let (creates, events, written, api) = verifier.await.unwrap();
     assert!(result.is_ok(), "the reconcile goes on: {result:?}");
@@ -674,41 +682,6 @@ async fn a_child_the_api_server_refuses_is_reported_and_the_status_still_follows
     });
     run(&ctx, &tracked).await.unwrap();
     verifier.await.unwrap();
-}
-
-/// Answers a reconcile's API calls (children listed: none; Events; status applies, each
-/// stored at the next resourceVersion) until it has made `writes` status writes. Returns the
-/// Event reasons and the last status written.
-async fn answer_writes(mut api: ApiServer, stored: Command, writes: usize) -> (Vec<String>, Value) {
-    let mut events = Vec::new();
-    let mut version = stored.resource_version().unwrap_or_default();
-    let mut written = 0;
-    loop {
-        let (request, send) = api.next().await;
-        let method = request.method().clone();
-        let path = request.uri().path().to_string();
-        if method == Method::GET && path.ends_with("/commandinvocations") {
-            send.send_response(no_children());
-            continue;
-        }
-        let body = ApiServer::body(request).await;
-        if method == Method::POST && path.ends_with("/events") {
-            events.push(body["reason"].as_str().unwrap_or_default().to_string());
-            send.send_response(json_response(201, &body));
-        } else if method == Method::PATCH && path == format!("{PATH}/status") {
-            version.push('1');
-            let mut object = serde_json::to_value(&stored).unwrap();
-            object["status"] = body["status"].clone();
-            object["metadata"]["resourceVersion"] = json!(version);
-            send.send_response(json_response(200, &object));
-            written += 1;
-            if written == writes {
-                return (events, body);
-            }
-        } else {
-            panic!("unexpected {method} {path}");
-        }
-    }
 }
 
 #[tokio::test]
@@ -744,9 +717,9 @@ async fn a_new_generation_waits_for_the_earlier_runs_cancel_and_says_so() {
     assert_eq!(sim.calls("SendCommand"), 1, "generation 2 not sent yet");
 
     // The retry: the cancel goes through, an Event says so, then the intent and the send.
-    let verifier = tokio::spawn(answer_writes(api, object.clone(), 2));
+    let verifier = tokio::spawn(answer_writes(api, object.clone(), 2, None));
     run(&ctx, &object).await.unwrap();
-    let (events, adopted) = verifier.await.unwrap();
+    let (_, events, adopted, _) = verifier.await.unwrap();
     assert!(
         events.contains(&"EarlierRunCancelled".to_string()),
         "{events:?}"

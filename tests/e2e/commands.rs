@@ -89,19 +89,6 @@ async fn children(world: &World, name: &str) -> Vec<CommandInvocation> {
     list
 }
 
-fn sending_operator(world: &World, sim: &Simulator, extra: &[&str]) -> Operator {
-    let mut args = vec!["--send-commands".to_string()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Operator::start(
-        world,
-        &OperatorOptions {
-            ssm_endpoint: sim.endpoint(),
-            args,
-            ..OperatorOptions::default()
-        },
-    )
-}
-
 /// Events on the Command, by reason, oldest first.
 async fn command_events(world: &World, name: &str) -> Vec<String> {
     world.event_reasons(name).await
@@ -111,7 +98,7 @@ pub async fn send_children_and_success_with_counts(cluster: Arc<TestCluster>) {
     let world = World::new(cluster, "cmd-send").await;
     let sim = Simulator::start().await.expect("simulator");
     sim.set_send_default([Plugin::succeeding("", Duration::from_millis(800)).stdout("patched\n")]);
-    let operator = sending_operator(&world, &sim, &[]);
+    let operator = Operator::sending(&world, &sim.endpoint(), &[]);
     create(&world, "patch", spec(&NODES, "nightly patch")).await;
 
     let done = wait_command_condition(&world, "patch", "Ready", "True").await;
@@ -220,7 +207,7 @@ pub async fn partial_failure_stalls_with_the_counts(cluster: Arc<TestCluster>) {
             .stderr("disk full\n"),
         ),
     );
-    let operator = sending_operator(&world, &sim, &[]);
+    let operator = Operator::sending(&world, &sim.endpoint(), &[]);
     create(&world, "partial", spec(&NODES, "")).await;
 
     let stalled = wait_command_condition(&world, "partial", "Stalled", "True").await;
@@ -270,7 +257,7 @@ pub async fn targets_resolve_over_time(cluster: Arc<TestCluster>) {
             (NODES[2], Duration::from_secs(4)),
         ],
     );
-    let operator = sending_operator(&world, &sim, &[]);
+    let operator = Operator::sending(&world, &sim.endpoint(), &[]);
     let mut by_tag = spec(&[], "by tag");
     by_tag.instance_ids = None;
     by_tag.targets = Some(vec![Target {
@@ -326,7 +313,7 @@ pub async fn operator_killed_after_ssm_accepted_sends_nothing_twice(cluster: Arc
         delay: Duration::from_secs(120),
     });
     create(&world, "crash", spec(&NODES[..2], "crash test")).await;
-    let operator = sending_operator(&world, &sim, &[]);
+    let operator = Operator::sending(&world, &sim.endpoint(), &[]);
     poll_until("SSM to accept the send", || {
         let sim = &sim;
         async move { (!sim.sent().is_empty()).then_some(()) }
@@ -342,7 +329,7 @@ pub async fn operator_killed_after_ssm_accepted_sends_nothing_twice(cluster: Arc
     assert!(s.command_id.is_none(), "the reply never arrived: {s:#?}");
     let crash_marker = marker(&between);
 
-    let operator = sending_operator(&world, &sim, &[]);
+    let operator = Operator::sending(&world, &sim.endpoint(), &[]);
     let done = wait_command_condition(&world, "crash", "Ready", "True").await;
     assert_eq!(
         sim.sent_with(&crash_marker),
@@ -375,9 +362,9 @@ pub async fn refusals_stall_without_a_second_send(cluster: Arc<TestCluster>) {
     let world = World::new(cluster, "cmd-refused").await;
     let sim = Simulator::start().await.expect("simulator");
     sim.set_send_default([Plugin::succeeding("", Duration::from_millis(300))]);
-    let operator = sending_operator(
+    let operator = Operator::sending(
         &world,
-        &sim,
+        &sim.endpoint(),
         &["--allowed-documents", "AWS-RunShellScript,Team-*"],
     );
 
@@ -457,7 +444,7 @@ pub async fn delete_while_running_cancels_the_run(cluster: Arc<TestCluster>) {
     let world = World::new(cluster, "cmd-delete").await;
     let sim = Simulator::start().await.expect("simulator");
     sim.set_send_default([Plugin::succeeding("", Duration::from_secs(120))]);
-    let operator = sending_operator(&world, &sim, &[]);
+    let operator = Operator::sending(&world, &sim.endpoint(), &[]);
     create(&world, "long", spec(&NODES[..2], "")).await;
     let running = wait_command(&world, "long", "a command id", |c| {
         c.status.as_ref().is_some_and(|s| s.command_id.is_some())
@@ -493,7 +480,7 @@ pub async fn spec_change_runs_again_exactly_once(cluster: Arc<TestCluster>) {
     let world = World::new(cluster, "cmd-rerun").await;
     let sim = Simulator::start().await.expect("simulator");
     sim.set_send_default([Plugin::succeeding("", Duration::from_millis(300))]);
-    let operator = sending_operator(&world, &sim, &[]);
+    let operator = Operator::sending(&world, &sim.endpoint(), &[]);
     create(&world, "rerun", spec(&NODES[..2], "first")).await;
     let first = wait_command_condition(&world, "rerun", "Ready", "True").await;
     let first_id = first.status.and_then(|s| s.command_id).expect("first id");

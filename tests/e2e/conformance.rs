@@ -175,14 +175,7 @@ pub async fn moto_sends_a_command(cluster: Arc<TestCluster>) {
     );
 
     let world = World::new(cluster, "moto-send").await;
-    let operator = Operator::start(
-        &world,
-        &OperatorOptions {
-            ssm_endpoint: moto.endpoint.clone(),
-            args: vec!["--send-commands".into()],
-            ..OperatorOptions::default()
-        },
-    );
+    let operator = Operator::sending(&world, &moto.endpoint, &[]);
     let commands: Api<SsmCommand> = world.api_of();
     let spec = CommandSpec {
         document_name: "AWS-RunShellScript".into(),

@@ -27,7 +27,7 @@ use ssm_operator::tracking::schedule::PollIntervals;
 use ssm_sim::{Plugin, Simulator};
 use testbed::TestCluster;
 
-use crate::support::{poll_until, Operator, OperatorOptions, World};
+use crate::support::{poll_until, Operator, World};
 
 const NODE: &str = "i-0fe0ce0fe0ce0fe01";
 const NAME: &str = "fenced";
@@ -67,14 +67,7 @@ pub async fn a_fenced_replica_on_a_new_generation_changes_nothing(cluster: Arc<T
     let sim = Simulator::start().await.expect("simulator");
     // Generation 1 runs for a minute: still running when generation 2 arrives.
     sim.set_send_default([Plugin::succeeding("", Duration::from_secs(60))]);
-    let operator = Operator::start(
-        &world,
-        &OperatorOptions {
-            ssm_endpoint: sim.endpoint(),
-            args: vec!["--send-commands".into()],
-            ..OperatorOptions::default()
-        },
-    );
+    let operator = Operator::sending(&world, &sim.endpoint(), &[]);
     let commands: Api<Command> = world.api_of();
     let spec = CommandSpec {
         document_name: "AWS-RunShellScript".into(),

@@ -434,17 +434,6 @@ async fn wait_command(world: &World, what: &str, done: impl Fn(&SsmCommand) -> b
     world.wait_on(COMMAND, what, done).await
 }
 
-fn sending_operator_for(world: &World, sim: &Simulator) -> Operator {
-    Operator::start(
-        world,
-        &OperatorOptions {
-            ssm_endpoint: sim.endpoint(),
-            args: vec!["--send-commands".into()],
-            ..OperatorOptions::default()
-        },
-    )
-}
-
 /// `helm install --wait` of a chart holding a Command: still waiting while no operator runs
 /// (the CRD's "not observed" default), exit 0 only after the run succeeded on every node.
 pub async fn helm_wait_gates_on_a_command_that_succeeds(cluster: Arc<TestCluster>) {
@@ -465,7 +454,7 @@ pub async fn helm_wait_gates_on_a_command_that_succeeds(cluster: Arc<TestCluster
     let sim = Simulator::start().await.expect("simulator");
     // Long enough that helm, were it not gated, would return while the run is in progress.
     sim.set_send_default([Plugin::succeeding("", ms(3000)).stdout("migrated\n")]);
-    let operator = sending_operator_for(&world, &sim);
+    let operator = Operator::sending(&world, &sim.endpoint(), &[]);
 
     let (out, returned) = helm_result(helm).await;
     // Read the Command the moment helm returned: the gate must have waited for Success.
@@ -511,7 +500,7 @@ pub async fn helm_wait_fails_when_a_command_fails(cluster: Arc<TestCluster>) {
         Invocation::new(COMMAND_NODES[1])
             .plugin(Plugin::failing_at("", ms(500), ms(2000), 2).stderr("migration failed\n")),
     );
-    let operator = sending_operator_for(&world, &sim);
+    let operator = Operator::sending(&world, &sim.endpoint(), &[]);
     let chart = write_command_chart(&world);
     // A Failed object is never Current: helm stops on kstatus Failed (Helm 4.1), or at the
     // latest at this timeout.

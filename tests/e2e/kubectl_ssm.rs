@@ -20,7 +20,7 @@ use testbed::TestCluster;
 use tokio::io::AsyncBufReadExt;
 
 use crate::conformance::Moto;
-use crate::support::{spec, Operator, OperatorOptions, World};
+use crate::support::{spec, Operator, World};
 
 const NODES: [&str; 3] = [
     "i-0bbbbbbbbbbbbbbb1",
@@ -87,17 +87,6 @@ fn explain(out: &Output) -> String {
     )
 }
 
-fn sending_operator(world: &World, sim: &Simulator) -> Operator {
-    Operator::start(
-        world,
-        &OperatorOptions {
-            ssm_endpoint: sim.endpoint(),
-            args: vec!["--send-commands".into()],
-            ..OperatorOptions::default()
-        },
-    )
-}
-
 pub async fn run_follows_to_the_exit_status_and_logs_show_the_output(cluster: Arc<TestCluster>) {
     let world = World::new(cluster, "kssm-run").await;
     let sim = Simulator::start().await.expect("simulator");
@@ -116,7 +105,7 @@ pub async fn run_follows_to_the_exit_status_and_logs_show_the_output(cluster: Ar
             .stderr("disk full\n"),
         ),
     );
-    let operator = sending_operator(&world, &sim);
+    let operator = Operator::sending(&world, &sim.endpoint(), &[]);
 
     // 1. Success on two nodes: exit 0, one plain line per change (no terminal), the result.
     let ok_nodes = format!("{},{}", NODES[0], NODES[2]);

@@ -13,7 +13,7 @@ use ssm_operator::api::{Command, CommandInvocation, CommandInvocationSpec, Comma
 use ssm_sim::{Invocation, Plugin, Simulator};
 use testbed::TestCluster;
 
-use crate::support::{get_json, Operator, OperatorOptions, World};
+use crate::support::{get_json, Operator, World};
 
 const DOCUMENT: &str = "AWS-RunRemoteScript";
 const NODES: [&str; 3] = [
@@ -46,14 +46,7 @@ pub async fn a_two_step_document_is_mirrored_per_node_as_a_whole(cluster: Arc<Te
                 .stderr("boom\n"),
         ),
     );
-    let operator = Operator::start(
-        &world,
-        &OperatorOptions {
-            ssm_endpoint: sim.endpoint(),
-            args: vec!["--send-commands".into()],
-            ..OperatorOptions::default()
-        },
-    );
+    let operator = Operator::sending(&world, &sim.endpoint(), &[]);
     let spec = CommandSpec {
         document_name: DOCUMENT.into(),
         parameters: Some([("commandLine".to_string(), vec!["./deploy.sh".to_string()])].into()),

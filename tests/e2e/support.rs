@@ -254,6 +254,22 @@ impl Operator {
         Operator::start_polling(world, options, "100ms", "1s")
     }
 
+    /// [`Operator::start`] with `--send-commands` (and `extra` flags), against `ssm_endpoint`.
+    pub fn sending(world: &World, ssm_endpoint: &str, extra: &[&str]) -> Operator {
+        let args = std::iter::once("--send-commands")
+            .chain(extra.iter().copied())
+            .map(str::to_string)
+            .collect();
+        Operator::start(
+            world,
+            &OperatorOptions {
+                ssm_endpoint: ssm_endpoint.to_string(),
+                args,
+                ..OperatorOptions::default()
+            },
+        )
+    }
+
     /// Sends SIGTERM and asserts a clean exit (code 0) within the deadline.
     pub async fn stop(mut self) {
         let mut child = self.child.take().expect("running");
