@@ -180,6 +180,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// How soon a reconcile that failed with this error is tried again, when that does not
+    /// depend on how often it failed (else the reconcilers' growing backoff applies).
+    pub fn fixed_retry(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::NamespaceNotSeen(_) => Some(crate::aws::roles::NAMESPACE_WAIT),
+            _ => None,
+        }
+    }
+
     /// A short label for the `ssm_operator_reconcile_errors_total` metric.
     pub fn metric_label(&self) -> &'static str {
         match self {

@@ -22,7 +22,6 @@ use kube::ResourceExt;
 use tracing::{debug, info, instrument, warn};
 
 use crate::api::{Command, SendRecord};
-use crate::aws::roles::NAMESPACE_WAIT;
 use crate::aws::ssm::{is_terminal, Recovery};
 use crate::command::context::{attempt_of, Context};
 use crate::command::expiry;
@@ -80,8 +79,8 @@ fn gone_from_the_api(result: &Result<Action, Error>) -> bool {
 pub fn error_policy(object: Arc<Command>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_failed(error.metric_label());
     warn!(name = %object.name_any(), %error, "Command reconcile failed; retrying");
-    if matches!(error, Error::NamespaceNotSeen(_)) {
-        return Action::requeue(NAMESPACE_WAIT);
+    if let Some(wait) = error.fixed_retry() {
+        return Action::requeue(wait);
     }
     // Only a Command still remembered counts its failures: a deleted one must not come back.
     let failures = ctx

@@ -140,8 +140,8 @@ pub(super) async fn retire_previous_run(
     match live_runs(object, ctx, status).await {
         Ok(LiveRuns::Known(runs)) => {
             let done = ctx.memo(&uid, |m| m.cancelled.clone());
+            let scope = ctx.scope(object)?;
             for old in runs.into_iter().filter(|id| !done.contains(id)) {
-                let scope = ctx.scope(object)?;
                 let note = match ctx.writer.cancel_command(&ctx.ssm, &scope, &old).await {
                     Ok(()) => {
                         info!(command_id = %old, "earlier run cancelled for the new generation");

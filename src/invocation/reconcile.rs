@@ -253,8 +253,8 @@ fn waited(
 pub fn error_policy(object: Arc<CommandInvocation>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_failed(error.metric_label());
     tracing::warn!(name = %object.name_any(), %error, "reconcile failed; retrying");
-    if matches!(error, Error::NamespaceNotSeen(_)) {
-        return Action::requeue(crate::aws::roles::NAMESPACE_WAIT);
+    if let Some(wait) = error.fixed_retry() {
+        return Action::requeue(wait);
     }
     let failures = ctx.tracker.write_failed(&object.uid().unwrap_or_default());
     Action::requeue(backoff(
