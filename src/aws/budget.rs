@@ -3,10 +3,7 @@
 //! `ThrottlingException` it halves its rate (multiplicative decrease, never below
 //! [`MIN_RATE`]); each second without one it climbs back by [`RECOVERY_PER_SECOND`] of the
 //! configured rate (additive increase), so the whole fleet backs off together instead of every
-//! resource retrying on its own. As TCP does, the rate is cut at most once per round trip: a
-//! throttle of a call that left before the latest cut was part of the same congestion (the
-//! calls in flight then are answered throttled together) and cuts nothing more; without this,
-//! eight throttled replies at once took 100 calls/s under 1/s, ~50 s to climb back.
+//! resource retrying on its own.
 //!
 //! Calls are served in the order they ask: each reserves the next token at once (the bucket
 //! may go into debt) and waits until it is due, so no caller is passed over while others win
@@ -32,8 +29,6 @@ pub struct Bucket {
     updated: Instant,
     /// Throttles so far: a reservation made before the latest one is void.
     throttles: u64,
-    /// When the rate was last cut: calls that left before then cut nothing more.
-    last_cut: Option<Instant>,
 }
 
 impl Bucket {
@@ -46,7 +41,6 @@ impl Bucket {
             tokens: max_rate,
             updated: now,
             throttles: 0,
-            last_cut: None,
         }
     }
 
@@ -80,19 +74,13 @@ impl Bucket {
         self.throttles
     }
 
-    /// SSM throttled a call that left at `sent`: unless the rate was cut since it left (the
-    /// same congestion), halve the rate, drop the saved burst and void every reservation
-    /// (their callers reserve again, at the new rate). Returns whether it cut.
-    pub fn throttled(&mut self, now: Instant, sent: Instant) -> bool {
-        if self.last_cut.is_some_and(|cut| sent < cut) {
-            return false;
-        }
+    /// SSM throttled a call: halve the rate, drop the saved burst and void every reservation
+    /// (their callers reserve again, at the new rate).
+    pub fn throttled(&mut self, now: Instant) {
         self.refill(now);
         self.rate = (self.rate / 2.0).max(MIN_RATE);
         self.tokens = 0.0;
         self.throttles = self.throttles.wrapping_add(1);
-        self.last_cut = Some(now);
-        true
     }
 }
 
@@ -111,30 +99,30 @@ impl Budget {
     }
 
     /// Waits until a call may be made (first come, first served; again at the new rate if
-    /// SSM throttled meanwhile). Returns when the call was let go, for [`Budget::throttled`].
-    pub async fn acquire(&self) -> Instant {
+    /// SSM throttled meanwhile).
+    pub async fn acquire(&self) {
         loop {
             let (wait, throttles) = {
                 let mut bucket = self.bucket.lock().unwrap_or_else(PoisonError::into_inner);
                 (bucket.reserve(Instant::now()), bucket.throttles())
             };
             if wait.is_zero() {
-                return Instant::now();
+                return;
             }
             tokio::time::sleep(wait).await;
             let bucket = self.bucket.lock().unwrap_or_else(PoisonError::into_inner);
             if bucket.throttles() == throttles {
-                return Instant::now();
+                return;
             }
         }
     }
 
-    /// Reports that SSM throttled the call let go at `sent` (see [`Bucket::throttled`]).
-    pub fn throttled(&self, sent: Instant) {
+    /// Reports a throttled call.
+    pub fn throttled(&self) {
         self.bucket
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .throttled(Instant::now(), sent);
+            .throttled(Instant::now());
     }
 
     /// The rate currently allowed, in requests per second.
@@ -175,12 +163,10 @@ mod tests {
     fn throttling_halves_the_rate_down_to_the_floor() {
         let t0 = Instant::now();
         let mut bucket = Bucket::new(40.0, t0);
-        assert!(bucket.throttled(t0, t0));
+        bucket.throttled(t0);
         assert_eq!(bucket.rate(), 20.0);
-        // Each call that left after the previous cut, throttled in turn, halves again.
-        for n in 1..=20 {
-            let t = t0 + Duration::from_nanos(n);
-            assert!(bucket.throttled(t, t));
+        for _ in 0..20 {
+            bucket.throttled(t0);
         }
         assert_eq!(bucket.rate(), MIN_RATE);
         assert!(!bucket.reserve(t0).is_zero(), "the saved burst is dropped");
@@ -190,7 +176,7 @@ mod tests {
     fn the_rate_recovers_additively_to_the_configured_maximum() {
         let t0 = Instant::now();
         let mut bucket = Bucket::new(50.0, t0);
-        bucket.throttled(t0, t0);
+        bucket.throttled(t0);
         assert_eq!(bucket.rate(), 25.0);
         bucket.refill(t0 + Duration::from_secs(10));
         assert!((bucket.rate() - 35.0).abs() < 1e-9, "{}", bucket.rate());
@@ -217,7 +203,7 @@ mod tests {
             bucket.reserve(t0);
         }
         let before = bucket.throttles();
-        bucket.throttled(t0, t0);
+        bucket.throttled(t0);
         assert_ne!(
             bucket.throttles(),
             before,
@@ -239,32 +225,13 @@ mod tests {
         // Its slot is 100 ms away; SSM throttles another call 50 ms in.
         assert!(futures::poll!(waiting.as_mut()).is_pending());
         tokio::time::sleep(Duration::from_millis(50)).await;
-        budget.throttled(Instant::now());
+        budget.throttled();
         waiting.await;
         let waited = start.elapsed();
         assert!(
             waited >= Duration::from_millis(250),
             "reserved again at 5/s after the throttle, not at 10/s: {waited:?}"
         );
-    }
-
-    #[test]
-    fn a_burst_of_throttles_from_calls_in_flight_together_cuts_once() {
-        // Eight calls leave together and SSM answers all of them throttled: one congestion,
-        // one halving (it used to be eight: 100/s down to 0.5/s).
-        let t0 = Instant::now();
-        let mut bucket = Bucket::new(100.0, t0);
-        let sent = t0 + Duration::from_millis(10);
-        let answered = t0 + Duration::from_millis(60);
-        let cuts = (0..8)
-            .filter(|n| bucket.throttled(answered + Duration::from_millis(*n), sent))
-            .count();
-        assert_eq!(cuts, 1);
-        assert!((bucket.rate() - 50.0).abs() < 0.1, "{}", bucket.rate());
-        // A call that left after that cut and is throttled too: congestion again, cut again.
-        let later = answered + Duration::from_millis(20);
-        assert!(bucket.throttled(later + Duration::from_millis(50), later));
-        assert!((bucket.rate() - 25.0).abs() < 0.1, "{}", bucket.rate());
     }
 
     #[test]

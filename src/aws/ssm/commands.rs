@@ -124,7 +124,7 @@ impl Ssm {
             .config_override(
                 aws_sdk_ssm::config::Builder::new().retry_config(RetryConfig::disabled()),
             );
-        let sent = self.budget.acquire().await;
+        self.budget.acquire().await;
         if Timestamp::now() > not_after {
             return SendResult::NotCreated {
                 message: "the send waited too long for the SSM budget and was not made".into(),
@@ -148,11 +148,7 @@ impl Ssm {
             Err(error) => send_failure(error, with_role),
         };
         // Only SSM's own throttling slows the budget (never STS's, nor an expired session).
-        self.finished(
-            "SendCommand",
-            outcome,
-            (outcome == THROTTLED).then_some(sent),
-        );
+        self.finished("SendCommand", outcome, outcome == THROTTLED);
         result
     }
 

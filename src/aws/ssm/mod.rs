@@ -337,7 +337,7 @@ impl Ssm {
     where
         F: std::future::Future<Output = Result<T, SsmError>>,
     {
-        let sent = self.budget.acquire().await;
+        self.budget.acquire().await;
         let result = Box::pin(make()).await;
         let outcome = match &result {
             Ok(_) => "success",
@@ -346,16 +346,15 @@ impl Ssm {
         self.finished(
             operation,
             outcome,
-            matches!(result, Err(SsmError::Throttled(_))).then_some(sent),
+            matches!(result, Err(SsmError::Throttled(_))),
         );
         result
     }
 
-    /// Counts a finished call by outcome; a throttled one (let go at the instant given) also
-    /// cuts the budget's rate.
-    fn finished(&self, operation: &'static str, outcome: &str, throttled: Option<Instant>) {
-        if let Some(sent) = throttled {
-            self.budget.throttled(sent);
+    /// Counts a finished call by outcome; a throttled one also cuts the budget's rate.
+    fn finished(&self, operation: &'static str, outcome: &str, throttled: bool) {
+        if throttled {
+            self.budget.throttled();
         }
         self.metrics.ssm_call(operation, outcome);
         self.metrics.set_ssm_rate(self.budget.rate());
