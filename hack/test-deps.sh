@@ -78,7 +78,10 @@ link_prometheus() {
   mkdir -p "$(dirname "${REPO_PROM}")"
   ln -sfn "$1" "${REPO_PROM}"
 }
-prom_dir="$(find "${PROM_CACHE}" -maxdepth 1 -type d -name 'prometheus-*' 2>/dev/null | sort -V | tail -n 1)"
+# (mkdir first: on a new machine the cache does not exist, and find's failure would end the
+# script here, silently, under pipefail.)
+mkdir -p "${PROM_CACHE}"
+prom_dir="$(find "${PROM_CACHE}" -maxdepth 1 -type d -name 'prometheus-*' | sort -V | tail -n 1)"
 if [[ -n "${prom_dir}" ]] && prom_ok "${prom_dir}"; then
   link_prometheus "${prom_dir}"
   msg "up to date: ${prom_dir} ($("${prom_dir}/bin/promtool" --version 2>&1 | head -n 1))"
