@@ -22,7 +22,7 @@
 //!    (`BENCH_DEADLINE` from the operator's start, default `10m`);
 //! 5. counts SSM calls for 5 s more (0 expected), then stops the operator (SIGTERM, exit 0).
 //!
-//! Variants (`BENCH_VARIANT`, default `all`, which runs all four in this order):
+//! Variants (`BENCH_VARIANT`, default `all`, which runs all of them in this order):
 //! - `plain`;
 //! - `throttled`: the simulator answers `ThrottlingException` above `BENCH_RATE_LIMIT`
 //!   requests per second over all operations (default 20; token bucket, burst = the rate);
@@ -30,7 +30,14 @@
 //!   timelines make (connected before the commands are added, since their events are
 //!   scheduled then), and the operator runs with `--sqs-queue-url` on it
 //!   (`AWS_ENDPOINT_URL_SQS`), otherwise defaults (backstop 30 s);
-//! - `push-lossy`: the same, with 20 % of the events dropped (dice seeded by `BENCH_SEED`).
+//! - `push-lossy`: the same, with 20 % of the events dropped (dice seeded by `BENCH_SEED`);
+//! - `arrival`, `arrival-push`, `arrival-push-lossy` (issue 19): resources arrive while the
+//!   fleet runs, as pipelines and `Command`s create them. Phase 2 is skipped; the timelines
+//!   start at the send (no lead) and 10 % fail; once the operator answers `/readyz` the N
+//!   resources are created in a seeded random order at an even pace over `BENCH_ARRIVAL_OVER`
+//!   (default `55s`, about 180/s for 10,000), so about half are created after their node
+//!   finished. Lag counts from the later of SSM's terminal state and the creation, and is also
+//!   printed apart for the two groups. Polling, push, and push with 20 % dropped, as above.
 //!
 //! Each variant gets a fresh API server, simulator(s) and operator.
 //!
@@ -98,6 +105,10 @@ const PLUGIN: &str = "aws:runShellScript";
 const CREATE_CONCURRENCY: usize = 64;
 /// Share of invocations that fail, in percent.
 const FAILED_PERCENT: f64 = 5.0;
+/// The same in the arrival variants (issue 19's workload).
+const ARRIVAL_FAILED_PERCENT: f64 = 10.0;
+/// The arrival variants wait this long at most for the operator's `/readyz` before creating.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// The comparison waiter's poll interval.
 const WAITER_INTERVAL: Duration = Duration::from_secs(5);
 /// Watched after all are Finished, for SSM calls that should not happen.
@@ -118,14 +129,23 @@ enum Variant {
     Throttled,
     Push,
     PushLossy,
+    /// Resources created while the fleet runs (the operator already running), polling.
+    Arrival,
+    /// The same, with push.
+    ArrivalPush,
+    /// The same, with push and 20 % of events dropped.
+    ArrivalPushLossy,
 }
 
 impl Variant {
-    const ALL: [Variant; 4] = [
+    const ALL: [Variant; 7] = [
         Variant::Plain,
         Variant::Throttled,
         Variant::Push,
         Variant::PushLossy,
+        Variant::Arrival,
+        Variant::ArrivalPush,
+        Variant::ArrivalPushLossy,
     ];
 
     fn name(self) -> &'static str {
@@ -134,20 +154,43 @@ impl Variant {
             Variant::Throttled => "throttled",
             Variant::Push => "push",
             Variant::PushLossy => "push-lossy",
+            Variant::Arrival => "arrival",
+            Variant::ArrivalPush => "arrival-push",
+            Variant::ArrivalPushLossy => "arrival-push-lossy",
         }
     }
 
     /// Whether the operator consumes the SQS simulator's events.
     fn push(self) -> bool {
-        matches!(self, Variant::Push | Variant::PushLossy)
+        matches!(
+            self,
+            Variant::Push | Variant::PushLossy | Variant::ArrivalPush | Variant::ArrivalPushLossy
+        )
     }
 
     /// The share of events the queue drops.
     fn drop_ratio(self) -> f64 {
-        if self == Variant::PushLossy {
+        if matches!(self, Variant::PushLossy | Variant::ArrivalPushLossy) {
             LOSSY_DROP_RATIO
         } else {
             0.0
+        }
+    }
+
+    /// Whether resources are created while the fleet runs instead of all first.
+    fn arrival(self) -> bool {
+        matches!(
+            self,
+            Variant::Arrival | Variant::ArrivalPush | Variant::ArrivalPushLossy
+        )
+    }
+
+    /// Share of invocations that fail, in percent.
+    fn failed_percent(self) -> f64 {
+        if self.arrival() {
+            ARRIVAL_FAILED_PERCENT
+        } else {
+            FAILED_PERCENT
         }
     }
 }
@@ -158,8 +201,12 @@ struct Config {
     commands: usize,
     instances: usize,
     spread: Duration,
-    /// `BENCH_LEAD`: how long every node stays Pending after the send.
+    /// `BENCH_LEAD`: how long every node stays Pending after the send (0 in the arrival
+    /// variants: their timelines start at the send).
     lead: Duration,
+    /// `BENCH_ARRIVAL_OVER`: the arrival variants create the N resources at an even pace over
+    /// this long, from the operator's readiness.
+    arrival_over: Duration,
     variants: Vec<Variant>,
     rate_limit: f64,
     deadline: Duration,
@@ -183,7 +230,8 @@ impl Config {
                 Some(variant) => vec![variant],
                 None => {
                     return Err(format!(
-                        "BENCH_VARIANT must be plain, throttled, push, push-lossy, all or churn, \
+                        "BENCH_VARIANT must be plain, throttled, push, push-lossy, arrival, \
+                         arrival-push, arrival-push-lossy, all or churn, \
                          got {other:?}"
                     ))
                 }
@@ -198,6 +246,7 @@ impl Config {
             instances: positive("BENCH_INSTANCES", 500)?,
             spread: duration("BENCH_SPREAD", "60s")?,
             lead: duration("BENCH_LEAD", "5s")?,
+            arrival_over: duration("BENCH_ARRIVAL_OVER", "55s")?,
             variants,
             rate_limit,
             deadline: duration("BENCH_DEADLINE", "10m")?,
@@ -232,6 +281,15 @@ impl Config {
 
     fn n(&self) -> usize {
         self.commands * self.instances
+    }
+
+    /// How long nodes stay Pending after the send in `variant`.
+    fn lead(&self, variant: Variant) -> Duration {
+        if variant.arrival() {
+            Duration::ZERO
+        } else {
+            self.lead
+        }
     }
 }
 
@@ -330,7 +388,7 @@ impl Timeline {
 }
 
 /// The timelines of all N invocations, index = command × instances + instance.
-fn timelines(config: &Config) -> Vec<Timeline> {
+fn timelines(config: &Config, variant: Variant) -> Vec<Timeline> {
     let mut rng = fastrand::Rng::with_seed(config.seed);
     let spread_ms = u64::try_from(config.spread.as_millis()).unwrap_or(u64::MAX);
     (0..config.n())
@@ -339,7 +397,7 @@ fn timelines(config: &Config) -> Vec<Timeline> {
             Timeline {
                 in_progress: Duration::from_millis(rng.u64(0..=terminal)),
                 terminal: Duration::from_millis(terminal),
-                failed: rng.f64() * 100.0 < FAILED_PERCENT,
+                failed: rng.f64() * 100.0 < variant.failed_percent(),
             }
         })
         .collect()
@@ -376,15 +434,15 @@ fn index_of(config: &Config, name: &str) -> Option<usize> {
 }
 
 /// The simulator's commands for these timelines.
-fn scripted_commands(config: &Config, timelines: &[Timeline]) -> Vec<Command> {
+fn scripted_commands(config: &Config, variant: Variant, timelines: &[Timeline]) -> Vec<Command> {
+    let lead = config.lead(variant);
     (0..config.commands)
         .map(|c| {
             let mut command = Command::new(command_id(c)).comment(format!("bench fleet #{c}"));
             for i in 0..config.instances {
                 let t = timelines[c * config.instances + i];
                 let instance = instance_id(i);
-                let (in_progress, terminal) =
-                    (config.lead + t.in_progress, config.lead + t.terminal);
+                let (in_progress, terminal) = (lead + t.in_progress, lead + t.terminal);
                 let plugin = if t.failed {
                     Plugin::failing_at(PLUGIN, in_progress, terminal, 1)
                         .stderr(format!("patch failed on {instance}: exit status 1\n"))
@@ -417,19 +475,34 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
     // 1. The API server and the SSM simulator.
     let testbed = start_testbed().await?;
     let etcd_before = lifecycle::etcd_in_use_compacted(&testbed.cluster).await;
-    let timelines = timelines(config);
-    // 2. All resources first, the operator not running yet.
-    create_invocations(config, &testbed.api).await?;
+    let timelines = timelines(config, variant);
+    // 2. All resources first, the operator not running yet (the arrival variants create
+    //    them in phase 4, while the fleet runs).
+    if !variant.arrival() {
+        create_invocations(config, &testbed.api).await?;
+    }
     // 3. The bench's watch, then the commands sent.
     let mut sent = watch_and_send(config, variant, &testbed, &timelines).await?;
-    // 4. The operator, right after the send, followed until every resource is Finished.
+    // 4. The operator, right after the send, followed until every resource is Finished; the
+    //    arrival variants create the resources meanwhile, from the operator's readiness on.
     let mut running = start_operator(config, variant, &testbed, &sent)?;
+    let arrivals = if variant.arrival() {
+        Some(start_arrivals(config, &testbed.api, &running).await?)
+    } else {
+        None
+    };
     let followed = follow_until_finished(config, &testbed.sim, &mut sent, &mut running).await;
+    let created = match arrivals {
+        Some(task) => task
+            .await
+            .map_err(|e| format!("the creating task failed: {e}"))??,
+        None => Vec::new(),
+    };
     // 5. The quiet window; the figures; then the operator stopped and the verdict.
     let end = quiet_window(&testbed.sim, &running, &followed).await;
     lifecycle::print_footprint(&testbed.cluster, etcd_before, Some(config.n())).await;
     let figures = print_figures(
-        config, variant, &timelines, &sent, &running, &followed, &end,
+        config, variant, &timelines, &created, &sent, &running, &followed, &end,
     );
     stop_and_conclude(config, testbed, sent, running, followed, figures).await
 }
@@ -439,27 +512,39 @@ fn announce(config: &Config, variant: Variant) {
     let n = config.n();
     println!();
     println!(
-        "== bench scale, variant {}: {} commands × {} instances = {n} CommandInvocations, \
-         nodes Pending for {:?} after the send, then terminal times over {:?}, \
+        "== bench scale, variant {}: {} commands × {} instances = {n} CommandInvocations{}, \
+         nodes Pending for {:?} after the send, then terminal times over {:?} ({} % failing), \
          operator default flags{}{}{}{} ==",
         variant.name(),
         config.commands,
         config.instances,
-        config.lead,
+        if variant.arrival() {
+            format!(
+                " created in a random order at an even pace over {:?} from the operator's \
+                 readiness, while the fleet runs",
+                config.arrival_over
+            )
+        } else {
+            " created before the operator starts".to_string()
+        },
+        config.lead(variant),
         config.spread,
+        variant.failed_percent(),
         if variant == Variant::Throttled {
             format!(", SSM throttles above {} requests/s", config.rate_limit)
         } else {
             String::new()
         },
         match variant {
-            Variant::Push => " + --sqs-queue-url (every SSM event published)".to_string(),
-            Variant::PushLossy => format!(
+            Variant::Push | Variant::ArrivalPush => {
+                " + --sqs-queue-url (every SSM event published)".to_string()
+            }
+            Variant::PushLossy | Variant::ArrivalPushLossy => format!(
                 " + --sqs-queue-url ({:.0} % of SSM events dropped, seed {})",
                 variant.drop_ratio() * 100.0,
                 config.seed
             ),
-            Variant::Plain | Variant::Throttled => String::new(),
+            Variant::Plain | Variant::Throttled | Variant::Arrival => String::new(),
         },
         if config.operator_args.is_empty() {
             String::new()
@@ -587,15 +672,72 @@ async fn watch_and_send(
     } else {
         None
     };
-    let commands = scripted_commands(config, timelines);
+    let commands = scripted_commands(config, variant, timelines);
     let at = sim.add_commands(commands);
     Ok(Sent {
         at,
-        t0: at + config.lead,
+        t0: at + config.lead(variant),
         sqs,
         finished: finished_rx,
         watch,
     })
+}
+
+/// The arrival variants' creating task: when each resource (index as in the timelines) was
+/// created, or what failed.
+type Arrivals = tokio::task::JoinHandle<Result<Vec<Option<Instant>>, String>>;
+
+/// Phase 4 of the arrival variants: waits for the operator's `/readyz`, then creates the N
+/// resources in a seeded random order at an even pace over `BENCH_ARRIVAL_OVER` (as pipelines
+/// and `Command`s create them while the fleet runs: some after their node finished).
+async fn start_arrivals(
+    config: &Config,
+    api: &Api<CommandInvocation>,
+    running: &Running,
+) -> Result<Arrivals, String> {
+    let ready_by = Instant::now() + READY_TIMEOUT;
+    while !running.operator.ready().await {
+        if Instant::now() >= ready_by {
+            return Err(format!(
+                "the operator was not ready within {READY_TIMEOUT:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let n = config.n();
+    let mut order: Vec<usize> = (0..n).collect();
+    fastrand::Rng::with_seed(config.seed ^ 0x5eed_a441).shuffle(&mut order);
+    let (api, config) = (api.clone(), config.clone());
+    let start = tokio::time::Instant::now();
+    Ok(tokio::spawn(async move {
+        let mut created = vec![None; n];
+        let mut creates = futures::stream::iter(order.into_iter().enumerate())
+            .map(|(slot, k)| {
+                let api = api.clone();
+                let at = start + config.arrival_over.mul_f64(slot as f64 / n as f64);
+                let name = name(&config, k);
+                let spec = CommandInvocationSpec {
+                    ttl_seconds_after_finished: None,
+                    command_id: command_id(k / config.instances),
+                    instance_id: instance_id(k % config.instances),
+                    plugin_name: None,
+                    region: None,
+                };
+                async move {
+                    tokio::time::sleep_until(at).await;
+                    api.create(&PostParams::default(), &CommandInvocation::new(&name, spec))
+                        .await
+                        .map(|_| (k, Instant::now()))
+                        .map_err(|e| format!("create {name}: {e}"))
+                }
+            })
+            .buffer_unordered(CREATE_CONCURRENCY);
+        while let Some(done) = creates.next().await {
+            let (k, at) = done?;
+            created[k] = Some(at);
+        }
+        Ok(created)
+    }))
 }
 
 /// The operator as phase 4 started it, and what its CPU figures count from.
@@ -826,21 +968,40 @@ struct Figures {
 
 /// The figures (the module doc's "Printed for each variant"), as rows in a fixed order; also
 /// makes the variant's summary line.
+#[allow(clippy::too_many_arguments)]
 fn print_figures(
     config: &Config,
     variant: Variant,
     timelines: &[Timeline],
+    created: &[Option<Instant>],
     sent: &Sent,
     running: &Running,
     followed: &Followed,
     end: &AtEnd,
 ) -> Figures {
     let n = config.n();
-    timing_figures(config, timelines, sent, followed);
+    let lead = config.lead(variant);
+    timing_figures(lead, timelines, sent, followed);
     ssm_figures(config, variant, running.started, followed, end);
     let operator_calls = end.ssm_at_finish.total;
-    let waiter_calls = waiter_figures(config, timelines, operator_calls);
-    let Lags { lags, wrong } = lag_figures(config, timelines, &followed.seen, sent.t0);
+    let waiter_calls = waiter_figures(config, lead, timelines, operator_calls);
+    // Lag counts from SSM's terminal state, or from the resource's creation if that came later.
+    let from: Vec<Instant> = timelines
+        .iter()
+        .enumerate()
+        .map(|(k, t)| {
+            let terminal = sent.t0 + t.terminal;
+            created
+                .get(k)
+                .copied()
+                .flatten()
+                .map_or(terminal, |c| c.max(terminal))
+        })
+        .collect();
+    if !created.is_empty() {
+        arrival_figures(timelines, created, &followed.seen, &from, sent.t0);
+    }
+    let Lags { lags, wrong } = lag_figures(config, timelines, &followed.seen, &from, sent.t0);
     let push_summary = match &sent.sqs {
         Some(sqs) => push_figures(
             config,
@@ -849,7 +1010,7 @@ fn print_figures(
             &end.metrics,
             timelines,
             &followed.seen,
-            sent.t0,
+            &from,
             operator_calls,
         ),
         None => String::new(),
@@ -877,8 +1038,8 @@ fn print_figures(
 }
 
 /// When the operator was ready and when all were Finished.
-fn timing_figures(config: &Config, timelines: &[Timeline], sent: &Sent, followed: &Followed) {
-    let n = config.n();
+fn timing_figures(lead: Duration, timelines: &[Timeline], sent: &Sent, followed: &Followed) {
+    let n = timelines.len();
     let last_terminal = timelines
         .iter()
         .map(|t| t.terminal)
@@ -890,7 +1051,7 @@ fn timing_figures(config: &Config, timelines: &[Timeline], sent: &Sent, followed
             format!(
                 "{:.1} s after the commands were sent (their timelines start at {:.1} s)",
                 secs(at - sent.at),
-                secs(config.lead)
+                secs(lead)
             )
         }),
     );
@@ -970,9 +1131,14 @@ fn ssm_figures(
 
 /// The per-invocation waiter on the same timelines: its calls and lag, and how its calls
 /// compare with the operator's. Returns its calls.
-fn waiter_figures(config: &Config, timelines: &[Timeline], operator_calls: u64) -> u64 {
+fn waiter_figures(
+    config: &Config,
+    lead: Duration,
+    timelines: &[Timeline],
+    operator_calls: u64,
+) -> u64 {
     let n = config.n();
-    let (waiter_calls, mut waiter_lags) = waiter(timelines, config.lead);
+    let (waiter_calls, mut waiter_lags) = waiter(timelines, lead);
     waiter_lags.sort();
     row(
         format!("{}s waiter, same timelines", WAITER_INTERVAL.as_secs()),
@@ -1002,12 +1168,70 @@ struct Lags {
     wrong: Vec<String>,
 }
 
-/// Status lag after SSM's terminal state, the slowest resources, and whether the final
-/// statuses are as scripted.
+/// The arrival variants' own figures: the pace of creation, how many resources were created
+/// after their node finished, and the lag of each group.
+fn arrival_figures(
+    timelines: &[Timeline],
+    created: &[Option<Instant>],
+    seen: &[Option<Seen>],
+    from: &[Instant],
+    t0: Instant,
+) {
+    let times: Vec<Instant> = created.iter().flatten().copied().collect();
+    let (Some(first), Some(last)) = (times.iter().min(), times.iter().max()) else {
+        return;
+    };
+    row(
+        "created while the fleet ran",
+        format!(
+            "{} from {:.1} s to {:.1} s after the send ({:.0}/s, {CREATE_CONCURRENCY} in flight at most)",
+            times.len(),
+            secs(*first - t0),
+            secs(*last - t0),
+            times.len() as f64 / (*last - *first).as_secs_f64().max(0.001)
+        ),
+    );
+    let (mut before, mut after) = (Vec::new(), Vec::new());
+    for (k, t) in timelines.iter().enumerate() {
+        let (Some(c), Some(s)) = (created[k], &seen[k]) else {
+            continue;
+        };
+        let lag = s.at.saturating_duration_since(from[k]);
+        if c > t0 + t.terminal {
+            after.push(lag);
+        } else {
+            before.push(lag);
+        }
+    }
+    before.sort();
+    after.sort();
+    let spread = |lags: &[Duration]| {
+        if lags.is_empty() {
+            "none".to_string()
+        } else {
+            format!(
+                "{}: p50 {:.2} s, p99 {:.2} s, max {:.2} s",
+                lags.len(),
+                secs(quantile(lags, 50.0)),
+                secs(quantile(lags, 99.0)),
+                secs(quantile(lags, 100.0))
+            )
+        }
+    };
+    row("lag, created before its node finished", spread(&before));
+    row(
+        "lag, created after its node finished (from creation)",
+        spread(&after),
+    );
+}
+
+/// Status lag after SSM's terminal state (or the resource's creation, if later: `from`), the
+/// slowest resources, and whether the final statuses are as scripted.
 fn lag_figures(
     config: &Config,
     timelines: &[Timeline],
     seen: &[Option<Seen>],
+    from: &[Instant],
     t0: Instant,
 ) -> Lags {
     let n = config.n();
@@ -1016,8 +1240,8 @@ fn lag_figures(
     let mut wrong: Vec<String> = Vec::new();
     for (k, (t, s)) in timelines.iter().zip(seen).enumerate() {
         let Some(s) = s else { continue };
-        lags.push(s.at.saturating_duration_since(t0 + t.terminal));
-        slowest.push((s.at.saturating_duration_since(t0 + t.terminal), k));
+        lags.push(s.at.saturating_duration_since(from[k]));
+        slowest.push((s.at.saturating_duration_since(from[k]), k));
         if s.status.as_deref() != Some(t.status()) || s.code != Some(t.code()) {
             wrong.push(format!(
                 "{}: {:?}/{:?}, scripted {}/{}",
@@ -1031,7 +1255,7 @@ fn lag_figures(
     }
     lags.sort();
     row(
-        "status lag after SSM terminal",
+        "status lag (from SSM terminal, or creation if later)",
         if lags.is_empty() {
             "none Finished".to_string()
         } else {
@@ -1052,16 +1276,17 @@ fn lag_figures(
     // Where to start reading the operator's log (`BENCH_OPERATOR_LOG`) when the tail is long.
     slowest.sort_by(|a, b| b.cmp(a));
     row(
-        "slowest (lag, terminal time)",
+        "slowest (lag; terminal, counted from)",
         slowest
             .iter()
             .take(3)
             .map(|(lag, k)| {
                 format!(
-                    "{} {:.2} s at {:.2} s",
+                    "{} {:.2} s; {:.2} s, {:.2} s",
                     name(config, *k),
                     secs(*lag),
-                    secs(timelines[*k].terminal)
+                    secs(timelines[*k].terminal),
+                    secs(from[*k].saturating_duration_since(t0))
                 )
             })
             .collect::<Vec<_>>()
@@ -1170,7 +1395,7 @@ fn push_figures(
     metrics: &str,
     timelines: &[Timeline],
     seen: &[Option<Seen>],
-    t0: Instant,
+    from: &[Instant],
     operator_calls: u64,
 ) -> String {
     let n = timelines.len();
@@ -1253,9 +1478,9 @@ fn push_figures(
     }
     let mut delivered_lags = Vec::new();
     let mut lost_lags = Vec::new();
-    for (k, (t, s)) in timelines.iter().zip(seen).enumerate() {
+    for (k, s) in seen.iter().enumerate() {
         let Some(s) = s else { continue };
-        let lag = s.at.saturating_duration_since(t0 + t.terminal);
+        let lag = s.at.saturating_duration_since(from[k]);
         if node_lost.contains(&k) {
             lost_lags.push(lag);
         } else {
