@@ -284,6 +284,16 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts node ends a walk found that no event announced (`kind="missed"`): the queue
+    /// loses events, and rounds follow the polling backoff for a while.
+    pub fn push_events_missed(&self, count: usize) {
+        self.push_messages
+            .get_or_create(&PushLabels {
+                kind: "missed".to_string(),
+            })
+            .inc_by(u64::try_from(count).unwrap_or(u64::MAX));
+    }
+
     /// Sets the SSM rate the budget allows now.
     pub fn set_ssm_rate(&self, per_second: f64) {
         self.ssm_rate.set(per_second);

@@ -8,8 +8,13 @@
 //! A command runs at most one walk and one round of Gets at once. A regular round asks about
 //! every step, hinted ones included. Hinted nodes are read with one `GetCommandInvocation`
 //! each while they are no more than the pages a walk costs, else with one walk.
+//!
+//! A new resource (or generation) is first read by [`first_read`]'s choice: resources keep
+//! arriving while a fleet runs, and reading each on its own would cost a call apiece.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use crate::tracking::heard::Heard;
 
 /// What a round reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,10 +76,68 @@ pub(super) fn plan(facts: &RoundFacts, now: Instant) -> RoundPlan {
     RoundPlan::Wait([regular_due, hint_due].into_iter().flatten().min())
 }
 
+/// How a new resource (or a new generation of one) is first read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum FirstRead {
+    /// Like a hinted node: within `HINT_COALESCE`, with one Get (or a walk, when many are
+    /// new at once), and the command's backoff starts over so that more news comes soon.
+    Now,
+    /// Its command's next regular round is due soon enough: the resource joins it.
+    JoinRound,
+    /// The push queue said its node is running (or spoke of its command and not of this
+    /// node's end), and the command is a fleet: its terminal event brings the read (else the
+    /// command's regular rounds do).
+    AwaitEvent,
+}
+
+/// What the first read of a new resource depends on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct ArrivalFacts {
+    /// The push queue delivers.
+    pub(super) push_active: bool,
+    /// What the queue said about the resource's node before the resource existed.
+    pub(super) heard: Option<Heard>,
+    /// The queue spoke about the resource's command lately.
+    pub(super) command_heard: bool,
+    /// Resources its command tracks, this one included.
+    pub(super) members: usize,
+    /// When its command's next regular round is due.
+    pub(super) regular_due: Instant,
+    /// How soon a round must come for a new resource to join it (`--poll-interval-min`).
+    pub(super) join_within: Duration,
+}
+
+/// A command tracking at least this many resources is a fleet (as many as a List page
+/// holds): its resources come from a `Command` or a pipeline's loop, and what gates on them
+/// waits for `Finished`, so a node still running need not be read at its resource's creation.
+/// Fewer (a pipeline's one resource, a Helm release) are read at once, so that their status
+/// shows at once.
+pub(super) const FLEET: usize = crate::aws::ssm::PAGE_SIZE as usize;
+
+/// How a new resource with `facts` is first read at `now`: a node heard to have ended at once;
+/// a fleet's node heard running when its event comes; else with the command's next round if
+/// that is due within `join_within`, else at once.
+pub(super) fn first_read(facts: &ArrivalFacts, now: Instant) -> FirstRead {
+    match facts.heard {
+        Some(Heard::Ended) => return FirstRead::Now,
+        Some(Heard::Running) | None
+            if facts.push_active
+                && facts.members >= FLEET
+                && (facts.heard.is_some() || facts.command_heard) =>
+        {
+            return FirstRead::AwaitEvent
+        }
+        _ => {}
+    }
+    if facts.regular_due <= now + facts.join_within {
+        FirstRead::JoinRound
+    } else {
+        FirstRead::Now
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     /// A command at rest: no round runs, the next regular round is `regular_in` away, no
@@ -261,5 +324,100 @@ mod tests {
             ..hinted(idle(now, LATER), 3, now + SOON)
         };
         assert_eq!(plan(&getting, now), RoundPlan::Wait(Some(now + LATER)));
+    }
+
+    fn arrival(now: Instant, regular_in: Duration) -> ArrivalFacts {
+        ArrivalFacts {
+            push_active: false,
+            heard: None,
+            command_heard: false,
+            members: 1,
+            regular_due: now + regular_in,
+            join_within: Duration::from_secs(2),
+        }
+    }
+
+    #[test]
+    fn a_new_resource_joins_a_round_due_soon_else_is_read_at_once() {
+        let now = Instant::now();
+        let soon = arrival(now, Duration::from_secs(2));
+        assert_eq!(first_read(&soon, now), FirstRead::JoinRound);
+        let overdue = arrival(now, Duration::ZERO);
+        assert_eq!(
+            first_read(&overdue, now + LATER),
+            FirstRead::JoinRound,
+            "a round due (or running) now"
+        );
+        let backed_off = arrival(now, Duration::from_millis(2001));
+        assert_eq!(first_read(&backed_off, now), FirstRead::Now);
+    }
+
+    #[test]
+    fn a_node_heard_to_have_ended_is_read_at_once_even_with_a_round_due() {
+        let now = Instant::now();
+        for push_active in [false, true] {
+            let ended = ArrivalFacts {
+                push_active,
+                heard: Some(Heard::Ended),
+                command_heard: true,
+                members: 500,
+                ..arrival(now, Duration::ZERO)
+            };
+            assert_eq!(first_read(&ended, now), FirstRead::Now);
+        }
+    }
+
+    #[test]
+    fn a_fleet_node_heard_running_waits_for_its_event_while_push_delivers() {
+        let now = Instant::now();
+        let running = ArrivalFacts {
+            push_active: true,
+            heard: Some(Heard::Running),
+            command_heard: true,
+            members: FLEET,
+            ..arrival(now, LATER)
+        };
+        assert_eq!(first_read(&running, now), FirstRead::AwaitEvent);
+        let not_yet_heard = ArrivalFacts {
+            heard: None,
+            ..running
+        };
+        assert_eq!(
+            first_read(&not_yet_heard, now),
+            FirstRead::AwaitEvent,
+            "its command's nodes are heard: this one has not ended yet"
+        );
+        let command_unheard = ArrivalFacts {
+            command_heard: false,
+            ..not_yet_heard
+        };
+        assert_eq!(
+            first_read(&command_unheard, now),
+            FirstRead::Now,
+            "nothing heard of its command (sent before the queue, or not routed): read it"
+        );
+    }
+
+    #[test]
+    fn few_resources_or_no_push_are_read_without_waiting_for_events() {
+        let now = Instant::now();
+        let running = ArrivalFacts {
+            push_active: true,
+            heard: Some(Heard::Running),
+            command_heard: true,
+            members: FLEET - 1,
+            ..arrival(now, LATER)
+        };
+        assert_eq!(
+            first_read(&running, now),
+            FirstRead::Now,
+            "a pipeline's few resources show their status at once"
+        );
+        let quiet_queue = ArrivalFacts {
+            push_active: false,
+            members: 500,
+            ..running
+        };
+        assert_eq!(first_read(&quiet_queue, now), FirstRead::Now);
     }
 }

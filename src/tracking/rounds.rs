@@ -41,7 +41,7 @@ use crate::invocation::status::only_elapsed_time_ticked;
 use crate::tracking::entries::{self as batch, with_output_of, FromList, Why};
 use crate::tracking::plan::{plan, RoundFacts, RoundKind, RoundPlan};
 use crate::tracking::schedule::PollIntervals;
-use crate::tracking::tracker::{take_deferred, Answer, CommandKey, Step, Tracker};
+use crate::tracking::tracker::{take_deferred, Answer, CommandKey, Step, Tracker, EVENT_GRACE};
 
 /// After this many failed List walks in a row, a transient error is shown on the resources and
 /// (unless SSM is throttling) rounds ask `GetCommandInvocation` per step instead.
@@ -54,8 +54,6 @@ const MAX_GETS_PER_ROUND: usize = 50;
 const GETS_IN_FLIGHT: usize = 8;
 /// A walk stops after this many pages (100,000 nodes), whatever SSM says.
 const MAX_PAGES: usize = 2000;
-/// Regular rounds under push come this share of the backstop sooner, at most.
-const BACKSTOP_JITTER: f64 = 0.2;
 /// A final answer not written within this long no longer counts as waiting (its resource may
 /// be reconciled by nobody, e.g. its namespace is no longer watched).
 const FINAL_STALE: Duration = Duration::from_secs(30);
@@ -164,9 +162,10 @@ impl Tracker {
         else {
             return;
         };
+        let announced = hinted;
         let hinted: Vec<Step> = steps
             .iter()
-            .filter(|s| hinted.contains(&s.instance_id))
+            .filter(|s| announced.contains(&s.instance_id))
             .cloned()
             .collect();
         if kind == RoundKind::Gets || (kind == RoundKind::HintWalk && !use_list) {
@@ -174,18 +173,20 @@ impl Tracker {
             // (and the only one while List keeps failing).
             let asked_at = Time(Timestamp::now());
             let fresh = self.get_each(&key, hinted).await;
-            self.keep(&key, fresh, asked_at, false, kind);
+            self.keep(&key, fresh, asked_at, false, 0, kind);
             return;
         }
         let mut fresh: Vec<(Step, Result<Invocation, SsmError>)> = Vec::new();
         let mut gets: Vec<Step> = Vec::new();
         let mut list_result = None;
         let mut news = false;
+        let mut missed = 0;
         // The steps no answer reached yet (a walk that failed midway answered some).
         let mut unanswered: Vec<Step> = steps.iter().cloned().collect();
         if use_list {
-            let (walked, error) = self.walk(&key, &steps).await;
+            let (walked, error) = self.walk(&key, &steps, &announced).await;
             news = walked.news;
+            missed = walked.missed;
             fresh.extend(self.complete_outputs(&key, walked.outputs).await);
             match error {
                 None => {
@@ -219,18 +220,25 @@ impl Tracker {
         gets.truncate(MAX_GETS_PER_ROUND);
         let asked_at = Time(Timestamp::now());
         fresh.extend(self.get_each(&key, gets).await);
-        self.keep(&key, fresh, asked_at, news || more_left, kind);
+        self.keep(&key, fresh, asked_at, news || more_left, missed, kind);
     }
 
     /// Walks every page of the command, keeping each page's answers as it arrives (a node
     /// that finished is woken without waiting for the rest of the walk). A page that fails
-    /// ends the walk with that error; what earlier pages answered stays answered.
-    async fn walk(&self, key: &CommandKey, steps: &HashSet<Step>) -> (Walked, Option<SsmError>) {
+    /// ends the walk with that error; what earlier pages answered stays answered. Counts the
+    /// ends it found that no event announced (`announced`: the nodes hinted for this round).
+    async fn walk(
+        &self,
+        key: &CommandKey,
+        steps: &HashSet<Step>,
+        announced: &HashSet<String>,
+    ) -> (Walked, Option<SsmError>) {
         let mut wanted: HashMap<&str, Vec<&Step>> = HashMap::new();
         for step in steps {
             wanted.entry(&step.instance_id).or_default().push(step);
         }
         let mut news = false;
+        let mut missed = 0;
         let mut unclear = Vec::new();
         let mut outputs = Vec::new();
         let mut multi_step = false;
@@ -269,7 +277,9 @@ impl Tracker {
                 }
             }
             pages += 1;
-            news |= self.absorb(key, answered, &asked_at);
+            let absorbed = self.absorb(key, answered, &asked_at, Some(announced));
+            news |= absorbed.news;
+            missed += absorbed.missed;
             token = page.next_token.filter(|t| !t.is_empty());
             if token.is_none() || wanted.is_empty() {
                 break;
@@ -282,6 +292,7 @@ impl Tracker {
         let not_listed = wanted.into_values().flatten().cloned().collect();
         let walked = Walked {
             news,
+            missed,
             not_listed,
             unclear,
             outputs,
@@ -429,25 +440,35 @@ impl Tracker {
 
     /// Keeps `fresh` answers asked at `asked_at` and wakes the resources whose answer changed
     /// (those with a final answer also count as waiting for their write). Returns whether any
-    /// answer changed.
+    /// answer changed, and, for a walk (`announced`: the nodes hinted for its round), how
+    /// many ends it found that no event announced (see [`missed_event`]).
     fn absorb(
         &self,
         key: &CommandKey,
         fresh: Vec<(Step, Result<Invocation, SsmError>)>,
         asked_at: &Time,
-    ) -> bool {
+        announced: Option<&HashSet<String>>,
+    ) -> Absorbed {
+        let nothing = Absorbed {
+            news: false,
+            missed: 0,
+        };
         if fresh.is_empty() {
-            return false;
+            return nothing;
         }
         let now = Instant::now();
         let mut wake = Vec::new();
+        let mut missed = 0;
         {
             let mut state = self.state();
             let Some(command) = state.commands.get_mut(key) else {
-                return false;
+                return nothing;
             };
             // The steps whose answer changed, and whether the new one is final.
             let mut changed: HashMap<Step, bool> = HashMap::new();
+            // Of those, the ends found by a walk that no event announced in time, and whether
+            // the step was followed while it ran (else: only if its resource awaits an event).
+            let mut unannounced: HashMap<Step, bool> = HashMap::new();
             for (step, result) in fresh {
                 let known = command.answers.get(&step).map(|a| &a.result);
                 let same = match (known, &result) {
@@ -466,6 +487,14 @@ impl Tracker {
                     continue;
                 }
                 let terminal = result.as_ref().is_ok_and(|i| is_terminal(&i.status));
+                if let (Some(announced), Ok(new)) = (announced, &result) {
+                    let hinted = announced.contains(&step.instance_id)
+                        || command.hinted.contains(&step.instance_id);
+                    if terminal && !hinted && ended_before(new, asked_at, EVENT_GRACE) {
+                        let followed = matches!(known, Some(Ok(old)) if !is_terminal(&old.status));
+                        unannounced.insert(step.clone(), followed);
+                    }
+                }
                 changed.insert(step.clone(), terminal);
                 let answer = Answer {
                     result,
@@ -474,10 +503,15 @@ impl Tracker {
                 command.answers.insert(step, Arc::new(answer));
             }
             if changed.is_empty() {
-                return false;
+                return nothing;
             }
             let mut finals = Vec::new();
             for (uid, member) in &command.members {
+                if let Some(followed) = unannounced.remove(&member.step) {
+                    if followed || member.awaits_event() {
+                        missed += 1;
+                    }
+                }
                 if let Some(&terminal) = changed.get(&member.step) {
                     wake.push(member.object.clone());
                     if terminal {
@@ -490,31 +524,37 @@ impl Tracker {
             }
         }
         self.wake(wake);
-        true
+        Absorbed { news: true, missed }
     }
 
     /// Keeps the round's last answers, schedules the next round (`news`: an earlier part of
     /// the round already brought some) and wakes the resources whose answer changed.
+    #[allow(clippy::too_many_arguments)]
     fn keep(
         &self,
         key: &CommandKey,
         fresh: Vec<(Step, Result<Invocation, SsmError>)>,
         asked_at: Time,
         news: bool,
+        missed: usize,
         kind: RoundKind,
     ) {
-        let news = self.absorb(key, fresh, &asked_at) || news;
+        let news = self.absorb(key, fresh, &asked_at, None).news || news;
         let now = Instant::now();
-        // While the queue delivers, regular rounds come every backstop interval, no slower, so
-        // a lost event delays an update by at most that long; up to a fifth sooner (jitter), so
-        // that commands tracked together do not all walk, and write, at once.
-        let intervals = if self.push_active(now) {
-            PollIntervals {
-                min: self.backstop.mul_f64(1.0 - BACKSTOP_JITTER),
+        self.events_lost(missed, now);
+        // While the queue delivers (and has not been seen to lose events), regular rounds back
+        // off from the first interval up to the backstop, and only a lost event counts as news
+        // (the events bring the rest); so a lost event delays an update by at most the
+        // backstop, and a queue seen losing events brings rounds back to the polling backoff.
+        let push = self.push_active(now) && !self.push_lossy(now);
+        let (intervals, news) = if push {
+            let intervals = PollIntervals {
+                min: self.intervals.min.min(self.backstop),
                 max: self.backstop,
-            }
+            };
+            (intervals, missed > 0)
         } else {
-            self.intervals
+            (self.intervals, news)
         };
         {
             let mut state = self.state();
@@ -561,10 +601,31 @@ struct RoundStart {
     hinted: HashSet<String>,
 }
 
+/// What [`Tracker::absorb`] found.
+struct Absorbed {
+    /// Some answer changed.
+    news: bool,
+    /// Ends found by a walk that no event announced in time.
+    missed: usize,
+}
+
+/// Whether `answer` says its node ended more than `grace` before `asked_at` (an event would
+/// have announced it by then). An end time SSM did not give, or that does not parse, is not.
+fn ended_before(answer: &Invocation, asked_at: &Time, grace: Duration) -> bool {
+    answer
+        .execution_end_date_time
+        .parse::<Timestamp>()
+        .ok()
+        .and_then(|end| Duration::try_from(asked_at.0.duration_since(end)).ok())
+        .is_some_and(|age| age > grace)
+}
+
 /// What a List walk found.
 struct Walked {
     /// Some answer changed.
     news: bool,
+    /// Ends it found that no event announced in time.
+    missed: usize,
     /// Steps whose node List did not show (or not yet, when the walk failed midway).
     not_listed: Vec<Step>,
     /// Steps only `GetCommandInvocation` can answer.

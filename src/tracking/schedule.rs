@@ -34,7 +34,8 @@ pub fn backoff(intervals: PollIntervals, attempt: u32, unit: f64) -> Duration {
 /// after a round that brought news, else one backoff step further (up to `max`); every
 /// `recheck` while all its tracked steps are stalled on errors an outside fix can cure. A
 /// hurry while a round runs (a command-level event after the round took its list of steps)
-/// makes the next round due as soon as this one ends.
+/// makes the next round due as soon as this one ends; a resource that joins while a round
+/// runs makes the next one come `min` after it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RoundClock {
     attempt: u32,
@@ -42,6 +43,8 @@ pub struct RoundClock {
     pub due: Instant,
     /// Hurried since the running round started.
     hurried: bool,
+    /// A resource joined since the running round started.
+    joined: bool,
 }
 
 impl RoundClock {
@@ -51,12 +54,14 @@ impl RoundClock {
             attempt: 0,
             due: now,
             hurried: false,
+            joined: false,
         }
     }
 
-    /// A round starts: what it will ask covers every hurry so far.
+    /// A round starts: what it will ask covers every hurry and every joined resource so far.
     pub fn start(&mut self) {
         self.hurried = false;
+        self.joined = false;
     }
 
     /// Schedules the next round after one that ended at `now`; returns the delay. `unit` is a
@@ -75,7 +80,7 @@ impl RoundClock {
             self.due = now;
             return Duration::ZERO;
         }
-        self.attempt = if news {
+        self.attempt = if news || std::mem::take(&mut self.joined) {
             0
         } else {
             self.attempt.saturating_add(1)
@@ -95,6 +100,13 @@ impl RoundClock {
     pub fn restart_backoff(&mut self, by: Instant) {
         self.attempt = 0;
         self.due = self.due.min(by);
+    }
+
+    /// A new resource joins the next round, which comes no later than `by`; if a round runs
+    /// now (it took its steps already), the next one comes at the first interval after it.
+    pub fn join(&mut self, by: Instant) {
+        self.due = self.due.min(by);
+        self.joined = true;
     }
 
     /// Something new needs a whole round (an event said the command changed): due now,
@@ -218,5 +230,33 @@ mod tests {
             backstop.max,
             "a round with no hurry meanwhile schedules as usual"
         );
+    }
+
+    #[test]
+    fn a_resource_joining_during_a_round_makes_the_next_round_come_at_the_first_interval() {
+        let t0 = Instant::now();
+        let recheck = Duration::from_secs(300);
+        let mut clock = RoundClock::due_at(t0);
+        // Backed off: three quiet rounds.
+        for _ in 0..3 {
+            clock.start();
+            clock.after_round(false, false, IV, recheck, t0, 0.5);
+        }
+        clock.start();
+        // A new resource joins while the fourth round runs (after it took its steps).
+        clock.join(t0 + IV.min);
+        let end = t0 + Duration::from_millis(700);
+        assert_eq!(
+            clock.after_round(false, false, IV, recheck, end, 0.5),
+            IV.min,
+            "not the 16 s the quiet rounds had reached"
+        );
+        // Joining while no round runs: the round due sooner stays, none is put off.
+        let mut resting = RoundClock::due_at(t0 + Duration::from_secs(1));
+        resting.join(t0 + IV.min);
+        assert_eq!(resting.due, t0 + Duration::from_secs(1));
+        let mut backed_off = RoundClock::due_at(t0 + Duration::from_secs(20));
+        backed_off.join(t0 + IV.min);
+        assert_eq!(backed_off.due, t0 + IV.min);
     }
 }

@@ -10,8 +10,13 @@
 //! answer changed are woken (a stream per controller), and their reconcile maps the answer
 //! and writes. A reconcile never waits on SSM.
 //!
-//! A new resource (or a new generation) is read like a hinted node (below), and its command's
-//! backoff starts over: one Get while few are new, one walk when many are (start-up).
+//! A new resource (or a new generation) is first read as `plan::first_read` chooses:
+//! resources keep arriving while a fleet runs, so one joins its command's next round when
+//! that is due within `--poll-interval-min`; otherwise it is read like a hinted node (below),
+//! and its command's backoff starts over (one Get while few are new, one walk when many are,
+//! at start-up). Under push, events often come before their resource exists: they are
+//! remembered (`heard`), so a node heard to have ended is read at once, and a fleet's node
+//! heard running waits for its terminal event.
 //!
 //! Push (`--sqs-queue-url`): an event that a node reached a terminal state is a hint: within
 //! [`HINT_COALESCE`] the hinted nodes of a command are read with one `GetCommandInvocation`
@@ -19,8 +24,10 @@
 //! listing, [`TrackedCommand::walk_pages`]), so a finished invocation costs one read (a step
 //! without a name on a multi-step command, [`TrackedCommand::multi_step`], is read from that
 //! node's listing instead: Get cannot read an invocation as a whole). While
-//! the queue delivers, regular rounds slow to the backstop interval (`--push-backstop`),
-//! never stopping: delivery is best effort.
+//! the queue delivers, regular rounds back off up to the backstop interval (`--push-backstop`),
+//! never stopping: delivery is best effort. A walk that finds a node ended more than
+//! [`EVENT_GRACE`] ago that no event announced shows the queue loses events: for
+//! [`LOSSY_KEEP`] rounds then follow the polling backoff, as without push.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -36,6 +43,8 @@ use crate::aws::ssm::{Invocation, InvocationKey, Ssm, SsmError};
 use crate::aws::sts::Role;
 use crate::invocation::status::Polling;
 use crate::runtime::metrics::Metrics;
+use crate::tracking::heard::{Heard, Memory};
+use crate::tracking::plan::{first_read, ArrivalFacts, FirstRead};
 use crate::tracking::schedule::{PollIntervals, RoundClock};
 use crate::tracking::wakers::Wakers;
 
@@ -43,6 +52,10 @@ use crate::tracking::wakers::Wakers;
 pub const HINT_COALESCE: Duration = Duration::from_millis(100);
 /// The queue counts as delivering while its last SSM event is younger than this.
 const PUSH_FRESH: Duration = Duration::from_secs(600);
+/// An event announces a node's end within this long, or counts as lost.
+pub(super) const EVENT_GRACE: Duration = Duration::from_secs(3);
+/// After a lost event, rounds follow the polling backoff for this long.
+pub(super) const LOSSY_KEEP: Duration = Duration::from_secs(300);
 /// While this many final answers wait for their status write, writes that only report
 /// progress are put off (see [`Tracker::defer`]). One: measured on the fleet benchmark, any
 /// larger backlog lets progress writes take API server capacity the final answers need
@@ -90,8 +103,18 @@ pub(super) struct Member {
     first_seen: Instant,
     /// Stalled on an error an outside fix can cure: asked only every recheck interval.
     pub(super) rare: bool,
+    /// How its generation was first read: only one read `Now` is asked again while it has
+    /// no answer.
+    first_read: FirstRead,
     /// Status writes that failed in a row (for the retry backoff).
     write_failures: u32,
+}
+
+impl Member {
+    /// Its resource waits for its node's terminal event to be read ([`FirstRead::AwaitEvent`]).
+    pub(super) fn awaits_event(&self) -> bool {
+        self.first_read == FirstRead::AwaitEvent
+    }
 }
 
 /// One SSM command the tracker asks about (a [`CommandKey`]): its tracked resources, their
@@ -151,6 +174,8 @@ pub(super) struct State {
     deferred: HashSet<String>,
     /// ... in the order they were put off (may still name some no longer put off).
     deferred_order: VecDeque<String>,
+    /// What the push queue said about nodes no resource tracks yet.
+    heard: Memory,
 }
 
 impl State {
@@ -197,6 +222,8 @@ pub struct Tracker {
 struct Push {
     reachable: bool,
     last_event: Option<Instant>,
+    /// When a walk last found a node's end that no event announced.
+    lost_event: Option<Instant>,
 }
 
 impl Tracker {
@@ -241,37 +268,66 @@ impl Tracker {
                 .is_some_and(|at| now.saturating_duration_since(at) < PUSH_FRESH)
     }
 
-    /// An SSM event (a hint, never truth): a node of a command reached a terminal state, or
-    /// the whole command did. The hinted nodes are read shortly, together.
+    /// Whether a walk found an end that no event announced within [`LOSSY_KEEP`].
+    pub(super) fn push_lossy(&self, now: Instant) -> bool {
+        self.push()
+            .lost_event
+            .is_some_and(|at| now.saturating_duration_since(at) < LOSSY_KEEP)
+    }
+
+    /// A walk found `count` nodes' ends that no event announced (while the queue delivers).
+    pub(super) fn events_lost(&self, count: usize, now: Instant) {
+        if count > 0 && self.push_active(now) {
+            self.push().lost_event = Some(now);
+            self.metrics.push_events_missed(count);
+        }
+    }
+
+    /// An SSM event (a hint, never truth): a node of a command changed state, or the whole
+    /// command did. The nodes hinted to have ended are read shortly, together; what is said
+    /// of nodes no resource tracks yet is remembered for when their resource comes.
     pub fn hint(&self, hint: &crate::aws::eventbridge::Hint) {
         let now = Instant::now();
         self.push().last_event = Some(now);
-        if !hint.is_terminal() {
-            return;
-        }
+        let terminal = hint.is_terminal();
         let mut state = self.state();
+        let State {
+            commands, heard, ..
+        } = &mut *state;
         let mut any = false;
-        for (key, command) in state.commands.iter_mut() {
+        let mut tracked = false;
+        for (key, command) in commands.iter_mut() {
             if key.command_id != hint.command_id {
                 continue;
             }
             match &hint.instance_id {
-                Some(node) => {
+                Some(node)
                     if command
                         .members
                         .values()
-                        .any(|m| m.step.instance_id == *node)
-                    {
+                        .any(|m| m.step.instance_id == *node) =>
+                {
+                    tracked = true;
+                    if terminal {
                         command.hint(node, now);
                         any = true;
                     }
                 }
-                None => {
+                Some(_) => {}
+                None if terminal => {
                     command.clock.hurry(now);
                     any = true;
                 }
+                None => {}
             }
         }
+        let said = if terminal {
+            Heard::Ended
+        } else {
+            Heard::Running
+        };
+        let node = hint.instance_id.as_deref().filter(|_| !tracked);
+        heard.remember(&hint.command_id, node, said, now);
         drop(state);
         if any {
             self.changed.notify_one();
@@ -318,7 +374,8 @@ impl Tracker {
             instance_id: key.instance_id.clone(),
             plugin_name: key.plugin_name.clone(),
         };
-        let soon = if self.push_active(now) {
+        let push_active = self.push_active(now);
+        let soon = if push_active {
             self.backstop
         } else {
             self.intervals.min
@@ -334,9 +391,11 @@ impl Tracker {
         state
             .command_of
             .insert(uid.to_string(), command_key.clone());
-        let command = state
-            .commands
-            .entry(command_key)
+        let State {
+            commands, heard, ..
+        } = &mut *state;
+        let command = commands
+            .entry(command_key.clone())
             .or_insert_with(|| TrackedCommand {
                 members: HashMap::new(),
                 answers: HashMap::new(),
@@ -351,6 +410,7 @@ impl Tracker {
                 multi_step: false,
             });
         let answer = command.answers.get(&step).cloned();
+        let members = command.members.len() + usize::from(!command.members.contains_key(uid));
         let member = command
             .members
             .entry(uid.to_string())
@@ -360,24 +420,46 @@ impl Tracker {
                 generation: generation - 1,
                 first_seen: now,
                 rare: false,
+                first_read: FirstRead::Now,
                 write_failures: 0,
             });
         let new_generation = member.generation != generation || member.step != step;
-        if new_generation {
+        let first_seen = if new_generation {
             member.step = step;
             member.generation = generation;
             member.first_seen = now;
             member.rare = false;
-        }
-        let first_seen = member.first_seen;
-        if new_generation || answer.is_none() {
-            // Read like a hinted node: one Get while few are new, one walk for many (at
-            // start-up, while thousands are tracked in a few seconds). The rounds that follow
-            // come at the first interval again.
-            let node = member.step.instance_id.clone();
-            command.hint(&node, now);
-            command.clock.restart_backoff(now + soon);
-            self.changed.notify_one();
+            let node = &member.step.instance_id;
+            let facts = ArrivalFacts {
+                push_active,
+                heard: heard.take(&command_key.command_id, node, now),
+                command_heard: heard.command_heard(&command_key.command_id, now),
+                members,
+                regular_due: command.clock.due,
+                join_within: self.intervals.min,
+            };
+            member.first_read = first_read(&facts, now);
+            now
+        } else {
+            member.first_seen
+        };
+        match member.first_read {
+            FirstRead::Now if new_generation || answer.is_none() => {
+                // Read like a hinted node: one Get while few are new, one walk for many (at
+                // start-up, while thousands are tracked in a few seconds). The rounds that
+                // follow come at the first interval again.
+                let node = member.step.instance_id.clone();
+                command.hint(&node, now);
+                command.clock.restart_backoff(now + soon);
+                self.changed.notify_one();
+            }
+            FirstRead::JoinRound if new_generation => {
+                // The round due soon reads it; one running now took its steps already, so the
+                // next comes at the first interval after it.
+                command.clock.join(now + self.intervals.min);
+                self.changed.notify_one();
+            }
+            FirstRead::Now | FirstRead::JoinRound | FirstRead::AwaitEvent => {}
         }
         self.report_sizes(state);
         Tracked { answer, first_seen }

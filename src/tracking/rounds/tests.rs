@@ -203,12 +203,12 @@ fn progress_writes_wait_while_final_answers_queue_and_resume_when_they_are_writt
     let key = command_key(COMMAND_A);
     // The last one is still running; all the others finished in one page.
     let (last, finished) = uids.split_last().expect("uids");
-    tracker.absorb(&key, vec![answer(last, "InProgress", "PT1S")], &asked);
+    tracker.absorb(&key, vec![answer(last, "InProgress", "PT1S")], &asked, None);
     let page = finished
         .iter()
         .map(|u| answer(u, "Success", "PT2S"))
         .collect();
-    assert!(tracker.absorb(&key, page, &asked));
+    assert!(tracker.absorb(&key, page, &asked, None).news);
     assert_eq!(
         woken(&mut wakes).len(),
         uids.len(),
@@ -236,7 +236,7 @@ fn a_final_answer_nobody_writes_stops_holding_progress_back() {
         .iter()
         .map(|u| answer(u, "Failed", "PT2S"))
         .collect();
-    tracker.absorb(&key, page, &Time(Timestamp::now()));
+    tracker.absorb(&key, page, &Time(Timestamp::now()), None);
     assert!(tracker.defer(last));
     // Their namespace is no longer watched: nobody writes them. Past FINAL_STALE they no
     // longer count, and the put-off resource is woken at the tracker's next turn.
@@ -253,61 +253,72 @@ fn a_running_step_whose_elapsed_time_ticked_wakes_nobody() {
     track(&tracker, "ops", "a1", COMMAND_A);
     let key = command_key(COMMAND_A);
     let asked = Time(Timestamp::now());
-    assert!(tracker.absorb(&key, vec![answer("a1", "InProgress", "PT1S")], &asked));
+    assert!(
+        tracker
+            .absorb(&key, vec![answer("a1", "InProgress", "PT1S")], &asked, None)
+            .news
+    );
     assert_eq!(woken(&mut wakes), ["ci-a1"]);
     assert!(
-        !tracker.absorb(&key, vec![answer("a1", "InProgress", "PT3S")], &asked),
+        !tracker
+            .absorb(&key, vec![answer("a1", "InProgress", "PT3S")], &asked, None)
+            .news,
         "not news: the round interval may grow"
     );
     assert!(woken(&mut wakes).is_empty());
-    assert!(tracker.absorb(&key, vec![answer("a1", "Success", "PT4S")], &asked));
+    assert!(
+        tracker
+            .absorb(&key, vec![answer("a1", "Success", "PT4S")], &asked, None)
+            .news
+    );
     assert_eq!(woken(&mut wakes), ["ci-a1"]);
 }
 
 #[test]
-fn a_resource_tracked_while_its_commands_round_runs_is_asked_right_after_that_round() {
+fn a_resource_tracked_while_its_commands_round_runs_joins_the_next_round_at_the_first_interval() {
     let (tracker, _) = tracker();
+    let key = command_key(COMMAND_A);
     track(&tracker, "ops", "r1", COMMAND_A);
     let started = Instant::now();
     let (due, _) = tracker.start_due(started);
     assert_eq!(
         due,
-        [(command_key(COMMAND_A), RoundKind::Regular)],
+        [(key.clone(), RoundKind::Regular)],
         "a new command is due at once"
     );
     let round = tracker
-        .take_round(&command_key(COMMAND_A), RoundKind::Regular)
+        .take_round(&key, RoundKind::Regular)
         .expect("tracked");
     assert_eq!(round.steps.len(), 1, "the round asks about r1");
-    // r2 is created meanwhile (its node's event, if any, came before it was tracked and
-    // was dropped).
+    // r2 is created meanwhile: no Get of its own, it joins the next round.
     track(&tracker, "ops", "r2", COMMAND_A);
     let asked = Time(Timestamp::now());
+    // The running round brought no news (it would have backed off to 4 s).
     tracker.keep(
-        &command_key(COMMAND_A),
+        &key,
         vec![answer("r1", "InProgress", "PT1S")],
-        asked,
-        true,
+        asked.clone(),
+        false,
+        0,
         RoundKind::Regular,
     );
-    let (due, next) = tracker.start_due(Instant::now() + HINT_COALESCE);
-    assert_eq!(
-        due,
-        [(command_key(COMMAND_A), RoundKind::Gets)],
-        "r2 is not left waiting for the next interval (next due: {next:?})"
+    let (due, _) = tracker.start_due(Instant::now() + HINT_COALESCE);
+    assert!(due.is_empty(), "no Get for r2: {due:?}");
+    let next = tracker.state().commands[&key].clock.due;
+    assert!(
+        next <= Instant::now() + Duration::from_millis(2400),
+        "the next round comes at the first interval (±20 %), not later"
     );
+    let (due, _) = tracker.start_due(next);
+    assert_eq!(due, [(key.clone(), RoundKind::Regular)]);
     let round = tracker
-        .take_round(&command_key(COMMAND_A), RoundKind::Gets)
+        .take_round(&key, RoundKind::Regular)
         .expect("tracked");
-    assert_eq!(
-        round.hinted,
-        HashSet::from(["i-r2".to_string()]),
-        "only r2's node is read"
-    );
+    assert_eq!(round.steps.len(), 2, "the round asks about r2 too");
 }
 
 #[test]
-fn new_resources_are_read_with_a_get_each_while_fewer_than_a_walks_pages() {
+fn new_resources_of_a_backed_off_command_start_with_a_get_and_the_rest_join_the_round_it_brings() {
     let (tracker, _) = tracker();
     let key = command_key(COMMAND_A);
     track(&tracker, "ops", "r00", COMMAND_A);
@@ -316,44 +327,226 @@ fn new_resources_are_read_with_a_get_each_while_fewer_than_a_walks_pages() {
     tracker
         .take_round(&key, RoundKind::Regular)
         .expect("tracked");
-    // That walk saw 10 pages (500 nodes), though one resource is tracked.
-    tracker
-        .state()
-        .commands
-        .get_mut(&key)
-        .expect("tracked")
-        .walk_pages = 10;
     let asked = Time(Timestamp::now());
     tracker.keep(
         &key,
         vec![answer("r00", "InProgress", "PT1S")],
         asked.clone(),
         true,
+        0,
         RoundKind::Regular,
     );
+    // Quiet rounds since: the next one is 16 s away.
+    let backed_off = Instant::now() + Duration::from_secs(16);
+    tracker
+        .state()
+        .commands
+        .get_mut(&key)
+        .expect("tracked")
+        .clock = crate::tracking::schedule::RoundClock::due_at(backed_off);
 
-    for i in 1..=3 {
-        track(&tracker, "ops", &format!("r{i:02}"), COMMAND_A);
-    }
+    track(&tracker, "ops", "r01", COMMAND_A);
     let soon = Instant::now() + HINT_COALESCE;
     let (due, _) = tracker.start_due(soon);
+    assert_eq!(due, [(key.clone(), RoundKind::Gets)], "r01 is read at once");
+    let round = tracker.take_round(&key, RoundKind::Gets).expect("tracked");
+    assert_eq!(round.hinted, HashSet::from(["i-r01".to_string()]));
+    tracker.keep(&key, vec![], asked, false, 0, RoundKind::Gets);
+
+    for i in 2..=14 {
+        track(&tracker, "ops", &format!("r{i:02}"), COMMAND_A);
+    }
+    let (due, next) = tracker.start_due(soon + HINT_COALESCE);
+    assert!(due.is_empty(), "they join the round r01 brought: {due:?}");
+    let next = next.expect("a round is due");
+    assert!(
+        next <= Instant::now() + Duration::from_secs(2),
+        "that round comes within the first interval, not in 16 s"
+    );
+    let (due, _) = tracker.start_due(next);
+    assert_eq!(due, [(key.clone(), RoundKind::Regular)]);
+    let round = tracker
+        .take_round(&key, RoundKind::Regular)
+        .expect("tracked");
+    assert_eq!(round.steps.len(), 15, "one walk reads all fifteen");
+}
+
+/// An SSM event about `node` of `command_id` with `status`.
+fn event(tracker: &Tracker, command_id: &str, node: &str, status: &str) {
+    tracker.hint(&crate::aws::eventbridge::Hint {
+        region: None,
+        command_id: command_id.into(),
+        instance_id: Some(node.into()),
+        status: status.into(),
+    });
+}
+
+/// Tracks `count` resources `f000`, `f001`, ... of `command_id`, a fleet's.
+fn track_fleet(tracker: &Tracker, command_id: &str, count: usize) {
+    for i in 0..count {
+        track(tracker, "ops", &format!("f{i:03}"), command_id);
+    }
+}
+
+#[test]
+fn under_push_a_fleet_resource_whose_node_was_heard_running_waits_for_its_end_event() {
+    let (tracker, _) = tracker();
+    tracker.push_reachable(true);
+    let key = command_key(COMMAND_A);
+    // The fleet's resources, read at start-up.
+    event(&tracker, COMMAND_A, "i-other", "InProgress");
+    track_fleet(&tracker, COMMAND_A, crate::tracking::plan::FLEET);
+    tracker
+        .take_round(&key, RoundKind::Regular)
+        .expect("tracked");
+    tracker.keep(
+        &key,
+        vec![],
+        Time(Timestamp::now()),
+        true,
+        0,
+        RoundKind::Regular,
+    );
+    let quiet = Instant::now() + HINT_COALESCE;
+    assert!(tracker.start_due(quiet).0.is_empty());
+
+    // Events before their resources: r1's node is running, r2's ended.
+    event(&tracker, COMMAND_A, "i-r1", "InProgress");
+    event(&tracker, COMMAND_A, "i-r2", "Success");
+    track(&tracker, "ops", "r1", COMMAND_A);
+    track(&tracker, "ops", "r2", COMMAND_A);
+    let (due, _) = tracker.start_due(quiet + HINT_COALESCE);
+    assert_eq!(due, [(key.clone(), RoundKind::Gets)]);
+    let round = tracker.take_round(&key, RoundKind::Gets).expect("tracked");
+    assert_eq!(
+        round.hinted,
+        HashSet::from(["i-r2".to_string()]),
+        "the node heard to have ended is read; the running one is not"
+    );
+    tracker.keep(
+        &key,
+        vec![],
+        Time(Timestamp::now()),
+        false,
+        0,
+        RoundKind::Gets,
+    );
+
+    // r1's end event reads it.
+    event(&tracker, COMMAND_A, "i-r1", "Failed");
+    let (due, _) = tracker.start_due(Instant::now() + HINT_COALESCE);
+    assert_eq!(due, [(key.clone(), RoundKind::Gets)]);
+    let round = tracker.take_round(&key, RoundKind::Gets).expect("tracked");
+    assert_eq!(round.hinted, HashSet::from(["i-r1".to_string()]));
+}
+
+#[test]
+fn few_resources_are_read_at_once_under_push_even_with_their_node_heard_running() {
+    let (tracker, _) = tracker();
+    tracker.push_reachable(true);
+    let key = command_key(COMMAND_A);
+    event(&tracker, COMMAND_A, "i-r0", "InProgress");
+    track(&tracker, "ops", "r0", COMMAND_A);
+    tracker
+        .take_round(&key, RoundKind::Regular)
+        .expect("tracked");
+    tracker.keep(
+        &key,
+        vec![],
+        Time(Timestamp::now()),
+        true,
+        0,
+        RoundKind::Regular,
+    );
+    event(&tracker, COMMAND_A, "i-r1", "InProgress");
+    track(&tracker, "ops", "r1", COMMAND_A);
+    let (due, _) = tracker.start_due(Instant::now() + HINT_COALESCE);
     assert_eq!(
         due,
         [(key.clone(), RoundKind::Gets)],
-        "three Gets, not a 10-page walk"
+        "a pipeline's resource shows its status at once"
     );
-    let round = tracker.take_round(&key, RoundKind::Gets).expect("tracked");
-    assert_eq!(round.hinted.len(), 3);
-    tracker.keep(&key, vec![], asked, false, RoundKind::Gets);
+}
 
-    for i in 4..=14 {
-        track(&tracker, "ops", &format!("r{i:02}"), COMMAND_A);
-    }
-    let (due, _) = tracker.start_due(soon + HINT_COALESCE);
+/// `answer` for the step of resource `uid`, ended `ago` before now.
+fn ended(uid: &str, ago: Duration) -> (Step, Result<Invocation, SsmError>) {
+    let (step, result) = answer(uid, "Success", "PT1S");
+    let end = Timestamp::now()
+        .checked_sub(ago)
+        .expect("a time after 1970");
+    let invocation = Invocation {
+        execution_end_date_time: end.to_string(),
+        ..result.expect("an answer")
+    };
+    (step, Ok(invocation))
+}
+
+#[test]
+fn a_walk_finding_an_end_no_event_announced_brings_rounds_back_to_polling() {
+    let (tracker, metrics) = tracker();
+    tracker.push_reachable(true);
+    let key = command_key(COMMAND_A);
+    event(&tracker, COMMAND_A, "i-x", "InProgress");
+    track(&tracker, "ops", "r1", COMMAND_A);
+    track(&tracker, "ops", "r2", COMMAND_A);
+    tracker
+        .take_round(&key, RoundKind::Regular)
+        .expect("tracked");
+    let asked = Time(Timestamp::now());
+    tracker.absorb(
+        &key,
+        vec![
+            answer("r1", "InProgress", "PT1S"),
+            answer("r2", "InProgress", "PT1S"),
+        ],
+        &asked,
+        Some(&HashSet::new()),
+    );
+    assert!(!tracker.push_lossy(Instant::now()));
+
+    // r2 ended just now (its event may be on its way), r1 ended 10 s ago and no event came.
+    let asked = Time(Timestamp::now());
+    let fresh = vec![ended("r2", Duration::from_millis(500))];
+    let found = tracker.absorb(&key, fresh, &asked, Some(&HashSet::new()));
     assert_eq!(
-        due,
-        [(key, RoundKind::HintWalk)],
-        "eleven: one walk is cheaper"
+        found.missed, 0,
+        "an end within the grace is not a lost event"
+    );
+    let announced = HashSet::from(["i-r1".to_string()]);
+    let found = tracker.absorb(
+        &key,
+        vec![ended("r1", Duration::from_secs(10))],
+        &asked,
+        Some(&announced),
+    );
+    assert_eq!(found.missed, 0, "an end its event announced is not lost");
+
+    track(&tracker, "ops", "r3", COMMAND_A);
+    track(&tracker, "ops", "r4", COMMAND_A);
+    tracker.absorb(&key, vec![answer("r4", "InProgress", "PT1S")], &asked, None);
+    tracker.absorb(&key, vec![answer("r3", "InProgress", "PT1S")], &asked, None);
+    let found = tracker.absorb(
+        &key,
+        vec![ended("r3", Duration::from_secs(10))],
+        &asked,
+        Some(&HashSet::new()),
+    );
+    assert_eq!(found.missed, 1);
+    tracker.take_round(&key, RoundKind::Regular);
+    tracker.keep(&key, vec![], asked, true, found.missed, RoundKind::Regular);
+    assert!(
+        tracker.push_lossy(Instant::now()),
+        "the queue is seen losing events"
+    );
+    let text = metrics.encode().expect("metrics encode");
+    assert!(
+        text.contains("ssm_operator_push_messages_total{kind=\"missed\"} 1"),
+        "{text}"
+    );
+    let next = tracker.state().commands[&key].clock.due;
+    assert!(
+        next <= Instant::now() + Duration::from_millis(2400),
+        "the next round comes at the polling interval, not the 30 s backstop"
     );
 }
 
@@ -398,6 +591,7 @@ fn a_hinted_node_is_read_beside_a_running_round_unless_that_needs_a_second_walk(
         vec![answer("r1", "Success", "PT1S")],
         asked.clone(),
         true,
+        0,
         RoundKind::Gets,
     );
     hint_node(&tracker, "r2");
@@ -408,7 +602,7 @@ fn a_hinted_node_is_read_beside_a_running_round_unless_that_needs_a_second_walk(
     assert_eq!(next, None, "nothing to wait for but the running round");
 
     // The walk ends: the hinted nodes are read now.
-    tracker.keep(&key, vec![], asked, true, RoundKind::Regular);
+    tracker.keep(&key, vec![], asked, true, 0, RoundKind::Regular);
     let (due, _) = tracker.start_due(later);
     assert_eq!(due, [(key, RoundKind::HintWalk)], "one walk reads both");
 }
@@ -420,14 +614,26 @@ fn a_terminal_answer_is_never_replaced_by_an_older_read_of_a_running_step() {
     track(&tracker, "ops", "a1", COMMAND_A);
     let key = command_key(COMMAND_A);
     let asked = Time(Timestamp::now());
-    assert!(tracker.absorb(&key, vec![answer("a1", "Success", "PT4S")], &asked));
+    assert!(
+        tracker
+            .absorb(&key, vec![answer("a1", "Success", "PT4S")], &asked, None)
+            .news
+    );
     assert_eq!(woken(&mut wakes), ["ci-a1"]);
     // A walk page read before the node finished arrives after the Get that saw it finish.
-    assert!(!tracker.absorb(&key, vec![answer("a1", "InProgress", "PT3S")], &asked));
+    assert!(
+        !tracker
+            .absorb(&key, vec![answer("a1", "InProgress", "PT3S")], &asked, None)
+            .news
+    );
     // Nor does a read that failed (a throttle) take the final answer away.
     let (step, _) = answer("a1", "Success", "PT4S");
     let throttled = Err(SsmError::Throttled("Rate exceeded".into()));
-    assert!(!tracker.absorb(&key, vec![(step, throttled)], &asked));
+    assert!(
+        !tracker
+            .absorb(&key, vec![(step, throttled)], &asked, None)
+            .news
+    );
     assert!(woken(&mut wakes).is_empty());
     let kept = tracker.state().commands[&key]
         .answers
@@ -576,7 +782,7 @@ async fn a_walk_answers_steps_without_a_name_as_a_whole_and_marks_the_command() 
     }
     let key = command_key(COMMAND_A);
     let steps: HashSet<Step> = ["node1", "node2", "node3"].map(whole_step).into();
-    let (walked, error) = tracker.walk(&key, &steps).await;
+    let (walked, error) = tracker.walk(&key, &steps, &HashSet::new()).await;
     assert_eq!(error, None);
     assert!(tracker.is_multi_step(&key));
     assert!(walked.unclear.is_empty() && walked.not_listed.is_empty());
