@@ -1218,9 +1218,9 @@ fn arrival_figures(
             )
         }
     };
-    row("lag, created before its node finished", spread(&before));
+    row("lag, created before the end", spread(&before));
     row(
-        "lag, created after its node finished (from creation)",
+        "lag, created after the end",
         spread(&after),
     );
 }
@@ -1255,7 +1255,7 @@ fn lag_figures(
     }
     lags.sort();
     row(
-        "status lag (from SSM terminal, or creation if later)",
+        "status lag (from end|creation)",
         if lags.is_empty() {
             "none Finished".to_string()
         } else {
@@ -1276,7 +1276,7 @@ fn lag_figures(
     // Where to start reading the operator's log (`BENCH_OPERATOR_LOG`) when the tail is long.
     slowest.sort_by(|a, b| b.cmp(a));
     row(
-        "slowest (lag; terminal, counted from)",
+        "slowest (lag; end, from)",
         slowest
             .iter()
             .take(3)

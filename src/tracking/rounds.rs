@@ -441,7 +441,7 @@ impl Tracker {
     /// Keeps `fresh` answers asked at `asked_at` and wakes the resources whose answer changed
     /// (those with a final answer also count as waiting for their write). Returns whether any
     /// answer changed, and, for a walk (`announced`: the nodes hinted for its round), how
-    /// many ends it found that no event announced (see [`missed_event`]).
+    /// many ends it found that no event announced in time ([`EVENT_GRACE`]).
     fn absorb(
         &self,
         key: &CommandKey,
@@ -508,7 +508,7 @@ impl Tracker {
             let mut finals = Vec::new();
             for (uid, member) in &command.members {
                 if let Some(followed) = unannounced.remove(&member.step) {
-                    if followed || member.awaits_event() {
+                    if (followed || member.awaits_event()) && !member.end_heard {
                         missed += 1;
                     }
                 }

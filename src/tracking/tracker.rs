@@ -106,6 +106,8 @@ pub(super) struct Member {
     /// How its generation was first read: only one read `Now` is asked again while it has
     /// no answer.
     first_read: FirstRead,
+    /// An event announced its node's end (so a walk finding it ended found no lost event).
+    pub(super) end_heard: bool,
     /// Status writes that failed in a row (for the retry backoff).
     write_failures: u32,
 }
@@ -309,6 +311,11 @@ impl Tracker {
                 {
                     tracked = true;
                     if terminal {
+                        for member in command.members.values_mut() {
+                            if member.step.instance_id == *node {
+                                member.end_heard = true;
+                            }
+                        }
                         command.hint(node, now);
                         any = true;
                     }
@@ -421,6 +428,7 @@ impl Tracker {
                 first_seen: now,
                 rare: false,
                 first_read: FirstRead::Now,
+                end_heard: false,
                 write_failures: 0,
             });
         let new_generation = member.generation != generation || member.step != step;
@@ -439,6 +447,7 @@ impl Tracker {
                 join_within: self.intervals.min,
             };
             member.first_read = first_read(&facts, now);
+            member.end_heard = facts.heard == Some(Heard::Ended);
             now
         } else {
             member.first_seen
