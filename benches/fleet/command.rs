@@ -58,9 +58,9 @@ use ssm_sim::{Invocation, Plugin, Simulator};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    cpu_seconds, duration, env_or, install_crd, instance_id, instance_index, metric,
-    operator_env, positive, quantile, row, samples, secs, start_testbed, Operator,
-    NAMESPACE, PLUGIN, PROGRESS_EVERY, QUIET_WINDOW, WRITE_SETTLE,
+    cpu_seconds, duration, env_or, install_crd, instance_id, instance_index, metric, operator_env,
+    positive, quantile, row, samples, secs, start_testbed, Operator, NAMESPACE, PLUGIN,
+    PROGRESS_EVERY, QUIET_WINDOW, WRITE_SETTLE,
 };
 
 /// The `Command`'s name; its children are `fleet-<instance id>`.
@@ -75,6 +75,8 @@ const TAG_KEY: &str = "tag:Fleet";
 const TAG_VALUE: &str = "bench";
 /// Node k fails when `k % FAILING_EVERY == FAILING_EVERY - 1`.
 const FAILING_EVERY: usize = 10;
+/// Children the watch sees further apart than this are in different bursts.
+const BURST_GAP: Duration = Duration::from_millis(300);
 /// A node goes InProgress within this long after it is listed.
 const START_WITHIN_MS: u64 = 500;
 
@@ -87,7 +89,14 @@ const TARGET_CALLS_PER_NODE: f64 = 0.5;
 const TARGET_RSS_MIB: f64 = 96.0;
 
 /// The verbs that change something, as kube-apiserver's metrics name them.
-const WRITE_VERBS: [&str; 6] = ["POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"];
+const WRITE_VERBS: [&str; 6] = [
+    "POST",
+    "PUT",
+    "PATCH",
+    "APPLY",
+    "DELETE",
+    "DELETECOLLECTION",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
@@ -259,8 +268,7 @@ fn script(sim: &Simulator, variant: Variant, nodes: &[Node]) {
                     .stdout(format!("patching {instance}\n"))
                     .stderr(format!("patch failed on {instance}: exit status 1\n"))
             } else {
-                Plugin::succeeding_at(name, from, node.runs)
-                    .stdout(format!("patched {instance}\n"))
+                Plugin::succeeding_at(name, from, node.runs).stdout(format!("patched {instance}\n"))
             }
         };
         invocation = match variant {
@@ -427,6 +435,8 @@ struct Followed {
     command_finished: Option<Instant>,
     /// The `Command`'s status as last seen.
     command_status: Option<CommandStatus>,
+    /// When the watch saw the `Command`'s status change, and its completed count then.
+    command_changes: Vec<(Instant, i32)>,
     /// When the simulator recorded the send, in this process's monotonic clock.
     sent_at: Option<Instant>,
     /// When following ended.
@@ -467,6 +477,7 @@ async fn follow(
         strangers: Vec::new(),
         command_finished: None,
         command_status: None,
+        command_changes: Vec::new(),
         sent_at: None,
         at: Instant::now(),
         broken: None,
@@ -498,6 +509,14 @@ async fn follow(
                         .is_some_and(|c| c.status == "True");
                     if done && followed.command_finished.is_none() {
                         followed.command_finished = Some(at);
+                    }
+                    if *status != followed.command_status {
+                        let completed = status
+                            .as_ref()
+                            .as_ref()
+                            .and_then(|s| s.completed_count)
+                            .unwrap_or(0);
+                        followed.command_changes.push((at, completed));
                     }
                     followed.command_status = *status;
                 }
@@ -869,10 +888,12 @@ impl Figures<'_> {
             self.nodes.len(),
             TARGET_EXISTS_P99,
         );
-        self.by_window("  … by when listed", &delays, |node| node.listed);
+        self.by_window("  by listing time, p50/p99/max", &delays, |node| {
+            node.listed
+        });
         delays.sort_by(|a, b| b.cmp(a));
         row(
-            "  … slowest (delay, node listed at)",
+            "  slowest (delay, listed at)",
             delays
                 .iter()
                 .take(5)
@@ -891,15 +912,51 @@ impl Figures<'_> {
             .nodes
             .iter()
             .zip(&self.followed.exists)
-            .filter(|(node, seen)| {
-                seen.is_some_and(|at| at > self.sent_at + node.ends())
-            })
+            .filter(|(node, seen)| seen.is_some_and(|at| at > self.sent_at + node.ends()))
             .count();
         row(
-            "  … children made after node ended",
+            "  children made after node end",
             format!("{late} of {}", self.nodes.len()),
         );
+        self.bursts();
         sorted
+    }
+
+    /// Children appear in bursts, one per listing the operator acts on: how many, how far
+    /// apart and how big (a child waits for the next burst after its node is listed).
+    fn bursts(&self) {
+        let mut seen: Vec<Instant> = self.followed.exists.iter().flatten().copied().collect();
+        seen.sort();
+        let mut gaps: Vec<Duration> = Vec::new();
+        let mut sizes: Vec<Duration> = Vec::new();
+        let mut size = 0u32;
+        for pair in seen.windows(2) {
+            size += 1;
+            let gap = pair[1] - pair[0];
+            if gap > BURST_GAP {
+                gaps.push(gap);
+                sizes.push(Duration::from_secs(size.into()));
+                size = 0;
+            }
+        }
+        if !seen.is_empty() {
+            sizes.push(Duration::from_secs((size + 1).into()));
+        }
+        gaps.sort();
+        sizes.sort();
+        row(
+            "  bursts of children (watch)",
+            format!(
+                "{} (apart > {BURST_GAP:?}); gap p50 {:.2} s, p99 {:.2} s, max {:.2} s; size \
+                 p50 {}, max {}",
+                sizes.len(),
+                secs(quantile(&gaps, 50.0)),
+                secs(quantile(&gaps, 99.0)),
+                secs(quantile(&gaps, 100.0)),
+                quantile(&sizes, 50.0).as_secs(),
+                quantile(&sizes, 100.0).as_secs(),
+            ),
+        );
     }
 
     /// Child status lag after its node's end; returns the sorted lags.
@@ -924,18 +981,15 @@ impl Figures<'_> {
             self.nodes.len(),
             TARGET_LAG_P99,
         );
-        self.by_window("  … by when the node ended", &lags, Node::ends);
+        self.by_window("  by node end time, p50/p99/max", &lags, Node::ends);
         lags.sort_by(|a, b| b.cmp(a));
         row(
-            "  … slowest (lag, node ended at)",
+            "  slowest (lag, ended at)",
             lags.iter()
                 .take(5)
                 .map(|(d, k)| {
                     let exists = self.followed.exists[*k].map_or("?".into(), |at| {
-                        format!(
-                            "{:.2}",
-                            secs(at.saturating_duration_since(self.sent_at))
-                        )
+                        format!("{:.2}", secs(at.saturating_duration_since(self.sent_at)))
                     });
                     format!(
                         "{} {:.2} s at {:.2} s (child seen at {exists} s)",
@@ -976,7 +1030,7 @@ impl Figures<'_> {
                 )
             })
             .collect();
-        row(format!("{label} (p50/p99/max)"), parts.join(", "));
+        row(label, parts.join(", "));
     }
 
     /// The `Command` Finished after SSM's last node end, in seconds (negative: before).
@@ -998,6 +1052,7 @@ impl Figures<'_> {
                         secs(last)
                     ),
                 );
+                self.command_changes(last_end);
                 after
             }
             None => {
@@ -1005,6 +1060,43 @@ impl Figures<'_> {
                 f64::NAN
             }
         }
+    }
+
+    /// How often the `Command`'s status changed (each change is a write after a poll of
+    /// SSM), and when the watch first saw every node completed.
+    fn command_changes(&self, last_end: Instant) {
+        let changes = &self.followed.command_changes;
+        let mut gaps: Vec<Duration> = changes.windows(2).map(|p| p[1].0 - p[0].0).collect();
+        gaps.sort();
+        let n = i32::try_from(self.nodes.len()).unwrap_or(i32::MAX);
+        let since_last = |at: Instant| {
+            if at >= last_end {
+                format!("{:+.2} s", secs(at - last_end))
+            } else {
+                format!("-{:.2} s", secs(last_end - at))
+            }
+        };
+        let all_done = changes
+            .iter()
+            .find(|(_, completed)| *completed >= n)
+            .map_or("never".into(), |(at, _)| since_last(*at));
+        let before_last = changes
+            .iter()
+            .rev()
+            .find(|(at, _)| *at < last_end)
+            .map_or("none".into(), |(at, completed)| {
+                format!("{} ({completed} done)", since_last(*at))
+            });
+        row(
+            "  Command status changes (watch)",
+            format!(
+                "{}; gap p50 {:.2} s, max {:.2} s; last before the last node's end {before_last}; \
+                 {n}/{n} done seen {all_done} after it",
+                changes.len(),
+                secs(quantile(&gaps, 50.0)),
+                secs(quantile(&gaps, 100.0)),
+            ),
+        );
     }
 
     /// SSM calls by operation, per node; returns all calls per node.
@@ -1160,22 +1252,28 @@ impl Figures<'_> {
                 "{} ({}), done {}, errors {}, refusedChildren {refused}",
                 status.status.as_deref().unwrap_or("?"),
                 finished_condition(&status).map_or("Finished unknown".into(), |c| format!(
-                        "Finished={} {}",
-                        c.status, c.reason
-                    )),
+                    "Finished={} {}",
+                    c.status, c.reason
+                )),
                 status.done.as_deref().unwrap_or("?"),
                 status.error_count.unwrap_or(-1),
             ),
         );
         let sends = sim.sent().len();
-        row("SendCommand (simulator)", format!("{sends} command(s) created"));
+        row(
+            "SendCommand (simulator)",
+            format!("{sends} command(s) created"),
+        );
         let expected_status = if expected_errors > 0 {
             "Failed"
         } else {
             "Success"
         };
         if !wrong.is_empty() {
-            Some(format!("{} children ended otherwise than scripted", wrong.len()))
+            Some(format!(
+                "{} children ended otherwise than scripted",
+                wrong.len()
+            ))
         } else if !self.followed.strangers.is_empty() {
             Some(format!(
                 "unexpected children, e.g. {}",
@@ -1273,8 +1371,9 @@ fn operator_figures(metrics: &str, cpu: Option<f64>, peak_rss: Option<u64>, othe
         histogram(metrics, "ssm_operator_reconcile_duration_seconds", None),
     );
     for kind in ["CommandInvocation", "Command"] {
+        // The operator's own measure: SSM's end of the run to its status write.
         row(
-            format!("status lag, {kind} (operator)"),
+            format!("operator's status lag, {kind}"),
             histogram(
                 metrics,
                 "ssm_operator_status_lag_seconds",
