@@ -48,12 +48,15 @@ checks:
 	bash hack/test-argocd-health.sh
 
 ## bench: figures for a fleet (BENCH_COMMANDS x BENCH_INSTANCES, default 20 x 500, terminal times over
-## BENCH_SPREAD, default 60s) on the operator's default flags; BENCH_VARIANT=plain|throttled|push|push-lossy|
-## arrival|arrival-push|arrival-push-lossy|all (default all; throttled: SSM throttles above BENCH_RATE_LIMIT,
-## default 20 requests/s; push: the operator reads SQS events of every status change, push-lossy: 20 % of them
-## dropped; arrival*: the resources are created while the fleet runs, over BENCH_ARRIVAL_OVER, default 55s)
-## or churn (benches/lifecycle/churn.rs). BENCH_PROFILE=bench-fast builds without fat LTO, to iterate (the figures
-## to report come from the default, release). BENCH_OPERATOR_ARGS adds flags,
+## BENCH_SPREAD, default 60s) on the operator's default flags;
+## BENCH_VARIANT=plain|throttled|push|push-lossy|arrival|arrival-push|arrival-push-lossy|command|
+## command-two-step|all|churn (default all: every variant but churn; throttled: SSM throttles above
+## BENCH_RATE_LIMIT, default 20 requests/s; push: the operator reads SQS events of every status change,
+## push-lossy: 20 % of them dropped; arrival*: the resources are created while the fleet runs, over
+## BENCH_ARRIVAL_OVER, default 55s; command, command-two-step: one Command sent by the operator, targets
+## resolving to BENCH_NODES nodes, default 5000, over BENCH_LISTED_OVER, default 30s, one-step or two-step
+## document; churn: create/expire for ten minutes). BENCH_PROFILE=bench-fast builds without fat LTO, to
+## iterate (the figures to report come from the default, release). BENCH_OPERATOR_ARGS adds flags,
 ## BENCH_OPERATOR_ENV (K=V,K2=V2) environment variables, to the operator only. Not part of test.
 bench:
 	KUBEBUILDER_ASSETS="$$(bash hack/envtest-assets.sh)" $(CARGO) bench --locked --bench scale \

@@ -22,7 +22,8 @@
 //!    (`BENCH_DEADLINE` from the operator's start, default `10m`);
 //! 5. counts SSM calls for 5 s more (0 expected), then stops the operator (SIGTERM, exit 0).
 //!
-//! Variants (`BENCH_VARIANT`, default `all`, which runs all of them in this order):
+//! Variants (`BENCH_VARIANT`, default `all`, which runs these seven in this order, then the two
+//! `Command` variants below):
 //! - `plain`;
 //! - `throttled`: the simulator answers `ThrottlingException` above `BENCH_RATE_LIMIT`
 //!   requests per second over all operations (default 20; token bucket, burst = the rate);
@@ -40,6 +41,15 @@
 //!   printed apart for the two groups. Polling, push, and push with 20 % dropped, as above.
 //!
 //! Each variant gets a fresh API server, simulator(s) and operator.
+//!
+//! `BENCH_VARIANT=command` and `BENCH_VARIANT=command-two-step` (both also in `all`) run
+//! instead the `Command` workload of `benches/fleet/command.rs` (issue 18): one `Command`
+//! sent by the operator (`--send-commands`), its targets resolving to `BENCH_NODES` nodes
+//! (default 5,000) listed over `BENCH_LISTED_OVER` (default `30s`), each running
+//! `BENCH_RUN_MIN`..`BENCH_RUN_MAX` (3 s to 5 s), every tenth failing, with a one-step
+//! document or a two-step one; printed: child creation delay after SSM lists a node, child
+//! status lag, the `Command`'s `Finished` after the last node, API writes per child (counted
+//! by kube-apiserver), SSM calls per node, peak RSS, each next to the issue's target.
 //!
 //! `BENCH_VARIANT=churn` runs instead the lifecycle churn of `benches/lifecycle/churn.rs`
 //! (50,000 invocations created, finished and expired over ten minutes; see that module), and
@@ -72,6 +82,7 @@
 //! $ make bench                                                    # 20 × 500, all variants
 //! $ BENCH_COMMANDS=2 BENCH_INSTANCES=50 BENCH_VARIANT=push make bench
 //! $ BENCH_VARIANT=plain BENCH_OPERATOR_ENV=MALLOC_ARENA_MAX=2 make bench
+//! $ BENCH_VARIANT=command BENCH_NODES=300 cargo bench --profile dev --bench scale   # quick
 //! $ BENCH_OPERATOR_LOG=/tmp/op.log RUST_LOG=info,ssm_operator=debug make bench   # keep the log
 //! ```
 
@@ -94,6 +105,8 @@ use ssm_sim::{Command, Invocation, Plugin, Simulator, SqsSimulator};
 use testbed::TestCluster;
 use tokio::sync::{mpsc, oneshot};
 
+#[path = "fleet/command.rs"]
+mod fleet;
 #[path = "lifecycle/churn.rs"]
 mod lifecycle;
 
@@ -231,8 +244,8 @@ impl Config {
                 None => {
                     return Err(format!(
                         "BENCH_VARIANT must be plain, throttled, push, push-lossy, arrival, \
-                         arrival-push, arrival-push-lossy, all or churn, \
-                         got {other:?}"
+                         arrival-push, arrival-push-lossy, command, command-two-step, all or \
+                         churn, got {other:?}"
                     ))
                 }
             },
@@ -331,28 +344,47 @@ fn duration(name: &str, default: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     ssm_operator::install_crypto_provider();
-    if env_or("BENCH_VARIANT", "all") == "churn" {
+    let selected = env_or("BENCH_VARIANT", "all");
+    if selected == "churn" {
         return lifecycle::main();
     }
-    let config = match Config::from_env() {
-        Ok(config) => config,
-        Err(message) => {
-            eprintln!("bench scale: {message}");
-            return ExitCode::FAILURE;
+    // The Command variants alone, or after the fleet variants with `all`.
+    let command_variants = match fleet::Variant::named(&selected) {
+        Some(variant) => vec![variant],
+        None if selected == "all" => fleet::Variant::ALL.to_vec(),
+        None => Vec::new(),
+    };
+    let only_commands = selected != "all" && !command_variants.is_empty();
+    let config = if only_commands {
+        None
+    } else {
+        match Config::from_env() {
+            Ok(config) => Some(config),
+            Err(message) => {
+                eprintln!("bench scale: {message}");
+                return ExitCode::FAILURE;
+            }
         }
     };
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let mut summaries = Vec::new();
     let mut failed = false;
-    for &variant in &config.variants {
-        match runtime.block_on(run(&config, variant)) {
-            Ok(summary) => summaries.push(summary),
-            Err(message) => {
-                eprintln!("bench scale: variant {}: FAILED: {message}", variant.name());
-                summaries.push(format!("{}: FAILED ({message})", variant.name()));
-                failed = true;
-            }
+    let mut record = |name: &str, result: Result<String, String>| match result {
+        Ok(summary) => summaries.push(summary),
+        Err(message) => {
+            eprintln!("bench scale: variant {name}: FAILED: {message}");
+            summaries.push(format!("{name}: FAILED ({message})"));
+            failed = true;
         }
+    };
+    if let Some(config) = &config {
+        for &variant in &config.variants {
+            record(variant.name(), runtime.block_on(run(config, variant)));
+        }
+    }
+    let results = runtime.block_on(fleet::run_all(&command_variants));
+    for (result, variant) in results.into_iter().zip(&command_variants) {
+        record(variant.name(), result);
     }
     println!();
     for summary in summaries {
@@ -580,7 +612,7 @@ async fn start_testbed() -> Result<Testbed, String> {
     let cluster = TestCluster::start()
         .await
         .map_err(|e| format!("cannot start the test API server: {e}"))?;
-    install_crd(&cluster).await?;
+    install_crd(&cluster, "commandinvocation").await?;
     let client = cluster.client().await.map_err(|e| e.to_string())?;
     create_namespace(&client).await?;
     let api: Api<CommandInvocation> = Api::namespaced(client, NAMESPACE);
@@ -1219,10 +1251,7 @@ fn arrival_figures(
         }
     };
     row("lag, created before the end", spread(&before));
-    row(
-        "lag, created after the end",
-        spread(&after),
-    );
+    row("lag, created after the end", spread(&after));
 }
 
 /// Status lag after SSM's terminal state (or the resource's creation, if later: `from`), the
@@ -1775,16 +1804,18 @@ async fn report_missing(config: &Config, api: &Api<CommandInvocation>, seen: &[O
     }
 }
 
-/// Installs the shipped CRD with kubectl and waits until it is served (as the e2e suite does).
-async fn install_crd(cluster: &TestCluster) -> Result<(), String> {
-    let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/commandinvocation.yaml");
+/// Installs the shipped CRD of `kind` (`commandinvocation`, `command`) with kubectl and waits
+/// until it is served (as the e2e suite does).
+async fn install_crd(cluster: &TestCluster, kind: &str) -> Result<(), String> {
+    let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("crds/{kind}.yaml"));
+    let served = format!("crd/{kind}s.ssm.operator.dev");
     for args in [
         vec!["apply", "-f", crd.to_str().unwrap_or_default()],
         vec![
             "wait",
             "--for=condition=Established",
             "--timeout=60s",
-            "crd/commandinvocations.ssm.operator.dev",
+            &served,
         ],
     ] {
         let out = cluster
