@@ -13,6 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::{classify, iso, Ssm, SsmError, THROTTLING_CODES};
 use crate::api::CommandSpec;
+use crate::aws::budget::Lane;
 use crate::aws::sts::Role;
 use crate::command::send::{carries, Found, SearchResult, SendResult};
 
@@ -124,7 +125,7 @@ impl Ssm {
             .config_override(
                 aws_sdk_ssm::config::Builder::new().retry_config(RetryConfig::disabled()),
             );
-        self.budget.acquire().await;
+        let sent = self.budget.acquire(Lane::Send).await;
         if Timestamp::now() > not_after {
             return SendResult::NotCreated {
                 message: "the send waited too long for the SSM budget and was not made".into(),
@@ -148,7 +149,11 @@ impl Ssm {
             Err(error) => send_failure(error, with_role),
         };
         // Only SSM's own throttling slows the budget (never STS's, nor an expired session).
-        self.finished("SendCommand", outcome, outcome == THROTTLED);
+        self.finished(
+            "SendCommand",
+            outcome,
+            (outcome == THROTTLED).then_some(sent),
+        );
         result
     }
 
