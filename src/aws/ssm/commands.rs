@@ -146,8 +146,31 @@ impl Ssm {
                     "SendUnknown",
                 ),
             },
+            // The endpoint's name did not resolve: nothing left. A few times in a row, the
+            // region itself is in doubt: Stalled, asked again rarely (not sent again hot).
+            Err(error) if super::endpoint_unresolved(&error) => {
+                let detail = DisplayErrorContext(&error).to_string();
+                match self.not_resolved(&scope.region, &detail) {
+                    SsmError::RegionUnreachable(message) => (
+                        SendResult::Blocked {
+                            reason: "SsmUnavailable",
+                            message,
+                        },
+                        "SsmUnavailable",
+                    ),
+                    other => (
+                        SendResult::NotCreated {
+                            message: other.message().to_string(),
+                        },
+                        "SsmUnavailable",
+                    ),
+                }
+            }
             Err(error) => send_failure(error, with_role),
         };
+        if outcome != "SsmUnavailable" {
+            self.resolved(&scope.region);
+        }
         // Only SSM's own throttling slows the budget (never STS's, nor an expired session).
         self.finished(
             "SendCommand",
@@ -193,7 +216,7 @@ impl Ssm {
                 .max_results(COMMANDS_PAGE)
                 .set_next_token(next_token);
             let page = self
-                .call("ListCommands", || async move {
+                .call("ListCommands", &scope.region, || async move {
                     request.send().await.map_err(|e| classify(e, with_role))
                 })
                 .await;
@@ -242,7 +265,7 @@ impl Ssm {
             .await
             .list_commands()
             .command_id(command_id);
-        self.call("ListCommands", || async move {
+        self.call("ListCommands", &scope.region, || async move {
             let out = request.send().await.map_err(|e| classify(e, with_role))?;
             Ok(out.commands().first().map(CommandSummary::from))
         })
@@ -267,7 +290,7 @@ impl Ssm {
                 .max_results(super::PAGE_SIZE)
                 .set_next_token(next_token);
             let page = self
-                .call("ListCommandInvocations", || async move {
+                .call("ListCommandInvocations", &scope.region, || async move {
                     request.send().await.map_err(|e| classify(e, with_role))
                 })
                 .await?;
@@ -291,7 +314,7 @@ impl Ssm {
             .await
             .cancel_command()
             .command_id(command_id);
-        self.call("CancelCommand", || async move {
+        self.call("CancelCommand", &scope.region, || async move {
             request
                 .send()
                 .await
