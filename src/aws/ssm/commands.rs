@@ -416,7 +416,7 @@ mod tests {
     use aws_sdk_ssm::operation::send_command::SendCommandError;
 
     use super::*;
-    use crate::aws::ssm::tests::{io, ssm_via, sts_said, transient_sts_failures};
+    use crate::aws::ssm::tests::{io, ssm_nowhere, ssm_via, sts_said, transient_sts_failures};
 
     /// SSM's own answer to `SendCommand`: HTTP `status` with `code`.
     fn ssm_said(status: u16, code: &str, message: &str) -> SdkError<SendCommandError> {
@@ -540,6 +540,39 @@ mod tests {
             instance_ids: Some(vec!["i-0123456789abcdef0".into()]),
             ..CommandSpec::default()
         }
+    }
+
+    #[tokio::test]
+    async fn a_send_to_a_region_that_never_resolves_is_blocked_after_three() {
+        // Each send left nothing (the name did not resolve): not sent again at once, never
+        // "unknown" (a search there could not answer either); the third is Stalled, rarely
+        // tried again, and says which region.
+        let ssm = ssm_nowhere().await;
+        let scope = Scope {
+            region: Some("xx-nowhere-9".into()),
+            role: None,
+        };
+        let not_after = Timestamp::now() + Duration::from_secs(60);
+        let mut results = Vec::new();
+        for _ in 0..3 {
+            results.push(ssm.send_command(&scope, &spec(), "m", not_after).await);
+        }
+        assert!(
+            matches!(&results[0], SendResult::NotCreated { message } if message.contains("xx-nowhere-9")),
+            "{results:?}"
+        );
+        assert!(
+            matches!(results[1], SendResult::NotCreated { .. }),
+            "{results:?}"
+        );
+        let SendResult::Blocked { reason, message } = &results[2] else {
+            panic!("{results:?}");
+        };
+        assert_eq!(*reason, "SsmUnavailable");
+        assert!(
+            message.contains("region xx-nowhere-9 did not resolve 3 times"),
+            "{message}"
+        );
     }
 
     #[tokio::test]

@@ -1326,7 +1326,7 @@ mod tests {
 
     /// SSM access whose every endpoint is a name that never resolves (`.invalid`, RFC 6761):
     /// what a spec's unknown region meets.
-    async fn ssm_nowhere() -> Ssm {
+    pub(super) async fn ssm_nowhere() -> Ssm {
         use aws_sdk_ssm::config::retry::RetryConfig;
         use aws_sdk_ssm::config::Credentials;
         let base = aws_config::defaults(BehaviorVersion::latest())
