@@ -18,6 +18,8 @@
 //! Waiting calls queue, and keep their place when the rate changes:
 //! - a `SendCommand` ([`Lane::Send`]) goes ahead of every read: sends are rare, seen by users,
 //!   and dropped unsent after waiting too long;
+//! - a read SSM throttled is asked again ([`Lane::Retry`]) ahead of first tries, so it keeps
+//!   its place (the SDK does not retry throttles: every try takes a token);
 //! - reads queue per share (the namespace asking, [`Share`]), FIFO within one, and the shares
 //!   with waiters take turns, so one namespace's thousands of reads cannot hold back another's.
 //!
@@ -41,6 +43,8 @@ pub const RECOVERY_PER_SECOND: f64 = 0.02;
 pub enum Lane {
     /// `SendCommand`: ahead of every read.
     Send,
+    /// A read again after SSM throttled it: ahead of first tries, so it keeps its place.
+    Retry,
     /// Everything else: per share, shares taking turns.
     Read,
 }
@@ -78,6 +82,7 @@ pub struct Bucket {
     /// When the rate was last cut: throttles of calls let go before then cut nothing more.
     last_cut: Option<Instant>,
     sends: VecDeque<Ticket>,
+    retries: VecDeque<Ticket>,
     reads: HashMap<Share, VecDeque<Ticket>>,
     /// The shares with reads waiting, in the order they take their next turn.
     turns: VecDeque<Share>,
@@ -95,6 +100,7 @@ impl Bucket {
             updated: now,
             last_cut: None,
             sends: VecDeque::new(),
+            retries: VecDeque::new(),
             reads: HashMap::new(),
             turns: VecDeque::new(),
             next_ticket: 0,
@@ -108,7 +114,9 @@ impl Bucket {
 
     /// Calls waiting.
     pub fn waiting(&self) -> usize {
-        self.sends.len() + self.reads.values().map(VecDeque::len).sum::<usize>()
+        self.sends.len()
+            + self.retries.len()
+            + self.reads.values().map(VecDeque::len).sum::<usize>()
     }
 
     fn refill(&mut self, now: Instant) {
@@ -130,6 +138,7 @@ impl Bucket {
         self.next_ticket = self.next_ticket.wrapping_add(1);
         match lane {
             Lane::Send => self.sends.push_back(ticket),
+            Lane::Retry => self.retries.push_back(ticket),
             Lane::Read => {
                 let queue = self.reads.entry(share.clone()).or_default();
                 if queue.is_empty() {
@@ -143,9 +152,11 @@ impl Bucket {
 
     /// Takes a queued call out (its caller gave up); whether it was still waiting.
     pub fn cancel(&mut self, ticket: Ticket) -> bool {
-        if let Some(at) = self.sends.iter().position(|t| *t == ticket) {
-            self.sends.remove(at);
-            return true;
+        for lane in [&mut self.sends, &mut self.retries] {
+            if let Some(at) = lane.iter().position(|t| *t == ticket) {
+                lane.remove(at);
+                return true;
+            }
         }
         let Some(share) = self
             .reads
@@ -165,9 +176,10 @@ impl Bucket {
         true
     }
 
-    /// The next call to let go: a send, else the front read of the share whose turn it is.
+    /// The next call to let go: a send, else a throttled read's retry, else the front read of
+    /// the share whose turn it is.
     fn next(&mut self) -> Option<Ticket> {
-        if let Some(ticket) = self.sends.pop_front() {
+        if let Some(ticket) = self.sends.pop_front().or_else(|| self.retries.pop_front()) {
             return Some(ticket);
         }
         let share = self.turns.pop_front()?;
@@ -542,6 +554,21 @@ mod tests {
         let out = drain(&mut bucket, t0);
         assert_eq!(out[0].0, send);
         assert!(out[0].1 <= Duration::from_millis(100), "{:?}", out[0].1);
+    }
+
+    #[test]
+    fn a_throttled_read_asked_again_goes_before_first_tries() {
+        let t0 = Instant::now();
+        let mut bucket = Bucket::new(10.0, t0);
+        for _ in 0..10 {
+            assert!(bucket.try_take(t0));
+        }
+        let a = share("a");
+        let first_tries: Vec<Ticket> = (0..5).map(|_| bucket.enqueue(Lane::Read, &a)).collect();
+        let retry = bucket.enqueue(Lane::Retry, &a);
+        let out: Vec<Ticket> = drain(&mut bucket, t0).into_iter().map(|(t, _)| t).collect();
+        assert_eq!(out[0], retry);
+        assert_eq!(out[1..], first_tries);
     }
 
     #[test]

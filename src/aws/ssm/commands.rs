@@ -216,8 +216,9 @@ impl Ssm {
                 .max_results(COMMANDS_PAGE)
                 .set_next_token(next_token);
             let page = self
-                .call("ListCommands", &scope.region, || async move {
-                    request.send().await.map_err(|e| classify(e, with_role))
+                .call("ListCommands", &scope.region, || {
+                    let request = request.clone();
+                    async move { request.send().await.map_err(|e| classify(e, with_role)) }
                 })
                 .await;
             let page = match page {
@@ -265,9 +266,12 @@ impl Ssm {
             .await
             .list_commands()
             .command_id(command_id);
-        self.call("ListCommands", &scope.region, || async move {
-            let out = request.send().await.map_err(|e| classify(e, with_role))?;
-            Ok(out.commands().first().map(CommandSummary::from))
+        self.call("ListCommands", &scope.region, || {
+            let request = request.clone();
+            async move {
+                let out = request.send().await.map_err(|e| classify(e, with_role))?;
+                Ok(out.commands().first().map(CommandSummary::from))
+            }
         })
         .await
     }
@@ -290,8 +294,9 @@ impl Ssm {
                 .max_results(super::PAGE_SIZE)
                 .set_next_token(next_token);
             let page = self
-                .call("ListCommandInvocations", &scope.region, || async move {
-                    request.send().await.map_err(|e| classify(e, with_role))
+                .call("ListCommandInvocations", &scope.region, || {
+                    let request = request.clone();
+                    async move { request.send().await.map_err(|e| classify(e, with_role)) }
                 })
                 .await?;
             nodes.extend(
@@ -314,12 +319,15 @@ impl Ssm {
             .await
             .cancel_command()
             .command_id(command_id);
-        self.call("CancelCommand", &scope.region, || async move {
-            request
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| classify(e, with_role))
+        self.call("CancelCommand", &scope.region, || {
+            let request = request.clone();
+            async move {
+                request
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| classify(e, with_role))
+            }
         })
         .await
     }

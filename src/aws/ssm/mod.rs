@@ -213,6 +213,11 @@ impl SsmError {
     }
 }
 
+/// A read SSM throttles is tried this many times in all, each through the budget (the SDK
+/// retries no throttle): a walk's page throttled once is not the end of the walk, whose
+/// command would then wait a whole poll interval (backed off) for its next round.
+const THROTTLED_ATTEMPTS: u32 = 3;
+
 /// A region whose SSM endpoint did not resolve this many calls in a row (each with the SDK's
 /// retries, the tracker's backoff between them) is taken for one that does not exist:
 /// [`SsmError::RegionUnreachable`], re-checked rarely, until a call reaches it again.
@@ -369,29 +374,35 @@ impl Ssm {
         &self,
         operation: &'static str,
         region: &Option<String>,
-        make: impl FnOnce() -> F,
+        make: impl Fn() -> F,
     ) -> Result<T, SsmError>
     where
         F: std::future::Future<Output = Result<T, SsmError>>,
     {
-        let sent = self.budget.acquire(Lane::Read).await;
-        let result = match Box::pin(make()).await {
-            Err(SsmError::RegionUnreachable(detail)) => Err(self.not_resolved(region, &detail)),
-            result => {
-                self.resolved(region);
-                result
+        let mut lane = Lane::Read;
+        let mut attempt = 1;
+        loop {
+            let sent = self.budget.acquire(lane).await;
+            let result = match Box::pin(make()).await {
+                Err(SsmError::RegionUnreachable(detail)) => Err(self.not_resolved(region, &detail)),
+                result => {
+                    self.resolved(region);
+                    result
+                }
+            };
+            let outcome = match &result {
+                Ok(_) => "success",
+                Err(e) => e.reason(),
+            };
+            let throttled = matches!(result, Err(SsmError::Throttled(_)));
+            self.finished(operation, outcome, throttled.then_some(sent));
+            if !throttled || attempt >= THROTTLED_ATTEMPTS {
+                return result;
             }
-        };
-        let outcome = match &result {
-            Ok(_) => "success",
-            Err(e) => e.reason(),
-        };
-        self.finished(
-            operation,
-            outcome,
-            matches!(result, Err(SsmError::Throttled(_))).then_some(sent),
-        );
-        result
+            // Asked again through the budget (now slower), ahead of first tries.
+            lane = Lane::Retry;
+            attempt += 1;
+        }
     }
 
     /// One more call to `region` whose endpoint did not resolve: the error it means now.
@@ -461,12 +472,15 @@ impl Ssm {
         region: &Option<String>,
         with_role: bool,
     ) -> Result<Page, SsmError> {
-        self.call("ListCommandInvocations", region, || async move {
-            let out = request.send().await.map_err(|e| classify(e, with_role))?;
-            Ok(Page {
-                invocations: out.command_invocations().iter().map(Listed::from).collect(),
-                next_token: out.next_token().map(str::to_string),
-            })
+        self.call("ListCommandInvocations", region, || {
+            let request = request.clone();
+            async move {
+                let out = request.send().await.map_err(|e| classify(e, with_role))?;
+                Ok(Page {
+                    invocations: out.command_invocations().iter().map(Listed::from).collect(),
+                    next_token: out.next_token().map(str::to_string),
+                })
+            }
         })
         .await
     }
@@ -541,12 +555,15 @@ impl Ssm {
             .command_id(&key.command_id)
             .instance_id(&key.instance_id)
             .set_plugin_name(key.plugin_name.clone());
-        self.call("GetCommandInvocation", &key.region, || async move {
-            request
-                .send()
-                .await
-                .map(Invocation::from)
-                .map_err(|e| classify(e, with_role))
+        self.call("GetCommandInvocation", &key.region, || {
+            let request = request.clone();
+            async move {
+                request
+                    .send()
+                    .await
+                    .map(Invocation::from)
+                    .map_err(|e| classify(e, with_role))
+            }
         })
         .await
     }
@@ -1280,18 +1297,17 @@ mod tests {
             role: None,
             ..key_for("unused")
         };
-        sim.inject(Fault::Throttle { count: 1 });
+        sim.inject(Fault::Throttle { count: 3 });
         let throttled = ssm.invocation(&key).await;
         assert!(
             matches!(throttled, Err(SsmError::Throttled(_))),
             "{throttled:?}"
         );
-        assert_eq!(
-            sim.calls("GetCommandInvocation"),
-            1,
-            "a throttle is not retried behind the budget's back"
-        );
-        assert!(ssm.budget.rate() < 1000.0, "the throttle slowed the budget");
+        assert_eq!(sim.calls("GetCommandInvocation"), 3, "three tries");
+        // Each try went through the budget, each left after the previous cut: three halvings
+        // (the SDK's own retries would have been one, the budget seeing one throttle).
+        let rate = ssm.budget.rate();
+        assert!((125.0..150.0).contains(&rate), "{rate}");
         sim.inject(Fault::ServerError { count: 1 });
         let answered = ssm.invocation(&key).await;
         // The command is unknown to the simulator: SSM's answer, after the retried 500.
@@ -1299,7 +1315,7 @@ mod tests {
             matches!(answered, Err(SsmError::InvocationDoesNotExist(_))),
             "{answered:?}"
         );
-        assert_eq!(sim.calls("GetCommandInvocation"), 3, "the 500 was retried");
+        assert_eq!(sim.calls("GetCommandInvocation"), 5, "the 500 was retried");
     }
 
     #[test]
