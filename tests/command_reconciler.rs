@@ -687,7 +687,7 @@ async fn a_child_the_api_server_refuses_is_reported_and_the_status_still_follows
 #[tokio::test]
 async fn a_new_generation_waits_for_the_earlier_runs_cancel_and_says_so() {
     // Generation 2 arrives while generation 1's run still runs, and SSM throttles the
-    // CancelCommand (every SDK attempt): nothing is sent until the cancel went through, then
+    // CancelCommand (each of its three tries through the budget): nothing is sent until the cancel went through, then
     // an Event says the earlier run was cancelled and generation 2 is sent.
     let retry = Duration::from_millis(100);
     let (ctx, sim, mut api) = fixture_polling(Fence::open(), retry, retry).await;

@@ -162,10 +162,20 @@ async fn fixture_full(
     permits: usize,
     intervals: PollIntervals,
 ) -> (Fixture, ApiServerVerifier) {
+    fixture_on(fence, permits, intervals, None).await
+}
+
+/// A fixture whose SSM is `endpoint` (the simulator when `None`).
+async fn fixture_on(
+    fence: Fence,
+    permits: usize,
+    intervals: PollIntervals,
+    endpoint: Option<&str>,
+) -> (Fixture, ApiServerVerifier) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let sim = Simulator::start().await.unwrap();
-    let sdk = mock_api::sdk_config(&sim.endpoint()).await;
+    let sdk = mock_api::sdk_config(endpoint.unwrap_or(&sim.endpoint())).await;
     let metrics = Arc::new(Metrics::new());
     let ssm = Arc::new(Ssm::new(sdk, metrics.clone(), 1000.0));
     let tracker = Arc::new(Tracker::new(
@@ -1011,4 +1021,84 @@ async fn a_finished_resource_is_looked_at_again_exactly_when_its_ttl_runs_out() 
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("a requeue: {wait}"));
     assert!((590.0..=600.1).contains(&secs), "{wait}");
+}
+
+/// Sum of the operator's `ssm_operator_ssm_calls_total` over every label.
+fn ssm_calls(f: &Fixture) -> f64 {
+    f.ctx
+        .metrics
+        .encode()
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("ssm_operator_ssm_calls_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_region_whose_endpoint_never_resolves_stalls_as_ssm_unavailable_and_is_asked_rarely() {
+    // `spec.region: xx-nowhere-9`: its endpoint's name never resolves (`.invalid` never does,
+    // RFC 6761), as a region that does not exist. A few tries (SsmUnavailable, retrying),
+    // then Stalled with SsmUnavailable naming the region, re-checked only rarely (300 s here).
+    let intervals = PollIntervals {
+        min: Duration::from_millis(200),
+        max: Duration::from_secs(1),
+    };
+    let (f, mut api) = fixture_on(
+        Fence::open(),
+        16,
+        intervals,
+        Some("http://ssm.xx-nowhere-9.invalid"),
+    )
+    .await;
+    let mut object = resource(1, None);
+    object.spec.region = Some("xx-nowhere-9".into());
+    register(&f, &object).await;
+    let (statuses, mut written) = tokio::sync::mpsc::unbounded_channel();
+    let stored = object.clone();
+    let server = tokio::spawn(async move {
+        while let Some((request, send)) = api.0.next_request().await {
+            let method = request.method().clone();
+            let body: Value = mock_api::body(request).await;
+            if method == Method::POST {
+                send.send_response(json_response(201, &body));
+                continue;
+            }
+            let mut answer = serde_json::to_value(&stored).unwrap();
+            answer["status"] = body["status"].clone();
+            answer["metadata"]["resourceVersion"] = json!("101");
+            send.send_response(json_response(200, &answer));
+            let _ = statuses.send(body["status"].clone());
+        }
+    });
+    let mut reasons = Vec::new();
+    let stalled = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            f.woken().await;
+            run(&f, &object).await.expect("reconcile");
+            while let Ok(status) = written.try_recv() {
+                reasons.push(condition(&status, "Reconciling")["reason"].clone());
+                if condition(&status, "Stalled")["status"] == "True" {
+                    return status;
+                }
+            }
+        }
+    })
+    .await
+    .expect("Stalled within 60 s");
+    assert!(
+        reasons.iter().all(|r| r == "SsmUnavailable"),
+        "retrying meanwhile: {reasons:?}"
+    );
+    let stall = condition(&stalled, "Stalled");
+    assert_eq!(stall["reason"], "SsmUnavailable");
+    let message = stall["message"].as_str().unwrap();
+    assert!(message.contains("region xx-nowhere-9"), "{message}");
+    assert_eq!(condition(&stalled, "Finished")["status"], "True");
+    let calls = ssm_calls(&f);
+    assert_eq!(calls, 3.0, "three tries, each with the SDK's own retries");
+    // Re-checked rarely: nothing more within several poll intervals.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(ssm_calls(&f), calls, "not asked again before the re-check");
+    server.abort();
 }

@@ -22,6 +22,7 @@ use kube::ResourceExt;
 use tracing::{debug, info, instrument, warn};
 
 use crate::api::{Command, SendRecord};
+use crate::aws::budget;
 use crate::aws::ssm::{is_terminal, Recovery};
 use crate::command::context::{attempt_of, Context};
 use crate::command::expiry;
@@ -50,7 +51,9 @@ pub async fn reconcile(object: Arc<Command>, ctx: Arc<Context>) -> Result<Action
     let result = {
         // The semaphore is never closed; without a permit (impossible) the reconcile goes ahead.
         let _permit = ctx.permits.acquire().await.ok();
-        reconcile_inner(&object, &ctx).await
+        // Its SSM calls count against its namespace's share of the budget.
+        let share = Arc::from(object.namespace().unwrap_or_default());
+        budget::in_share(share, reconcile_inner(&object, &ctx)).await
     };
     ctx.metrics.reconciled(started.elapsed());
     if let Some(uid) = object.uid() {

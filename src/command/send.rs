@@ -296,9 +296,10 @@ pub enum SendResult {
         message: String,
     },
     /// Nothing was created, and only a fix outside the cluster helps (IAM refused the caller,
-    /// the namespace's role could not be assumed): tried again rarely.
+    /// the namespace's role could not be assumed, the region's endpoint never resolves):
+    /// tried again rarely.
     Blocked {
-        /// The condition reason (`AccessDenied`, `AssumeRoleFailed`).
+        /// The condition reason (`AccessDenied`, `AssumeRoleFailed`, `SsmUnavailable`).
         reason: &'static str,
         /// Why.
         message: String,

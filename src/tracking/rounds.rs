@@ -35,6 +35,7 @@ use tokio::task::JoinSet;
 use tracing::debug;
 
 use crate::api::CommandInvocation;
+use crate::aws::budget::{self, Share};
 use crate::aws::ssm::is_terminal;
 use crate::aws::ssm::{Invocation, InvocationKey, SsmError};
 use crate::invocation::status::only_elapsed_time_ticked;
@@ -144,24 +145,42 @@ impl Tracker {
         let use_list = command.list_failures < LIST_FAILURES_TOLERATED
             || command.rounds % LIST_RETRY_EVERY == 0;
         command.hint_due = None;
+        // Whose budget share the round's calls count against: the namespace of the role it
+        // asks with, else the first of its members' namespaces (by name, so always the same).
+        let share = match &key.role {
+            Some(role) => role.namespace.as_str(),
+            None => command
+                .members
+                .values()
+                .filter_map(|m| m.object.namespace.as_deref())
+                .min()
+                .unwrap_or_default(),
+        };
         Some(RoundStart {
             steps,
             use_list,
             hinted: std::mem::take(&mut command.hinted),
+            share: Arc::from(share),
         })
     }
 
-    /// One round of one command: ask SSM, keep the answers, wake whose answer changed. A
-    /// round that is not regular reads the hinted nodes (a walk answers the others too).
+    /// One round of one command, its SSM calls in its namespace's share of the budget.
     async fn round(self: Arc<Self>, key: CommandKey, kind: RoundKind) {
-        let Some(RoundStart {
+        let Some(start) = self.take_round(&key, kind) else {
+            return;
+        };
+        budget::in_share(start.share.clone(), self.ask(key, kind, start)).await;
+    }
+
+    /// Asks SSM, keeps the answers, wakes whose answer changed. A round that is not regular
+    /// reads the hinted nodes (a walk answers the others too).
+    async fn ask(&self, key: CommandKey, kind: RoundKind, start: RoundStart) {
+        let RoundStart {
             steps,
             use_list,
             hinted,
-        }) = self.take_round(&key, kind)
-        else {
-            return;
-        };
+            share: _,
+        } = start;
         let announced = hinted;
         let hinted: Vec<Step> = steps
             .iter()
@@ -599,6 +618,8 @@ struct RoundStart {
     use_list: bool,
     /// Nodes hinted at since the last round.
     hinted: HashSet<String>,
+    /// The budget share its calls count against (see [`budget::in_share`]).
+    share: Share,
 }
 
 /// What [`Tracker::absorb`] found.

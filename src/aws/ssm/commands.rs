@@ -13,6 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::{classify, iso, Ssm, SsmError, THROTTLING_CODES};
 use crate::api::CommandSpec;
+use crate::aws::budget::Lane;
 use crate::aws::sts::Role;
 use crate::command::send::{carries, Found, SearchResult, SendResult};
 
@@ -124,7 +125,7 @@ impl Ssm {
             .config_override(
                 aws_sdk_ssm::config::Builder::new().retry_config(RetryConfig::disabled()),
             );
-        self.budget.acquire().await;
+        let sent = self.budget.acquire(Lane::Send).await;
         if Timestamp::now() > not_after {
             return SendResult::NotCreated {
                 message: "the send waited too long for the SSM budget and was not made".into(),
@@ -145,10 +146,37 @@ impl Ssm {
                     "SendUnknown",
                 ),
             },
+            // The endpoint's name did not resolve: nothing left. A few times in a row, the
+            // region itself is in doubt: Stalled, asked again rarely (not sent again hot).
+            Err(error) if super::endpoint_unresolved(&error) => {
+                let detail = DisplayErrorContext(&error).to_string();
+                match self.not_resolved(&scope.region, &detail) {
+                    SsmError::RegionUnreachable(message) => (
+                        SendResult::Blocked {
+                            reason: "SsmUnavailable",
+                            message,
+                        },
+                        "SsmUnavailable",
+                    ),
+                    other => (
+                        SendResult::NotCreated {
+                            message: other.message().to_string(),
+                        },
+                        "SsmUnavailable",
+                    ),
+                }
+            }
             Err(error) => send_failure(error, with_role),
         };
+        if outcome != "SsmUnavailable" {
+            self.resolved(&scope.region);
+        }
         // Only SSM's own throttling slows the budget (never STS's, nor an expired session).
-        self.finished("SendCommand", outcome, outcome == THROTTLED);
+        self.finished(
+            "SendCommand",
+            outcome,
+            (outcome == THROTTLED).then_some(sent),
+        );
         result
     }
 
@@ -188,8 +216,9 @@ impl Ssm {
                 .max_results(COMMANDS_PAGE)
                 .set_next_token(next_token);
             let page = self
-                .call("ListCommands", || async move {
-                    request.send().await.map_err(|e| classify(e, with_role))
+                .call("ListCommands", &scope.region, || {
+                    let request = request.clone();
+                    async move { request.send().await.map_err(|e| classify(e, with_role)) }
                 })
                 .await;
             let page = match page {
@@ -237,9 +266,12 @@ impl Ssm {
             .await
             .list_commands()
             .command_id(command_id);
-        self.call("ListCommands", || async move {
-            let out = request.send().await.map_err(|e| classify(e, with_role))?;
-            Ok(out.commands().first().map(CommandSummary::from))
+        self.call("ListCommands", &scope.region, || {
+            let request = request.clone();
+            async move {
+                let out = request.send().await.map_err(|e| classify(e, with_role))?;
+                Ok(out.commands().first().map(CommandSummary::from))
+            }
         })
         .await
     }
@@ -262,8 +294,9 @@ impl Ssm {
                 .max_results(super::PAGE_SIZE)
                 .set_next_token(next_token);
             let page = self
-                .call("ListCommandInvocations", || async move {
-                    request.send().await.map_err(|e| classify(e, with_role))
+                .call("ListCommandInvocations", &scope.region, || {
+                    let request = request.clone();
+                    async move { request.send().await.map_err(|e| classify(e, with_role)) }
                 })
                 .await?;
             nodes.extend(
@@ -286,12 +319,15 @@ impl Ssm {
             .await
             .cancel_command()
             .command_id(command_id);
-        self.call("CancelCommand", || async move {
-            request
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| classify(e, with_role))
+        self.call("CancelCommand", &scope.region, || {
+            let request = request.clone();
+            async move {
+                request
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| classify(e, with_role))
+            }
         })
         .await
     }
@@ -388,7 +424,7 @@ mod tests {
     use aws_sdk_ssm::operation::send_command::SendCommandError;
 
     use super::*;
-    use crate::aws::ssm::tests::{io, ssm_via, sts_said, transient_sts_failures};
+    use crate::aws::ssm::tests::{io, ssm_nowhere, ssm_via, sts_said, transient_sts_failures};
 
     /// SSM's own answer to `SendCommand`: HTTP `status` with `code`.
     fn ssm_said(status: u16, code: &str, message: &str) -> SdkError<SendCommandError> {
@@ -512,6 +548,39 @@ mod tests {
             instance_ids: Some(vec!["i-0123456789abcdef0".into()]),
             ..CommandSpec::default()
         }
+    }
+
+    #[tokio::test]
+    async fn a_send_to_a_region_that_never_resolves_is_blocked_after_three() {
+        // Each send left nothing (the name did not resolve): not sent again at once, never
+        // "unknown" (a search there could not answer either); the third is Stalled, rarely
+        // tried again, and says which region.
+        let ssm = ssm_nowhere().await;
+        let scope = Scope {
+            region: Some("xx-nowhere-9".into()),
+            role: None,
+        };
+        let not_after = Timestamp::now() + Duration::from_secs(60);
+        let mut results = Vec::new();
+        for _ in 0..3 {
+            results.push(ssm.send_command(&scope, &spec(), "m", not_after).await);
+        }
+        assert!(
+            matches!(&results[0], SendResult::NotCreated { message } if message.contains("xx-nowhere-9")),
+            "{results:?}"
+        );
+        assert!(
+            matches!(results[1], SendResult::NotCreated { .. }),
+            "{results:?}"
+        );
+        let SendResult::Blocked { reason, message } = &results[2] else {
+            panic!("{results:?}");
+        };
+        assert_eq!(*reason, "SsmUnavailable");
+        assert!(
+            message.contains("region xx-nowhere-9 did not resolve 3 times"),
+            "{message}"
+        );
     }
 
     #[tokio::test]
