@@ -216,7 +216,7 @@ impl SsmError {
 /// A read SSM throttles is tried this many times in all, each through the budget (the SDK
 /// retries no throttle): a walk's page throttled once is not the end of the walk, whose
 /// command would then wait a whole poll interval (backed off) for its next round.
-const THROTTLED_ATTEMPTS: u32 = 3;
+pub const THROTTLED_ATTEMPTS: u32 = 3;
 
 /// A region whose SSM endpoint did not resolve this many calls in a row (each with the SDK's
 /// retries, the tracker's backoff between them) is taken for one that does not exist:
