@@ -181,10 +181,9 @@ impl Tracker {
             hinted,
             share: _,
         } = start;
-        let announced = hinted;
         let hinted: Vec<Step> = steps
             .iter()
-            .filter(|s| announced.contains(&s.instance_id))
+            .filter(|s| hinted.contains(&s.instance_id))
             .cloned()
             .collect();
         if kind == RoundKind::Gets || (kind == RoundKind::HintWalk && !use_list) {
@@ -203,7 +202,7 @@ impl Tracker {
         // The steps no answer reached yet (a walk that failed midway answered some).
         let mut unanswered: Vec<Step> = steps.iter().cloned().collect();
         if use_list {
-            let (walked, error) = self.walk(&key, &steps, &announced).await;
+            let (walked, error) = self.walk(&key, &steps).await;
             news = walked.news;
             missed = walked.missed;
             fresh.extend(self.complete_outputs(&key, walked.outputs).await);
@@ -245,13 +244,8 @@ impl Tracker {
     /// Walks every page of the command, keeping each page's answers as it arrives (a node
     /// that finished is woken without waiting for the rest of the walk). A page that fails
     /// ends the walk with that error; what earlier pages answered stays answered. Counts the
-    /// ends it found that no event announced (`announced`: the nodes hinted for this round).
-    async fn walk(
-        &self,
-        key: &CommandKey,
-        steps: &HashSet<Step>,
-        announced: &HashSet<String>,
-    ) -> (Walked, Option<SsmError>) {
+    /// ends it found that no event announced.
+    async fn walk(&self, key: &CommandKey, steps: &HashSet<Step>) -> (Walked, Option<SsmError>) {
         let mut wanted: HashMap<&str, Vec<&Step>> = HashMap::new();
         for step in steps {
             wanted.entry(&step.instance_id).or_default().push(step);
@@ -296,7 +290,7 @@ impl Tracker {
                 }
             }
             pages += 1;
-            let absorbed = self.absorb(key, answered, &asked_at, Some(announced));
+            let absorbed = self.absorb(key, answered, &asked_at, true);
             news |= absorbed.news;
             missed += absorbed.missed;
             token = page.next_token.filter(|t| !t.is_empty());
@@ -459,14 +453,14 @@ impl Tracker {
 
     /// Keeps `fresh` answers asked at `asked_at` and wakes the resources whose answer changed
     /// (those with a final answer also count as waiting for their write). Returns whether any
-    /// answer changed, and, for a walk (`announced`: the nodes hinted for its round), how
-    /// many ends it found that no event announced in time ([`EVENT_GRACE`]).
+    /// answer changed, and, for a walk, how many ends it found that no event announced in
+    /// time ([`EVENT_GRACE`]; an announced end is its member's `end_heard`).
     fn absorb(
         &self,
         key: &CommandKey,
         fresh: Vec<(Step, Result<Invocation, SsmError>)>,
         asked_at: &Time,
-        announced: Option<&HashSet<String>>,
+        walk: bool,
     ) -> Absorbed {
         let nothing = Absorbed {
             news: false,
@@ -506,10 +500,8 @@ impl Tracker {
                     continue;
                 }
                 let terminal = result.as_ref().is_ok_and(|i| is_terminal(&i.status));
-                if let (Some(announced), Ok(new)) = (announced, &result) {
-                    let hinted = announced.contains(&step.instance_id)
-                        || command.hinted.contains(&step.instance_id);
-                    if terminal && !hinted && ended_before(new, asked_at, EVENT_GRACE) {
+                if let (true, Ok(new)) = (walk, &result) {
+                    if terminal && ended_before(new, asked_at, EVENT_GRACE) {
                         let followed = matches!(known, Some(Ok(old)) if !is_terminal(&old.status));
                         unannounced.insert(step.clone(), followed);
                     }
@@ -558,7 +550,7 @@ impl Tracker {
         missed: usize,
         kind: RoundKind,
     ) {
-        let news = self.absorb(key, fresh, &asked_at, None).news || news;
+        let news = self.absorb(key, fresh, &asked_at, false).news || news;
         let now = Instant::now();
         self.events_lost(missed, now);
         // While the queue delivers (and has not been seen to lose events), regular rounds back

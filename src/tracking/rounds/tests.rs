@@ -203,12 +203,17 @@ fn progress_writes_wait_while_final_answers_queue_and_resume_when_they_are_writt
     let key = command_key(COMMAND_A);
     // The last one is still running; all the others finished in one page.
     let (last, finished) = uids.split_last().expect("uids");
-    tracker.absorb(&key, vec![answer(last, "InProgress", "PT1S")], &asked, None);
+    tracker.absorb(
+        &key,
+        vec![answer(last, "InProgress", "PT1S")],
+        &asked,
+        false,
+    );
     let page = finished
         .iter()
         .map(|u| answer(u, "Success", "PT2S"))
         .collect();
-    assert!(tracker.absorb(&key, page, &asked, None).news);
+    assert!(tracker.absorb(&key, page, &asked, false).news);
     assert_eq!(
         woken(&mut wakes).len(),
         uids.len(),
@@ -236,7 +241,7 @@ fn a_final_answer_nobody_writes_stops_holding_progress_back() {
         .iter()
         .map(|u| answer(u, "Failed", "PT2S"))
         .collect();
-    tracker.absorb(&key, page, &Time(Timestamp::now()), None);
+    tracker.absorb(&key, page, &Time(Timestamp::now()), false);
     assert!(tracker.defer(last));
     // Their namespace is no longer watched: nobody writes them. Past FINAL_STALE they no
     // longer count, and the put-off resource is woken at the tracker's next turn.
@@ -255,20 +260,30 @@ fn a_running_step_whose_elapsed_time_ticked_wakes_nobody() {
     let asked = Time(Timestamp::now());
     assert!(
         tracker
-            .absorb(&key, vec![answer("a1", "InProgress", "PT1S")], &asked, None)
+            .absorb(
+                &key,
+                vec![answer("a1", "InProgress", "PT1S")],
+                &asked,
+                false
+            )
             .news
     );
     assert_eq!(woken(&mut wakes), ["ci-a1"]);
     assert!(
         !tracker
-            .absorb(&key, vec![answer("a1", "InProgress", "PT3S")], &asked, None)
+            .absorb(
+                &key,
+                vec![answer("a1", "InProgress", "PT3S")],
+                &asked,
+                false
+            )
             .news,
         "not news: the round interval may grow"
     );
     assert!(woken(&mut wakes).is_empty());
     assert!(
         tracker
-            .absorb(&key, vec![answer("a1", "Success", "PT4S")], &asked, None)
+            .absorb(&key, vec![answer("a1", "Success", "PT4S")], &asked, false)
             .news
     );
     assert_eq!(woken(&mut wakes), ["ci-a1"]);
@@ -500,44 +515,59 @@ fn a_walk_finding_an_end_no_event_announced_brings_rounds_back_to_polling() {
             answer("r2", "InProgress", "PT1S"),
         ],
         &asked,
-        Some(&HashSet::new()),
+        true,
     );
     assert!(!tracker.push_lossy(Instant::now()));
 
     // r2 ended just now (its event may be on its way), r1 ended 10 s ago and no event came.
     let asked = Time(Timestamp::now());
     let fresh = vec![ended("r2", Duration::from_millis(500))];
-    let found = tracker.absorb(&key, fresh, &asked, Some(&HashSet::new()));
+    let found = tracker.absorb(&key, fresh, &asked, true);
     assert_eq!(
         found.missed, 0,
         "an end within the grace is not a lost event"
     );
-    let announced = HashSet::from(["i-r1".to_string()]);
+    event(&tracker, COMMAND_A, "i-r1", "Success");
     let found = tracker.absorb(
         &key,
         vec![ended("r1", Duration::from_secs(10))],
         &asked,
-        Some(&announced),
+        true,
     );
     assert_eq!(found.missed, 0, "an end its event announced is not lost");
     // r5's end event came and a round of Gets took it, not yet answered when a walk sees it.
     track(&tracker, "ops", "r5", COMMAND_A);
-    tracker.absorb(&key, vec![answer("r5", "InProgress", "PT1S")], &asked, None);
+    tracker.absorb(
+        &key,
+        vec![answer("r5", "InProgress", "PT1S")],
+        &asked,
+        false,
+    );
     event(&tracker, COMMAND_A, "i-r5", "Success");
     tracker.take_round(&key, RoundKind::Gets);
     let walked = vec![ended("r5", Duration::from_secs(10))];
-    let found = tracker.absorb(&key, walked, &asked, Some(&HashSet::new()));
+    let found = tracker.absorb(&key, walked, &asked, true);
     assert_eq!(found.missed, 0, "its event came, only its read is slow");
 
     track(&tracker, "ops", "r3", COMMAND_A);
     track(&tracker, "ops", "r4", COMMAND_A);
-    tracker.absorb(&key, vec![answer("r4", "InProgress", "PT1S")], &asked, None);
-    tracker.absorb(&key, vec![answer("r3", "InProgress", "PT1S")], &asked, None);
+    tracker.absorb(
+        &key,
+        vec![answer("r4", "InProgress", "PT1S")],
+        &asked,
+        false,
+    );
+    tracker.absorb(
+        &key,
+        vec![answer("r3", "InProgress", "PT1S")],
+        &asked,
+        false,
+    );
     let found = tracker.absorb(
         &key,
         vec![ended("r3", Duration::from_secs(10))],
         &asked,
-        Some(&HashSet::new()),
+        true,
     );
     assert_eq!(found.missed, 1);
     tracker.take_round(&key, RoundKind::Regular);
@@ -624,14 +654,19 @@ fn a_terminal_answer_is_never_replaced_by_an_older_read_of_a_running_step() {
     let asked = Time(Timestamp::now());
     assert!(
         tracker
-            .absorb(&key, vec![answer("a1", "Success", "PT4S")], &asked, None)
+            .absorb(&key, vec![answer("a1", "Success", "PT4S")], &asked, false)
             .news
     );
     assert_eq!(woken(&mut wakes), ["ci-a1"]);
     // A walk page read before the node finished arrives after the Get that saw it finish.
     assert!(
         !tracker
-            .absorb(&key, vec![answer("a1", "InProgress", "PT3S")], &asked, None)
+            .absorb(
+                &key,
+                vec![answer("a1", "InProgress", "PT3S")],
+                &asked,
+                false
+            )
             .news
     );
     // Nor does a read that failed (a throttle) take the final answer away.
@@ -639,7 +674,7 @@ fn a_terminal_answer_is_never_replaced_by_an_older_read_of_a_running_step() {
     let throttled = Err(SsmError::Throttled("Rate exceeded".into()));
     assert!(
         !tracker
-            .absorb(&key, vec![(step, throttled)], &asked, None)
+            .absorb(&key, vec![(step, throttled)], &asked, false)
             .news
     );
     assert!(woken(&mut wakes).is_empty());
@@ -790,7 +825,7 @@ async fn a_walk_answers_steps_without_a_name_as_a_whole_and_marks_the_command() 
     }
     let key = command_key(COMMAND_A);
     let steps: HashSet<Step> = ["node1", "node2", "node3"].map(whole_step).into();
-    let (walked, error) = tracker.walk(&key, &steps, &HashSet::new()).await;
+    let (walked, error) = tracker.walk(&key, &steps).await;
     assert_eq!(error, None);
     assert!(tracker.is_multi_step(&key));
     assert!(walked.unclear.is_empty() && walked.not_listed.is_empty());
