@@ -306,6 +306,15 @@ impl Config {
     }
 }
 
+/// `, operator environment K=V K2=V2` for a variant's header (empty without any).
+fn operator_env_text(env: &[(String, String)]) -> String {
+    if env.is_empty() {
+        return String::new();
+    }
+    let pairs: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!(", operator environment {}", pairs.join(" "))
+}
+
 /// `K=V,K2=V2` (blank: none) as pairs, for the operator's environment only.
 fn operator_env(text: &str) -> Result<Vec<(String, String)>, String> {
     text.split(',')
@@ -583,16 +592,7 @@ fn announce(config: &Config, variant: Variant) {
         } else {
             format!(" + {}", config.operator_args.join(" "))
         },
-        if config.operator_env.is_empty() {
-            String::new()
-        } else {
-            let pairs: Vec<String> = config
-                .operator_env
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            format!(", operator environment {}", pairs.join(" "))
-        },
+        operator_env_text(&config.operator_env),
     );
 }
 
@@ -1237,19 +1237,6 @@ fn arrival_figures(
     }
     before.sort();
     after.sort();
-    let spread = |lags: &[Duration]| {
-        if lags.is_empty() {
-            "none".to_string()
-        } else {
-            format!(
-                "{}: p50 {:.2} s, p99 {:.2} s, max {:.2} s",
-                lags.len(),
-                secs(quantile(lags, 50.0)),
-                secs(quantile(lags, 99.0)),
-                secs(quantile(lags, 100.0))
-            )
-        }
-    };
     row("lag, created before the end", spread(&before));
     row("lag, created after the end", spread(&after));
 }
@@ -1518,20 +1505,6 @@ fn push_figures(
     }
     delivered_lags.sort();
     lost_lags.sort();
-    let spread = |lags: &[Duration]| {
-        if lags.is_empty() {
-            "none".to_string()
-        } else {
-            format!(
-                "{}: p50 {:.2} s, p90 {:.2} s, p99 {:.2} s, max {:.2} s",
-                lags.len(),
-                secs(quantile(lags, 50.0)),
-                secs(quantile(lags, 90.0)),
-                secs(quantile(lags, 99.0)),
-                secs(quantile(lags, 100.0))
-            )
-        }
-    };
     row("lag, terminal node event on queue", spread(&delivered_lags));
     if variant.drop_ratio() > 0.0 {
         row(
@@ -1656,6 +1629,21 @@ impl SsmCounts {
 }
 
 /// One figure: label column, then the value.
+/// How many `lags` (sorted) there are, and their p50, p90, p99 and max; "none" if empty.
+fn spread(lags: &[Duration]) -> String {
+    if lags.is_empty() {
+        return "none".to_string();
+    }
+    format!(
+        "{}: p50 {:.2} s, p90 {:.2} s, p99 {:.2} s, max {:.2} s",
+        lags.len(),
+        secs(quantile(lags, 50.0)),
+        secs(quantile(lags, 90.0)),
+        secs(quantile(lags, 99.0)),
+        secs(quantile(lags, 100.0))
+    )
+}
+
 fn row(label: impl std::fmt::Display, value: impl std::fmt::Display) {
     println!("{:<34}{value}", label.to_string());
 }

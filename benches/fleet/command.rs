@@ -59,8 +59,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     cpu_seconds, duration, env_or, install_crd, instance_id, instance_index, metric, operator_env,
-    positive, quantile, row, samples, secs, start_testbed, Operator, NAMESPACE, PLUGIN,
-    PROGRESS_EVERY, QUIET_WINDOW, WRITE_SETTLE,
+    operator_env_text, positive, quantile, row, samples, secs, start_testbed, Operator, NAMESPACE,
+    PLUGIN, PROGRESS_EVERY, QUIET_WINDOW, WRITE_SETTLE,
 };
 
 /// The `Command`'s name; its children are `fleet-<instance id>`.
@@ -682,16 +682,7 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
         } else {
             format!(" {}", config.operator_args.join(" "))
         },
-        if config.operator_env.is_empty() {
-            String::new()
-        } else {
-            let pairs: Vec<String> = config
-                .operator_env
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            format!(", operator environment {}", pairs.join(" "))
-        },
+        operator_env_text(&config.operator_env),
     );
     let testbed = start_testbed().await?;
     install_crd(&testbed.cluster, "command").await?;
