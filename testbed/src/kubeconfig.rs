@@ -46,12 +46,29 @@ pub(crate) fn write(
 }
 
 /// A client from the kubeconfig at `path`, sending [`USER_AGENT`].
+///
+/// Fails while a certificate file the kubeconfig trusts holds no whole certificate yet: kube
+/// would build a client from an empty file that trusts nothing and fails every request.
 pub(crate) async fn client(path: &Path) -> Result<kube::Client, Error> {
     let step = || format!("loading the kubeconfig {}", path.display());
     let kubeconfig = Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig {
         step: step(),
         source,
     })?;
+    for ca_file in kubeconfig
+        .clusters
+        .iter()
+        .filter_map(|c| c.cluster.as_ref()?.certificate_authority.as_deref())
+    {
+        let text = std::fs::read_to_string(ca_file)
+            .map_err(|e| Error::io(format!("reading the certificate {ca_file}"), e))?;
+        if !text.trim_end().ends_with("-----END CERTIFICATE-----") {
+            return Err(Error::io(
+                format!("reading the certificate {ca_file}"),
+                std::io::Error::other("no whole certificate in it yet"),
+            ));
+        }
+    }
     let mut config =
         kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
@@ -95,6 +112,24 @@ mod tests {
         assert!(std::fs::read_to_string(&path)
             .unwrap()
             .contains("token: s3cret"));
+    }
+
+    #[tokio::test]
+    async fn a_certificate_file_not_yet_written_gives_no_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubeconfig");
+        let ca = dir.path().join("apiserver.crt");
+        write(&path, "https://127.0.0.1:1", &ca, "admin", "t").unwrap();
+        let text = |r: Result<kube::Client, Error>| r.err().map(|e| e.to_string());
+
+        let missing = text(client(&path).await).unwrap();
+        assert!(missing.contains("apiserver.crt"), "{missing}");
+        std::fs::write(&ca, "").unwrap();
+        let empty = text(client(&path).await).unwrap();
+        assert!(empty.contains("no whole certificate"), "{empty}");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nMIIB").unwrap();
+        let half = text(client(&path).await).unwrap();
+        assert!(half.contains("no whole certificate"), "{half}");
     }
 
     #[tokio::test]

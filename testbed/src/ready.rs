@@ -88,8 +88,7 @@ pub(crate) async fn wait_for_etcd(
 }
 
 /// Waits until `/readyz` answers `ok` and the system namespaces exist, and returns the client
-/// that saw it. The client is built from `kubeconfig_path` once the apiserver has written the
-/// certificate the kubeconfig trusts.
+/// that saw it, built from `kubeconfig_path` in that same round.
 pub(crate) async fn wait_for_apiserver(
     apiserver: &mut ManagedProcess,
     etcd: &mut ManagedProcess,
@@ -97,38 +96,25 @@ pub(crate) async fn wait_for_apiserver(
     deadline: Instant,
 ) -> Result<kube::Client, Error> {
     let log = apiserver.log().to_path_buf();
-    let started = Instant::now();
-    let client = poll(
-        "waiting for kube-apiserver's serving certificate",
-        deadline,
-        started,
-        &mut [&mut *apiserver, &mut *etcd],
-        &log,
-        || async {
-            // Fails until certs/apiserver.crt exists and parses.
-            kubeconfig::client(kubeconfig_path)
-                .await
-                .map_err(|e| e.to_string())
-        },
-    )
-    .await?;
     poll(
         "waiting for kube-apiserver /readyz and the system namespaces",
         deadline,
-        started,
+        Instant::now(),
         &mut [&mut *apiserver, &mut *etcd],
         &log,
-        || {
-            let client = client.clone();
-            async move { probe_ready(client).await }
-        },
+        // A fresh client each round: the apiserver creates certs/apiserver.crt before it
+        // writes it, and a client made from a half-written file would trust nothing, for good.
+        || async { probe_ready(kubeconfig_path).await },
     )
-    .await?;
-    Ok(client)
+    .await
 }
 
-/// One readiness probe: `/readyz` says `ok`, then all [`SYSTEM_NAMESPACES`] are listed.
-async fn probe_ready(client: kube::Client) -> Result<(), String> {
+/// One readiness probe with a client made from `kubeconfig_path` now: `/readyz` says `ok`,
+/// then all [`SYSTEM_NAMESPACES`] are listed. Answers that client.
+async fn probe_ready(kubeconfig_path: &Path) -> Result<kube::Client, String> {
+    let client = kubeconfig::client(kubeconfig_path)
+        .await
+        .map_err(|e| e.to_string())?;
     let request = http::Request::get("/readyz")
         .body(Vec::new())
         .map_err(|e| e.to_string())?;
@@ -139,7 +125,7 @@ async fn probe_ready(client: kube::Client) -> Result<(), String> {
     if body.trim() != "ok" {
         return Err(format!("GET /readyz answered {body:?}"));
     }
-    let namespaces = Api::<Namespace>::all(client)
+    let namespaces = Api::<Namespace>::all(client.clone())
         .list(&ListParams::default())
         .await
         .map_err(|e| format!("listing namespaces: {e}"))?;
@@ -153,6 +139,6 @@ async fn probe_ready(client: kube::Client) -> Result<(), String> {
         .find(|wanted| !names.iter().any(|name| name == *wanted))
     {
         Some(missing) => Err(format!("namespace {missing} does not exist yet")),
-        None => Ok(()),
+        None => Ok(client),
     }
 }
