@@ -24,7 +24,6 @@ use ssm_operator::k8s::writer::Writer;
 use ssm_operator::runtime::metrics::Metrics;
 use ssm_operator::tracking::schedule::PollIntervals;
 use ssm_sim::{Plugin, Simulator};
-use tokio::sync::Semaphore;
 
 const NODE: &str = "i-0123456789abcdef0";
 const UID: &str = "0b6f3c52-1f4e-4c59-a0f5-7f3f6f0c9e21";
@@ -766,6 +765,7 @@ async fn commands_are_limited_across_namespaces_by_their_own_permits_and_never_b
     use ssm_operator::api::{CommandInvocation, CommandInvocationSpec};
     use ssm_operator::invocation::reconcile::{self as reconciler, Context};
     use ssm_operator::invocation::status::Settings;
+    use ssm_operator::invocation::turns::WriteTurns;
     use ssm_operator::tracking::tracker::Tracker;
 
     // --max-concurrent-reconciles 1, as the operator wires it: one limit per kind, each
@@ -799,7 +799,7 @@ async fn commands_are_limited_across_namespaces_by_their_own_permits_and_never_b
     let mut wakes = Box::pin(tracker.wakes(None));
     let rounds = tokio::spawn(tracker.clone().run());
     let invocations = Arc::new(Context {
-        tracker,
+        tracker: tracker.clone(),
         roles: Arc::new(Roles::disabled()),
         writer: Writer::new(
             client.clone(),
@@ -814,7 +814,7 @@ async fn commands_are_limited_across_namespaces_by_their_own_permits_and_never_b
         },
         intervals,
         metrics: metrics.clone(),
-        permits: Semaphore::new(1),
+        turns: WriteTurns::new(1, move |woken| tracker.wake(woken)),
         ttl_after_finished: None,
     });
     let commands = Arc::new(CommandContext::new(

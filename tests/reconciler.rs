@@ -26,6 +26,7 @@ use ssm_operator::aws::roles::Roles;
 use ssm_operator::aws::ssm::Ssm;
 use ssm_operator::invocation::reconcile::{error_policy, reconcile, Context};
 use ssm_operator::invocation::status::Settings;
+use ssm_operator::invocation::turns::WriteTurns;
 use ssm_operator::k8s::leader::Fence;
 use ssm_operator::k8s::writer::Writer;
 use ssm_operator::runtime::metrics::Metrics;
@@ -188,7 +189,7 @@ async fn fixture_on(
     let wakes: Wakes = Box::pin(tracker.wakes(None));
     let rounds = tokio::spawn(tracker.clone().run());
     let ctx = Arc::new(Context {
-        tracker,
+        tracker: tracker.clone(),
         roles: Arc::new(Roles::disabled()),
         writer: Writer::new(client, Some("test".into()), metrics.clone(), fence),
         settings: Settings {
@@ -198,7 +199,10 @@ async fn fixture_on(
         },
         intervals,
         metrics,
-        permits: tokio::sync::Semaphore::new(permits),
+        turns: {
+            let tracker = tracker.clone();
+            WriteTurns::new(permits, move |woken| tracker.wake(woken))
+        },
         ttl_after_finished: None,
     });
     let fixture = Fixture {
@@ -792,7 +796,7 @@ async fn serve_writes(
 }
 
 #[tokio::test]
-async fn max_concurrent_reconciles_is_one_limit_across_namespaces() {
+async fn max_concurrent_reconciles_is_one_limit_across_namespaces_and_the_rest_take_turns() {
     // --max-concurrent-reconciles 2; six resources, three in each of two namespaces, all
     // answered by SSM at once, and an API server slow to take writes.
     let (f, mut api) = fixture_with(Fence::open(), 2).await;
@@ -804,19 +808,43 @@ async fn max_concurrent_reconciles_is_one_limit_across_namespaces() {
     for _ in &objects {
         f.woken().await;
     }
-    let reconciles: Vec<_> = objects
+    // What the controller does: reconcile each resource, and again whenever it is woken.
+    let by_name: std::collections::HashMap<String, CommandInvocation> = objects
         .iter()
-        .map(|o| tokio::spawn(reconcile(Arc::new(o.clone()), f.ctx.clone())))
+        .map(|o| (o.metadata.name.clone().unwrap(), o.clone()))
         .collect();
-    // Each reconcile records an Event, then writes the status: 12 writes in all.
+    let ctx = f.ctx.clone();
+    let f = Arc::new(f);
+    let controller = {
+        let f = f.clone();
+        tokio::spawn(async move {
+            let mut running = tokio::task::JoinSet::new();
+            for object in by_name.values() {
+                running.spawn(reconcile(Arc::new(object.clone()), ctx.clone()));
+            }
+            for _ in 0..by_name.len() - 2 {
+                let woken = f.woken().await;
+                running.spawn(reconcile(
+                    Arc::new(by_name[&woken.name].clone()),
+                    ctx.clone(),
+                ));
+            }
+            running.join_all().await
+        })
+    };
+    // Each writing reconcile records an Event, then writes the status: 12 writes in all.
     let most = serve_writes(&mut api, &objects, 12, Duration::from_millis(300)).await;
-    for reconcile in reconciles {
-        let action = tokio::time::timeout(WAIT, reconcile)
-            .await
-            .expect("reconcile finished")
-            .unwrap()
-            .expect("status written");
-        assert_eq!(action, Action::await_change());
+    let actions = tokio::time::timeout(WAIT, controller)
+        .await
+        .expect("every resource was reconciled, and woken for its turn")
+        .unwrap();
+    assert_eq!(
+        actions.len(),
+        6 + 4,
+        "four waited their turn and were woken for it"
+    );
+    for action in actions {
+        assert_eq!(action.expect("no reconcile failed"), Action::await_change());
     }
     assert_eq!(
         most, 2,
@@ -827,6 +855,7 @@ async fn max_concurrent_reconciles_is_one_limit_across_namespaces() {
         metrics.contains("ssm_operator_status_writes_total 6"),
         "every resource got its status; {metrics}"
     );
+    assert_eq!(f.ctx.turns.waiting(), 0);
     api.expect_silence().await;
 }
 

@@ -12,8 +12,8 @@
 //!
 //! A reconcile acts on what is really stored: when the watch cache has not yet shown this
 //! process's last write, it uses that write ([`Writer::fresher`]). At most
-//! `--max-concurrent-reconciles` reconciles write at once, across all watched namespaces; one
-//! with nothing to write never waits for them.
+//! `--max-concurrent-reconciles` reconciles write at once, across all watched namespaces, in
+//! the order of [`crate::invocation::turns`]; no reconcile waits for a turn.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -31,6 +31,7 @@ use crate::api::CommandInvocationSpec;
 use crate::aws::roles::Roles;
 use crate::aws::ssm::{InvocationKey, SsmError};
 use crate::invocation::status::{self as mapping, Poll, Polling, Settings};
+use crate::invocation::turns::{Class, WriteTurns};
 use crate::k8s::watch::Forget;
 use crate::k8s::writer::Writer;
 use crate::runtime::metrics::Metrics;
@@ -52,9 +53,9 @@ pub struct Context {
     pub intervals: PollIntervals,
     /// Process metrics.
     pub metrics: Arc<Metrics>,
-    /// `--max-concurrent-reconciles` permits for status writes (and their Events), shared by
+    /// `--max-concurrent-reconciles` turns for status writes (and their Events), shared by
     /// every watched namespace.
-    pub permits: tokio::sync::Semaphore,
+    pub turns: WriteTurns,
     /// `--ttl-after-finished`: the TTL of a finished resource without a controller owner
     /// whose spec sets none.
     pub ttl_after_finished: Option<Duration>,
@@ -64,11 +65,13 @@ impl Forget for Context {
     fn forget(&self, uid: &str) {
         self.tracker.forget(uid);
         self.writer.forget(uid);
+        self.turns.leave(uid);
     }
 
     fn retain(&self, live: &HashSet<String>) {
         self.tracker.retain(live);
         self.writer.retain(live);
+        self.turns.retain(live);
     }
 }
 
@@ -143,22 +146,26 @@ async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Ac
         outcome.status.spec_hash = Some(hash);
         outcome.write = true;
     }
-    // Writes in flight are bounded; a reconcile with nothing to write (most, at start-up,
-    // where each resource is first only tracked) never waits for them. The semaphore is
-    // never closed; without a permit (impossible) the reconcile goes ahead.
-    let _permit = if outcome.write || outcome.note.is_some() {
-        ctx.permits.acquire().await.ok()
+    // Writes take turns (crate::invocation::turns): final answers first, then oldest first.
+    // A reconcile with nothing to write (most, at start-up, where each resource is first only
+    // tracked) takes no turn; one whose turn has not come ends, and is woken when it comes.
+    let _slot = if outcome.write || outcome.note.is_some() {
+        let class = if mapping::is_progress(&outcome.status) {
+            Class::Progress
+        } else {
+            Class::Final
+        };
+        match ctx.turns.ask(&uid, class, ObjectRef::from_obj(object)) {
+            Some(slot) => Some(slot),
+            None => {
+                debug!(?class, "status write waits its turn");
+                return Ok(Action::await_change());
+            }
+        }
     } else {
+        ctx.turns.leave(&uid);
         None
     };
-    // Final answers first: while they queue for the API server, a write that only shows
-    // progress waits (the tracker wakes this resource again once they are written). Asked
-    // with the permit in hand, so a progress write that queued for it yields to the final
-    // answers that came meanwhile.
-    if outcome.write && mapping::is_progress(&outcome.status) && ctx.tracker.defer(&uid) {
-        debug!("progress write put off: final answers are waiting");
-        return Ok(Action::await_change());
-    }
     // The Event first: a crash or an unreachable API server before the status write repeats
     // the attempt (the API refuses the duplicate name), while a status written first would
     // lose the Event for good.
@@ -167,7 +174,6 @@ async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Ac
     }
     if outcome.write {
         ctx.writer.write(object, &outcome.status).await?;
-        ctx.tracker.wrote(&uid);
         let ready = outcome.status.conditions.first();
         let age = Timestamp::now().duration_since(answer.asked_at.0);
         info!(

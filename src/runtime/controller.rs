@@ -23,6 +23,7 @@ use crate::aws::sqs::Queue;
 use crate::aws::ssm::Ssm;
 use crate::command::send::Policy;
 use crate::invocation::status::Settings;
+use crate::invocation::turns::WriteTurns;
 use crate::k8s::health::Health;
 use crate::k8s::leader::{Fence, Leadership, LeaseSettings};
 use crate::k8s::watch::watch as watch_invocations;
@@ -112,14 +113,15 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     } else {
         Roles::disabled()
     });
+    let tracker = Arc::new(Tracker::new(
+        ssm.clone(),
+        intervals,
+        recheck_interval,
+        args.push_backstop,
+        metrics.clone(),
+    ));
     let ctx = Arc::new(invocation::Context {
-        tracker: Arc::new(Tracker::new(
-            ssm.clone(),
-            intervals,
-            recheck_interval,
-            args.push_backstop,
-            metrics.clone(),
-        )),
+        tracker: tracker.clone(),
         roles: roles.clone(),
         writer: Writer::new(
             client.clone(),
@@ -134,7 +136,12 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         },
         intervals,
         metrics,
-        permits: tokio::sync::Semaphore::new(usize::from(args.max_concurrent_reconciles)),
+        turns: {
+            let tracker = tracker.clone();
+            WriteTurns::new(usize::from(args.max_concurrent_reconciles), move |woken| {
+                tracker.wake(woken)
+            })
+        },
         ttl_after_finished: args.ttl_after_finished,
     });
 
@@ -308,9 +315,9 @@ async fn run_controllers(
     }
     let apis: Vec<(Option<String>, Api<CommandInvocation>)> = apis_for(&client, &args.namespaces);
     let command_apis: Vec<(Option<String>, Api<Command>)> = apis_for(&client, &args.namespaces);
-    // Writes in flight are bounded by the permits; more reconciles than that run at once so
-    // that those with nothing to write (tracking a resource, putting off a progress write)
-    // are not stuck behind the writes.
+    // Writes in flight are bounded by the write turns; more reconciles than that run at once
+    // so that those with nothing to write (tracking a resource, or finding its write must
+    // wait its turn) are not stuck behind the writes.
     let config = controller::Config::default().concurrency(
         args.max_concurrent_reconciles
             .saturating_mul(RECONCILES_PER_WRITE),

@@ -30,11 +30,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::runtime::reflector::ObjectRef;
 use tokio::task::JoinSet;
 use tracing::debug;
 
-use crate::api::CommandInvocation;
 use crate::aws::budget::{self, Share};
 use crate::aws::ssm::is_terminal;
 use crate::aws::ssm::{Invocation, InvocationKey, SsmError};
@@ -42,7 +40,7 @@ use crate::invocation::status::only_elapsed_time_ticked;
 use crate::tracking::entries::{self as batch, with_output_of, FromList, Why};
 use crate::tracking::plan::{plan, RoundFacts, RoundKind, RoundPlan};
 use crate::tracking::schedule::PollIntervals;
-use crate::tracking::tracker::{take_deferred, Answer, CommandKey, Step, Tracker, EVENT_GRACE};
+use crate::tracking::tracker::{Answer, CommandKey, Step, Tracker, EVENT_GRACE};
 
 /// After this many failed List walks in a row, a transient error is shown on the resources and
 /// (unless SSM is throttling) rounds ask `GetCommandInvocation` per step instead.
@@ -55,11 +53,6 @@ const MAX_GETS_PER_ROUND: usize = 50;
 const GETS_IN_FLIGHT: usize = 8;
 /// A walk stops after this many pages (100,000 nodes), whatever SSM says.
 const MAX_PAGES: usize = 2000;
-/// A final answer not written within this long no longer counts as waiting (its resource may
-/// be reconciled by nobody, e.g. its namespace is no longer watched).
-const FINAL_STALE: Duration = Duration::from_secs(30);
-/// Put-off resources woken per tracker loop turn while no final answers wait.
-const DEFERRED_PER_TURN: usize = 16;
 
 impl Tracker {
     /// Runs rounds as they fall due, until dropped.
@@ -68,8 +61,6 @@ impl Tracker {
         loop {
             let now = Instant::now();
             let (due, next) = self.start_due(now);
-            let woken = self.turn(now);
-            self.wake(woken);
             for (key, kind) in due {
                 rounds.spawn(self.clone().round(key, kind));
             }
@@ -84,16 +75,6 @@ impl Tracker {
                 Some(_) = rounds.join_next(), if !rounds.is_empty() => {}
             }
         }
-    }
-
-    /// The bookkeeping of one loop turn at `now`: final answers waiting longer than
-    /// [`FINAL_STALE`] stop counting; returns the put-off resources to wake, if none wait.
-    fn turn(&self, now: Instant) -> Vec<ObjectRef<CommandInvocation>> {
-        let mut state = self.state();
-        state
-            .finals
-            .retain(|_, since| now.saturating_duration_since(*since) < FINAL_STALE);
-        take_deferred(&mut state, DEFERRED_PER_TURN)
     }
 
     /// Marks the rounds due at `now` as running; returns them (and their kind) and the next
@@ -469,7 +450,6 @@ impl Tracker {
         if fresh.is_empty() {
             return nothing;
         }
-        let now = Instant::now();
         let mut wake = Vec::new();
         let mut missed = 0;
         {
@@ -477,8 +457,8 @@ impl Tracker {
             let Some(command) = state.commands.get_mut(key) else {
                 return nothing;
             };
-            // The steps whose answer changed, and whether the new one is final.
-            let mut changed: HashMap<Step, bool> = HashMap::new();
+            // The steps whose answer changed.
+            let mut changed: HashSet<Step> = HashSet::new();
             // Of those, the ends found by a walk that no event announced in time, and whether
             // the step was followed while it ran (else: only if its resource awaits an event).
             let mut unannounced: HashMap<Step, bool> = HashMap::new();
@@ -506,7 +486,7 @@ impl Tracker {
                         unannounced.insert(step.clone(), followed);
                     }
                 }
-                changed.insert(step.clone(), terminal);
+                changed.insert(step.clone());
                 let answer = Answer {
                     result,
                     asked_at: asked_at.clone(),
@@ -516,22 +496,15 @@ impl Tracker {
             if changed.is_empty() {
                 return nothing;
             }
-            let mut finals = Vec::new();
-            for (uid, member) in &command.members {
+            for member in command.members.values() {
                 if let Some(followed) = unannounced.remove(&member.step) {
                     if (followed || member.awaits_event()) && !member.end_heard {
                         missed += 1;
                     }
                 }
-                if let Some(&terminal) = changed.get(&member.step) {
+                if changed.contains(&member.step) {
                     wake.push(member.object.clone());
-                    if terminal {
-                        finals.push(uid.clone());
-                    }
                 }
-            }
-            for uid in finals {
-                state.finals.entry(uid).or_insert(now);
             }
         }
         self.wake(wake);

@@ -29,7 +29,7 @@
 //! [`EVENT_GRACE`] ago that no event announced shows the queue loses events: for
 //! [`LOSSY_KEEP`] rounds then follow the polling backoff, as without push.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -56,11 +56,6 @@ const PUSH_FRESH: Duration = Duration::from_secs(600);
 pub(super) const EVENT_GRACE: Duration = Duration::from_secs(3);
 /// After a lost event, rounds follow the polling backoff for this long.
 pub(super) const LOSSY_KEEP: Duration = Duration::from_secs(300);
-/// While this many final answers wait for their status write, writes that only report
-/// progress are put off (see [`Tracker::defer`]). One: measured on the fleet benchmark, any
-/// larger backlog lets progress writes take API server capacity the final answers need
-/// (20 × 500 at 100 calls/s: lag p99 4.9 s with 1, 34.7 s with 16).
-pub(super) const FINAL_BACKLOG: usize = 1;
 
 /// What SSM last said about one step, and when it was asked.
 #[derive(Clone, Debug, PartialEq)]
@@ -170,30 +165,12 @@ impl TrackedCommand {
 pub(super) struct State {
     pub(super) commands: HashMap<CommandKey, TrackedCommand>,
     pub(super) command_of: HashMap<String, CommandKey>,
-    /// Resources woken with a final answer whose status is not written yet, and when.
-    pub(super) finals: HashMap<String, Instant>,
-    /// Resources whose progress-only write was put off while final answers waited...
-    deferred: HashSet<String>,
-    /// ... in the order they were put off (may still name some no longer put off).
-    deferred_order: VecDeque<String>,
     /// What the push queue said about nodes no resource tracks yet.
     heard: Memory,
 }
 
 impl State {
-    /// Final answers wait for their writes: progress-only writes are put off.
-    fn finals_waiting(&self) -> bool {
-        self.finals.len() >= FINAL_BACKLOG
-    }
-
-    /// `uid` neither waits with a final answer nor is put off any more.
-    fn unqueue(&mut self, uid: &str) {
-        self.finals.remove(uid);
-        self.deferred.remove(uid);
-    }
-
     fn remove(&mut self, uid: &str) {
-        self.unqueue(uid);
         let Some(key) = self.command_of.remove(uid) else {
             return;
         };
@@ -354,7 +331,8 @@ impl Tracker {
         self.wakers.stream(namespace)
     }
 
-    pub(super) fn wake(&self, objects: Vec<ObjectRef<CommandInvocation>>) {
+    /// Wakes `objects` in the controllers that watch them.
+    pub fn wake(&self, objects: Vec<ObjectRef<CommandInvocation>>) {
         self.wakers.wake(objects);
     }
 
@@ -489,7 +467,6 @@ impl Tracker {
             return;
         }
         let mut state = self.state();
-        state.unqueue(uid);
         let Some(key) = state.command_of.get(uid).cloned() else {
             return;
         };
@@ -505,34 +482,6 @@ impl Tracker {
             let rare_due = Instant::now() + self.recheck;
             command.clock.due = command.clock.due.max(rare_due);
         }
-    }
-
-    /// Puts off the progress-only write of `uid` while [`FINAL_BACKLOG`] final answers wait
-    /// for their writes: the API server's write capacity goes to what pipelines gate
-    /// on first. Returns whether it was put off; the tracker wakes `uid` again once the final
-    /// answers are written ([`Tracker::wrote`], and every loop turn).
-    pub fn defer(&self, uid: &str) -> bool {
-        let mut state = self.state();
-        // Its own answer is not final (else it would be written, not put off).
-        state.finals.remove(uid);
-        if !state.finals_waiting() || !state.command_of.contains_key(uid) {
-            return false;
-        }
-        if state.deferred.insert(uid.to_string()) {
-            state.deferred_order.push_back(uid.to_string());
-        }
-        true
-    }
-
-    /// A status write of `uid` succeeded: while no final answers queue, one put-off resource
-    /// takes the freed write slot.
-    pub fn wrote(&self, uid: &str) {
-        let woken = {
-            let mut state = self.state();
-            state.unqueue(uid);
-            take_deferred(&mut state, 1)
-        };
-        self.wake(woken);
     }
 
     /// Counts a failed status write of `uid`; returns how many failed in a row.
@@ -596,33 +545,4 @@ impl Tracker {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// Takes up to `n` put-off resources to wake, unless final answers are waiting.
-pub(super) fn take_deferred(state: &mut State, n: usize) -> Vec<ObjectRef<CommandInvocation>> {
-    if state.deferred.is_empty() {
-        state.deferred_order.clear();
-        return Vec::new();
-    }
-    if state.finals_waiting() {
-        return Vec::new();
-    }
-    let mut woken = Vec::new();
-    while woken.len() < n {
-        let Some(uid) = state.deferred_order.pop_front() else {
-            break;
-        };
-        if !state.deferred.remove(&uid) {
-            continue;
-        }
-        let member = state
-            .command_of
-            .get(&uid)
-            .and_then(|key| state.commands.get(key))
-            .and_then(|command| command.members.get(&uid));
-        if let Some(member) = member {
-            woken.push(member.object.clone());
-        }
-    }
-    woken
 }

@@ -3,10 +3,13 @@
 use super::*;
 
 use futures::{FutureExt, Stream};
+use kube::runtime::reflector::ObjectRef;
+
+use crate::api::CommandInvocation;
 
 use crate::aws::ssm::Ssm;
 use crate::runtime::metrics::Metrics;
-use crate::tracking::tracker::{FINAL_BACKLOG, HINT_COALESCE};
+use crate::tracking::tracker::HINT_COALESCE;
 
 const COMMAND_A: &str = "8f2f6d1e-2b0c-4e4b-9a53-0c7b9f0e1a11";
 const COMMAND_B: &str = "0b7c8d9e-1f2a-4b3c-8d4e-5f6a7b8c9d0e";
@@ -189,66 +192,6 @@ fn woken<S: Stream<Item = ObjectRef<CommandInvocation>> + Unpin>(wakes: &mut S) 
     }
     names.sort();
     names
-}
-
-#[test]
-fn progress_writes_wait_while_final_answers_queue_and_resume_when_they_are_written() {
-    let (tracker, _) = tracker();
-    let mut wakes = Box::pin(tracker.wakes(None));
-    let uids: Vec<String> = (0..=FINAL_BACKLOG).map(|i| format!("r{i:02}")).collect();
-    for uid in &uids {
-        track(&tracker, "ops", uid, COMMAND_A);
-    }
-    let asked = Time(Timestamp::now());
-    let key = command_key(COMMAND_A);
-    // The last one is still running; all the others finished in one page.
-    let (last, finished) = uids.split_last().expect("uids");
-    tracker.absorb(
-        &key,
-        vec![answer(last, "InProgress", "PT1S")],
-        &asked,
-        false,
-    );
-    let page = finished
-        .iter()
-        .map(|u| answer(u, "Success", "PT2S"))
-        .collect();
-    assert!(tracker.absorb(&key, page, &asked, false).news);
-    assert_eq!(
-        woken(&mut wakes).len(),
-        uids.len(),
-        "every changed answer wakes its resource"
-    );
-
-    // A full backlog of final answers: the running one's progress write waits.
-    assert!(tracker.defer(last));
-    // One final answer written: the backlog is below the mark, the freed slot goes to it.
-    tracker.wrote(&finished[0]);
-    assert_eq!(woken(&mut wakes), [format!("ci-{last}")]);
-    assert!(!tracker.defer(last), "nothing queues ahead of it any more");
-}
-
-#[test]
-fn a_final_answer_nobody_writes_stops_holding_progress_back() {
-    let (tracker, _) = tracker();
-    let uids: Vec<String> = (0..=FINAL_BACKLOG).map(|i| format!("r{i:02}")).collect();
-    for uid in &uids {
-        track(&tracker, "ops", uid, COMMAND_A);
-    }
-    let key = command_key(COMMAND_A);
-    let (last, finished) = uids.split_last().expect("uids");
-    let page = finished
-        .iter()
-        .map(|u| answer(u, "Failed", "PT2S"))
-        .collect();
-    tracker.absorb(&key, page, &Time(Timestamp::now()), false);
-    assert!(tracker.defer(last));
-    // Their namespace is no longer watched: nobody writes them. Past FINAL_STALE they no
-    // longer count, and the put-off resource is woken at the tracker's next turn.
-    let later = Instant::now() + FINAL_STALE + Duration::from_secs(1);
-    let woken = tracker.turn(later);
-    assert_eq!(woken.len(), 1);
-    assert_eq!(woken[0].name, format!("ci-{last}"));
 }
 
 #[test]
