@@ -36,7 +36,7 @@ use crate::tracking::tracker::Tracker;
 use crate::{command, invocation};
 use crate::{Error, OPERATOR_NAME};
 
-/// Reconciles that run at once per kind, per `--max-concurrent-reconciles` write permit.
+/// Reconciles that run at once per kind, per `--max-concurrent-reconciles` write slot.
 const RECONCILES_PER_WRITE: u16 = 2;
 
 /// A resource stalled on an error an outside fix can cure is asked again after this many

@@ -1,7 +1,7 @@
 //! The tracker: the one place that decides when to ask SSM, per command instead of per
 //! resource. This file owns the [`Tracker`] type, the state its rounds share, and what the
-//! reconcilers and the SQS consumer call: track a resource, settle or forget it, put off or
-//! count its writes, take a hint. The round loop that asks SSM is in `rounds.rs`.
+//! reconcilers and the SQS consumer call: track a resource, settle or forget it, count its
+//! failed writes, take a hint. The round loop that asks SSM is in `rounds.rs`.
 //!
 //! Nothing here may call SSM or await: every call holds the state lock only briefly, and
 //! what needs SSM is left to the rounds (marked due, and the loop notified).
