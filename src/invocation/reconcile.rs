@@ -80,6 +80,11 @@ impl Forget for Context {
 pub async fn reconcile(object: Arc<CommandInvocation>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = reconcile_inner(&object, &ctx).await;
+    // Called for a write turn but ended without taking it (nothing to write after all, no
+    // answer yet, a role not known yet, an error): the turn goes to the next in line.
+    if let Some(uid) = object.uid() {
+        ctx.turns.pass(&uid);
+    }
     ctx.metrics.reconciled(started.elapsed());
     result
 }

@@ -306,7 +306,8 @@ pub fn only_elapsed_time_ticked(old: &Invocation, new: &Invocation) -> bool {
 }
 
 /// Whether `status` only reports progress (no `Finished` or `Stalled` True): a write that
-/// pipelines do not gate on, so it may wait while final answers queue for the API server.
+/// pipelines do not gate on, so it waits behind final answers and takes only its share of the
+/// write turns ([`crate::invocation::turns`]).
 pub fn is_progress(status: &CommandInvocationStatus) -> bool {
     !conditions::is_true(&status.conditions, conditions::FINISHED)
         && !conditions::is_true(&status.conditions, conditions::STALLED)

@@ -1,7 +1,8 @@
 //! Whose status write goes next.
 //!
 //! At most `--max-concurrent-reconciles` `CommandInvocation` writes (an Event and a status
-//! patch each) run at once, across all watched namespaces. The others wait their turn here, in
+//! patch each, from a reconcile with an SSM answer to write) run at once, across all watched
+//! namespaces. The others wait their turn here, in
 //! order, and final answers (what pipelines gate on) before writes that only show progress. A
 //! reconcile never waits for a turn: it leaves its place in line and ends, and is woken when
 //! its turn comes. So controller workers are never parked behind the API server, and the
@@ -20,7 +21,9 @@ use kube::runtime::reflector::ObjectRef;
 use crate::api::CommandInvocation;
 
 /// A resource called for its turn whose reconcile has not come within this long loses the
-/// turn (its namespace may no longer be watched), so a lost wake never holds a slot for good.
+/// turn (it was deleted on the way, say), so a lost wake holds a slot at most this long: every
+/// release and every ask takes such turns back, and so does a timer
+/// ([`WriteTurns::expire`]) while nothing else happens.
 pub const CALL_STALE: Duration = Duration::from_secs(30);
 
 /// One slot in this many may show progress: under load, a resource waits in line while it is
@@ -57,11 +60,22 @@ pub struct Turns<T> {
     writing: HashMap<String, Class>,
     /// Called for their turn, not back yet: for what, since when.
     called: HashMap<String, (Class, Instant)>,
-    /// In line: their class and how to wake them. The queues below may still name some that
-    /// left or moved; this map is the truth.
-    waiting: HashMap<String, (Class, T)>,
-    finals: VecDeque<String>,
-    progress: VecDeque<String>,
+    /// In line: their class, how to wake them, and the number of their place. The queues
+    /// below may still hold places given up (left, or moved to the finals' line); only a
+    /// place whose number is the one here counts.
+    waiting: HashMap<String, Place<T>>,
+    finals: VecDeque<(u64, String)>,
+    progress: VecDeque<(u64, String)>,
+    /// The number of the next place given.
+    places: u64,
+}
+
+/// A resource's place in line.
+#[derive(Debug)]
+struct Place<T> {
+    class: Class,
+    wake: T,
+    number: u64,
 }
 
 impl<T: Clone> Turns<T> {
@@ -77,6 +91,7 @@ impl<T: Clone> Turns<T> {
             waiting: HashMap::new(),
             finals: VecDeque::new(),
             progress: VecDeque::new(),
+            places: 0,
         }
     }
 
@@ -91,20 +106,19 @@ impl<T: Clone> Turns<T> {
             self.writing.insert(uid.to_string(), called_as);
             return Turn::Go;
         }
-        if let Some(waiting_as) = self.waiting.get(uid).map(|(c, _)| *c) {
-            if waiting_as == Class::Final || class == Class::Progress {
-                self.waiting.insert(uid.to_string(), (waiting_as, wake));
+        if let Some(place) = self.waiting.get_mut(uid) {
+            if place.class == Class::Final || class == Class::Progress {
+                place.wake = wake;
                 return Turn::Wait;
             }
             // Waited to show progress, and is final now: first in the finals' line if a slot
             // is free (none of them waits then), else at its end.
+            self.waiting.remove(uid);
             if self.free(Class::Final) > 0 {
-                self.waiting.remove(uid);
                 self.writing.insert(uid.to_string(), Class::Final);
                 return Turn::Go;
             }
-            self.waiting.insert(uid.to_string(), (Class::Final, wake));
-            self.finals.push_back(uid.to_string());
+            self.enqueue(uid, Class::Final, wake);
             return Turn::Wait;
         }
         // Nobody waits whom a free slot could take (every release calls the next in line), so
@@ -113,12 +127,37 @@ impl<T: Clone> Turns<T> {
             self.writing.insert(uid.to_string(), class);
             return Turn::Go;
         }
-        self.waiting.insert(uid.to_string(), (class, wake));
-        match class {
-            Class::Final => self.finals.push_back(uid.to_string()),
-            Class::Progress => self.progress.push_back(uid.to_string()),
-        }
+        self.enqueue(uid, class, wake);
         Turn::Wait
+    }
+
+    /// `uid` ends this reconcile without using a turn it was called for (it found nothing to
+    /// write, or cannot write yet): the turn goes to the next in line. A place in line is kept.
+    /// Returns whom to wake.
+    pub fn pass(&mut self, uid: &str, now: Instant) -> Vec<T> {
+        if self.called.remove(uid).is_none() {
+            return Vec::new();
+        }
+        self.call(now)
+    }
+
+    /// Gives `uid` a new place at the end of `class`'s line.
+    fn enqueue(&mut self, uid: &str, class: Class, wake: T) {
+        let number = self.places;
+        self.places += 1;
+        self.waiting.insert(
+            uid.to_string(),
+            Place {
+                class,
+                wake,
+                number,
+            },
+        );
+        let queue = match class {
+            Class::Final => &mut self.finals,
+            Class::Progress => &mut self.progress,
+        };
+        queue.push_back((number, uid.to_string()));
     }
 
     /// `uid`'s write ended (written or failed): its slot goes to the next in line. Returns
@@ -144,10 +183,8 @@ impl<T: Clone> Turns<T> {
     }
 
     /// Turns called longer than [`CALL_STALE`] ago are given to the next in line. Returns
-    /// whom to wake.
+    /// whom to wake. (Every release does this too.)
     pub fn expire(&mut self, now: Instant) -> Vec<T> {
-        self.called
-            .retain(|_, (_, since)| now.saturating_duration_since(*since) < CALL_STALE);
         self.call(now)
     }
 
@@ -175,13 +212,16 @@ impl<T: Clone> Turns<T> {
         }
     }
 
-    /// Calls the next in line, finals first, into the free slots.
+    /// Takes back turns called longer than [`CALL_STALE`] ago, then calls the next in line,
+    /// finals first, into the free slots.
     fn call(&mut self, now: Instant) -> Vec<T> {
+        self.called
+            .retain(|_, (_, since)| now.saturating_duration_since(*since) < CALL_STALE);
         let mut woken = Vec::new();
         while let Some(uid) = self.next() {
-            if let Some((class, wake)) = self.waiting.remove(&uid) {
-                self.called.insert(uid, (class, now));
-                woken.push(wake);
+            if let Some(place) = self.waiting.remove(&uid) {
+                self.called.insert(uid, (place.class, now));
+                woken.push(place.wake);
             }
         }
         if self.waiting.is_empty() {
@@ -201,8 +241,8 @@ impl<T: Clone> Turns<T> {
                 Class::Final => &mut self.finals,
                 Class::Progress => &mut self.progress,
             };
-            while let Some(uid) = queue.pop_front() {
-                if self.waiting.get(&uid).is_some_and(|(c, _)| *c == class) {
+            while let Some((number, uid)) = queue.pop_front() {
+                if self.waiting.get(&uid).is_some_and(|p| p.number == number) {
                     return Some(uid);
                 }
             }
@@ -255,11 +295,26 @@ impl WriteTurns {
             let woken = turns.expire(now);
             (turns.ask(uid, class, object), woken)
         };
+        // (`expire` first: a turn taken back may be this resource's own call; it then asks
+        // like anyone else.)
         (self.wake)(woken);
         (turn == Turn::Go).then(|| Slot {
             turns: self,
             uid: uid.to_string(),
         })
+    }
+
+    /// `uid`'s reconcile ends without taking a turn it was called for: the turn goes on.
+    pub fn pass(&self, uid: &str) {
+        let woken = self.lock().pass(uid, Instant::now());
+        (self.wake)(woken);
+    }
+
+    /// Takes back turns not taken within [`CALL_STALE`]; for a timer, so that a lost wake
+    /// cannot stall the line while nothing else happens.
+    pub fn expire(&self) {
+        let woken = self.lock().expire(Instant::now());
+        (self.wake)(woken);
     }
 
     /// `uid` has nothing to write (or is gone).
@@ -462,6 +517,75 @@ mod tests {
         assert_eq!(t.ask("p2", Class::Final, "p2"), Turn::Go);
         assert_eq!(t.ask("p3", Class::Progress, "p3"), Turn::Wait);
         assert_eq!(t.done("p2", now), ["p3"]);
+    }
+
+    #[test]
+    fn a_place_given_up_is_not_kept_in_the_queue() {
+        let mut t = line(1);
+        let now = Instant::now();
+        t.ask("w", Class::Final, "w");
+        t.ask("a", Class::Final, "a");
+        t.ask("b", Class::Final, "b");
+        t.leave("a", now);
+        t.ask("c", Class::Final, "c");
+        t.ask("a", Class::Final, "a");
+        // a's old place is gone: it comes after b and c.
+        assert_eq!(t.done("w", now), ["b"]);
+        t.ask("b", Class::Final, "b");
+        assert_eq!(t.done("b", now), ["c"]);
+        t.ask("c", Class::Final, "c");
+        assert_eq!(t.done("c", now), ["a"]);
+    }
+
+    #[test]
+    fn a_progress_place_given_up_for_the_finals_line_is_not_kept_either() {
+        let mut t = line(1);
+        let now = Instant::now();
+        t.ask("w", Class::Final, "w");
+        t.ask("p", Class::Progress, "p");
+        t.ask("q", Class::Progress, "q");
+        t.ask("p", Class::Final, "p");
+        t.ask("f", Class::Final, "f");
+        assert_eq!(t.done("w", now), ["p"]);
+        t.ask("p", Class::Final, "p");
+        assert_eq!(t.done("p", now), ["f"]);
+        // p shows progress again later: its old progress place (ahead of q) is gone.
+        t.ask("f", Class::Final, "f");
+        t.ask("p", Class::Progress, "p");
+        assert_eq!(t.done("f", now), ["q"]);
+    }
+
+    #[test]
+    fn a_turn_not_taken_is_passed_on_and_a_place_kept() {
+        let mut t = line(1);
+        let now = Instant::now();
+        t.ask("w", Class::Final, "w");
+        t.ask("a", Class::Final, "a");
+        t.ask("b", Class::Final, "b");
+        assert!(
+            t.pass("b", now).is_empty(),
+            "b was not called: nothing to pass"
+        );
+        assert_eq!(t.done("w", now), ["a"]);
+        // a's reconcile found no answer to write yet (its role changed, say).
+        assert_eq!(t.pass("a", now), ["b"]);
+        assert_eq!(t.ask("b", Class::Final, "b"), Turn::Go);
+    }
+
+    #[test]
+    fn any_release_takes_back_a_turn_nobody_came_for() {
+        let mut t = line(2);
+        let now = Instant::now();
+        t.ask("w", Class::Final, "w");
+        t.ask("x", Class::Final, "x");
+        t.ask("lost", Class::Final, "lost");
+        t.ask("next", Class::Final, "next");
+        assert_eq!(t.done("w", now), ["lost"]);
+        assert_eq!(
+            t.done("x", now + CALL_STALE),
+            ["next"],
+            "x's slot, and lost's taken back"
+        );
     }
 
     #[test]

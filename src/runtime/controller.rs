@@ -23,7 +23,7 @@ use crate::aws::sqs::Queue;
 use crate::aws::ssm::Ssm;
 use crate::command::send::Policy;
 use crate::invocation::status::Settings;
-use crate::invocation::turns::WriteTurns;
+use crate::invocation::turns::{WriteTurns, CALL_STALE};
 use crate::k8s::health::Health;
 use crate::k8s::leader::{Fence, Leadership, LeaseSettings};
 use crate::k8s::watch::watch as watch_invocations;
@@ -163,7 +163,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         ctx.metrics.clone(),
         // --max-concurrent-reconciles per kind: Commands have their own semaphore (one for the
         // process, across all watched namespaces), so that Commands waiting for SSM never hold
-        // the permits CommandInvocation status writes need, nor the other way round.
+        // the turns CommandInvocation status writes need, nor the other way round.
         usize::from(args.max_concurrent_reconciles),
     );
     commands.ttl_after_finished = args.ttl_after_finished;
@@ -414,9 +414,18 @@ async fn run_controllers(
             warn!(grace = ?SHUTDOWN_GRACE, "controllers still running after the shutdown grace; stopping them");
         }
     };
+    // Write turns whose resource never came for them go on, even while nothing else happens.
+    let expire_turns = async {
+        let mut every = tokio::time::interval(CALL_STALE / 4);
+        loop {
+            every.tick().await;
+            ctx.turns.expire();
+        }
+    };
     tokio::select! {
         _ = join_all(runs) => {}
         () = ctx.tracker.clone().run() => {}
+        () = expire_turns => {}
         () = consume => {}
         () = overdue => {}
     }

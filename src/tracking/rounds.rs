@@ -432,8 +432,8 @@ impl Tracker {
         command.list_failures
     }
 
-    /// Keeps `fresh` answers asked at `asked_at` and wakes the resources whose answer changed
-    /// (those with a final answer also count as waiting for their write). Returns whether any
+    /// Keeps `fresh` answers asked at `asked_at` and wakes the resources whose answer changed.
+    /// Returns whether any
     /// answer changed, and, for a walk, how many ends it found that no event announced in
     /// time ([`EVENT_GRACE`]; an announced end is its member's `end_heard`).
     fn absorb(
