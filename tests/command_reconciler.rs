@@ -814,7 +814,7 @@ async fn commands_are_limited_across_namespaces_by_their_own_permits_and_never_b
         },
         intervals,
         metrics: metrics.clone(),
-        turns: WriteTurns::new(1, move |woken| tracker.wake(woken)),
+        turns: WriteTurns::new(1, metrics.clone(), move |woken| tracker.wake(woken)),
         ttl_after_finished: None,
     });
     let commands = Arc::new(CommandContext::new(

@@ -198,10 +198,10 @@ async fn fixture_on(
             recheck_interval: Duration::from_secs(300),
         },
         intervals,
-        metrics,
+        metrics: metrics.clone(),
         turns: {
             let tracker = tracker.clone();
-            WriteTurns::new(permits, move |woken| tracker.wake(woken))
+            WriteTurns::new(permits, metrics.clone(), move |woken| tracker.wake(woken))
         },
         ttl_after_finished: None,
     });
@@ -856,6 +856,10 @@ async fn max_concurrent_reconciles_is_one_limit_across_namespaces_and_the_rest_t
         "every resource got its status; {metrics}"
     );
     assert_eq!(f.ctx.turns.waiting(), 0);
+    assert!(
+        metrics.contains("ssm_operator_status_writes_waiting 0"),
+        "the line is empty again; {metrics}"
+    );
     api.expect_silence().await;
 }
 

@@ -13,12 +13,13 @@
 //! is called.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use kube::runtime::reflector::ObjectRef;
 
 use crate::api::CommandInvocation;
+use crate::runtime::metrics::Metrics;
 
 /// A resource called for its turn whose reconcile has not come within this long loses the
 /// turn (it was deleted on the way, say), so a lost wake holds a slot at most this long: every
@@ -251,10 +252,12 @@ impl<T: Clone> Turns<T> {
     }
 }
 
-/// [`Turns`] shared by every reconcile, waking the called through `wake`.
+/// [`Turns`] shared by every reconcile, waking the called through `wake`; the length of the
+/// line is the gauge `ssm_operator_status_writes_waiting`.
 pub struct WriteTurns {
     turns: Mutex<Turns<ObjectRef<CommandInvocation>>>,
     wake: Box<dyn Fn(Vec<ObjectRef<CommandInvocation>>) + Send + Sync>,
+    metrics: Arc<Metrics>,
 }
 
 /// A turn to write: the slot goes to the next in line when this is dropped.
@@ -266,7 +269,7 @@ pub struct Slot<'a> {
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         let woken = self.turns.lock().done(&self.uid, Instant::now());
-        (self.turns.wake)(woken);
+        self.turns.wake(woken);
     }
 }
 
@@ -274,11 +277,13 @@ impl WriteTurns {
     /// `slots` writes at once; the called are passed to `wake` (the controllers' wake-ups).
     pub fn new(
         slots: usize,
+        metrics: Arc<Metrics>,
         wake: impl Fn(Vec<ObjectRef<CommandInvocation>>) + Send + Sync + 'static,
     ) -> Self {
         Self {
             turns: Mutex::new(Turns::new(slots)),
             wake: Box::new(wake),
+            metrics,
         }
     }
 
@@ -297,7 +302,7 @@ impl WriteTurns {
         };
         // (`expire` first: a turn taken back may be this resource's own call; it then asks
         // like anyone else.)
-        (self.wake)(woken);
+        self.wake(woken);
         (turn == Turn::Go).then(|| Slot {
             turns: self,
             uid: uid.to_string(),
@@ -307,31 +312,39 @@ impl WriteTurns {
     /// `uid`'s reconcile ends without taking a turn it was called for: the turn goes on.
     pub fn pass(&self, uid: &str) {
         let woken = self.lock().pass(uid, Instant::now());
-        (self.wake)(woken);
+        self.wake(woken);
     }
 
     /// Takes back turns not taken within [`CALL_STALE`]; for a timer, so that a lost wake
     /// cannot stall the line while nothing else happens.
     pub fn expire(&self) {
         let woken = self.lock().expire(Instant::now());
-        (self.wake)(woken);
+        self.wake(woken);
     }
 
     /// `uid` has nothing to write (or is gone).
     pub fn leave(&self, uid: &str) {
         let woken = self.lock().leave(uid, Instant::now());
-        (self.wake)(woken);
+        self.wake(woken);
     }
 
     /// Every resource not in `live` leaves the line.
     pub fn retain(&self, live: &HashSet<String>) {
         let woken = self.lock().retain(live, Instant::now());
-        (self.wake)(woken);
+        self.wake(woken);
     }
 
     /// How many writes wait for their turn.
     pub fn waiting(&self) -> usize {
         self.lock().waiting()
+    }
+
+    /// Wakes the called, and shows the length of the line.
+    fn wake(&self, woken: Vec<ObjectRef<CommandInvocation>>) {
+        self.metrics.set_writes_waiting(self.waiting());
+        if !woken.is_empty() {
+            (self.wake)(woken);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Turns<ObjectRef<CommandInvocation>>> {

@@ -135,12 +135,14 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             recheck_interval,
         },
         intervals,
-        metrics,
+        metrics: metrics.clone(),
         turns: {
             let tracker = tracker.clone();
-            WriteTurns::new(usize::from(args.max_concurrent_reconciles), move |woken| {
-                tracker.wake(woken)
-            })
+            WriteTurns::new(
+                usize::from(args.max_concurrent_reconciles),
+                metrics.clone(),
+                move |woken| tracker.wake(woken),
+            )
         },
         ttl_after_finished: args.ttl_after_finished,
     });

@@ -74,6 +74,7 @@ pub struct Metrics {
     watch_errors: Counter,
     fenced_writes: Counter,
     poll_book: Gauge,
+    writes_waiting: Gauge,
     ssm_rate: Gauge<f64, std::sync::atomic::AtomicU64>,
     tracked_commands: Gauge,
     push_messages: Family<PushLabels, Counter>,
@@ -153,6 +154,12 @@ impl Metrics {
             "Resources the tracker follows",
             poll_book.clone(),
         );
+        let writes_waiting = Gauge::default();
+        registry.register(
+            "status_writes_waiting",
+            "CommandInvocation status writes waiting for their turn (the API server is slower than the answers come)",
+            writes_waiting.clone(),
+        );
         let ssm_rate = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         registry.register(
             "ssm_rate_limit",
@@ -207,6 +214,7 @@ impl Metrics {
             watch_errors,
             fenced_writes,
             poll_book,
+            writes_waiting,
             reconciles,
             reconcile_errors,
             reconcile_duration,
@@ -266,6 +274,12 @@ impl Metrics {
     pub fn set_poll_book(&self, entries: usize) {
         self.poll_book
             .set(i64::try_from(entries).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the number of status writes waiting for their turn.
+    pub fn set_writes_waiting(&self, waiting: usize) {
+        self.writes_waiting
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
     }
 
     /// Sets the number of commands the tracker polls.
