@@ -684,6 +684,86 @@ async fn a_child_the_api_server_refuses_is_reported_and_the_status_still_follows
 }
 
 #[tokio::test]
+async fn a_command_that_finishes_with_a_child_for_every_node_is_not_walked_again() {
+    // Targets resolving to two nodes: the first reconcile (running) lists them and creates
+    // their children; once SSM says the run finished, the reconcile writes the final status
+    // without listing thousands of nodes again (here two) before it.
+    let (ctx, sim, api) = fixture(Fence::open()).await;
+    sim.set_send_default([Plugin::succeeding("", Duration::from_secs(1))]);
+    let nodes = ["i-0bbbbbbbbbbbbbbb1", "i-0bbbbbbbbbbbbbbb2"];
+    sim.resolve_target("tag:Role", "web", nodes.map(|n| (n, Duration::ZERO)));
+    let ssm = aws_sdk_ssm::Client::new(&mock_api::sdk_config(&sim.endpoint()).await);
+    let command_id = ssm
+        .send_command()
+        .document_name("AWS-RunShellScript")
+        .targets(
+            aws_sdk_ssm::types::Target::builder()
+                .key("tag:Role")
+                .values("web")
+                .build(),
+        )
+        .comment(format!("nightly {}", marker(UID, 1)))
+        .send()
+        .await
+        .unwrap()
+        .command()
+        .and_then(|c| c.command_id())
+        .unwrap()
+        .to_string();
+    let mut object = command(Some(CommandStatus {
+        observed_generation: Some(1),
+        command_id: Some(command_id.clone()),
+        send: Some(first_intent()),
+        ..CommandStatus::default()
+    }));
+    object.spec.instance_ids = None;
+    object.spec.targets = Some(vec![ssm_operator::api::Target {
+        key: "tag:Role".into(),
+        values: vec!["web".into()],
+    }]);
+    object.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    let verifier = tokio::spawn(answer_writes(api, object.clone(), 1, None));
+    run(&ctx, &object).await.unwrap();
+    let (creates, _, written, api) = verifier.await.unwrap();
+    assert_eq!(creates, nodes, "a child per node, made while the run ran");
+    assert_ne!(written["status"]["status"], "Success", "still running");
+
+    // SSM finishes the run.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let listed = ssm
+            .list_commands()
+            .command_id(&command_id)
+            .send()
+            .await
+            .unwrap();
+        let status = listed.commands()[0]
+            .status()
+            .map(|s| s.as_str().to_string());
+        if status.as_deref() == Some("Success") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SSM never finished the run"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let walks = sim.calls("ListCommandInvocations");
+    let running = stored_with(&object, &written, "9");
+    let verifier = tokio::spawn(answer_writes(api, running.clone(), 1, None));
+    run(&ctx, &running).await.unwrap();
+    let (creates, _, written, _) = verifier.await.unwrap();
+    assert_eq!(written["status"]["status"], "Success");
+    assert!(creates.is_empty(), "{creates:?}");
+    assert_eq!(
+        sim.calls("ListCommandInvocations"),
+        walks,
+        "every node has its child: SSM's node list is not read again"
+    );
+}
+
+#[tokio::test]
 async fn a_new_generation_waits_for_the_earlier_runs_cancel_and_says_so() {
     // Generation 2 arrives while generation 1's run still runs, and SSM throttles the
     // CancelCommand (each of its three tries through the budget): nothing is sent until the cancel went through, then

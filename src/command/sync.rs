@@ -49,7 +49,7 @@ enum Created {
 
 /// Creates the children SSM's nodes call for: the named instance ids, or the nodes SSM lists
 /// for targets (asked only while fewer children are known, or refused, than SSM counts
-/// targets, and once more when the run has finished).
+/// targets, and once more when the run has finished with some refused).
 pub(super) async fn sync_children(
     object: &Command,
     ctx: &Context,
@@ -78,7 +78,9 @@ pub(super) async fn sync_children(
     };
     let accounted = known.names.len() + known.refused.len();
     let enough = usize::try_from(target_count).unwrap_or(0) <= accounted;
-    if enough && !finished {
+    // Finished with a child for every target: nothing left to list (a walk of thousands of
+    // nodes would only hold up the final status). Refused ones are tried once more.
+    if enough && (!finished || known.refused.is_empty()) {
         let refused = known.refused.len();
         ctx.memo(&uid, |m| m.children = Some(known));
         return Ok(Synced {
