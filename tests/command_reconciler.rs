@@ -684,7 +684,7 @@ async fn a_child_the_api_server_refuses_is_reported_and_the_status_still_follows
 }
 
 #[tokio::test]
-async fn a_command_that_finishes_with_a_child_for_every_node_is_not_walked_again() {
+async fn a_command_is_not_asked_again_on_its_own_echo_nor_walked_again_when_it_finishes() {
     // Targets resolving to two nodes: the first reconcile (running) lists them and creates
     // their children; once SSM says the run finished, the reconcile writes the final status
     // without listing thousands of nodes again (here two) before it.
@@ -727,6 +727,27 @@ async fn a_command_that_finishes_with_a_child_for_every_node_is_not_walked_again
     let (creates, _, written, api) = verifier.await.unwrap();
     assert_eq!(creates, nodes, "a child per node, made while the run ran");
     assert_ne!(written["status"]["status"], "Success", "still running");
+
+    // The watch shows that status write at once and wakes the Command again: SSM was asked a
+    // moment ago, so it is not asked again now (no echo loop of polls and writes).
+    let polls = sim.calls("ListCommands");
+    let echo = stored_with(&object, &written, "8");
+    let silent = tokio::spawn(async move {
+        let mut api = api;
+        api.expect_silence().await;
+        api
+    });
+    let action = run(&ctx, &echo).await.unwrap();
+    let api = silent.await.unwrap();
+    assert_eq!(
+        sim.calls("ListCommands"),
+        polls,
+        "SSM not asked again within the interval"
+    );
+    assert!(
+        action != Action::await_change(),
+        "looked at again once the interval has passed: {action:?}"
+    );
 
     // SSM finishes the run.
     let deadline = std::time::Instant::now() + WAIT;

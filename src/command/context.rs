@@ -60,6 +60,8 @@ pub(super) struct Memo {
     pub(super) accepted: Option<(Attempt, String)>,
     /// Rounds in a row without news (for the polling backoff).
     pub(super) quiet: u32,
+    /// When SSM was last asked about the run (`ListCommands`).
+    pub(super) polled: Option<Instant>,
     /// Failed reconciles in a row (for the retry backoff).
     pub(super) failures: u32,
     /// The run whose children are known, and those children's nodes.

@@ -424,6 +424,15 @@ async fn track(object: &Command, ctx: &Context, command_id: &str) -> Result<Acti
     let status = object.status.as_ref();
     let uid = object.uid().unwrap_or_default();
     let scope = ctx.scope(object)?;
+    // Woken again right after a poll, most often by the watch showing this process's own
+    // status write: SSM is asked at most once per --poll-interval-min per Command. Without
+    // this, each write's echo asked again and wrote again (every ~40 ms while counts moved),
+    // and the quiet echoes grew the backoff, so the end was seen seconds late.
+    let since = ctx.memo(&uid, |m| m.polled.map(|at| at.elapsed()));
+    if let Some(since) = since.filter(|since| *since < ctx.intervals.min) {
+        return Ok(Action::requeue(ctx.intervals.min - since));
+    }
+    ctx.memo(&uid, |m| m.polled = Some(Instant::now()));
     let now = Time(Timestamp::now());
     match ctx.ssm.command(&scope, command_id).await {
         Ok(Some(summary)) => {
