@@ -165,9 +165,21 @@ impl Context {
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&command_id);
             let commands = ctx.stores.running(&command_id);
+            ctx.ask_now(&commands);
             ctx.wakers
                 .wake(commands.iter().map(|c| ObjectRef::from_obj(c.as_ref())));
         });
+    }
+
+    /// The next reconcile of `commands` asks SSM even if it asked a moment ago (news came
+    /// from outside: an event, a new role), instead of waiting out `--poll-interval-min`.
+    fn ask_now(&self, commands: &[Arc<Command>]) {
+        let mut memo = self.memo.lock().unwrap_or_else(PoisonError::into_inner);
+        for uid in commands.iter().filter_map(|c| c.uid()) {
+            if let Some(m) = memo.get_mut(&uid) {
+                m.polled = None;
+            }
+        }
     }
 
     /// The watch of `api`'s `Command`s for a controller; the ones it sees deleted, or no
@@ -195,6 +207,7 @@ impl Context {
     /// the rare re-check.
     pub fn role_changed(&self, namespace: &str) {
         let commands = self.stores.in_namespace(namespace);
+        self.ask_now(&commands);
         {
             let now = Instant::now();
             let mut memo = self.memo.lock().unwrap_or_else(PoisonError::into_inner);
