@@ -381,6 +381,15 @@ mod tests {
         Arc::from(name)
     }
 
+    /// A bucket of 10 tokens a second whose saved burst was just spent at `t0`.
+    fn spent_bucket(t0: Instant) -> Bucket {
+        let mut bucket = Bucket::new(10.0, t0);
+        for _ in 0..10 {
+            assert!(bucket.try_take(t0), "the saved burst");
+        }
+        bucket
+    }
+
     /// Lets every queued call go, one token at a time, from `start`; each ticket with when.
     fn drain(bucket: &mut Bucket, start: Instant) -> Vec<(Ticket, Duration)> {
         let mut now = start;
@@ -455,10 +464,7 @@ mod tests {
     #[test]
     fn waits_are_what_the_next_token_needs() {
         let t0 = Instant::now();
-        let mut bucket = Bucket::new(10.0, t0);
-        for _ in 0..10 {
-            assert!(bucket.try_take(t0), "the saved burst");
-        }
+        let mut bucket = spent_bucket(t0);
         bucket.enqueue(Lane::Read, &share("a"));
         let (granted, wait) = bucket.grant(t0);
         assert!(granted.is_empty());
@@ -515,10 +521,7 @@ mod tests {
     #[test]
     fn waiters_keep_their_place_across_a_throttle() {
         let t0 = Instant::now();
-        let mut bucket = Bucket::new(10.0, t0);
-        for _ in 0..10 {
-            assert!(bucket.try_take(t0));
-        }
+        let mut bucket = spent_bucket(t0);
         let a = share("a");
         let queued: Vec<Ticket> = (0..5).map(|_| bucket.enqueue(Lane::Read, &a)).collect();
         let t1 = t0 + Duration::from_millis(150);
@@ -542,10 +545,7 @@ mod tests {
         // 200 reads queued at 10/s would take 20 s; a send queued after them leaves with the
         // next token, far within the 10 s a send may wait.
         let t0 = Instant::now();
-        let mut bucket = Bucket::new(10.0, t0);
-        for _ in 0..10 {
-            assert!(bucket.try_take(t0));
-        }
+        let mut bucket = spent_bucket(t0);
         let a = share("a");
         for _ in 0..200 {
             bucket.enqueue(Lane::Read, &a);
@@ -559,10 +559,7 @@ mod tests {
     #[test]
     fn a_throttled_read_asked_again_goes_before_first_tries() {
         let t0 = Instant::now();
-        let mut bucket = Bucket::new(10.0, t0);
-        for _ in 0..10 {
-            assert!(bucket.try_take(t0));
-        }
+        let mut bucket = spent_bucket(t0);
         let a = share("a");
         let first_tries: Vec<Ticket> = (0..5).map(|_| bucket.enqueue(Lane::Read, &a)).collect();
         let retry = bucket.enqueue(Lane::Retry, &a);
@@ -574,10 +571,7 @@ mod tests {
     #[test]
     fn namespaces_with_waiters_take_turns() {
         let t0 = Instant::now();
-        let mut bucket = Bucket::new(10.0, t0);
-        for _ in 0..10 {
-            assert!(bucket.try_take(t0));
-        }
+        let mut bucket = spent_bucket(t0);
         let (busy, quiet) = (share("busy"), share("quiet"));
         let busy_reads: Vec<Ticket> = (0..100)
             .map(|_| bucket.enqueue(Lane::Read, &busy))
