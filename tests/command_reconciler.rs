@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_sdk_ssm::operation::send_command::builders::SendCommandFluentBuilder;
 use http::{Method, Request, Response};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -570,12 +571,23 @@ fn no_children() -> Response<Body> {
 /// A command sent to `nodes` straight through the simulator (as an earlier process of the
 /// operator did), with generation 1's marker; returns its id.
 async fn sent_by_an_earlier_process(sim: &Simulator, nodes: &[&str]) -> String {
+    sent_by_an_earlier_process_to(sim, |send| {
+        send.set_instance_ids(Some(nodes.iter().map(|n| n.to_string()).collect()))
+    })
+    .await
+}
+
+/// Like [`sent_by_an_earlier_process`], to the nodes `to` names (instance ids or targets).
+async fn sent_by_an_earlier_process_to(
+    sim: &Simulator,
+    to: impl FnOnce(SendCommandFluentBuilder) -> SendCommandFluentBuilder,
+) -> String {
     let aws = mock_api::sdk_config(&sim.endpoint()).await;
-    aws_sdk_ssm::Client::new(&aws)
+    let send = aws_sdk_ssm::Client::new(&aws)
         .send_command()
         .document_name("AWS-RunShellScript")
-        .set_instance_ids(Some(nodes.iter().map(|n| n.to_string()).collect()))
-        .comment(format!("nightly {}", marker(UID, 1)))
+        .comment(format!("nightly {}", marker(UID, 1)));
+    to(send)
         .send()
         .await
         .unwrap()
@@ -692,24 +704,16 @@ async fn a_command_is_not_asked_again_on_its_own_echo_nor_walked_again_when_it_f
     sim.set_send_default([Plugin::succeeding("", Duration::from_secs(1))]);
     let nodes = ["i-0bbbbbbbbbbbbbbb1", "i-0bbbbbbbbbbbbbbb2"];
     sim.resolve_target("tag:Role", "web", nodes.map(|n| (n, Duration::ZERO)));
-    let ssm = aws_sdk_ssm::Client::new(&mock_api::sdk_config(&sim.endpoint()).await);
-    let command_id = ssm
-        .send_command()
-        .document_name("AWS-RunShellScript")
-        .targets(
+    let command_id = sent_by_an_earlier_process_to(&sim, |send| {
+        send.targets(
             aws_sdk_ssm::types::Target::builder()
                 .key("tag:Role")
                 .values("web")
                 .build(),
         )
-        .comment(format!("nightly {}", marker(UID, 1)))
-        .send()
-        .await
-        .unwrap()
-        .command()
-        .and_then(|c| c.command_id())
-        .unwrap()
-        .to_string();
+    })
+    .await;
+    let ssm = aws_sdk_ssm::Client::new(&mock_api::sdk_config(&sim.endpoint()).await);
     let mut object = command(Some(CommandStatus {
         observed_generation: Some(1),
         command_id: Some(command_id.clone()),
