@@ -252,10 +252,13 @@ impl<T: Clone> Turns<T> {
     }
 }
 
+/// The operator's line: resources are woken through their `ObjectRef`.
+type Line = Turns<ObjectRef<CommandInvocation>>;
+
 /// [`Turns`] shared by every reconcile, waking the called through `wake`; the length of the
 /// line is the gauge `ssm_operator_status_writes_waiting`.
 pub struct WriteTurns {
-    turns: Mutex<Turns<ObjectRef<CommandInvocation>>>,
+    turns: Mutex<Line>,
     wake: Box<dyn Fn(Vec<ObjectRef<CommandInvocation>>) + Send + Sync>,
     metrics: Arc<Metrics>,
 }
@@ -268,8 +271,7 @@ pub struct Slot<'a> {
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        let woken = self.turns.lock().done(&self.uid, Instant::now());
-        self.turns.wake(woken);
+        self.turns.change(|t, now| ((), t.done(&self.uid, now)));
     }
 }
 
@@ -294,15 +296,12 @@ impl WriteTurns {
         class: Class,
         object: ObjectRef<CommandInvocation>,
     ) -> Option<Slot<'_>> {
-        let now = Instant::now();
-        let (turn, woken) = {
-            let mut turns = self.lock();
-            let woken = turns.expire(now);
-            (turns.ask(uid, class, object), woken)
-        };
-        // (`expire` first: a turn taken back may be this resource's own call; it then asks
-        // like anyone else.)
-        self.wake(woken);
+        // `expire` first: a turn taken back may be this resource's own call; it then asks
+        // like anyone else.
+        let turn = self.change(|t, now| {
+            let woken = t.expire(now);
+            (t.ask(uid, class, object), woken)
+        });
         (turn == Turn::Go).then(|| Slot {
             turns: self,
             uid: uid.to_string(),
@@ -311,27 +310,23 @@ impl WriteTurns {
 
     /// `uid`'s reconcile ends without taking a turn it was called for: the turn goes on.
     pub fn pass(&self, uid: &str) {
-        let woken = self.lock().pass(uid, Instant::now());
-        self.wake(woken);
+        self.change(|t, now| ((), t.pass(uid, now)));
     }
 
     /// Takes back turns not taken within [`CALL_STALE`]; for a timer, so that a lost wake
     /// cannot stall the line while nothing else happens.
     pub fn expire(&self) {
-        let woken = self.lock().expire(Instant::now());
-        self.wake(woken);
+        self.change(|t, now| ((), t.expire(now)));
     }
 
     /// `uid` has nothing to write (or is gone).
     pub fn leave(&self, uid: &str) {
-        let woken = self.lock().leave(uid, Instant::now());
-        self.wake(woken);
+        self.change(|t, now| ((), t.leave(uid, now)));
     }
 
     /// Every resource not in `live` leaves the line.
     pub fn retain(&self, live: &HashSet<String>) {
-        let woken = self.lock().retain(live, Instant::now());
-        self.wake(woken);
+        self.change(|t, now| ((), t.retain(live, now)));
     }
 
     /// How many writes wait for their turn.
@@ -339,15 +334,25 @@ impl WriteTurns {
         self.lock().waiting()
     }
 
-    /// Wakes the called, and shows the length of the line.
-    fn wake(&self, woken: Vec<ObjectRef<CommandInvocation>>) {
-        self.metrics.set_writes_waiting(self.waiting());
+    /// Runs `change` on the line under one hold of its lock; then shows the line's length
+    /// and wakes whom `change` called (outside the lock).
+    fn change<R>(
+        &self,
+        change: impl FnOnce(&mut Line, Instant) -> (R, Vec<ObjectRef<CommandInvocation>>),
+    ) -> R {
+        let (result, woken, waiting) = {
+            let mut turns = self.lock();
+            let (result, woken) = change(&mut turns, Instant::now());
+            (result, woken, turns.waiting())
+        };
+        self.metrics.set_writes_waiting(waiting);
         if !woken.is_empty() {
             (self.wake)(woken);
         }
+        result
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Turns<ObjectRef<CommandInvocation>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Line> {
         self.turns.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
