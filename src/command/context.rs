@@ -165,19 +165,20 @@ impl Context {
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&command_id);
             let commands = ctx.stores.running(&command_id);
-            ctx.ask_now(&commands);
+            ctx.remembered(&commands, |m| m.polled = None);
             ctx.wakers
                 .wake(commands.iter().map(|c| ObjectRef::from_obj(c.as_ref())));
         });
     }
 
-    /// The next reconcile of `commands` asks SSM even if it asked a moment ago (news came
-    /// from outside: an event, a new role), instead of waiting out `--poll-interval-min`.
-    fn ask_now(&self, commands: &[Arc<Command>]) {
+    /// Changes what is remembered for each of `commands` (those remembered at all). News from
+    /// outside (an event, a new role) clears `polled`, so the next reconcile asks SSM even
+    /// if it asked a moment ago, instead of waiting out `--poll-interval-min`.
+    fn remembered(&self, commands: &[Arc<Command>], mut change: impl FnMut(&mut Memo)) {
         let mut memo = self.memo.lock().unwrap_or_else(PoisonError::into_inner);
         for uid in commands.iter().filter_map(|c| c.uid()) {
             if let Some(m) = memo.get_mut(&uid) {
-                m.polled = None;
+                change(m);
             }
         }
     }
@@ -207,16 +208,11 @@ impl Context {
     /// the rare re-check.
     pub fn role_changed(&self, namespace: &str) {
         let commands = self.stores.in_namespace(namespace);
-        self.ask_now(&commands);
-        {
-            let now = Instant::now();
-            let mut memo = self.memo.lock().unwrap_or_else(PoisonError::into_inner);
-            for uid in commands.iter().filter_map(|c| c.uid()) {
-                if let Some(m) = memo.get_mut(&uid) {
-                    m.unsent = m.unsent.map(|(attempt, _)| (attempt, now));
-                }
-            }
-        }
+        let now = Instant::now();
+        self.remembered(&commands, |m| {
+            m.polled = None;
+            m.unsent = m.unsent.map(|(attempt, _)| (attempt, now));
+        });
         self.wakers
             .wake(commands.iter().map(|c| ObjectRef::from_obj(c.as_ref())));
     }

@@ -428,11 +428,17 @@ async fn track(object: &Command, ctx: &Context, command_id: &str) -> Result<Acti
     // status write: SSM is asked at most once per --poll-interval-min per Command. Without
     // this, each write's echo asked again and wrote again (every ~40 ms while counts moved),
     // and the quiet echoes grew the backoff, so the end was seen seconds late.
-    let since = ctx.memo(&uid, |m| m.polled.map(|at| at.elapsed()));
-    if let Some(since) = since.filter(|since| *since < ctx.intervals.min) {
+    let too_soon = ctx.memo(&uid, |m| {
+        let since = m.polled.map(|at| at.elapsed());
+        let too_soon = since.filter(|since| *since < ctx.intervals.min);
+        if too_soon.is_none() {
+            m.polled = Some(Instant::now());
+        }
+        too_soon
+    });
+    if let Some(since) = too_soon {
         return Ok(Action::requeue(ctx.intervals.min - since));
     }
-    ctx.memo(&uid, |m| m.polled = Some(Instant::now()));
     let now = Time(Timestamp::now());
     match ctx.ssm.command(&scope, command_id).await {
         Ok(Some(summary)) => {
