@@ -433,9 +433,8 @@ impl Tracker {
     }
 
     /// Keeps `fresh` answers asked at `asked_at` and wakes the resources whose answer changed.
-    /// Returns whether any
-    /// answer changed, and, for a walk, how many ends it found that no event announced in
-    /// time ([`EVENT_GRACE`]; an announced end is its member's `end_heard`).
+    /// Returns whether any answer changed, and, for a walk, how many ends it found that no
+    /// event announced in time ([`EVENT_GRACE`]; an announced end is its member's `end_heard`).
     fn absorb(
         &self,
         key: &CommandKey,
