@@ -599,8 +599,8 @@ async fn sent_by_an_earlier_process_to(
 
 /// Answers a reconcile's API calls until it has made `writes` status writes: children listed
 /// (none), child creates (422 for `refused`, 201 otherwise), Events, and status applies, each
-/// stored at the next resourceVersion. Returns the child creates by node, the Event reasons
-/// and the last status written.
+/// stored at the next resourceVersion. Returns the child creates by node (in the order they
+/// came), the Event reasons and the last status written.
 async fn answer_writes(
     mut api: ApiServer,
     stored: Command,
@@ -646,7 +646,6 @@ async fn answer_writes(
             send.send_response(json_response(200, &object));
             written += 1;
             if written == writes {
-                creates.sort();
                 return (creates, events, body, api);
             }
         } else {
@@ -693,6 +692,47 @@ async fn a_child_the_api_server_refuses_is_reported_and_the_status_still_follows
     });
     run(&ctx, &tracked).await.unwrap();
     verifier.await.unwrap();
+}
+
+#[tokio::test]
+async fn children_are_created_in_the_order_ssm_lists_their_nodes() {
+    // Targets resolving to 40 nodes, listed by SSM in an order that is not the names' order:
+    // the children are asked for in SSM's order, the first listed (the longest waiting) first.
+    let (ctx, sim, api) = fixture(Fence::open()).await;
+    sim.set_send_default([Plugin::succeeding("", Duration::from_secs(60))]);
+    let nodes: Vec<String> = (0..40)
+        .map(|k| format!("i-0ccccccccccccc{:03}", (k * 17) % 40))
+        .collect();
+    sim.resolve_target(
+        "tag:Role",
+        "batch",
+        nodes.iter().map(|n| (n.as_str(), Duration::ZERO)),
+    );
+    let command_id = sent_by_an_earlier_process_to(&sim, |send| {
+        send.targets(
+            aws_sdk_ssm::types::Target::builder()
+                .key("tag:Role")
+                .values("batch")
+                .build(),
+        )
+    })
+    .await;
+    let mut object = command(Some(CommandStatus {
+        observed_generation: Some(1),
+        command_id: Some(command_id),
+        send: Some(first_intent()),
+        ..CommandStatus::default()
+    }));
+    object.spec.instance_ids = None;
+    object.spec.targets = Some(vec![ssm_operator::api::Target {
+        key: "tag:Role".into(),
+        values: vec!["batch".into()],
+    }]);
+    object.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    let verifier = tokio::spawn(answer_writes(api, object.clone(), 1, None));
+    run(&ctx, &object).await.unwrap();
+    let (creates, ..) = verifier.await.unwrap();
+    assert_eq!(creates, nodes, "in SSM's order, each once");
 }
 
 #[tokio::test]

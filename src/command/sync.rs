@@ -3,8 +3,9 @@
 //! Creates and deletes go through the fenced [`Writer`](crate::k8s::writer::Writer).
 //!
 //! At fleet scale: children are found from their metadata alone, a page at a time; missing
-//! ones are created [`CREATES_IN_FLIGHT`] at a time, and what was created is remembered even
-//! when some creates fail, so a retry resumes instead of posting every child again. A child
+//! ones are created [`CREATES_IN_FLIGHT`] at a time, in the order SSM lists their nodes (the
+//! first listed have waited longest), and what was created is remembered even when some
+//! creates fail, so a retry resumes instead of posting every child again. A child
 //! the API server refuses (an admission policy, a quota, RBAC) is reported on the `Command`
 //! (counted in `status.refusedChildren`, a Warning Event) while its status goes on following
 //! SSM; SSM's node list is not read again for it until the run grows or finishes.
@@ -118,13 +119,14 @@ pub(super) async fn sync_children(
         }
     };
     let name = object.name_any();
-    // Refused children are tried again only on the final pass.
+    // Refused children are tried again only on the final pass. Created in the order SSM lists
+    // the nodes (each once): the nodes listed first have waited longest for their child.
+    let mut seen = HashSet::new();
     let missing: Vec<String> = nodes
         .into_iter()
         .filter(|node| !known.names.contains(&children::child_name(&name, node)))
         .filter(|node| finished || !known.refused.contains_key(node))
-        .collect::<HashSet<_>>()
-        .into_iter()
+        .filter(|node| seen.insert(node.clone()))
         .collect();
     let results: Vec<(String, Result<Created, Error>)> = futures::stream::iter(missing)
         .map(|node| async {
