@@ -15,7 +15,7 @@ use futures::{Stream, StreamExt};
 use kube::runtime::reflector::ObjectRef;
 
 use http::{Method, Request, Response};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::client::Body;
 use kube::runtime::controller::Action;
@@ -388,6 +388,68 @@ async fn the_same_answer_again_writes_nothing() {
     assert_eq!(run(&f, &shown).await.unwrap(), Action::await_change());
     assert_eq!(f.sim.total_calls(), calls, "no extra SSM call");
     api.expect_silence().await;
+}
+
+/// `resource` as the child of a `Command`, created `age` ago, as stored before any write (with
+/// the schema's default status).
+fn child(age: Duration) -> CommandInvocation {
+    let mut object = resource(
+        1,
+        Some(CommandInvocationStatus {
+            observed_generation: Some(-1),
+            ..CommandInvocationStatus::default()
+        }),
+    );
+    object.metadata.owner_references = Some(vec![OwnerReference {
+        api_version: "ssm.operator.dev/v1alpha1".into(),
+        kind: "Command".into(),
+        name: "patch-web".into(),
+        uid: "5c6f7a1e-0000-4000-8000-00000000000c".into(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }]);
+    let created = Timestamp::now() - age;
+    object.metadata.creation_timestamp = Some(Time(created));
+    object
+}
+
+#[tokio::test]
+async fn a_commands_young_child_writes_no_progress_but_its_final_answer_at_once() {
+    // The node runs for 1.5 s: the child's first answer (InProgress) is not written, since
+    // the Command shows the run's progress; its end is written at once, as its first status
+    // (one status write and one Event for the whole run).
+    let (f, mut api) = fixture().await;
+    f.sim.add_command(command(
+        Plugin::new("aws:runShellScript")
+            .step(Duration::ZERO, Status::InProgress)
+            .step(Duration::from_millis(1500), Status::Success),
+    ));
+    let object = child(Duration::ZERO);
+    register(&f, &object).await;
+    f.woken().await;
+    let action = run(&f, &object).await.unwrap();
+    api.expect_silence().await;
+    // Looked at again once the child is old enough.
+    let secs = requeue_secs(&action);
+    assert!((8.0..=10.0).contains(&secs), "{action:?}");
+
+    f.woken().await;
+    let (_, patch, event, _) = answered_expecting_patch_and_event(&f, api, &object).await;
+    assert_eq!(patch["status"]["status"], "Success");
+    assert_eq!(event["reason"], "Success");
+}
+
+#[tokio::test]
+async fn a_child_running_longer_than_its_quiet_time_and_any_other_resource_show_progress() {
+    for object in [child(Duration::from_secs(11)), resource(1, None)] {
+        let (f, api) = fixture().await;
+        f.sim.add_command(command(
+            Plugin::new("aws:runShellScript").step(Duration::ZERO, Status::InProgress),
+        ));
+        let (_, patch, event, _) = run_expecting_patch_and_event(&f, api, &object).await;
+        assert_eq!(patch["status"]["status"], "InProgress");
+        assert_eq!(event["reason"], "InProgress");
+    }
 }
 
 #[tokio::test]
@@ -1045,15 +1107,19 @@ async fn a_finished_resource_is_looked_at_again_exactly_when_its_ttl_runs_out() 
     let action = run(&f, &finished).await.unwrap();
     api.expect_silence().await;
     assert_eq!(f.sim.total_calls(), calls, "no SSM call until then");
-    // requeue_after ≈ 600 s (minus the seconds since Finished turned True).
+    // ≈ 600 s (minus the seconds since Finished turned True).
+    let secs = requeue_secs(&action);
+    assert!((590.0..=600.1).contains(&secs), "{action:?}");
+}
+
+/// The seconds after which `action` looks again (kube's `Action` shows it only in `Debug`).
+fn requeue_secs(action: &Action) -> f64 {
     let wait = format!("{action:?}");
-    let secs: f64 = wait
-        .split("requeue_after: Some(")
+    wait.split("requeue_after: Some(")
         .nth(1)
         .and_then(|rest| rest.split('s').next())
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("a requeue: {wait}"));
-    assert!((590.0..=600.1).contains(&secs), "{wait}");
+        .unwrap_or_else(|| panic!("a requeue: {wait}"))
 }
 
 /// Sum of the operator's `ssm_operator_ssm_calls_total` over every label.

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -238,6 +238,15 @@ pub struct SendRecord {
 }
 
 impl Command {
+    /// Whether `owners` name a `Command` as the controller: the owned object is its child.
+    pub fn controls(owners: &[OwnerReference]) -> bool {
+        owners.iter().any(|o| {
+            o.controller == Some(true)
+                && o.kind == "Command"
+                && o.api_version.starts_with("ssm.operator.dev/")
+        })
+    }
+
     /// The condition of the given type in the current status, if any.
     pub fn condition(&self, type_: &str) -> Option<&Condition> {
         self.status

@@ -23,7 +23,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
 
 use crate::api::conditions::FINISHED;
-use crate::api::CommandStatus;
+use crate::api::{Command, CommandStatus};
 
 /// The annotation by which a GitOps-managed `Command` accepts a TTL (value `"true"`): the user
 /// states that the GitOps tool will not recreate it (e.g. the `Command` is also removed from
@@ -69,18 +69,16 @@ pub fn invocation_ttl(
     owners: &[OwnerReference],
     default: Option<Duration>,
 ) -> Ttl {
-    let controller = owners.iter().find(|o| o.controller == Some(true));
-    if controller.is_some_and(|o| o.kind == "Command" && o.api_version.starts_with(GROUP_SLASH)) {
+    if Command::controls(owners) {
         return Ttl::None;
     }
+    let controller = owners.iter().find(|o| o.controller == Some(true));
     match (spec_ttl, controller) {
         (Some(secs), _) => Ttl::After(seconds(secs)),
         (None, None) => default.map_or(Ttl::None, Ttl::After),
         (None, Some(_)) => Ttl::None,
     }
 }
-
-const GROUP_SLASH: &str = "ssm.operator.dev/";
 
 /// The TTL of a `Command`: the spec's, else `default`; refused when Argo CD or Flux tracks it
 /// (see [`GITOPS_MARKS`]) unless it carries [`GITOPS_OPT_IN`]` = "true"`.

@@ -26,8 +26,8 @@ use kube::ResourceExt;
 use tracing::{debug, info, instrument};
 
 use crate::api::lifecycle::{self, Expiry};
-use crate::api::CommandInvocation;
 use crate::api::CommandInvocationSpec;
+use crate::api::{Command, CommandInvocation};
 use crate::aws::roles::Roles;
 use crate::aws::ssm::{InvocationKey, SsmError};
 use crate::invocation::status::{self as mapping, Poll, Polling, Settings};
@@ -151,6 +151,14 @@ async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Ac
         outcome.status.spec_hash = Some(hash);
         outcome.write = true;
     }
+    // A Command's young child keeps quiet about progress (its Command shows it): mostly, its
+    // first write is its final answer.
+    let child = Command::controls(object.owner_references());
+    if let Some(left) = mapping::progress_held(current, &outcome.status, child, age(object)) {
+        ctx.turns.leave(&uid);
+        debug!(?left, "a young child's progress is not written yet");
+        return Ok(Action::requeue(left));
+    }
     // Writes take turns (crate::invocation::turns): final answers first, then oldest first.
     // A reconcile with nothing to write (most, at start-up, where each resource is first only
     // tracked) takes no turn; one whose turn has not come ends, and is woken when it comes.
@@ -241,6 +249,14 @@ fn key_of(spec: &CommandInvocationSpec, role: Option<crate::aws::sts::Role>) -> 
     }
 }
 
+/// How long ago `object` was created (zero if it says nothing or a clock is off).
+fn age(object: &CommandInvocation) -> Duration {
+    object
+        .creation_timestamp()
+        .and_then(|created| Timestamp::now().duration_since(created.0).try_into().ok())
+        .unwrap_or(Duration::ZERO)
+}
+
 /// How long SSM has had to show the invocation: since creation for the first spec, else since
 /// this process first saw the current spec (a restart can only lengthen the grace).
 fn waited(
@@ -249,13 +265,10 @@ fn waited(
     first_seen: Instant,
     now: Instant,
 ) -> Duration {
-    let created = object.creation_timestamp().filter(|_| generation <= 1);
-    match created {
-        Some(created) => Timestamp::now()
-            .duration_since(created.0)
-            .try_into()
-            .unwrap_or(Duration::ZERO),
-        None => now.saturating_duration_since(first_seen),
+    if generation <= 1 && object.creation_timestamp().is_some() {
+        age(object)
+    } else {
+        now.saturating_duration_since(first_seen)
     }
 }
 

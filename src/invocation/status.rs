@@ -313,6 +313,31 @@ pub fn is_progress(status: &CommandInvocationStatus) -> bool {
         && !conditions::is_true(&status.conditions, conditions::STALLED)
 }
 
+/// A `Command`'s child reports no progress until it has existed this long. The `Command`'s
+/// status already shows the run's progress, and most nodes finish sooner, so a child's first
+/// status is mostly its final one: one status write and one Event per node of a fleet, not two
+/// of each.
+pub const CHILD_QUIET_FOR: Duration = Duration::from_secs(10);
+
+/// How long the first status of a resource waits: for a `Command`'s child (`child`) that shows
+/// no status yet (none, or only the schema's default `{observedGeneration: -1}`) and would
+/// first report only progress, until it is [`CHILD_QUIET_FOR`] old (`age`); `None` (write now)
+/// otherwise. A final answer or an error never waits.
+pub fn progress_held(
+    current: Option<&CommandInvocationStatus>,
+    next: &CommandInvocationStatus,
+    child: bool,
+    age: Duration,
+) -> Option<Duration> {
+    let shown = current.is_some_and(|s| !s.conditions.is_empty());
+    if !child || shown || !is_progress(next) {
+        return None;
+    }
+    CHILD_QUIET_FOR
+        .checked_sub(age)
+        .filter(|left| !left.is_zero())
+}
+
 /// Stalled reasons that are re-checked rarely, because a fix outside the cluster can cure them.
 pub const RECHECKED_REASONS: &[&str] = &["InvocationNotFound", "AccessDenied", "AssumeRoleFailed"];
 
@@ -760,6 +785,39 @@ mod tests {
         let note = failed.note.unwrap();
         assert!(note.warning);
         assert_eq!(note.message, "SSM reports Failed (Failed), exit code 2");
+    }
+
+    #[test]
+    fn a_commands_child_keeps_its_first_progress_until_it_is_ten_seconds_old() {
+        let running = poll_at(&Ok(invocation("InProgress", "In Progress", -1)), 10).status;
+        let pending = poll_at(&Ok(invocation("Pending", "Pending", -1)), 10).status;
+        let not_yet = poll_at(&Err(SsmError::InvocationDoesNotExist("new".into())), 10).status;
+        let done = poll_at(&Ok(invocation("Success", "Success", 0)), 10).status;
+        let denied = poll_at(&Err(SsmError::AccessDenied("no".into())), 10).status;
+        let secs = Duration::from_secs;
+        // A child's first progress waits out the rest of its quiet time (as stored, before
+        // any write, its status is the schema's default)...
+        let unobserved = CommandInvocationStatus {
+            observed_generation: Some(crate::api::NOT_OBSERVED),
+            ..CommandInvocationStatus::default()
+        };
+        for progress in [&running, &pending, &not_yet] {
+            for stored in [None, Some(&unobserved)] {
+                assert_eq!(
+                    progress_held(stored, progress, true, secs(3)),
+                    Some(secs(7))
+                );
+                assert_eq!(progress_held(stored, progress, true, secs(10)), None);
+                assert_eq!(progress_held(stored, progress, true, secs(60)), None);
+            }
+        }
+        // ... a final answer or an error an outside fix must cure does not,
+        assert_eq!(progress_held(None, &done, true, secs(3)), None);
+        assert_eq!(progress_held(None, &denied, true, secs(3)), None);
+        // nor a child that already shows a status (its progress is news),
+        assert_eq!(progress_held(Some(&pending), &running, true, secs(3)), None);
+        // nor a resource without a Command: pipelines and kstatus gate on its first status.
+        assert_eq!(progress_held(None, &running, false, secs(0)), None);
     }
 
     #[test]
