@@ -154,6 +154,19 @@ pub const POLL_RATE: f64 = 100.0;
 pub const PUSH_RATE: f64 = 200.0;
 
 impl RunArgs {
+    /// The namespaces to watch, each once, in the order given (empty: all). A name given twice
+    /// (`--namespace a --namespace a`, `SSM_OPERATOR_NAMESPACE=a,a`) would run two controllers
+    /// over the same resources; an empty one (`a,,b`) names no namespace.
+    pub fn watched_namespaces(&self) -> Vec<String> {
+        let mut seen = std::collections::HashSet::new();
+        self.namespaces
+            .iter()
+            .map(|ns| ns.trim())
+            .filter(|ns| !ns.is_empty() && seen.insert(*ns))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// SSM calls per second: `--ssm-max-rate`, else [`PUSH_RATE`] with a queue, else
     /// [`POLL_RATE`].
     pub fn ssm_rate(&self) -> f64 {
@@ -208,11 +221,27 @@ mod tests {
             panic!("expected run")
         };
         assert_eq!(args.namespaces, ["a", "b"]);
+        assert_eq!(args.watched_namespaces(), ["a", "b"]);
         assert_eq!(args.poll_interval_min, Duration::from_millis(200));
         assert_eq!(args.poll_interval_max, Duration::from_secs(60));
         assert_eq!(args.max_output_chars, 4000);
         assert_eq!(args.log_format, LogFormat::Json);
         assert!(!args.leader_elect);
+    }
+
+    #[test]
+    fn a_namespace_named_twice_or_empty_is_watched_once_or_not_at_all() {
+        let watched = |argv: &[&str]| {
+            let argv = ["ssm-operator", "run"].iter().chain(argv);
+            let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("expected run")
+            };
+            args.watched_namespaces()
+        };
+        let twice = ["--namespace", "b", "--namespace", "a", "--namespace", "b"];
+        assert_eq!(watched(&twice), ["b", "a"]);
+        assert_eq!(watched(&["--namespace", "a,,a, b"]), ["a", "b"]);
+        assert!(watched(&[]).is_empty(), "all namespaces");
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let identity = instance_identity();
     info!(
         version = env!("CARGO_PKG_VERSION"),
-        namespaces = ?args.namespaces,
+        namespaces = ?args.watched_namespaces(),
         poll_interval_min = ?args.poll_interval_min,
         poll_interval_max = ?args.poll_interval_max,
         not_found_grace = ?args.not_found_grace,
@@ -315,8 +315,9 @@ async fn run_controllers(
         () = ctx.roles.synced() => {}
         () = shutdown.clone() => return,
     }
-    let apis: Vec<(Option<String>, Api<CommandInvocation>)> = apis_for(&client, &args.namespaces);
-    let command_apis: Vec<(Option<String>, Api<Command>)> = apis_for(&client, &args.namespaces);
+    let namespaces = args.watched_namespaces();
+    let apis: Vec<(Option<String>, Api<CommandInvocation>)> = apis_for(&client, &namespaces);
+    let command_apis: Vec<(Option<String>, Api<Command>)> = apis_for(&client, &namespaces);
     // Writes in flight are bounded by the write turns; more reconciles than that run at once
     // so that those with nothing to write (tracking a resource, or finding its write must
     // wait its turn) are not stuck behind the writes.
