@@ -609,7 +609,12 @@ struct Testbed {
 /// Phase 1: starts a real etcd + kube-apiserver, installs the shipped CRD and creates the
 /// bench's namespace, then starts the SSM simulator in this process.
 async fn start_testbed() -> Result<Testbed, String> {
-    let cluster = TestCluster::start()
+    start_testbed_with(&[]).await
+}
+
+/// Like [`start_testbed`], with `flags` added to kube-apiserver's.
+async fn start_testbed_with(apiserver_flags: &[&str]) -> Result<Testbed, String> {
+    let cluster = TestCluster::start_with_apiserver_flags(apiserver_flags)
         .await
         .map_err(|e| format!("cannot start the test API server: {e}"))?;
     install_crd(&cluster, "commandinvocation").await?;

@@ -97,20 +97,26 @@ impl TestCluster {
     /// (the controller-runtime convention). Fails with an error that names
     /// `hack/envtest-assets.sh` when the variable is unset or the directory is incomplete.
     pub async fn start() -> Result<TestCluster, Error> {
-        TestCluster::launch(Assets::from_env()?).await
+        TestCluster::launch(Assets::from_env()?, &[]).await
+    }
+
+    /// Like [`start`](Self::start), with `flags` added to kube-apiserver's (e.g. a shorter
+    /// `--event-ttl` for a run that must reach the steady state of Events within minutes).
+    pub async fn start_with_apiserver_flags(flags: &[&str]) -> Result<TestCluster, Error> {
+        TestCluster::launch(Assets::from_env()?, flags).await
     }
 
     /// Starts a cluster with the binaries in `assets` (`kube-apiserver`, `etcd`, `kubectl`,
     /// optionally `helm`).
     pub async fn start_with_assets(assets: &Path) -> Result<TestCluster, Error> {
-        TestCluster::launch(Assets::at(assets)?).await
+        TestCluster::launch(Assets::at(assets)?, &[]).await
     }
 
     /// Runs start attempts until one succeeds, retrying only port conflicts.
-    async fn launch(assets: Assets) -> Result<TestCluster, Error> {
+    async fn launch(assets: Assets, flags: &[&str]) -> Result<TestCluster, Error> {
         let mut attempt = 1;
         loop {
-            match TestCluster::try_start(assets.clone()).await {
+            match TestCluster::try_start(assets.clone(), flags).await {
                 Err(e) if e.is_port_conflict() && attempt < MAX_ATTEMPTS => {
                     attempt += 1;
                     eprintln!(
@@ -127,7 +133,7 @@ impl TestCluster {
     ///
     /// On error (or if the future is dropped) the locals drop in reverse order: the
     /// processes are killed before the directory is removed.
-    async fn try_start(assets: Assets) -> Result<TestCluster, Error> {
+    async fn try_start(assets: Assets, flags: &[&str]) -> Result<TestCluster, Error> {
         let deadline = Instant::now() + START_TIMEOUT;
         let workdir = Workdir::create()?;
         let ports = Ports::pick()?;
@@ -143,7 +149,8 @@ impl TestCluster {
         let credentials = Credentials::create(&workdir.certs_dir()).await?;
         ready::wait_for_etcd(&mut etcd, ports.etcd_client, deadline).await?;
 
-        let apiserver_args = apiserver_args(&workdir, ports, &credentials);
+        let mut apiserver_args = apiserver_args(&workdir, ports, &credentials);
+        apiserver_args.extend(flags.iter().map(|f| f.to_string()));
         let mut apiserver = ManagedProcess::spawn(
             "kube-apiserver",
             &assets.kube_apiserver(),
