@@ -163,15 +163,17 @@ async fn fixture_full(
     permits: usize,
     intervals: PollIntervals,
 ) -> (Fixture, ApiServerVerifier) {
-    fixture_on(fence, permits, intervals, None).await
+    fixture_on(fence, permits, intervals, None, Duration::from_secs(300)).await
 }
 
-/// A fixture whose SSM is `endpoint` (the simulator when `None`).
+/// A fixture whose SSM is `endpoint` (the simulator when `None`), with `--not-found-grace`
+/// `not_found_grace`.
 async fn fixture_on(
     fence: Fence,
     permits: usize,
     intervals: PollIntervals,
     endpoint: Option<&str>,
+    not_found_grace: Duration,
 ) -> (Fixture, ApiServerVerifier) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
@@ -194,7 +196,7 @@ async fn fixture_on(
         writer: Writer::new(client, Some("test".into()), metrics.clone(), fence),
         settings: Settings {
             max_output_chars: 4000,
-            not_found_grace: Duration::from_secs(300),
+            not_found_grace,
             recheck_interval: Duration::from_secs(300),
         },
         intervals,
@@ -437,6 +439,25 @@ async fn a_commands_young_child_writes_no_progress_but_its_final_answer_at_once(
     let (_, patch, event, _) = answered_expecting_patch_and_event(&f, api, &object).await;
     assert_eq!(patch["status"]["status"], "Success");
     assert_eq!(event["reason"], "Success");
+}
+
+#[tokio::test]
+async fn a_young_childs_invocation_not_found_is_looked_at_again_when_a_short_grace_runs_out() {
+    // --not-found-grace 2 s, and SSM does not know the invocation: "not visible yet" is
+    // progress, so the young child writes nothing, but it is looked at again when the grace
+    // runs out (to stall then), not only once its 10 s are over.
+    let intervals = PollIntervals {
+        min: Duration::from_millis(200),
+        max: Duration::from_secs(2),
+    };
+    let (f, mut api) = fixture_on(Fence::open(), 16, intervals, None, Duration::from_secs(2)).await;
+    let object = child(Duration::ZERO);
+    register(&f, &object).await;
+    f.woken().await;
+    let action = run(&f, &object).await.unwrap();
+    api.expect_silence().await;
+    let secs = requeue_secs(&action);
+    assert!((1.0..=2.2).contains(&secs), "{action:?}");
 }
 
 #[tokio::test]
@@ -1148,6 +1169,7 @@ async fn a_region_whose_endpoint_never_resolves_stalls_as_ssm_unavailable_and_is
         16,
         intervals,
         Some("http://ssm.xx-nowhere-9.invalid"),
+        Duration::from_secs(300),
     )
     .await;
     let mut object = resource(1, None);

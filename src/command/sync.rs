@@ -3,8 +3,9 @@
 //! Creates and deletes go through the fenced [`Writer`](crate::k8s::writer::Writer).
 //!
 //! At fleet scale: children are found from their metadata alone, a page at a time; missing
-//! ones are created [`CREATES_IN_FLIGHT`] at a time, in the order SSM lists their nodes (the
-//! first listed have waited longest), and what was created is remembered even when some
+//! ones are created [`CREATES_IN_FLIGHT`] at a time, in the order SSM lists their nodes (where
+//! SSM lists them in the order it added them, as the simulator does, the longest waiting
+//! first; SSM does not document the order), and what was created is remembered even when some
 //! creates fail, so a retry resumes instead of posting every child again. A child
 //! the API server refuses (an admission policy, a quota, RBAC) is reported on the `Command`
 //! (counted in `status.refusedChildren`, a Warning Event) while its status goes on following
@@ -120,7 +121,8 @@ pub(super) async fn sync_children(
     };
     let name = object.name_any();
     // Refused children are tried again only on the final pass. Created in the order SSM lists
-    // the nodes (each once): the nodes listed first have waited longest for their child.
+    // the nodes (each once), which puts the longest waiting first where SSM lists them in the
+    // order it added them.
     let mut seen = HashSet::new();
     let missing: Vec<String> = nodes
         .into_iter()

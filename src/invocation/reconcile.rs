@@ -151,13 +151,26 @@ async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Ac
         outcome.status.spec_hash = Some(hash);
         outcome.write = true;
     }
+    // "Not visible yet" turns into Stalled when the grace runs out, with no new answer.
+    let grace_left = match &answer.result {
+        Err(SsmError::InvocationDoesNotExist(_))
+            if outcome.next == Polling::Poll && waited < ctx.settings.not_found_grace =>
+        {
+            Some(ctx.settings.not_found_grace - waited + Duration::from_millis(100))
+        }
+        _ => None,
+    };
     // A Command's young child keeps quiet about progress (its Command shows it): mostly, its
-    // first write is its final answer.
+    // first write is its final answer. Its age is also counted on this process's clock, so a
+    // clock behind the API server's cannot stretch the quiet time.
     let child = Command::controls(object.owner_references());
-    if let Some(left) = mapping::progress_held(current, &outcome.status, child, age(object)) {
+    let age = age(object).max(now.saturating_duration_since(tracked.first_seen));
+    if let Some(left) = mapping::progress_held(current, &outcome.status, child, age) {
         ctx.turns.leave(&uid);
         debug!(?left, "a young child's progress is not written yet");
-        return Ok(Action::requeue(left));
+        return Ok(Action::requeue(
+            grace_left.map_or(left, |grace| grace.min(left)),
+        ));
     }
     // Writes take turns (crate::invocation::turns): final answers first, then oldest first.
     // A reconcile with nothing to write (most, at start-up, where each resource is first only
@@ -198,15 +211,8 @@ async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Ac
     }
     ctx.tracker.settle(&uid, outcome.next);
     // The answer only changes when the tracker says so; but "not visible yet" turns into
-    // Stalled when the grace runs out, with no new answer: look again then.
-    let action = match &answer.result {
-        Err(SsmError::InvocationDoesNotExist(_))
-            if outcome.next == Polling::Poll && waited < ctx.settings.not_found_grace =>
-        {
-            Action::requeue(ctx.settings.not_found_grace - waited + Duration::from_millis(100))
-        }
-        _ => Action::await_change(),
-    };
+    // Stalled when the grace runs out: look again then.
+    let action = grace_left.map_or_else(Action::await_change, Action::requeue);
     debug!(?action, "reconciled");
     Ok(action)
 }

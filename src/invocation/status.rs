@@ -322,7 +322,8 @@ pub const CHILD_QUIET_FOR: Duration = Duration::from_secs(10);
 /// How long the first status of a resource waits: for a `Command`'s child (`child`) that shows
 /// no status yet (none, or only the schema's default `{observedGeneration: -1}`) and would
 /// first report only progress, until it is [`CHILD_QUIET_FOR`] old (`age`); `None` (write now)
-/// otherwise. A final answer or an error never waits.
+/// otherwise. A final answer or an error that stalls never waits; one that does not
+/// (throttling, SSM unreachable, an invocation not visible yet) is progress, and waits.
 pub fn progress_held(
     current: Option<&CommandInvocationStatus>,
     next: &CommandInvocationStatus,
