@@ -156,15 +156,25 @@ pub const PUSH_RATE: f64 = 200.0;
 impl RunArgs {
     /// The namespaces to watch, each once, in the order given (empty: all). A name given twice
     /// (`--namespace a --namespace a`, `SSM_OPERATOR_NAMESPACE=a,a`) would run two controllers
-    /// over the same resources; an empty one (`a,,b`) names no namespace.
-    pub fn watched_namespaces(&self) -> Vec<String> {
+    /// over the same resources; an empty one (`a,,b`) names no namespace. Names given, but
+    /// none left (`--namespace ,`), are refused: that must not widen the watch to all.
+    pub fn watched_namespaces(&self) -> Result<Vec<String>, String> {
         let mut seen = std::collections::HashSet::new();
-        self.namespaces
+        let watched: Vec<String> = self
+            .namespaces
             .iter()
             .map(|ns| ns.trim())
             .filter(|ns| !ns.is_empty() && seen.insert(*ns))
             .map(str::to_string)
-            .collect()
+            .collect();
+        if watched.is_empty() && !self.namespaces.is_empty() {
+            return Err(format!(
+                "--namespace / SSM_OPERATOR_NAMESPACE names no namespace ({:?}); leave it unset \
+                 to watch all",
+                self.namespaces.join(",")
+            ));
+        }
+        Ok(watched)
     }
 
     /// SSM calls per second: `--ssm-max-rate`, else [`PUSH_RATE`] with a queue, else
@@ -221,7 +231,7 @@ mod tests {
             panic!("expected run")
         };
         assert_eq!(args.namespaces, ["a", "b"]);
-        assert_eq!(args.watched_namespaces(), ["a", "b"]);
+        assert_eq!(args.watched_namespaces().unwrap(), ["a", "b"]);
         assert_eq!(args.poll_interval_min, Duration::from_millis(200));
         assert_eq!(args.poll_interval_max, Duration::from_secs(60));
         assert_eq!(args.max_output_chars, 4000);
@@ -230,7 +240,7 @@ mod tests {
     }
 
     #[test]
-    fn a_namespace_named_twice_or_empty_is_watched_once_or_not_at_all() {
+    fn a_namespace_named_twice_or_empty_is_watched_once_or_not_at_all_and_none_is_refused() {
         let watched = |argv: &[&str]| {
             let argv = ["ssm-operator", "run"].iter().chain(argv);
             let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else {
@@ -239,9 +249,11 @@ mod tests {
             args.watched_namespaces()
         };
         let twice = ["--namespace", "b", "--namespace", "a", "--namespace", "b"];
-        assert_eq!(watched(&twice), ["b", "a"]);
-        assert_eq!(watched(&["--namespace", "a,,a, b"]), ["a", "b"]);
-        assert!(watched(&[]).is_empty(), "all namespaces");
+        assert_eq!(watched(&twice).unwrap(), ["b", "a"]);
+        assert_eq!(watched(&["--namespace", "a,,a, b"]).unwrap(), ["a", "b"]);
+        assert!(watched(&[]).unwrap().is_empty(), "all namespaces");
+        let none = watched(&["--namespace", ", "]).unwrap_err();
+        assert!(none.contains("names no namespace"), "{none}");
     }
 
     #[test]

@@ -54,10 +54,11 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             args.poll_interval_min, args.poll_interval_max
         )));
     }
+    let namespaces = args.watched_namespaces().map_err(Error::Config)?;
     let identity = instance_identity();
     info!(
         version = env!("CARGO_PKG_VERSION"),
-        namespaces = ?args.watched_namespaces(),
+        ?namespaces,
         poll_interval_min = ?args.poll_interval_min,
         poll_interval_max = ?args.poll_interval_max,
         not_found_grace = ?args.not_found_grace,
@@ -203,6 +204,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         let result = run_as_leader(
             Parts {
                 args: &args,
+                namespaces,
                 client,
                 ctx,
                 commands,
@@ -219,6 +221,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     } else {
         let parts = Parts {
             args: &args,
+            namespaces,
             client,
             ctx,
             commands,
@@ -241,6 +244,8 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
 /// What the controllers run with.
 struct Parts<'a> {
     args: &'a RunArgs,
+    /// The namespaces to watch (empty: all).
+    namespaces: Vec<String>,
     client: Client,
     ctx: Arc<invocation::Context>,
     commands: Arc<command::Context>,
@@ -303,6 +308,7 @@ async fn run_controllers(
 ) {
     let Parts {
         args,
+        namespaces,
         client,
         ctx,
         commands,
@@ -315,7 +321,6 @@ async fn run_controllers(
         () = ctx.roles.synced() => {}
         () = shutdown.clone() => return,
     }
-    let namespaces = args.watched_namespaces();
     let apis: Vec<(Option<String>, Api<CommandInvocation>)> = apis_for(&client, &namespaces);
     let command_apis: Vec<(Option<String>, Api<Command>)> = apis_for(&client, &namespaces);
     // Writes in flight are bounded by the write turns; more reconciles than that run at once
