@@ -190,6 +190,8 @@ struct Seen {
     expiry_lags: Vec<Duration>,
     created: usize,
     deleted: usize,
+    /// Times the watch listed again (after an error), when it can miss what came and went.
+    relists: usize,
 }
 
 /// `BENCH_VARIANT=churn`. See the module docs.
@@ -305,7 +307,17 @@ async fn run(churn: &Churn) -> Result<bool, String> {
     }
     let metrics = operator.metrics().await.unwrap_or_default();
     watch.abort();
-    let complete = report(churn, &seen, &samples, &metrics, operator.pid());
+    // Counted by the API server, not the watch (which misses what came and went in a relist).
+    let left = testbed
+        .api
+        .list(&kube::api::ListParams::default())
+        .await
+        .map(|list| list.items.len());
+    let end = End {
+        created,
+        left: left.ok(),
+    };
+    let complete = report(churn, &seen, &samples, &metrics, operator.pid(), &end);
     print_footprint(&testbed.cluster, before, None).await;
     operator.stop().await?;
     println!("   operator log: {}", log.display());
@@ -376,7 +388,10 @@ async fn follow(api: Api<CommandInvocation>, seen: Arc<Mutex<Seen>>, ttl: i64) {
             relisted.insert(obj.name_any());
         }
         match event {
-            Ok(Event::Init) => relisted.clear(),
+            Ok(Event::Init) => {
+                seen.relists += 1;
+                relisted.clear();
+            }
             // Deleted while the watch was down: no expiry lag is known for those.
             Ok(Event::InitDone) => {
                 let gone: Vec<String> = known.difference(&relisted).cloned().collect();
@@ -417,13 +432,22 @@ async fn follow(api: Api<CommandInvocation>, seen: Arc<Mutex<Seen>>, ttl: i64) {
     }
 }
 
-/// Prints the end figures next to the targets; whether every resource finished and expired.
+/// How the run ended, as the bench and the API server count it.
+struct End {
+    /// Resources the bench created.
+    created: usize,
+    /// Resources the API server still lists (`None`: it could not be asked).
+    left: Option<usize>,
+}
+
+/// Prints the end figures next to the targets; whether every resource was created and expired.
 fn report(
     churn: &Churn,
     seen: &Mutex<Seen>,
     samples: &[Sample],
     metrics: &str,
     pid: Option<u32>,
+    end: &End,
 ) -> bool {
     let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
     seen.lags.sort();
@@ -463,7 +487,16 @@ fn report(
     );
     row(
         "created / finished / deleted",
-        format!("{} / {} / {}", seen.created, seen.lags.len(), seen.deleted),
+        format!(
+            "{} / {} / {} seen by the bench's watch ({} relists); {} created, {} left in the \
+             API server",
+            seen.created,
+            seen.lags.len(),
+            seen.deleted,
+            seen.relists,
+            end.created,
+            end.left.map_or("?".into(), |n| n.to_string())
+        ),
     );
     let writes = metric(metrics, "ssm_operator_status_writes_total", None);
     let per = writes / churn.total as f64;
@@ -490,7 +523,7 @@ fn report(
             secs(seen.expiry_lags.last().copied().unwrap_or_default())
         ),
     );
-    seen.created == churn.total && seen.deleted == churn.total && cached == 0.0
+    end.created == churn.total && end.left == Some(0) && cached == 0.0
 }
 
 /// `VmRSS` of a process in KiB.
