@@ -597,6 +597,33 @@ async fn sent_by_an_earlier_process_to(
         .to_string()
 }
 
+/// A `Command` whose targets are `key` = `value`, already sent (by an earlier process, with
+/// generation 1's marker) and holding its finalizer; returns it and its SSM command id.
+async fn sent_to_targets(sim: &Simulator, key: &str, value: &str) -> (Command, String) {
+    let command_id = sent_by_an_earlier_process_to(sim, |send| {
+        send.targets(
+            aws_sdk_ssm::types::Target::builder()
+                .key(key)
+                .values(value)
+                .build(),
+        )
+    })
+    .await;
+    let mut object = command(Some(CommandStatus {
+        observed_generation: Some(1),
+        command_id: Some(command_id.clone()),
+        send: Some(first_intent()),
+        ..CommandStatus::default()
+    }));
+    object.spec.instance_ids = None;
+    object.spec.targets = Some(vec![ssm_operator::api::Target {
+        key: key.into(),
+        values: vec![value.into()],
+    }]);
+    object.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    (object, command_id)
+}
+
 /// Answers a reconcile's API calls until it has made `writes` status writes: children listed
 /// (none), child creates (422 for `refused`, 201 otherwise), Events, and status applies, each
 /// stored at the next resourceVersion. Returns the child creates by node (in the order they
@@ -708,27 +735,7 @@ async fn children_are_created_in_the_order_ssm_lists_their_nodes() {
         "batch",
         nodes.iter().map(|n| (n.as_str(), Duration::ZERO)),
     );
-    let command_id = sent_by_an_earlier_process_to(&sim, |send| {
-        send.targets(
-            aws_sdk_ssm::types::Target::builder()
-                .key("tag:Role")
-                .values("batch")
-                .build(),
-        )
-    })
-    .await;
-    let mut object = command(Some(CommandStatus {
-        observed_generation: Some(1),
-        command_id: Some(command_id),
-        send: Some(first_intent()),
-        ..CommandStatus::default()
-    }));
-    object.spec.instance_ids = None;
-    object.spec.targets = Some(vec![ssm_operator::api::Target {
-        key: "tag:Role".into(),
-        values: vec!["batch".into()],
-    }]);
-    object.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    let (object, _) = sent_to_targets(&sim, "tag:Role", "batch").await;
     let verifier = tokio::spawn(answer_writes(api, object.clone(), 1, None));
     run(&ctx, &object).await.unwrap();
     let (creates, ..) = verifier.await.unwrap();
@@ -744,28 +751,8 @@ async fn a_command_is_not_asked_again_on_its_own_echo_nor_walked_again_when_it_f
     sim.set_send_default([Plugin::succeeding("", Duration::from_secs(1))]);
     let nodes = ["i-0bbbbbbbbbbbbbbb1", "i-0bbbbbbbbbbbbbbb2"];
     sim.resolve_target("tag:Role", "web", nodes.map(|n| (n, Duration::ZERO)));
-    let command_id = sent_by_an_earlier_process_to(&sim, |send| {
-        send.targets(
-            aws_sdk_ssm::types::Target::builder()
-                .key("tag:Role")
-                .values("web")
-                .build(),
-        )
-    })
-    .await;
+    let (object, command_id) = sent_to_targets(&sim, "tag:Role", "web").await;
     let ssm = aws_sdk_ssm::Client::new(&mock_api::sdk_config(&sim.endpoint()).await);
-    let mut object = command(Some(CommandStatus {
-        observed_generation: Some(1),
-        command_id: Some(command_id.clone()),
-        send: Some(first_intent()),
-        ..CommandStatus::default()
-    }));
-    object.spec.instance_ids = None;
-    object.spec.targets = Some(vec![ssm_operator::api::Target {
-        key: "tag:Role".into(),
-        values: vec!["web".into()],
-    }]);
-    object.metadata.finalizers = Some(vec![FINALIZER.into()]);
     let verifier = tokio::spawn(answer_writes(api, object.clone(), 1, None));
     run(&ctx, &object).await.unwrap();
     let (creates, _, written, api) = verifier.await.unwrap();

@@ -415,25 +415,37 @@ fn child(age: Duration) -> CommandInvocation {
     object
 }
 
+/// Registers `object`, waits for the tracker's answer and reconciles it once more, expecting
+/// no API call (its write held back); returns the seconds after which it looks again.
+async fn held(
+    f: &Fixture,
+    mut api: ApiServerVerifier,
+    object: &CommandInvocation,
+) -> (f64, ApiServerVerifier) {
+    register(f, object).await;
+    f.woken().await;
+    let action = run(f, object).await.unwrap();
+    api.expect_silence().await;
+    (requeue_secs(&action), api)
+}
+
 #[tokio::test]
 async fn a_commands_young_child_writes_no_progress_but_its_final_answer_at_once() {
     // The node runs for 1.5 s: the child's first answer (InProgress) is not written, since
     // the Command shows the run's progress; its end is written at once, as its first status
     // (one status write and one Event for the whole run).
-    let (f, mut api) = fixture().await;
+    let (f, api) = fixture().await;
     f.sim.add_command(command(
         Plugin::new("aws:runShellScript")
             .step(Duration::ZERO, Status::InProgress)
             .step(Duration::from_millis(1500), Status::Success),
     ));
     let object = child(Duration::ZERO);
-    register(&f, &object).await;
-    f.woken().await;
-    let action = run(&f, &object).await.unwrap();
-    api.expect_silence().await;
-    // Looked at again once the child is old enough.
-    let secs = requeue_secs(&action);
-    assert!((8.0..=10.0).contains(&secs), "{action:?}");
+    let (secs, api) = held(&f, api, &object).await;
+    assert!(
+        (8.0..=10.0).contains(&secs),
+        "looked at again once old enough: {secs} s"
+    );
 
     f.woken().await;
     let (_, patch, event, _) = answered_expecting_patch_and_event(&f, api, &object).await;
@@ -450,14 +462,12 @@ async fn a_young_childs_invocation_not_found_is_looked_at_again_when_a_short_gra
         min: Duration::from_millis(200),
         max: Duration::from_secs(2),
     };
-    let (f, mut api) = fixture_on(Fence::open(), 16, intervals, None, Duration::from_secs(2)).await;
-    let object = child(Duration::ZERO);
-    register(&f, &object).await;
-    f.woken().await;
-    let action = run(&f, &object).await.unwrap();
-    api.expect_silence().await;
-    let secs = requeue_secs(&action);
-    assert!((1.0..=2.2).contains(&secs), "{action:?}");
+    let (f, api) = fixture_on(Fence::open(), 16, intervals, None, Duration::from_secs(2)).await;
+    let (secs, _) = held(&f, api, &child(Duration::ZERO)).await;
+    assert!(
+        (1.0..=2.2).contains(&secs),
+        "looked at again after {secs} s"
+    );
 }
 
 #[tokio::test]

@@ -212,9 +212,7 @@ mod tests {
 
     #[test]
     fn flags_parse_human_durations_and_repeat() {
-        let cli = Cli::try_parse_from([
-            "ssm-operator",
-            "run",
+        let args = run_args(&[
             "--namespace",
             "a",
             "--namespace",
@@ -225,11 +223,7 @@ mod tests {
             "1m",
             "--log-format",
             "json",
-        ])
-        .unwrap();
-        let Command::Run(args) = cli.command else {
-            panic!("expected run")
-        };
+        ]);
         assert_eq!(args.namespaces, ["a", "b"]);
         assert_eq!(args.watched_namespaces().unwrap(), ["a", "b"]);
         assert_eq!(args.poll_interval_min, Duration::from_millis(200));
@@ -239,15 +233,18 @@ mod tests {
         assert!(!args.leader_elect);
     }
 
+    /// The flags of `ssm-operator run <argv>`.
+    fn run_args(argv: &[&str]) -> RunArgs {
+        let argv = ["ssm-operator", "run"].iter().chain(argv);
+        let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else {
+            panic!("expected run")
+        };
+        *args
+    }
+
     #[test]
     fn a_namespace_named_twice_or_empty_is_watched_once_or_not_at_all_and_none_is_refused() {
-        let watched = |argv: &[&str]| {
-            let argv = ["ssm-operator", "run"].iter().chain(argv);
-            let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else {
-                panic!("expected run")
-            };
-            args.watched_namespaces()
-        };
+        let watched = |argv: &[&str]| run_args(argv).watched_namespaces();
         let twice = ["--namespace", "b", "--namespace", "a", "--namespace", "b"];
         assert_eq!(watched(&twice).unwrap(), ["b", "a"]);
         assert_eq!(watched(&["--namespace", "a,,a, b"]).unwrap(), ["a", "b"]);
@@ -258,13 +255,7 @@ mod tests {
 
     #[test]
     fn the_ssm_rate_defaults_to_100_or_200_with_push_and_must_be_sane() {
-        let rate = |argv: &[&str]| {
-            let argv = ["ssm-operator", "run"].iter().chain(argv);
-            let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else {
-                panic!("expected run")
-            };
-            args.ssm_rate()
-        };
+        let rate = |argv: &[&str]| run_args(argv).ssm_rate();
         assert_eq!(rate(&[]), 100.0);
         assert_eq!(rate(&["--sqs-queue-url", "https://q"]), 200.0);
         assert_eq!(
@@ -280,28 +271,16 @@ mod tests {
 
     #[test]
     fn sending_is_off_by_default_and_documents_repeat() {
-        let Command::Run(args) = Cli::try_parse_from(["ssm-operator", "run"])
-            .unwrap()
-            .command
-        else {
-            panic!("expected run")
-        };
+        let args = run_args(&[]);
         assert!(!args.send_commands);
         assert!(args.allowed_documents.is_empty());
-        let Command::Run(args) = Cli::try_parse_from([
-            "ssm-operator",
-            "run",
+        let args = run_args(&[
             "--send-commands",
             "--allowed-documents",
             "AWS-RunShellScript,Team-*",
             "--allowed-documents",
             "Other",
-        ])
-        .unwrap()
-        .command
-        else {
-            panic!("expected run")
-        };
+        ]);
         assert!(args.send_commands);
         assert_eq!(
             args.allowed_documents,
