@@ -92,6 +92,7 @@ config:
   pollIntervalMax: 1m
   maxOutputChars: 24000
   notFoundGrace: 10m
+  progressAfter: 0s
   maxConcurrentReconciles: 4
   logFormat: json
   httpBindAddress: "::"
@@ -244,6 +245,7 @@ check "defaults: poll interval min" eq "$(env_value defaults SSM_OPERATOR_POLL_I
 check "defaults: poll interval max" eq "$(env_value defaults SSM_OPERATOR_POLL_INTERVAL_MAX)" '"30s"'
 check "defaults: max output chars" eq "$(env_value defaults SSM_OPERATOR_MAX_OUTPUT_CHARS)" '"4000"'
 check "defaults: not-found grace" eq "$(env_value defaults SSM_OPERATOR_NOT_FOUND_GRACE)" '"5m"'
+check "defaults: progress after" eq "$(env_value defaults SSM_OPERATOR_PROGRESS_AFTER)" '"10s"'
 check "defaults: http bind" eq "$(env_value defaults SSM_OPERATOR_HTTP_BIND)" '"0.0.0.0:8080"'
 check "defaults: lease name" eq "$(env_value defaults SSM_OPERATOR_LEASE_NAME)" '"ssm-operator"'
 check "defaults: ClusterRole + ClusterRoleBinding" eq "$(count defaults '^kind: ClusterRole(Binding)?$')" 2
@@ -258,7 +260,7 @@ for needle in 'runAsNonRoot: true' 'runAsUser: 65532' 'readOnlyRootFilesystem: t
 done
 for env in POD_NAME POD_NAMESPACE SSM_OPERATOR_LEADER_ELECT SSM_OPERATOR_LEASE_NAMESPACE SSM_OPERATOR_LEASE_NAME \
   SSM_OPERATOR_POLL_INTERVAL_MIN SSM_OPERATOR_POLL_INTERVAL_MAX SSM_OPERATOR_MAX_OUTPUT_CHARS \
-  SSM_OPERATOR_NOT_FOUND_GRACE SSM_OPERATOR_HTTP_BIND SSM_OPERATOR_LOG_FORMAT \
+  SSM_OPERATOR_NOT_FOUND_GRACE SSM_OPERATOR_PROGRESS_AFTER SSM_OPERATOR_HTTP_BIND SSM_OPERATOR_LOG_FORMAT \
   SSM_OPERATOR_LEASE_DURATION SSM_OPERATOR_MAX_CONCURRENT_RECONCILES; do
   check "defaults: env ${env}" has defaults "- name: ${env}$"
 done
@@ -291,6 +293,7 @@ check "everything: max output chars" eq "$(env_value everything SSM_OPERATOR_MAX
 check "everything: log format" eq "$(env_value everything SSM_OPERATOR_LOG_FORMAT)" '"json"'
 check "everything: lease duration" eq "$(env_value everything SSM_OPERATOR_LEASE_DURATION)" '"20s"'
 check "everything: max concurrent reconciles" eq "$(env_value everything SSM_OPERATOR_MAX_CONCURRENT_RECONCILES)" '"4"'
+check "everything: progress after" eq "$(env_value everything SSM_OPERATOR_PROGRESS_AFTER)" '"0s"'
 check "everything: region" eq "$(env_value everything AWS_REGION)" '"eu-west-1"'
 check "everything: extra env" has everything 'name: RUST_LOG$'
 check "everything: lease name" has everything 'resourceNames: \["ssm-operator-leader"\]'

@@ -61,7 +61,7 @@ say "starting ssm-operator --send-commands (log: operator.log)"
 AWS_ENDPOINT_URL_SSM="$endpoint" AWS_REGION=eu-west-1 AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo \
 AWS_EC2_METADATA_DISABLED=true \
   "$bin/ssm-operator" run --http-bind 127.0.0.1:0 --poll-interval-min 500ms --poll-interval-max 2s \
-  --send-commands \
+  --progress-after 1s --send-commands \
   > "$work/operator.log" 2>&1 &
 pids+=($!)
 wait_line "$work/operator.log" "caches synced"

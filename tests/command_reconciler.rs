@@ -943,6 +943,7 @@ async fn commands_are_limited_across_namespaces_by_their_own_permits_and_never_b
             max_output_chars: 4000,
             not_found_grace: Duration::from_secs(300),
             recheck_interval: Duration::from_secs(300),
+            progress_after: Duration::from_secs(10),
         },
         intervals,
         metrics: metrics.clone(),

@@ -325,6 +325,7 @@ fn settings(max_output_chars: usize) -> Settings {
         max_output_chars,
         not_found_grace: GRACE,
         recheck_interval: Duration::from_secs(600),
+        progress_after: Duration::from_secs(10),
     }
 }
 

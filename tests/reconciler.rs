@@ -163,17 +163,28 @@ async fn fixture_full(
     permits: usize,
     intervals: PollIntervals,
 ) -> (Fixture, ApiServerVerifier) {
-    fixture_on(fence, permits, intervals, None, Duration::from_secs(300)).await
+    fixture_on(fence, permits, intervals, None, SETTINGS).await
 }
 
-/// A fixture whose SSM is `endpoint` (the simulator when `None`), with `--not-found-grace`
-/// `not_found_grace`.
+/// The settings of most fixtures: `--progress-after 0s`, so that a resource's first progress
+/// is written at once (the tests of the quiet time set the default, [`PROGRESS_AFTER`]).
+const SETTINGS: Settings = Settings {
+    max_output_chars: 4000,
+    not_found_grace: Duration::from_secs(300),
+    recheck_interval: Duration::from_secs(300),
+    progress_after: Duration::ZERO,
+};
+
+/// `--progress-after`'s default.
+const PROGRESS_AFTER: Duration = Duration::from_secs(10);
+
+/// A fixture whose SSM is `endpoint` (the simulator when `None`), with `settings`.
 async fn fixture_on(
     fence: Fence,
     permits: usize,
     intervals: PollIntervals,
     endpoint: Option<&str>,
-    not_found_grace: Duration,
+    settings: Settings,
 ) -> (Fixture, ApiServerVerifier) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
@@ -194,11 +205,7 @@ async fn fixture_on(
         tracker: tracker.clone(),
         roles: Arc::new(Roles::disabled()),
         writer: Writer::new(client, Some("test".into()), metrics.clone(), fence),
-        settings: Settings {
-            max_output_chars: 4000,
-            not_found_grace,
-            recheck_interval: Duration::from_secs(300),
-        },
+        settings,
         intervals,
         metrics: metrics.clone(),
         turns: {
@@ -392,9 +399,9 @@ async fn the_same_answer_again_writes_nothing() {
     api.expect_silence().await;
 }
 
-/// `resource` as the child of a `Command`, created `age` ago, as stored before any write (with
-/// the schema's default status).
-fn child(age: Duration) -> CommandInvocation {
+/// `resource` created `age` ago, as stored before any write (with the schema's default
+/// status).
+fn unobserved(age: Duration) -> CommandInvocation {
     let mut object = resource(
         1,
         Some(CommandInvocationStatus {
@@ -402,6 +409,13 @@ fn child(age: Duration) -> CommandInvocation {
             ..CommandInvocationStatus::default()
         }),
     );
+    object.metadata.creation_timestamp = Some(Time(Timestamp::now() - age));
+    object
+}
+
+/// [`unobserved`] as the child of a `Command`.
+fn child(age: Duration) -> CommandInvocation {
+    let mut object = unobserved(age);
     object.metadata.owner_references = Some(vec![OwnerReference {
         api_version: "ssm.operator.dev/v1alpha1".into(),
         kind: "Command".into(),
@@ -410,9 +424,22 @@ fn child(age: Duration) -> CommandInvocation {
         controller: Some(true),
         block_owner_deletion: Some(true),
     }]);
-    let created = Timestamp::now() - age;
-    object.metadata.creation_timestamp = Some(Time(created));
     object
+}
+
+/// A fixture on the simulator with the default `--progress-after` and `--not-found-grace`
+/// `not_found_grace`.
+async fn quiet_fixture(not_found_grace: Duration) -> (Fixture, ApiServerVerifier) {
+    let intervals = PollIntervals {
+        min: Duration::from_millis(200),
+        max: Duration::from_secs(2),
+    };
+    let settings = Settings {
+        not_found_grace,
+        progress_after: PROGRESS_AFTER,
+        ..SETTINGS
+    };
+    fixture_on(Fence::open(), 16, intervals, None, settings).await
 }
 
 /// Registers `object`, waits for the tracker's answer and reconciles it once more, expecting
@@ -430,40 +457,38 @@ async fn held(
 }
 
 #[tokio::test]
-async fn a_commands_young_child_writes_no_progress_but_its_final_answer_at_once() {
-    // The node runs for 1.5 s: the child's first answer (InProgress) is not written, since
-    // the Command shows the run's progress; its end is written at once, as its first status
-    // (one status write and one Event for the whole run).
-    let (f, api) = fixture().await;
-    f.sim.add_command(command(
-        Plugin::new("aws:runShellScript")
-            .step(Duration::ZERO, Status::InProgress)
-            .step(Duration::from_millis(1500), Status::Success),
-    ));
-    let object = child(Duration::ZERO);
-    let (secs, api) = held(&f, api, &object).await;
-    assert!(
-        (8.0..=10.0).contains(&secs),
-        "looked at again once old enough: {secs} s"
-    );
+async fn a_young_resource_writes_no_progress_but_its_final_answer_at_once() {
+    // The node runs for 1.5 s: the first answer (InProgress) is not written, the resource
+    // being younger than --progress-after; its end is written at once, as its first status
+    // (one status write and one Event for the whole run), standalone or a Command's child.
+    for young in [unobserved, child] {
+        let (f, api) = quiet_fixture(Duration::from_secs(300)).await;
+        let object = young(Duration::ZERO);
+        f.sim.add_command(command(
+            Plugin::new("aws:runShellScript")
+                .step(Duration::ZERO, Status::InProgress)
+                .step(Duration::from_millis(1500), Status::Success),
+        ));
+        let (secs, api) = held(&f, api, &object).await;
+        assert!(
+            (8.0..=10.0).contains(&secs),
+            "looked at again once old enough: {secs} s"
+        );
 
-    f.woken().await;
-    let (_, patch, event, _) = answered_expecting_patch_and_event(&f, api, &object).await;
-    assert_eq!(patch["status"]["status"], "Success");
-    assert_eq!(event["reason"], "Success");
+        f.woken().await;
+        let (_, patch, event, _) = answered_expecting_patch_and_event(&f, api, &object).await;
+        assert_eq!(patch["status"]["status"], "Success");
+        assert_eq!(event["reason"], "Success");
+    }
 }
 
 #[tokio::test]
-async fn a_young_childs_invocation_not_found_is_looked_at_again_when_a_short_grace_runs_out() {
+async fn a_young_resources_invocation_not_found_is_looked_at_again_when_a_short_grace_runs_out() {
     // --not-found-grace 2 s, and SSM does not know the invocation: "not visible yet" is
-    // progress, so the young child writes nothing, but it is looked at again when the grace
-    // runs out (to stall then), not only once its 10 s are over.
-    let intervals = PollIntervals {
-        min: Duration::from_millis(200),
-        max: Duration::from_secs(2),
-    };
-    let (f, api) = fixture_on(Fence::open(), 16, intervals, None, Duration::from_secs(2)).await;
-    let (secs, _) = held(&f, api, &child(Duration::ZERO)).await;
+    // progress, so the young resource writes nothing, but it is looked at again when the
+    // grace runs out (to stall then), not only once its 10 s are over.
+    let (f, api) = quiet_fixture(Duration::from_secs(2)).await;
+    let (secs, _) = held(&f, api, &unobserved(Duration::ZERO)).await;
     assert!(
         (1.0..=2.2).contains(&secs),
         "looked at again after {secs} s"
@@ -471,9 +496,12 @@ async fn a_young_childs_invocation_not_found_is_looked_at_again_when_a_short_gra
 }
 
 #[tokio::test]
-async fn a_child_running_longer_than_its_quiet_time_and_any_other_resource_show_progress() {
-    for object in [child(Duration::from_secs(11)), resource(1, None)] {
-        let (f, api) = fixture().await;
+async fn a_resource_older_than_progress_after_shows_its_progress() {
+    for object in [
+        child(Duration::from_secs(11)),
+        unobserved(Duration::from_secs(11)),
+    ] {
+        let (f, api) = quiet_fixture(Duration::from_secs(300)).await;
         f.sim.add_command(command(
             Plugin::new("aws:runShellScript").step(Duration::ZERO, Status::InProgress),
         ));
@@ -1179,7 +1207,7 @@ async fn a_region_whose_endpoint_never_resolves_stalls_as_ssm_unavailable_and_is
         16,
         intervals,
         Some("http://ssm.xx-nowhere-9.invalid"),
-        Duration::from_secs(300),
+        SETTINGS,
     )
     .await;
     let mut object = resource(1, None);

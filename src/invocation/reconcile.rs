@@ -26,8 +26,8 @@ use kube::ResourceExt;
 use tracing::{debug, info, instrument};
 
 use crate::api::lifecycle::{self, Expiry};
+use crate::api::CommandInvocation;
 use crate::api::CommandInvocationSpec;
-use crate::api::{Command, CommandInvocation};
 use crate::aws::roles::Roles;
 use crate::aws::ssm::{InvocationKey, SsmError};
 use crate::invocation::status::{self as mapping, Poll, Polling, Settings};
@@ -160,14 +160,15 @@ async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Ac
         }
         _ => None,
     };
-    // A Command's young child keeps quiet about progress (its Command shows it): mostly, its
-    // first write is its final answer. Its age is also counted on this process's clock, so a
-    // clock behind the API server's cannot stretch the quiet time.
-    let child = Command::controls(object.owner_references());
+    // A young resource keeps quiet about progress (--progress-after): mostly, its first
+    // write is its final answer. Its age is also counted on this process's clock, so a clock
+    // behind the API server's cannot stretch the quiet time.
     let age = age(object).max(now.saturating_duration_since(tracked.first_seen));
-    if let Some(left) = mapping::progress_held(current, &outcome.status, child, age) {
+    if let Some(left) =
+        mapping::progress_held(current, &outcome.status, age, ctx.settings.progress_after)
+    {
         ctx.turns.leave(&uid);
-        debug!(?left, "a young child's progress is not written yet");
+        debug!(?left, "a young resource's progress is not written yet");
         return Ok(Action::requeue(
             grace_left.map_or(left, |grace| grace.min(left)),
         ));

@@ -32,6 +32,8 @@ pub struct Settings {
     pub not_found_grace: Duration,
     /// How often a resource stalled on an error an outside fix can cure is asked again.
     pub recheck_interval: Duration,
+    /// `--progress-after`: how old a resource must be before its first progress is written.
+    pub progress_after: Duration,
 }
 
 /// One answer from SSM and the facts needed to judge it.
@@ -313,28 +315,26 @@ pub fn is_progress(status: &CommandInvocationStatus) -> bool {
         && !conditions::is_true(&status.conditions, conditions::STALLED)
 }
 
-/// A `Command`'s child reports no progress until it has existed this long. The `Command`'s
-/// status already shows the run's progress, and most nodes finish sooner, so a child's first
-/// status is mostly its final one: one status write and one Event per node of a fleet, not two
-/// of each.
-pub const CHILD_QUIET_FOR: Duration = Duration::from_secs(10);
-
-/// How long the first status of a resource waits: for a `Command`'s child (`child`) that shows
-/// no status yet (none, or only the schema's default `{observedGeneration: -1}`) and would
-/// first report only progress, until it is [`CHILD_QUIET_FOR`] old (`age`); `None` (write now)
-/// otherwise. A final answer or an error that stalls never waits; one that does not
+/// How long the first status of a resource waits: while it shows no status yet (none, or
+/// only the schema's default `{observedGeneration: -1}`) and would first report only
+/// progress, until it is `progress_after` (`--progress-after`) old (`age`); `None` (write
+/// now) otherwise. A final answer or an error that stalls never waits; one that does not
 /// (throttling, SSM unreachable, an invocation not visible yet) is progress, and waits.
+///
+/// Most runs end within seconds, so a resource's first status is then its final one: one
+/// status write and one Event per invocation, not two of each. kstatus tools read the
+/// default status as in progress meanwhile, and a `Command` shows its run's progress itself.
 pub fn progress_held(
     current: Option<&CommandInvocationStatus>,
     next: &CommandInvocationStatus,
-    child: bool,
     age: Duration,
+    progress_after: Duration,
 ) -> Option<Duration> {
     let shown = current.is_some_and(|s| !s.conditions.is_empty());
-    if !child || shown || !is_progress(next) {
+    if shown || !is_progress(next) {
         return None;
     }
-    CHILD_QUIET_FOR
+    progress_after
         .checked_sub(age)
         .filter(|left| !left.is_zero())
 }
@@ -436,6 +436,7 @@ mod tests {
         max_output_chars: 4000,
         not_found_grace: Duration::from_secs(300),
         recheck_interval: Duration::from_secs(300),
+        progress_after: Duration::from_secs(10),
     };
 
     fn at(seconds: i64) -> Time {
@@ -789,36 +790,51 @@ mod tests {
     }
 
     #[test]
-    fn a_commands_child_keeps_its_first_progress_until_it_is_ten_seconds_old() {
+    fn a_first_progress_waits_until_the_resource_is_progress_after_old() {
         let running = poll_at(&Ok(invocation("InProgress", "In Progress", -1)), 10).status;
         let pending = poll_at(&Ok(invocation("Pending", "Pending", -1)), 10).status;
         let not_yet = poll_at(&Err(SsmError::InvocationDoesNotExist("new".into())), 10).status;
+        let throttled = poll_at(&Err(SsmError::Throttled("slow down".into())), 10).status;
         let done = poll_at(&Ok(invocation("Success", "Success", 0)), 10).status;
+        let failed = poll_at(&Ok(invocation("Failed", "Failed", 1)), 10).status;
         let denied = poll_at(&Err(SsmError::AccessDenied("no".into())), 10).status;
         let secs = Duration::from_secs;
-        // A child's first progress waits out the rest of its quiet time (as stored, before
-        // any write, its status is the schema's default)...
+        let after = secs(10);
+        // A first progress waits out the rest of the time (as stored, before any write, the
+        // status is the schema's default)...
         let unobserved = CommandInvocationStatus {
             observed_generation: Some(crate::api::NOT_OBSERVED),
             ..CommandInvocationStatus::default()
         };
-        for progress in [&running, &pending, &not_yet] {
+        for progress in [&running, &pending, &not_yet, &throttled] {
             for stored in [None, Some(&unobserved)] {
+                assert_eq!(progress_held(stored, progress, secs(0), after), Some(after));
                 assert_eq!(
-                    progress_held(stored, progress, true, secs(3)),
+                    progress_held(stored, progress, secs(3), after),
                     Some(secs(7))
                 );
-                assert_eq!(progress_held(stored, progress, true, secs(10)), None);
-                assert_eq!(progress_held(stored, progress, true, secs(60)), None);
+                assert_eq!(progress_held(stored, progress, secs(10), after), None);
+                assert_eq!(progress_held(stored, progress, secs(60), after), None);
+                // `--progress-after 0s` writes it at once.
+                assert_eq!(
+                    progress_held(stored, progress, secs(0), Duration::ZERO),
+                    None
+                );
             }
         }
         // ... a final answer or an error an outside fix must cure does not,
-        assert_eq!(progress_held(None, &done, true, secs(3)), None);
-        assert_eq!(progress_held(None, &denied, true, secs(3)), None);
-        // nor a child that already shows a status (its progress is news),
-        assert_eq!(progress_held(Some(&pending), &running, true, secs(3)), None);
-        // nor a resource without a Command: pipelines and kstatus gate on its first status.
-        assert_eq!(progress_held(None, &running, false, secs(0)), None);
+        for answer in [&done, &failed, &denied] {
+            assert_eq!(progress_held(None, answer, secs(0), after), None);
+            assert_eq!(
+                progress_held(Some(&unobserved), answer, secs(0), after),
+                None
+            );
+        }
+        // nor progress on a resource that already shows a status (it is news there).
+        assert_eq!(
+            progress_held(Some(&pending), &running, secs(3), after),
+            None
+        );
     }
 
     #[test]

@@ -68,6 +68,13 @@ pub struct RunArgs {
     #[arg(long, env = "SSM_OPERATOR_NOT_FOUND_GRACE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub not_found_grace: Duration,
 
+    /// How old a resource must be before its first progress (Pending, InProgress, a transient
+    /// error) is written; a final answer is written at once. Most runs end sooner, so their
+    /// first status is their final one: half the status writes and Events of a fleet.
+    /// `0s` writes progress at once.
+    #[arg(long, env = "SSM_OPERATOR_PROGRESS_AFTER", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub progress_after: Duration,
+
     /// Delete finished resources this long after `Finished` turned True: every
     /// CommandInvocation without a controller owner and every Command whose spec sets no
     /// `ttlSecondsAfterFinished` (a Command's children go with it). Default: keep forever.
@@ -286,6 +293,15 @@ mod tests {
             args.allowed_documents,
             ["AWS-RunShellScript", "Team-*", "Other"]
         );
+    }
+
+    #[test]
+    fn progress_is_written_once_a_resource_is_ten_seconds_old_unless_told_otherwise() {
+        assert_eq!(run_args(&[]).progress_after, Duration::from_secs(10));
+        let at_once = run_args(&["--progress-after", "0s"]);
+        assert_eq!(at_once.progress_after, Duration::ZERO);
+        let parsed = Cli::try_parse_from(["ssm-operator", "run", "--progress-after", "soon"]);
+        assert!(parsed.is_err());
     }
 
     #[test]
