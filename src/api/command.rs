@@ -165,10 +165,14 @@ pub struct Target {
 }
 
 /// What SSM reports for the command, and the operator's record of its send.
-// The same `{observedGeneration: -1}` default as CommandInvocation, for kstatus.
+// The same `{observedGeneration: -1}` default as CommandInvocation, for kstatus, and the same
+// atomic status: the operator writes it whole.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("default" = {"observedGeneration": NOT_OBSERVED}))]
+#[schemars(extend(
+    "default" = {"observedGeneration": NOT_OBSERVED},
+    "x-kubernetes-map-type" = "atomic"
+))]
 pub struct CommandStatus {
     /// The SSM command id of this generation's run.
     #[serde(default, skip_serializing_if = "Option::is_none")]

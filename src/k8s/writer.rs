@@ -31,7 +31,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::api::{Command, CommandInvocation, CommandInvocationStatus, CommandSpec, CommandStatus};
 use crate::aws::ssm::{Scope, Ssm};
@@ -79,28 +79,6 @@ impl Written {
         match (cached.parse::<u64>(), self.after.parse::<u64>()) {
             (Ok(cached), Ok(after)) => cached < after,
             _ => cached == self.before,
-        }
-    }
-}
-
-/// Sets to `null` every field of `current` (recursively, in objects) that `next` lacks.
-///
-/// Server-side apply removes a field we stop sending only if no other manager owns it. The
-/// API server records the resource's creator as co-owner of status fields (it owns the
-/// defaulted `status.observedGeneration`, and 1.20 then attributes later status fields to it
-/// too), so a dropped field would survive, e.g. the old command's output after a spec change.
-/// An explicit `null` clears it whoever owns it.
-pub fn null_removed_fields(current: &Value, next: &mut Value) {
-    let (Value::Object(current), Value::Object(next)) = (current, next) else {
-        return;
-    };
-    for (key, old) in current {
-        match next.get_mut(key) {
-            Some(new) => null_removed_fields(old, new),
-            None if !old.is_null() => {
-                next.insert(key.clone(), Value::Null);
-            }
-            None => {}
         }
     }
 }
@@ -181,9 +159,7 @@ impl Writer {
         status: &CommandInvocationStatus,
     ) -> Result<(), Error> {
         let uid = object.uid().ok_or(Error::MissingObjectKey("uid"))?;
-        let stored = self
-            .apply_status(object, object.status.as_ref(), status, None)
-            .await?;
+        let stored = self.apply_status(object, status, None).await?;
         if let Some(lag) = lag::invocation_lag(object.status.as_ref(), status, Timestamp::now()) {
             self.metrics.status_lag("CommandInvocation", lag);
         }
@@ -268,10 +244,7 @@ impl Writer {
         let version = object
             .resource_version()
             .ok_or(Error::MissingObjectKey("resourceVersion"))?;
-        match self
-            .apply_status(object, object.status.as_ref(), status, Some(version))
-            .await
-        {
+        match self.apply_status(object, status, Some(version)).await {
             Ok(stored) => {
                 if let Some(lag) =
                     lag::command_lag(object.status.as_ref(), status, Timestamp::now())
@@ -421,13 +394,12 @@ impl Writer {
         }
     }
 
-    /// Server-side-applies `status` as the whole status the operator owns (fields `current`
-    /// has and `status` lacks are cleared), fenced; with `version`, only over that
-    /// resourceVersion. Returns the stored object.
+    /// Server-side-applies `status` as the whole status (the CRDs make it one atomic value:
+    /// it replaces what is stored, and a field left out is gone), fenced; with `version`, only
+    /// over that resourceVersion. Returns the stored object.
     async fn apply_status<K, S>(
         &self,
         object: &K,
-        current: Option<&S>,
         status: &S,
         version: Option<String>,
     ) -> Result<K, Error>
@@ -443,11 +415,7 @@ impl Writer {
             .ok_or(Error::MissingObjectKey("namespace"))?;
         let name = object.name_any();
         let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
-        let mut body = serde_json::to_value(status).map_err(Error::Serialize)?;
-        if let Some(current) = current {
-            let current = serde_json::to_value(current).map_err(Error::Serialize)?;
-            null_removed_fields(&current, &mut body);
-        }
+        let body = serde_json::to_value(status).map_err(Error::Serialize)?;
         let mut metadata = json!({ "name": name });
         if let Some(version) = version {
             metadata["resourceVersion"] = json!(version);
@@ -665,36 +633,5 @@ mod tests {
         };
         assert!(opaque.is_newer_than("a"));
         assert!(!opaque.is_newer_than("c"));
-    }
-
-    #[test]
-    fn fields_dropped_from_the_status_are_sent_as_null() {
-        let current = json!({
-            "status": "Failed", "comment": "old command", "responseCode": 1,
-            "cloudWatchOutputConfig": {"cloudWatchLogGroupName": "/old", "cloudWatchOutputEnabled": true},
-            "conditions": [{"type": "Ready"}],
-        });
-        let mut next = json!({
-            "status": "Pending", "responseCode": -1,
-            "cloudWatchOutputConfig": {"cloudWatchOutputEnabled": false},
-            "conditions": [{"type": "Ready"}, {"type": "Finished"}],
-        });
-        null_removed_fields(&current, &mut next);
-        assert_eq!(
-            next,
-            json!({
-                "status": "Pending", "comment": null, "responseCode": -1,
-                "cloudWatchOutputConfig": {"cloudWatchLogGroupName": null, "cloudWatchOutputEnabled": false},
-                "conditions": [{"type": "Ready"}, {"type": "Finished"}],
-            })
-        );
-    }
-
-    #[test]
-    fn nothing_is_added_when_nothing_was_dropped_or_already_null() {
-        let current = json!({"status": "InProgress", "comment": null});
-        let mut next = json!({"status": "Success", "responseCode": 0});
-        null_removed_fields(&current, &mut next);
-        assert_eq!(next, json!({"status": "Success", "responseCode": 0}));
     }
 }

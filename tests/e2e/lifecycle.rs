@@ -453,18 +453,37 @@ pub async fn spec_change_is_tracked_again_with_new_generation(cluster: Arc<TestC
             })
         })
         .await;
-    // As stored on the API server (1.20, where the creator co-owns status fields): nothing
-    // of the first run is left while the second runs. (The fields are `nullable`, so the
-    // server keeps the `null` the operator applies to clear them: `kubectl` shows `null`.)
+    // As stored on the API server: nothing of the first run is left while the second runs
+    // (the status is one atomic value, replaced whole by each write), and no `null` either.
     let stored = get_json(&world, "retarget").await;
     let status = &stored["status"];
     assert_eq!(status["status"], "InProgress", "still running: {status:#}");
     for gone in ["standardOutputContent", "executionEndDateTime"] {
         assert!(
-            status.get(gone).is_none_or(serde_json::Value::is_null),
+            status.get(gone).is_none(),
             "{gone} of generation 1 still in the status of generation 2: {status:#}"
         );
     }
+    // The operator owns the status as one field: no per-leaf bookkeeping in managedFields.
+    let shown = world
+        .kubectl(&[
+            "get",
+            "cinv",
+            "retarget",
+            "-o",
+            "json",
+            "--show-managed-fields",
+        ])
+        .await;
+    let stored: serde_json::Value = serde_json::from_str(&shown).expect("kubectl json");
+    let owned: Vec<&serde_json::Value> = stored["metadata"]["managedFields"]
+        .as_array()
+        .expect("managedFields")
+        .iter()
+        .filter(|m| m["manager"] == "ssm-operator")
+        .map(|m| &m["fieldsV1"])
+        .collect();
+    assert_eq!(owned, [&json!({"f:status": {}})], "{stored:#}");
     let obj = world
         .wait_for("retarget", "generation 2 finished", |o| {
             o.status
