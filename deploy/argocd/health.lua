@@ -8,8 +8,9 @@
 --             that was not made (SendingDisabled, DocumentNotAllowed,
 --             SendFailed, SendUnknown); the message says why.
 -- Progressing everything else: no status yet, the CRD's default status
---             {observedGeneration: -1} (the operator has not observed the
---             resource yet), a Command being sent, Pending, InProgress,
+--             {observedGeneration: -1} (the operator has not written a status
+--             yet: not observed, or running and younger than
+--             --progress-after), a Command being sent, Pending, InProgress,
 --             Delayed, Cancelling, transient errors (Throttled,
 --             SsmUnavailable), or a status that describes an older spec
 --             generation.
@@ -60,10 +61,11 @@ end
 local st = obj.status
 
 -- The CRD defaults a missing status to {observedGeneration: -1}: the operator
--- has not written anything yet.
+-- has not written anything yet (a running resource's first progress waits for
+-- --progress-after).
 if st.observedGeneration ~= nil and st.observedGeneration < 0 then
   hs.status = "Progressing"
-  hs.message = "Waiting for the operator: it has not observed this resource yet"
+  hs.message = "Waiting for the operator's first status (not observed yet, or running and younger than --progress-after)"
   return hs
 end
 

@@ -172,11 +172,11 @@ case("no status yet", cinv(1, nil), "Progressing", "Waiting for the operator")
 case("empty status", cinv(1, {}), "Progressing", "Waiting for the operator")
 -- The CRD defaults a missing status to {observedGeneration: -1} (no conditions).
 case("status defaulted by the CRD (observedGeneration -1)", cinv(1, { observedGeneration = -1 }),
-  "Progressing", "Waiting for the operator: it has not observed this resource yet", true)
+  "Progressing", "Waiting for the operator's first status (not observed yet, or running and younger than --progress-after)", true)
 case("defaulted status after a spec change (generation 2)", cinv(2, { observedGeneration = -1 }),
-  "Progressing", "has not observed", false)
+  "Progressing", "first status", false)
 case("defaulted status without metadata.generation", { metadata = { name = "x" },
-  status = { observedGeneration = -1 } }, "Progressing", "has not observed", false)
+  status = { observedGeneration = -1 } }, "Progressing", "first status", false)
 case("Pending", cinv(1, running("Pending")), "Progressing", "Pending")
 case("InProgress", cinv(1, running("InProgress")), "Progressing", "InProgress")
 case("Delayed", cinv(1, running("Delayed")), "Progressing", "Delayed")
@@ -303,7 +303,7 @@ local function cmd_observed(ssm, completed, target, errors, gen)
 end
 
 case("Command: status defaulted by the CRD", command(1, { observedGeneration = -1 }),
-  "Progressing", "Waiting for the operator: it has not observed this resource yet", true)
+  "Progressing", "Waiting for the operator's first status (not observed yet, or running and younger than --progress-after)", true)
 case("Command: no status yet", command(1, nil), "Progressing",
   "Waiting for the operator to report the SSM status", true)
 case("Command: Sending (intent recorded, no status.status)", command(1, cmd_sending()),

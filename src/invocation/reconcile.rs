@@ -26,8 +26,7 @@ use kube::ResourceExt;
 use tracing::{debug, info, instrument};
 
 use crate::api::lifecycle::{self, Expiry};
-use crate::api::CommandInvocation;
-use crate::api::CommandInvocationSpec;
+use crate::api::{CommandInvocation, CommandInvocationSpec};
 use crate::aws::roles::Roles;
 use crate::aws::ssm::{InvocationKey, SsmError};
 use crate::invocation::status::{self as mapping, Poll, Polling, Settings};
