@@ -22,6 +22,7 @@
 //! really stored (no duplicate Event, no moved `lastTransitionTime`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use k8s_openapi::api::events::v1::Event;
@@ -90,6 +91,8 @@ pub struct Writer {
     metrics: Arc<Metrics>,
     fence: Fence,
     written: Mutex<HashMap<String, Written>>,
+    /// The old-CRD warning was logged ([`status_owned_per_field`]).
+    warned_old_crd: AtomicBool,
 }
 
 impl Writer {
@@ -107,6 +110,7 @@ impl Writer {
             metrics,
             fence,
             written: Mutex::new(HashMap::new()),
+            warned_old_crd: AtomicBool::new(false),
         }
     }
 
@@ -440,8 +444,33 @@ impl Writer {
                 source,
             })?;
         self.metrics.status_written();
+        if status_owned_per_field(stored.meta())
+            && !self.warned_old_crd.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                kind = K::kind(&()).as_ref(),
+                "the installed CRD is older than this operator: its status is not one atomic \
+                 value, so a field the operator stops writing can stay behind; apply the CRDs \
+                 of this release (docs/install.md, Upgrade)"
+            );
+        }
         Ok(stored)
     }
+}
+
+/// Whether `meta`'s managedFields show the operator owning status field by field: the CRD in
+/// the cluster predates the atomic status (Helm never upgrades CRDs), and a status write no
+/// longer clears what it leaves out.
+pub fn status_owned_per_field(meta: &ObjectMeta) -> bool {
+    meta.managed_fields.iter().flatten().any(|entry| {
+        entry.manager.as_deref() == Some(OPERATOR_NAME)
+            && entry
+                .fields_v1
+                .as_ref()
+                .and_then(|fields| fields.0.get("f:status"))
+                .and_then(|status| status.as_object())
+                .is_some_and(|status| !status.is_empty())
+    })
 }
 
 /// The delete of an expired object: only the object with this uid, background propagation.
@@ -519,6 +548,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
 
     #[test]
     fn notes_are_cut_at_1024_bytes_on_a_character_boundary() {
@@ -633,5 +663,32 @@ mod tests {
         };
         assert!(opaque.is_newer_than("a"));
         assert!(!opaque.is_newer_than("c"));
+    }
+
+    #[test]
+    fn a_status_owned_field_by_field_shows_an_old_crd() {
+        let meta = |manager: &str, status: serde_json::Value| ObjectMeta {
+            managed_fields: Some(vec![ManagedFieldsEntry {
+                manager: Some(manager.into()),
+                operation: Some("Apply".into()),
+                fields_v1: Some(FieldsV1(json!({ "f:status": status }))),
+                ..ManagedFieldsEntry::default()
+            }]),
+            ..ObjectMeta::default()
+        };
+        let per_field = json!({"f:status": {}, "f:conditions": {}});
+        assert!(status_owned_per_field(&meta(
+            OPERATOR_NAME,
+            per_field.clone()
+        )));
+        assert!(
+            !status_owned_per_field(&meta(OPERATOR_NAME, json!({}))),
+            "atomic"
+        );
+        assert!(
+            !status_owned_per_field(&meta("kubectl", per_field)),
+            "not ours"
+        );
+        assert!(!status_owned_per_field(&ObjectMeta::default()));
     }
 }
