@@ -150,12 +150,14 @@ async fn fixture() -> (Fixture, ApiServerVerifier) {
     fixture_with(Fence::open(), 16).await
 }
 
+/// The poll intervals of most fixtures.
+const INTERVALS: PollIntervals = PollIntervals {
+    min: Duration::from_millis(200),
+    max: Duration::from_secs(2),
+};
+
 async fn fixture_with(fence: Fence, permits: usize) -> (Fixture, ApiServerVerifier) {
-    let intervals = PollIntervals {
-        min: Duration::from_millis(200),
-        max: Duration::from_secs(2),
-    };
-    fixture_full(fence, permits, intervals).await
+    fixture_full(fence, permits, INTERVALS).await
 }
 
 async fn fixture_full(
@@ -430,16 +432,12 @@ fn child(age: Duration) -> CommandInvocation {
 /// A fixture on the simulator with the default `--progress-after` and `--not-found-grace`
 /// `not_found_grace`.
 async fn quiet_fixture(not_found_grace: Duration) -> (Fixture, ApiServerVerifier) {
-    let intervals = PollIntervals {
-        min: Duration::from_millis(200),
-        max: Duration::from_secs(2),
-    };
     let settings = Settings {
         not_found_grace,
         progress_after: PROGRESS_AFTER,
         ..SETTINGS
     };
-    fixture_on(Fence::open(), 16, intervals, None, settings).await
+    fixture_on(Fence::open(), 16, INTERVALS, None, settings).await
 }
 
 /// Registers `object`, waits for the tracker's answer and reconciles it once more, expecting
