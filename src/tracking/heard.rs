@@ -3,8 +3,9 @@
 //! Resources arrive while a fleet runs (a pipeline creates its `CommandInvocation` after
 //! `SendCommand`, a `Command` creates a child per node), so a node's events often come before
 //! its resource exists. The tracker remembers them here, and a new resource's first read
-//! depends on it (see `plan::first_read`): a node heard to have ended is read at once; one
-//! heard running will announce its end (its resource waits for that event, or for a round).
+//! depends on it (see `plan::first_read`): a node heard to have ended is read at once (unless
+//! its answer was read ahead, `plan::reads_ahead`); one heard running will announce its end
+//! (its resource waits for that event, or for a round).
 //!
 //! Bounded: entries are keyed by a 64-bit hash of (command id, node) (a collision only makes
 //! one resource read sooner or later than it could be; an event is a hint, never truth),

@@ -88,6 +88,9 @@ pub(super) enum FirstRead {
     /// node's end), and the command is a fleet: its terminal event brings the read (else the
     /// command's regular rounds do).
     AwaitEvent,
+    /// Its node's final answer was read before the resource existed ([`reads_ahead`]), or a
+    /// round is reading it now: that answer is its first read, and SSM is not asked.
+    ReadAhead,
 }
 
 /// What the first read of a new resource depends on.
@@ -99,30 +102,38 @@ pub(super) struct ArrivalFacts {
     pub(super) heard: Option<Heard>,
     /// The queue spoke about the resource's command lately.
     pub(super) command_heard: bool,
-    /// Resources its command tracks, this one included.
-    pub(super) members: usize,
+    /// Resources its command has tracked since it was first tracked, this one included
+    /// (finished ones too: a fleet stays a fleet while its last nodes run).
+    pub(super) arrived: usize,
+    /// Its node's final answer was read ahead, before the resource existed (or a round is
+    /// reading it ahead now).
+    pub(super) read_ahead: bool,
     /// When its command's next regular round is due.
     pub(super) regular_due: Instant,
     /// How soon a round must come for a new resource to join it (`--poll-interval-min`).
     pub(super) join_within: Duration,
 }
 
-/// A command tracking at least this many resources is a fleet (as many as a List page
+/// A command that has tracked at least this many resources is a fleet (as many as a List page
 /// holds): its resources come from a `Command` or a pipeline's loop, and what gates on them
 /// waits for `Finished`, so a node still running need not be read at its resource's creation.
 /// Fewer (a pipeline's one resource, a Helm release) are read at once, so that their status
 /// shows at once.
 pub(super) const FLEET: usize = crate::aws::ssm::PAGE_SIZE as usize;
 
-/// How a new resource with `facts` is first read at `now`: a node heard to have ended at once;
-/// a fleet's node heard running when its event comes; else with the command's next round if
-/// that is due within `join_within`, else at once.
+/// How a new resource with `facts` is first read at `now`: not at all when its final answer
+/// was read ahead; a node heard to have ended at once; a fleet's node heard running when its
+/// event comes; else with the command's next round if that is due within `join_within`, else
+/// at once.
 pub(super) fn first_read(facts: &ArrivalFacts, now: Instant) -> FirstRead {
+    if facts.read_ahead {
+        return FirstRead::ReadAhead;
+    }
     match facts.heard {
         Some(Heard::Ended) => return FirstRead::Now,
         Some(Heard::Running) | None
             if facts.push_active
-                && facts.members >= FLEET
+                && facts.arrived >= FLEET
                 && (facts.heard.is_some() || facts.command_heard) =>
         {
             return FirstRead::AwaitEvent
@@ -134,6 +145,20 @@ pub(super) fn first_read(facts: &ArrivalFacts, now: Instant) -> FirstRead {
     } else {
         FirstRead::Now
     }
+}
+
+/// Whether a command that has tracked `arrived` resources, and keeps `unclaimed` final answers
+/// of nodes no resource tracks yet, keeps one more (read when its node's end event comes, or
+/// found on a page its walk reads anyway).
+///
+/// Resources keep arriving while a fleet runs, many after their node ended; reading such a
+/// node when its event comes, instead of when its resource appears, spreads the reads over
+/// the fleet's run (at the rate nodes finish) instead of piling them up at the end. Only a
+/// fleet does it (its nodes get resources: a `Command`'s children, a pipeline's loop), and
+/// at most as many answers wait as resources came: a command tracked for a few of its nodes
+/// wastes at most that many reads.
+pub(super) fn reads_ahead(arrived: usize, unclaimed: usize) -> bool {
+    arrived >= FLEET && unclaimed < arrived
 }
 
 #[cfg(test)]
@@ -331,7 +356,8 @@ mod tests {
             push_active: false,
             heard: None,
             command_heard: false,
-            members: 1,
+            arrived: 1,
+            read_ahead: false,
             regular_due: now + regular_in,
             join_within: Duration::from_secs(2),
         }
@@ -360,7 +386,7 @@ mod tests {
                 push_active,
                 heard: Some(Heard::Ended),
                 command_heard: true,
-                members: 500,
+                arrived: 500,
                 ..arrival(now, Duration::ZERO)
             };
             assert_eq!(first_read(&ended, now), FirstRead::Now);
@@ -374,7 +400,7 @@ mod tests {
             push_active: true,
             heard: Some(Heard::Running),
             command_heard: true,
-            members: FLEET,
+            arrived: FLEET,
             ..arrival(now, LATER)
         };
         assert_eq!(first_read(&running, now), FirstRead::AwaitEvent);
@@ -405,7 +431,7 @@ mod tests {
             push_active: true,
             heard: Some(Heard::Running),
             command_heard: true,
-            members: FLEET - 1,
+            arrived: FLEET - 1,
             ..arrival(now, LATER)
         };
         assert_eq!(
@@ -415,9 +441,38 @@ mod tests {
         );
         let quiet_queue = ArrivalFacts {
             push_active: false,
-            members: 500,
+            arrived: 500,
             ..running
         };
         assert_eq!(first_read(&quiet_queue, now), FirstRead::Now);
+    }
+
+    #[test]
+    fn a_node_whose_answer_was_read_ahead_is_not_read_again() {
+        let now = Instant::now();
+        for heard in [None, Some(Heard::Ended), Some(Heard::Running)] {
+            for push_active in [false, true] {
+                let facts = ArrivalFacts {
+                    push_active,
+                    heard,
+                    command_heard: true,
+                    arrived: FLEET,
+                    read_ahead: true,
+                    ..arrival(now, Duration::ZERO)
+                };
+                assert_eq!(first_read(&facts, now), FirstRead::ReadAhead);
+            }
+        }
+    }
+
+    #[test]
+    fn a_fleet_reads_ahead_at_most_as_many_nodes_as_resources_came() {
+        assert!(!reads_ahead(0, 0), "nothing tracked");
+        assert!(!reads_ahead(FLEET - 1, 0), "a pipeline's few resources");
+        assert!(reads_ahead(FLEET, 0));
+        assert!(reads_ahead(FLEET, FLEET - 1));
+        assert!(!reads_ahead(FLEET, FLEET), "as many waiting as came");
+        assert!(reads_ahead(5_000, 4_999));
+        assert!(!reads_ahead(5_000, 5_000));
     }
 }

@@ -38,6 +38,7 @@ use crate::aws::ssm::is_terminal;
 use crate::aws::ssm::{Invocation, InvocationKey, SsmError};
 use crate::invocation::status::only_elapsed_time_ticked;
 use crate::tracking::entries::{self as batch, with_output_of, FromList, Why};
+use crate::tracking::heard::KEEP;
 use crate::tracking::plan::{plan, RoundFacts, RoundKind, RoundPlan};
 use crate::tracking::schedule::PollIntervals;
 use crate::tracking::tracker::{Answer, CommandKey, Step, Tracker, EVENT_GRACE};
@@ -120,6 +121,15 @@ impl Tracker {
         let mut state = self.state();
         let command = state.commands.get_mut(key)?;
         let steps: HashSet<Step> = command.members.values().map(|m| m.step.clone()).collect();
+        let hinted = std::mem::take(&mut command.hinted);
+        // Hinted nodes no resource tracks: read ahead, for the resources to come.
+        let tracked: HashSet<&str> = steps.iter().map(|s| s.instance_id.as_str()).collect();
+        let ahead: HashSet<String> = hinted
+            .iter()
+            .filter(|node| !tracked.contains(node.as_str()))
+            .cloned()
+            .collect();
+        command.reading_ahead.extend(ahead.iter().cloned());
         if kind == RoundKind::Regular {
             command.clock.start();
         }
@@ -140,7 +150,8 @@ impl Tracker {
         Some(RoundStart {
             steps,
             use_list,
-            hinted: std::mem::take(&mut command.hinted),
+            hinted,
+            ahead,
             share: Arc::from(share),
         })
     }
@@ -160,6 +171,7 @@ impl Tracker {
             steps,
             use_list,
             hinted,
+            ahead,
             share: _,
         } = start;
         let hinted: Vec<Step> = steps
@@ -171,7 +183,17 @@ impl Tracker {
             // No more hinted nodes than pages in a walk: one Get each is the cheapest read
             // (and the only one while List keeps failing).
             let asked_at = Time(Timestamp::now());
-            let fresh = self.get_each(&key, hinted).await;
+            let wholes = ahead.iter().map(|node| Step {
+                instance_id: node.clone(),
+                plugin_name: None,
+            });
+            let (read_ahead, fresh): (Vec<_>, Vec<_>) = self
+                .get_each(&key, hinted.into_iter().chain(wholes).collect())
+                .await
+                .into_iter()
+                .partition(|(step, _)| ahead.contains(&step.instance_id));
+            self.keep_ahead(&key, read_ahead, &asked_at);
+            self.done_ahead(&key, &ahead);
             self.keep(&key, fresh, asked_at, false, 0, kind);
             return;
         }
@@ -183,7 +205,7 @@ impl Tracker {
         // The steps no answer reached yet (a walk that failed midway answered some).
         let mut unanswered: Vec<Step> = steps.iter().cloned().collect();
         if use_list {
-            let (walked, error) = self.walk(&key, &steps).await;
+            let (walked, error) = self.walk(&key, &steps, &ahead).await;
             news = walked.news;
             missed = walked.missed;
             fresh.extend(self.complete_outputs(&key, walked.outputs).await);
@@ -215,6 +237,7 @@ impl Tracker {
             }
             None => gets.extend(steps.iter().cloned()),
         }
+        self.done_ahead(&key, &ahead);
         let more_left = gets.len() > MAX_GETS_PER_ROUND;
         gets.truncate(MAX_GETS_PER_ROUND);
         let asked_at = Time(Timestamp::now());
@@ -226,11 +249,28 @@ impl Tracker {
     /// that finished is woken without waiting for the rest of the walk). A page that fails
     /// ends the walk with that error; what earlier pages answered stays answered. Counts the
     /// ends it found that no event announced.
-    async fn walk(&self, key: &CommandKey, steps: &HashSet<Step>) -> (Walked, Option<SsmError>) {
+    ///
+    /// The walk looks for the nodes to read `ahead` too (hinted, no resource yet), and keeps
+    /// the final answers of the untracked nodes on the pages it reads anyway, while the
+    /// command reads ahead (`plan::reads_ahead`): a fleet's resources keep arriving, many
+    /// after their node ended, and then find their answer without a call.
+    async fn walk(
+        &self,
+        key: &CommandKey,
+        steps: &HashSet<Step>,
+        ahead: &HashSet<String>,
+    ) -> (Walked, Option<SsmError>) {
         let mut wanted: HashMap<&str, Vec<&Step>> = HashMap::new();
         for step in steps {
             wanted.entry(&step.instance_id).or_default().push(step);
         }
+        let tracked: HashSet<&str> = wanted.keys().copied().collect();
+        let mut sought: HashSet<&str> = ahead.iter().map(String::as_str).collect();
+        let harvest = self
+            .state()
+            .commands
+            .get(key)
+            .is_some_and(|c| c.reads_ahead());
         let mut news = false;
         let mut missed = 0;
         let mut unclear = Vec::new();
@@ -253,11 +293,23 @@ impl Tracker {
                     break;
                 }
             };
+            let mut found_ahead = Vec::new();
             for listed in &page.invocations {
-                for step in wanted
-                    .remove(listed.instance_id.as_str())
-                    .unwrap_or_default()
-                {
+                let node = listed.instance_id.as_str();
+                if !tracked.contains(node) && (sought.remove(node) || harvest) {
+                    match batch::from_list(Some(listed), None) {
+                        FromList::Answer(invocation) if is_terminal(&invocation.status) => {
+                            let whole = Step {
+                                instance_id: listed.instance_id.clone(),
+                                plugin_name: None,
+                            };
+                            found_ahead.push((whole, Ok(*invocation)));
+                        }
+                        _ => {}
+                    }
+                    continue;
+                }
+                for step in wanted.remove(node).unwrap_or_default() {
                     multi_step |= step.plugin_name.is_none() && listed.plugins.len() > 1;
                     match batch::from_list(Some(listed), step.plugin_name.as_deref()) {
                         FromList::Answer(invocation) => {
@@ -271,11 +323,12 @@ impl Tracker {
                 }
             }
             pages += 1;
+            self.keep_ahead(key, found_ahead, &asked_at);
             let absorbed = self.absorb(key, answered, &asked_at, true);
             news |= absorbed.news;
             missed += absorbed.missed;
             token = page.next_token.filter(|t| !t.is_empty());
-            if token.is_none() || wanted.is_empty() {
+            if token.is_none() || (wanted.is_empty() && sought.is_empty()) {
                 break;
             }
         }
@@ -432,6 +485,73 @@ impl Tracker {
         command.list_failures
     }
 
+    /// Keeps the answers read ahead for nodes no resource tracked when the round started: a
+    /// final one waits for its resource (`TrackedCommand::keep_unclaimed`); one whose
+    /// resource came meanwhile is its answer.
+    fn keep_ahead(
+        &self,
+        key: &CommandKey,
+        fresh: Vec<(Step, Result<Invocation, SsmError>)>,
+        asked_at: &Time,
+    ) {
+        if fresh.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let claimed = {
+            let mut state = self.state();
+            let Some(command) = state.commands.get_mut(key) else {
+                return;
+            };
+            let tracked: HashSet<&Step> = command.members.values().map(|m| &m.step).collect();
+            let (claimed, untracked): (Vec<_>, Vec<_>) = fresh
+                .into_iter()
+                .partition(|(step, _)| tracked.contains(step));
+            for (step, result) in untracked {
+                let answer = Answer {
+                    result,
+                    asked_at: asked_at.clone(),
+                };
+                command.keep_unclaimed(step.instance_id, answer, now);
+            }
+            claimed
+        };
+        self.absorb(key, claimed, asked_at, false);
+    }
+
+    /// The round that read `ahead` is done with them. A node whose resource came during the
+    /// read (and so waited for it) but has no final answer from it is read again: its end
+    /// event has come already.
+    fn done_ahead(&self, key: &CommandKey, ahead: &HashSet<String>) {
+        if ahead.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut state = self.state();
+        let Some(command) = state.commands.get_mut(key) else {
+            return;
+        };
+        command.reading_ahead.retain(|node| !ahead.contains(node));
+        let unanswered: Vec<String> = ahead
+            .iter()
+            .filter(|node| {
+                command
+                    .members
+                    .values()
+                    .any(|m| m.step.instance_id == **node)
+                    && !command.node_answered(node)
+            })
+            .cloned()
+            .collect();
+        for node in &unanswered {
+            command.hint(node, now);
+        }
+        drop(state);
+        if !unanswered.is_empty() {
+            self.changed.notify_one();
+        }
+    }
+
     /// Keeps `fresh` answers asked at `asked_at` and wakes the resources whose answer changed.
     /// Returns whether any answer changed, and, for a walk, how many ends it found that no
     /// event announced in time ([`EVENT_GRACE`]; an announced end is its member's `end_heard`).
@@ -546,6 +666,9 @@ impl Tracker {
             };
             let tracked: HashSet<&Step> = command.members.values().map(|m| &m.step).collect();
             command.answers.retain(|step, _| tracked.contains(step));
+            command
+                .unclaimed
+                .retain(|_, (_, at)| now.saturating_duration_since(*at) < KEEP);
             // Every step stalled on an outside fix, or already answered with a terminal status
             // (its reconcile only has to write it): nothing to ask SSM soon.
             let only_rare = command.members.values().all(|m| {
@@ -582,6 +705,8 @@ struct RoundStart {
     use_list: bool,
     /// Nodes hinted at since the last round.
     hinted: HashSet<String>,
+    /// Of those, the nodes no resource tracks: read ahead.
+    ahead: HashSet<String>,
     /// The budget share its calls count against (see [`budget::in_share`]).
     share: Share,
 }

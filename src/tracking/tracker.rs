@@ -16,7 +16,11 @@
 //! and its command's backoff starts over (one Get while few are new, one walk when many are,
 //! at start-up). Under push, events often come before their resource exists: they are
 //! remembered (`heard`), so a node heard to have ended is read at once, and a fleet's node
-//! heard running waits for its terminal event.
+//! heard running waits for its terminal event. A fleet reads ahead (`plan::reads_ahead`): the
+//! end event of a node no resource tracks yet is read when it comes, and a walk keeps the
+//! final answers of untracked nodes on its pages; the resource that comes takes that answer
+//! ([`TrackedCommand::unclaimed`]) without a call. While the queue delivers, a new resource
+//! does not bring the regular rounds back: events bring the news.
 //!
 //! Push (`--sqs-queue-url`): an event that a node reached a terminal state is a hint: within
 //! [`HINT_COALESCE`] the hinted nodes of a command are read with one `GetCommandInvocation`
@@ -39,12 +43,12 @@ use kube::runtime::reflector::ObjectRef;
 use tokio::sync::Notify;
 
 use crate::api::CommandInvocation;
-use crate::aws::ssm::{Invocation, InvocationKey, Ssm, SsmError};
+use crate::aws::ssm::{is_terminal, Invocation, InvocationKey, Ssm, SsmError};
 use crate::aws::sts::Role;
 use crate::invocation::status::Polling;
 use crate::runtime::metrics::Metrics;
 use crate::tracking::heard::{Heard, Memory};
-use crate::tracking::plan::{first_read, ArrivalFacts, FirstRead};
+use crate::tracking::plan::{first_read, reads_ahead, ArrivalFacts, FirstRead};
 use crate::tracking::schedule::{PollIntervals, RoundClock};
 use crate::tracking::wakers::Wakers;
 
@@ -141,6 +145,13 @@ pub(super) struct TrackedCommand {
     /// step name): a step tracked without a name is the invocation as a whole, which only
     /// List can read, so where a Get would read one node, one node's listing does instead.
     pub(super) multi_step: bool,
+    /// Resources it has tracked since it was first tracked (finished ones included).
+    pub(super) arrived: usize,
+    /// Final answers of nodes no resource tracks yet, read ahead (`plan::reads_ahead`), by
+    /// node, with when they were kept: the resource that comes takes its answer from here.
+    pub(super) unclaimed: HashMap<String, (Arc<Answer>, Instant)>,
+    /// Nodes no resource tracked when a running round took them to read ahead.
+    pub(super) reading_ahead: HashSet<String>,
 }
 
 impl TrackedCommand {
@@ -153,8 +164,34 @@ impl TrackedCommand {
         )
     }
 
+    /// Whether it keeps one more final answer of a node no resource tracks yet.
+    pub(super) fn reads_ahead(&self) -> bool {
+        reads_ahead(self.arrived, self.unclaimed.len())
+    }
+
+    /// Keeps `answer`, read ahead for `node` (which no resource tracks), if it is final and
+    /// there is room ([`TrackedCommand::reads_ahead`]).
+    pub(super) fn keep_unclaimed(&mut self, node: String, answer: Answer, now: Instant) {
+        let terminal = answer.result.as_ref().is_ok_and(|i| is_terminal(&i.status));
+        if terminal && (self.unclaimed.contains_key(&node) || self.reads_ahead()) {
+            self.unclaimed.insert(node, (Arc::new(answer), now));
+        }
+    }
+
+    /// Whether every tracked step of `node` already has a final answer.
+    pub(super) fn node_answered(&self, node: &str) -> bool {
+        self.members
+            .values()
+            .filter(|m| m.step.instance_id == node)
+            .all(|m| {
+                self.answers
+                    .get(&m.step)
+                    .is_some_and(|a| a.result.as_ref().is_ok_and(|i| is_terminal(&i.status)))
+            })
+    }
+
     /// Reads `node` within [`HINT_COALESCE`], together with the other hinted nodes.
-    fn hint(&mut self, node: &str, now: Instant) {
+    pub(super) fn hint(&mut self, node: &str, now: Instant) {
         self.hinted.insert(node.to_string());
         let due = now + HINT_COALESCE;
         self.hint_due = Some(self.hint_due.map_or(due, |d| d.min(due)));
@@ -293,9 +330,22 @@ impl Tracker {
                                 member.end_heard = true;
                             }
                         }
-                        command.hint(node, now);
-                        any = true;
+                        // A walk may have read its end already (before the event came).
+                        if !command.node_answered(node) {
+                            command.hint(node, now);
+                            any = true;
+                        }
                     }
+                }
+                // A fleet's node that no resource tracks yet: its resource is likely to come,
+                // so its final answer is read now, at the pace nodes end, and kept for it.
+                Some(node)
+                    if terminal
+                        && !command.unclaimed.contains_key(node)
+                        && command.reads_ahead() =>
+                {
+                    command.hint(node, now);
+                    any = true;
                 }
                 Some(_) => {}
                 None if terminal => {
@@ -360,11 +410,9 @@ impl Tracker {
             plugin_name: key.plugin_name.clone(),
         };
         let push_active = self.push_active(now);
-        let soon = if push_active {
-            self.backstop
-        } else {
-            self.intervals.min
-        };
+        // While the queue delivers (and loses nothing), events bring the news and the regular
+        // rounds are a backstop: a new resource does not bring them back.
+        let events_bring_news = push_active && !self.push_lossy(now);
         let mut state = self.state();
         if state
             .command_of
@@ -393,9 +441,28 @@ impl Tracker {
                 hint_due: None,
                 walk_pages: 0,
                 multi_step: false,
+                arrived: 0,
+                unclaimed: HashMap::new(),
+                reading_ahead: HashSet::new(),
             });
-        let answer = command.answers.get(&step).cloned();
-        let members = command.members.len() + usize::from(!command.members.contains_key(uid));
+        let mut answer = command.answers.get(&step).cloned();
+        let arrived = !command.members.contains_key(uid);
+        if arrived {
+            command.arrived = command.arrived.saturating_add(1);
+        }
+        // A new resource of a node whose final answer was read ahead takes that answer (a
+        // spec change is read anew); one whose node a round is reading ahead now waits for
+        // that read.
+        let mut read_ahead = false;
+        if arrived && step.plugin_name.is_none() {
+            if let Some((ahead, _)) = command.unclaimed.remove(&step.instance_id) {
+                command.answers.insert(step.clone(), ahead.clone());
+                answer = Some(ahead);
+                read_ahead = true;
+            } else {
+                read_ahead = command.reading_ahead.contains(&step.instance_id);
+            }
+        }
         let member = command
             .members
             .entry(uid.to_string())
@@ -420,7 +487,8 @@ impl Tracker {
                 push_active,
                 heard: heard.take(&command_key.command_id, node, now),
                 command_heard: heard.command_heard(&command_key.command_id, now),
-                members,
+                arrived: command.arrived,
+                read_ahead,
                 regular_due: command.clock.due,
                 join_within: self.intervals.min,
             };
@@ -433,11 +501,18 @@ impl Tracker {
         match member.first_read {
             FirstRead::Now if new_generation || answer.is_none() => {
                 // Read like a hinted node: one Get while few are new, one walk for many (at
-                // start-up, while thousands are tracked in a few seconds). The rounds that
-                // follow come at the first interval again.
+                // start-up, while thousands are tracked in a few seconds). Polling, the rounds
+                // that follow come at the first interval again.
                 let node = member.step.instance_id.clone();
                 command.hint(&node, now);
-                command.clock.restart_backoff(now + soon);
+                if !events_bring_news {
+                    let soon = if push_active {
+                        self.backstop
+                    } else {
+                        self.intervals.min
+                    };
+                    command.clock.restart_backoff(now + soon);
+                }
                 self.changed.notify_one();
             }
             FirstRead::JoinRound if new_generation => {
@@ -446,7 +521,10 @@ impl Tracker {
                 command.clock.join(now + self.intervals.min);
                 self.changed.notify_one();
             }
-            FirstRead::Now | FirstRead::JoinRound | FirstRead::AwaitEvent => {}
+            FirstRead::Now
+            | FirstRead::JoinRound
+            | FirstRead::AwaitEvent
+            | FirstRead::ReadAhead => {}
         }
         self.report_sizes(state);
         Tracked { answer, first_seen }

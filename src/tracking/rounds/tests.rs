@@ -768,7 +768,7 @@ async fn a_walk_answers_steps_without_a_name_as_a_whole_and_marks_the_command() 
     }
     let key = command_key(COMMAND_A);
     let steps: HashSet<Step> = ["node1", "node2", "node3"].map(whole_step).into();
-    let (walked, error) = tracker.walk(&key, &steps).await;
+    let (walked, error) = tracker.walk(&key, &steps, &HashSet::new()).await;
     assert_eq!(error, None);
     assert!(tracker.is_multi_step(&key));
     assert!(walked.unclear.is_empty() && walked.not_listed.is_empty());
@@ -791,4 +791,244 @@ async fn a_walk_answers_steps_without_a_name_as_a_whole_and_marks_the_command() 
         Ok(24_000)
     );
     assert_eq!(sim.calls("GetCommandInvocation"), 1, "the named Get only");
+}
+
+/// A fleet of `FLEET` resources of command A under push, read once (nothing due now).
+fn quiet_fleet_under_push(tracker: &Tracker) -> CommandKey {
+    tracker.push_reachable(true);
+    let key = command_key(COMMAND_A);
+    event(tracker, COMMAND_A, "i-other", "InProgress");
+    track_fleet(tracker, COMMAND_A, crate::tracking::plan::FLEET);
+    tracker
+        .take_round(&key, RoundKind::Regular)
+        .expect("tracked");
+    tracker.keep(
+        &key,
+        vec![],
+        Time(Timestamp::now()),
+        true,
+        0,
+        RoundKind::Regular,
+    );
+    assert!(tracker
+        .start_due(Instant::now() + HINT_COALESCE)
+        .0
+        .is_empty());
+    key
+}
+
+/// Tracks resource `uid` of command A and returns what the tracker knows of it.
+fn track_known(tracker: &Tracker, uid: &str) -> Option<Arc<Answer>> {
+    let object = ObjectRef::new(&format!("ci-{uid}")).within("ops");
+    let tracked = tracker.track(
+        uid,
+        object,
+        &key(COMMAND_A, &format!("i-{uid}")),
+        1,
+        Instant::now(),
+    );
+    tracked.answer
+}
+
+fn status_of(answer: Option<Arc<Answer>>) -> Option<String> {
+    answer.and_then(|a| a.result.as_ref().ok().map(|i| i.status.clone()))
+}
+
+#[test]
+fn a_fleets_node_that_ends_before_its_resource_is_read_at_its_event_and_the_resource_takes_that_answer(
+) {
+    let (tracker, _) = tracker();
+    let key = quiet_fleet_under_push(&tracker);
+
+    // The end event of a node no resource tracks yet: it is read now, not when its resource
+    // comes.
+    event(&tracker, COMMAND_A, "i-late", "Failed");
+    let (due, _) = tracker.start_due(Instant::now() + HINT_COALESCE);
+    assert_eq!(due, [(key.clone(), RoundKind::Gets)]);
+    let round = tracker.take_round(&key, RoundKind::Gets).expect("tracked");
+    assert_eq!(round.ahead, HashSet::from(["i-late".to_string()]));
+    let asked = Time(Timestamp::now());
+    tracker.keep_ahead(&key, vec![answer("late", "Failed", "PT3S")], &asked);
+    tracker.done_ahead(&key, &round.ahead);
+    tracker.keep(&key, vec![], asked, false, 0, RoundKind::Gets);
+
+    // Its resource comes: it has its final answer at once, and SSM is not asked again.
+    assert_eq!(
+        status_of(track_known(&tracker, "late")).as_deref(),
+        Some("Failed")
+    );
+    let (due, _) = tracker.start_due(Instant::now() + HINT_COALESCE);
+    assert!(due.is_empty(), "{due:?}");
+    // A second resource of that node (the answer was taken) is read as usual.
+    assert!(tracker.state().commands[&key].unclaimed.is_empty());
+}
+
+#[test]
+fn a_resource_that_comes_while_its_node_is_read_ahead_waits_for_that_read() {
+    let (tracker, _) = tracker();
+    let mut wakes = Box::pin(tracker.wakes(None));
+    let key = quiet_fleet_under_push(&tracker);
+    event(&tracker, COMMAND_A, "i-late", "Success");
+    event(&tracker, COMMAND_A, "i-lost", "Success");
+    tracker.start_due(Instant::now() + HINT_COALESCE);
+    let round = tracker.take_round(&key, RoundKind::Gets).expect("tracked");
+    assert_eq!(round.ahead.len(), 2);
+
+    // Both resources come while the read runs: no second read of their nodes.
+    assert_eq!(track_known(&tracker, "late"), None);
+    assert_eq!(track_known(&tracker, "lost"), None);
+    let (due, _) = tracker.start_due(Instant::now() + HINT_COALESCE);
+    assert!(due.is_empty(), "{due:?}");
+
+    // The read answers one of them; the other (SSM did not show it yet) is read again.
+    let asked = Time(Timestamp::now());
+    tracker.keep_ahead(&key, vec![answer("late", "Success", "PT3S")], &asked);
+    tracker.done_ahead(&key, &round.ahead);
+    tracker.keep(&key, vec![], asked, false, 0, RoundKind::Gets);
+    assert_eq!(woken(&mut wakes), ["ci-late"]);
+    let (due, _) = tracker.start_due(Instant::now() + HINT_COALESCE);
+    assert_eq!(due, [(key.clone(), RoundKind::Gets)]);
+    let round = tracker.take_round(&key, RoundKind::Gets).expect("tracked");
+    assert_eq!(round.hinted, HashSet::from(["i-lost".to_string()]));
+    assert!(round.ahead.is_empty(), "tracked now");
+}
+
+#[test]
+fn few_resources_read_nothing_ahead_and_a_fleet_at_most_as_many_nodes_as_resources_came() {
+    // A pipeline's one resource of a big command: the other nodes' ends are not read.
+    let (tracker, _) = tracker();
+    tracker.push_reachable(true);
+    let key = command_key(COMMAND_A);
+    track(&tracker, "ops", "r0", COMMAND_A);
+    tracker
+        .take_round(&key, RoundKind::Regular)
+        .expect("tracked");
+    tracker.keep(
+        &key,
+        vec![],
+        Time(Timestamp::now()),
+        true,
+        0,
+        RoundKind::Regular,
+    );
+    event(&tracker, COMMAND_A, "i-other", "Success");
+    let (due, _) = tracker.start_due(Instant::now() + HINT_COALESCE);
+    assert!(due.is_empty(), "{due:?}");
+
+    // A fleet keeps at most as many answers for resources to come as resources came.
+    let (fleet_tracker, _) = super::tests::tracker();
+    let key = quiet_fleet_under_push(&fleet_tracker);
+    let fleet = crate::tracking::plan::FLEET;
+    let now = Instant::now();
+    {
+        let mut state = fleet_tracker.state();
+        let command = state.commands.get_mut(&key).expect("tracked");
+        for i in 0..fleet + 5 {
+            let (step, result) = answer(&format!("n{i}"), "Success", "PT1S");
+            let answer = Answer {
+                result,
+                asked_at: Time(Timestamp::now()),
+            };
+            command.keep_unclaimed(step.instance_id, answer, now);
+        }
+        assert_eq!(command.unclaimed.len(), fleet, "capped");
+        let (step, result) = answer("running", "InProgress", "PT1S");
+        command.unclaimed.clear();
+        let running = Answer {
+            result,
+            asked_at: Time(Timestamp::now()),
+        };
+        command.keep_unclaimed(step.instance_id, running, now);
+        assert!(command.unclaimed.is_empty(), "only final answers wait");
+    }
+}
+
+#[test]
+fn an_end_event_for_a_node_a_walk_already_found_ended_reads_nothing() {
+    let (tracker, _) = tracker();
+    let key = quiet_fleet_under_push(&tracker);
+    let asked = Time(Timestamp::now());
+    tracker.absorb(&key, vec![answer("f007", "Success", "PT1S")], &asked, true);
+    event(&tracker, COMMAND_A, "i-f007", "Success");
+    let (due, _) = tracker.start_due(Instant::now() + HINT_COALESCE);
+    assert!(due.is_empty(), "{due:?}");
+    event(&tracker, COMMAND_A, "i-f008", "Success");
+    let (due, _) = tracker.start_due(Instant::now() + HINT_COALESCE);
+    assert_eq!(due, [(key, RoundKind::Gets)], "a node not answered yet");
+}
+
+#[test]
+fn under_push_a_new_resource_does_not_bring_the_backstop_rounds_back() {
+    let (tracker, _) = tracker();
+    let key = quiet_fleet_under_push(&tracker);
+    let before = tracker.state().commands[&key].clock.due;
+    event(&tracker, COMMAND_A, "i-small", "Success");
+    // Tracked before the read ahead starts: read like a hinted node.
+    track(&tracker, "ops", "small", COMMAND_A);
+    assert_eq!(
+        tracker.state().commands[&key].clock.due,
+        before,
+        "the regular round stays a backstop"
+    );
+    let (due, _) = tracker.start_due(Instant::now() + HINT_COALESCE);
+    assert_eq!(due, [(key, RoundKind::Gets)]);
+}
+
+/// A one-step command of `nodes` nodes, every one of them ended.
+fn ended_fleet(nodes: &[String]) -> ssm_sim::Command {
+    use ssm_sim::{Command, Invocation as Node, Plugin};
+    nodes.iter().fold(Command::new(COMMAND_A), |command, node| {
+        command.invocation(
+            Node::new(node.clone())
+                .plugin(Plugin::succeeding("aws:runShellScript", Duration::ZERO).stdout("ok\n")),
+        )
+    })
+}
+
+#[tokio::test]
+async fn a_walk_keeps_the_final_answers_of_untracked_nodes_on_its_pages_for_their_resources() {
+    let fleet = crate::tracking::plan::FLEET;
+    // Listed first: five nodes no resource tracks yet, then the fleet's.
+    let late: Vec<String> = (0..5).map(|i| format!("i-late{i}")).collect();
+    let tracked: Vec<String> = (0..fleet).map(|i| format!("i-f{i:03}")).collect();
+    let sim = ssm_sim::Simulator::start().await.expect("simulator");
+    sim.add_command(ended_fleet(&[late.clone(), tracked].concat()));
+    let tracker = Tracker::new(
+        ssm_at(&sim).await,
+        PollIntervals {
+            min: Duration::from_secs(60),
+            max: Duration::from_secs(60),
+        },
+        Duration::from_secs(300),
+        Duration::from_secs(30),
+        Arc::new(Metrics::new()),
+    );
+    track_fleet(&tracker, COMMAND_A, fleet);
+    let key = command_key(COMMAND_A);
+    let steps: HashSet<Step> = tracker.state().commands[&key]
+        .members
+        .values()
+        .map(|m| m.step.clone())
+        .collect();
+    let (_, error) = tracker.walk(&key, &steps, &HashSet::new()).await;
+    assert_eq!(error, None);
+    let pages = sim.calls("ListCommandInvocations");
+    assert_eq!(pages, 2, "the pages the fleet needs, no more");
+    assert_eq!(tracker.state().commands[&key].unclaimed.len(), 5);
+
+    // The late nodes' resources come: answered from the walk, without a call.
+    let answer = track_known(&tracker, "late3");
+    assert_eq!(status_of(answer.clone()).as_deref(), Some("Success"));
+    assert_eq!(
+        answer
+            .and_then(|a| a.result.clone().ok())
+            .map(|i| i.standard_output_content),
+        Some("ok\n".to_string())
+    );
+    let (due, _) = tracker.start_due(Instant::now() + HINT_COALESCE);
+    assert!(
+        due.iter().all(|(_, kind)| *kind == RoundKind::Regular),
+        "no read of its own: {due:?}"
+    );
+    assert_eq!(sim.total_calls(), pages);
 }
