@@ -1,8 +1,9 @@
 //! The only code that talks to AWS SQS: the push queue (`--sqs-queue-url`) that an EventBridge
 //! rule fills with SSM status-change events. One long poll at a time (`WaitTimeSeconds=20`, up
 //! to 10 messages); every message is handed to the tracker as a hint ([`crate::aws::eventbridge`]) and
-//! then deleted, whatever it held; queue errors back off (1 s doubling to 60 s), are logged and
-//! counted, and never stop polling, which stays correct without the queue.
+//! then deleted, whatever it held; a receive that was not full is followed by a short pause, so
+//! that a busy queue is read ten at a time; queue errors back off (1 s doubling to 60 s), are
+//! logged and counted, and never stop polling, which stays correct without the queue.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,12 @@ const WAIT_SECONDS: i32 = 20;
 const MAX_MESSAGES: i32 = 10;
 /// Longer than a long poll, so a receive is not cut short.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+/// After a receive that was not full, the next one waits this long: a busy queue is then
+/// read ten messages a call instead of one or two (each call costs CPU here and a request at
+/// AWS), and the tracker gathers the hints of [`HINT_COALESCE`] anyway.
+///
+/// [`HINT_COALESCE`]: crate::tracking::tracker::HINT_COALESCE
+const GATHER: Duration = Duration::from_millis(50);
 /// Backoff after a queue error: from this...
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 /// ...doubling up to this.
@@ -119,6 +126,9 @@ impl Queue {
                 }
             }
             self.delete(handled).await;
+            if !messages.is_empty() && messages.len() < MAX_MESSAGES as usize {
+                tokio::time::sleep(GATHER).await;
+            }
         }
     }
 
