@@ -1244,6 +1244,45 @@ fn arrival_figures(
     after.sort();
     row("lag, created before the end", spread(&before));
     row("lag, created after the end", spread(&after));
+    row("finals due / seen, per 5 s", due_and_seen(seen, from, t0));
+}
+
+/// Where the lag builds: per 5 s after the send, how many resources' final status fell due
+/// (the later of their end and their creation: `from`) and how many the watch saw Finished,
+/// with the backlog (due so far, not seen yet) at the window's end.
+fn due_and_seen(seen: &[Option<Seen>], from: &[Instant], t0: Instant) -> String {
+    const WINDOW: f64 = 5.0;
+    let window = |at: Instant| (secs(at.saturating_duration_since(t0)) / WINDOW) as usize;
+    let mut due: Vec<i64> = Vec::new();
+    let mut finished: Vec<i64> = Vec::new();
+    let count = |counts: &mut Vec<i64>, w: usize| {
+        if counts.len() <= w {
+            counts.resize(w + 1, 0);
+        }
+        counts[w] += 1;
+    };
+    for (k, s) in seen.iter().enumerate() {
+        let Some(s) = s else { continue };
+        count(&mut due, window(from[k]));
+        count(&mut finished, window(s.at));
+    }
+    let windows = due.len().max(finished.len());
+    let (mut due_so_far, mut seen_so_far) = (0, 0);
+    let mut parts = Vec::new();
+    for w in 0..windows {
+        let (d, f) = (
+            due.get(w).copied().unwrap_or(0),
+            finished.get(w).copied().unwrap_or(0),
+        );
+        due_so_far += d;
+        seen_so_far += f;
+        parts.push(format!(
+            "{}s {d}/{f} ({})",
+            (w + 1) * WINDOW as usize,
+            due_so_far - seen_so_far
+        ));
+    }
+    parts.join(", ")
 }
 
 /// Status lag after SSM's terminal state (or the resource's creation, if later: `from`), the

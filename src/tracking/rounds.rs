@@ -120,8 +120,14 @@ impl Tracker {
     fn take_round(&self, key: &CommandKey, kind: RoundKind) -> Option<RoundStart> {
         let mut state = self.state();
         let command = state.commands.get_mut(key)?;
-        let steps: HashSet<Step> = command.members.values().map(|m| m.step.clone()).collect();
         let hinted = std::mem::take(&mut command.hinted);
+        // A round of Gets reads the hinted nodes' steps only; a walk answers every step.
+        let steps: HashSet<Step> = command
+            .members
+            .values()
+            .filter(|m| kind != RoundKind::Gets || hinted.contains(&m.step.instance_id))
+            .map(|m| m.step.clone())
+            .collect();
         // Hinted nodes no resource tracks: read ahead, for the resources to come.
         let tracked: HashSet<&str> = steps.iter().map(|s| s.instance_id.as_str()).collect();
         let ahead: HashSet<String> = hinted
@@ -266,11 +272,14 @@ impl Tracker {
         }
         let tracked: HashSet<&str> = wanted.keys().copied().collect();
         let mut sought: HashSet<&str> = ahead.iter().map(String::as_str).collect();
-        let harvest = self
-            .state()
-            .commands
-            .get(key)
-            .is_some_and(|c| c.reads_ahead());
+        // Whether it keeps untracked nodes' answers, and those it keeps already.
+        let (harvest, kept) = match self.state().commands.get(key) {
+            Some(command) => (
+                command.reads_ahead(),
+                command.unclaimed.keys().cloned().collect(),
+            ),
+            None => (false, HashSet::new()),
+        };
         let mut news = false;
         let mut missed = 0;
         let mut unclear = Vec::new();
@@ -297,6 +306,9 @@ impl Tracker {
             for listed in &page.invocations {
                 let node = listed.instance_id.as_str();
                 if !tracked.contains(node) && (sought.remove(node) || harvest) {
+                    if kept.contains(node) {
+                        continue;
+                    }
                     match batch::from_list(Some(listed), None) {
                         FromList::Answer(invocation) if is_terminal(&invocation.status) => {
                             let whole = Step {
@@ -664,22 +676,22 @@ impl Tracker {
             let Some(command) = state.commands.get_mut(key) else {
                 return;
             };
-            let tracked: HashSet<&Step> = command.members.values().map(|m| &m.step).collect();
-            command.answers.retain(|step, _| tracked.contains(step));
-            command
-                .unclaimed
-                .retain(|_, (_, at)| now.saturating_duration_since(*at) < KEEP);
-            // Every step stalled on an outside fix, or already answered with a terminal status
-            // (its reconcile only has to write it): nothing to ask SSM soon.
-            let only_rare = command.members.values().all(|m| {
-                m.rare
-                    || command
-                        .answers
-                        .get(&m.step)
-                        .is_some_and(|a| a.result.as_ref().is_ok_and(|i| is_terminal(&i.status)))
-            });
-            // A hint-only round leaves the regular rounds' clock alone.
+            // A hint-only round leaves the regular rounds' clock alone (and the per-step
+            // housekeeping to the regular rounds: they come at least every backstop).
             if kind == RoundKind::Regular {
+                let tracked: HashSet<&Step> = command.members.values().map(|m| &m.step).collect();
+                command.answers.retain(|step, _| tracked.contains(step));
+                command
+                    .unclaimed
+                    .retain(|_, (_, at)| now.saturating_duration_since(*at) < KEEP);
+                // Every step stalled on an outside fix, or already answered with a terminal
+                // status (its reconcile only has to write it): nothing to ask SSM soon.
+                let only_rare = command.members.values().all(|m| {
+                    m.rare
+                        || command.answers.get(&m.step).is_some_and(|a| {
+                            a.result.as_ref().is_ok_and(|i| is_terminal(&i.status))
+                        })
+                });
                 command.clock.after_round(
                     news,
                     only_rare,

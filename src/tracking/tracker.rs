@@ -212,9 +212,14 @@ impl State {
             return;
         };
         if let Some(command) = self.commands.get_mut(&key) {
-            command.members.remove(uid);
+            let Some(member) = command.members.remove(uid) else {
+                return;
+            };
             if command.members.is_empty() {
                 self.commands.remove(&key);
+            } else if !command.members.values().any(|m| m.step == member.step) {
+                // Its answer goes with it (a round of Gets does not sweep answers).
+                command.answers.remove(&member.step);
             }
         }
     }

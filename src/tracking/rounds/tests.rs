@@ -859,8 +859,12 @@ fn a_fleets_node_that_ends_before_its_resource_is_read_at_its_event_and_the_reso
     );
     let (due, _) = tracker.start_due(Instant::now() + HINT_COALESCE);
     assert!(due.is_empty(), "{due:?}");
-    // A second resource of that node (the answer was taken) is read as usual.
-    assert!(tracker.state().commands[&key].unclaimed.is_empty());
+    assert!(tracker.state().commands[&key].unclaimed.is_empty(), "taken");
+    // Written and forgotten: its answer goes with it, without waiting for a regular round.
+    tracker.forget("late");
+    assert!(!tracker.state().commands[&key]
+        .answers
+        .contains_key(&whole_step("late")));
 }
 
 #[test]
