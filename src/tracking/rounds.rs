@@ -272,14 +272,12 @@ impl Tracker {
         }
         let tracked: HashSet<&str> = wanted.keys().copied().collect();
         let mut sought: HashSet<&str> = ahead.iter().map(String::as_str).collect();
-        // Whether it keeps untracked nodes' answers, and those it keeps already.
-        let (harvest, kept) = match self.state().commands.get(key) {
-            Some(command) => (
-                command.reads_ahead(),
-                command.unclaimed.keys().cloned().collect(),
-            ),
-            None => (false, HashSet::new()),
-        };
+        // Whether it keeps untracked nodes' answers.
+        let harvest = self
+            .state()
+            .commands
+            .get(key)
+            .is_some_and(|c| c.reads_ahead());
         let mut news = false;
         let mut missed = 0;
         let mut unclear = Vec::new();
@@ -303,12 +301,10 @@ impl Tracker {
                 }
             };
             let mut found_ahead = Vec::new();
+            let new_to_keep = self.new_to_keep(key, &page.invocations, &tracked, harvest);
             for listed in &page.invocations {
                 let node = listed.instance_id.as_str();
-                if !tracked.contains(node) && (sought.remove(node) || harvest) {
-                    if kept.contains(node) {
-                        continue;
-                    }
+                if !tracked.contains(node) && (sought.remove(node) || new_to_keep.contains(node)) {
                     match batch::from_list(Some(listed), None) {
                         FromList::Answer(invocation) if is_terminal(&invocation.status) => {
                             let whole = Step {
@@ -495,6 +491,33 @@ impl Tracker {
             None => {}
         }
         command.list_failures
+    }
+
+    /// The nodes of a walk's page whose answers it keeps for resources to come (if final): not
+    /// tracked, never had a resource, not kept already.
+    fn new_to_keep<'a>(
+        &self,
+        key: &CommandKey,
+        listed: &'a [crate::aws::ssm::Listed],
+        tracked: &HashSet<&str>,
+        harvest: bool,
+    ) -> HashSet<&'a str> {
+        if !harvest {
+            return HashSet::new();
+        }
+        let state = self.state();
+        let Some(command) = state.commands.get(key) else {
+            return HashSet::new();
+        };
+        listed
+            .iter()
+            .map(|l| l.instance_id.as_str())
+            .filter(|node| {
+                !tracked.contains(node)
+                    && !command.had.contains(*node)
+                    && !command.unclaimed.contains_key(*node)
+            })
+            .collect()
     }
 
     /// Keeps the answers read ahead for nodes no resource tracked when the round started: a

@@ -152,6 +152,9 @@ pub(super) struct TrackedCommand {
     pub(super) unclaimed: HashMap<String, (Arc<Answer>, Instant)>,
     /// Nodes no resource tracked when a running round took them to read ahead.
     pub(super) reading_ahead: HashSet<String>,
+    /// Nodes that have had a resource: never read ahead (a finished resource's node is not
+    /// tracked any more, but no resource is to come for it).
+    pub(super) had: HashSet<String>,
 }
 
 impl TrackedCommand {
@@ -173,7 +176,8 @@ impl TrackedCommand {
     /// there is room ([`TrackedCommand::reads_ahead`]).
     pub(super) fn keep_unclaimed(&mut self, node: String, answer: Answer, now: Instant) {
         let terminal = answer.result.as_ref().is_ok_and(|i| is_terminal(&i.status));
-        if terminal && (self.unclaimed.contains_key(&node) || self.reads_ahead()) {
+        let room = self.unclaimed.contains_key(&node) || self.reads_ahead();
+        if terminal && room && !self.had.contains(&node) {
             self.unclaimed.insert(node, (Arc::new(answer), now));
         }
     }
@@ -347,6 +351,8 @@ impl Tracker {
                 Some(node)
                     if terminal
                         && !command.unclaimed.contains_key(node)
+                        && !command.reading_ahead.contains(node)
+                        && !command.had.contains(node)
                         && command.reads_ahead() =>
                 {
                     command.hint(node, now);
@@ -449,11 +455,13 @@ impl Tracker {
                 arrived: 0,
                 unclaimed: HashMap::new(),
                 reading_ahead: HashSet::new(),
+                had: HashSet::new(),
             });
         let mut answer = command.answers.get(&step).cloned();
         let arrived = !command.members.contains_key(uid);
         if arrived {
             command.arrived = command.arrived.saturating_add(1);
+            command.had.insert(step.instance_id.clone());
         }
         // A new resource of a node whose final answer was read ahead takes that answer (a
         // spec change is read anew); one whose node a round is reading ahead now waits for

@@ -877,6 +877,8 @@ fn a_resource_that_comes_while_its_node_is_read_ahead_waits_for_that_read() {
     tracker.start_due(Instant::now() + HINT_COALESCE);
     let round = tracker.take_round(&key, RoundKind::Gets).expect("tracked");
     assert_eq!(round.ahead.len(), 2);
+    // The queue delivers an event again (at least once): no second read either.
+    event(&tracker, COMMAND_A, "i-late", "Success");
 
     // Both resources come while the read runs: no second read of their nodes.
     assert_eq!(track_known(&tracker, "late"), None);
@@ -1035,4 +1037,26 @@ async fn a_walk_keeps_the_final_answers_of_untracked_nodes_on_its_pages_for_thei
         "no read of its own: {due:?}"
     );
     assert_eq!(sim.total_calls(), pages);
+
+    // Resources written and forgotten: their nodes are not tracked any more, but no resource
+    // is to come for them, so the next walk keeps nothing of them (nor of late3's).
+    tracker.forget("late3");
+    tracker.forget("f000");
+    let steps: HashSet<Step> = tracker.state().commands[&key]
+        .members
+        .values()
+        .map(|m| m.step.clone())
+        .collect();
+    let (_, error) = tracker.walk(&key, &steps, &HashSet::new()).await;
+    assert_eq!(error, None);
+    let mut kept: Vec<String> = tracker.state().commands[&key]
+        .unclaimed
+        .keys()
+        .cloned()
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["i-late0", "i-late1", "i-late2", "i-late4"]);
+    // Nor does a (repeated) end event read one ahead.
+    event(&tracker, COMMAND_A, "i-f000", "Success");
+    assert!(tracker.state().commands[&key].hinted.is_empty());
 }
