@@ -68,6 +68,10 @@
 //!   differs from the script (must be 0);
 //! - operator CPU seconds (`/proc/<pid>/stat`, whole run) and peak RSS (`VmHWM`), CPU of
 //!   kube-apiserver, etcd and this process from the operator's start to the end;
+//! - kube-apiserver's requests from the operator's start to the end, by verb, resource and
+//!   code (`apiserver_request_total`; the bench's creates and watch included);
+//! - the arrival variants also: per 5 s, the final statuses that fell due and those the
+//!   watch saw Finished, with the backlog (where the lag builds);
 //! - SSM calls and status writes in the 5 s after all were Finished;
 //! - push variants also: SSM calls per invocation (the push target: ≤ 1.2 with lag
 //!   p99 ≤ 1.5 s), the SQS simulator's events (published, dropped) and messages (sent,
@@ -526,6 +530,8 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
     let mut sent = watch_and_send(config, variant, &testbed, &timelines).await?;
     // 4. The operator, right after the send, followed until every resource is Finished; the
     //    arrival variants create the resources meanwhile, from the operator's readiness on.
+    let client = testbed.api.clone().into_client();
+    let requests_before = fleet::apiserver_metrics(&client).await.ok();
     let mut running = start_operator(config, variant, &testbed, &sent)?;
     let arrivals = if variant.arrival() {
         Some(start_arrivals(config, &testbed.api, &running).await?)
@@ -541,7 +547,11 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
     };
     // 5. The quiet window; the figures; then the operator stopped and the verdict.
     let end = quiet_window(&testbed.sim, &running, &followed).await;
+    let requests_after = fleet::apiserver_metrics(&client).await.ok();
     lifecycle::print_footprint(&testbed.cluster, etcd_before, Some(config.n())).await;
+    if let (Some(before), Some(after)) = (&requests_before, &requests_after) {
+        row("kube-apiserver requests", apiserver_requests(before, after));
+    }
     let figures = print_figures(
         config, variant, &timelines, &created, &sent, &running, &followed, &end,
     );
@@ -1245,6 +1255,44 @@ fn arrival_figures(
     row("lag, created before the end", spread(&before));
     row("lag, created after the end", spread(&after));
     row("finals due / seen, per 5 s", due_and_seen(seen, from, t0));
+}
+
+/// kube-apiserver's requests from the operator's start to the end (everyone's: the bench's
+/// creates and watch too), by verb, resource and code, the most first.
+fn apiserver_requests(before: &str, after: &str) -> String {
+    let count = |text: &str| {
+        let mut counts: std::collections::BTreeMap<String, f64> = Default::default();
+        for (labels, value) in samples(text, "apiserver_request_total") {
+            let resource = fleet::label(labels, "resource");
+            let subresource = fleet::label(labels, "subresource");
+            let key = format!(
+                "{} {}{}{} {}",
+                fleet::label(labels, "verb"),
+                resource,
+                if subresource.is_empty() { "" } else { "/" },
+                subresource,
+                fleet::label(labels, "code")
+            );
+            *counts.entry(key).or_default() += value;
+        }
+        counts
+    };
+    let before = count(before);
+    let mut grown: Vec<(String, f64)> = count(after)
+        .into_iter()
+        .map(|(key, value)| {
+            let grew = value - before.get(&key).copied().unwrap_or(0.0);
+            (key, grew)
+        })
+        .filter(|(_, grew)| *grew >= 1.0)
+        .collect();
+    grown.sort_by(|a, b| b.1.total_cmp(&a.1));
+    grown
+        .iter()
+        .take(10)
+        .map(|(key, grew)| format!("{key} {grew:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Where the lag builds: per 5 s after the send, how many resources' final status fell due

@@ -570,7 +570,7 @@ async fn follow(
 }
 
 /// kube-apiserver's `/metrics`.
-async fn apiserver_metrics(client: &Client) -> Result<String, String> {
+pub(super) async fn apiserver_metrics(client: &Client) -> Result<String, String> {
     let request = http::Request::get("/metrics")
         .body(Vec::new())
         .map_err(|e| format!("kube-apiserver /metrics request: {e}"))?;
@@ -603,7 +603,7 @@ fn writes(text: &str) -> Writes {
 }
 
 /// A label's value in a sample's label text (`a="x",b="y"`), empty if absent.
-fn label(labels: &str, name: &str) -> String {
+pub(super) fn label(labels: &str, name: &str) -> String {
     labels
         .split(',')
         .find_map(|pair| pair.trim().strip_prefix(name)?.strip_prefix('='))
