@@ -80,7 +80,7 @@ pub(super) fn plan(facts: &RoundFacts, now: Instant) -> RoundPlan {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum FirstRead {
     /// Like a hinted node: within `HINT_COALESCE`, with one Get (or a walk, when many are
-    /// new at once), and the command's backoff starts over so that more news comes soon.
+    /// new at once), and (polling) the command's backoff starts over so that more news comes soon.
     Now,
     /// Its command's next regular round is due soon enough: the resource joins it.
     JoinRound,
@@ -89,7 +89,8 @@ pub(super) enum FirstRead {
     /// command's regular rounds do).
     AwaitEvent,
     /// Its node's final answer was read before the resource existed ([`reads_ahead`]), or a
-    /// round is reading it now: that answer is its first read, and SSM is not asked.
+    /// round is reading it now: that answer is its first read (the node is read again only if
+    /// that read gave no final answer).
     ReadAhead,
 }
 
@@ -154,9 +155,10 @@ pub(super) fn first_read(facts: &ArrivalFacts, now: Instant) -> FirstRead {
 /// Resources keep arriving while a fleet runs, many after their node ended; reading such a
 /// node when its event comes, instead of when its resource appears, spreads the reads over
 /// the fleet's run (at the rate nodes finish) instead of piling them up at the end. Only a
-/// fleet does it (its nodes get resources: a `Command`'s children, a pipeline's loop), and
-/// at most as many answers wait as resources came: a command tracked for a few of its nodes
-/// wastes at most that many reads.
+/// fleet does it (its nodes get resources: a `Command`'s children, a pipeline's loop), counting
+/// only resources that name no step (only they take such an answer), and at most as many
+/// answers wait as such resources came: a command tracked for a few of its nodes wastes at
+/// most that many reads per 10 minutes (answers expire).
 pub(super) fn reads_ahead(arrived: usize, unclaimed: usize) -> bool {
     arrived >= FLEET && unclaimed < arrived
 }

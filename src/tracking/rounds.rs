@@ -132,7 +132,7 @@ impl Tracker {
         let tracked: HashSet<&str> = steps.iter().map(|s| s.instance_id.as_str()).collect();
         let ahead: HashSet<String> = hinted
             .iter()
-            .filter(|node| !tracked.contains(node.as_str()))
+            .filter(|node| !tracked.contains(node.as_str()) && !command.had.contains(*node))
             .cloned()
             .collect();
         command.reading_ahead.extend(ahead.iter().cloned());

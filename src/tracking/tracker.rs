@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use futures::Stream;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::Notify;
 
@@ -134,7 +135,8 @@ pub(super) struct TrackedCommand {
     pub(super) list_failures: u32,
     pub(super) rounds: u32,
     /// Nodes to read at `hint_due` without a whole round: an event said they reached a
-    /// terminal state, or their resource is new (no answer yet).
+    /// terminal state, or their resource is new (no answer yet), or they are read ahead (no
+    /// resource yet: `TrackedCommand::reads_ahead`).
     pub(super) hinted: HashSet<String>,
     pub(super) hint_due: Option<Instant>,
     /// The most pages a walk of the command has read. SSM keeps every node of a command, so
@@ -147,6 +149,9 @@ pub(super) struct TrackedCommand {
     pub(super) multi_step: bool,
     /// Resources it has tracked since it was first tracked (finished ones included).
     pub(super) arrived: usize,
+    /// Of those, the ones that name no step: only they can take an answer read ahead (the
+    /// invocation as a whole), so only they make the command read ahead.
+    pub(super) arrived_whole: usize,
     /// Final answers of nodes no resource tracks yet, read ahead (`plan::reads_ahead`), by
     /// node, with when they were kept: the resource that comes takes its answer from here.
     pub(super) unclaimed: HashMap<String, (Arc<Answer>, Instant)>,
@@ -169,7 +174,7 @@ impl TrackedCommand {
 
     /// Whether it keeps one more final answer of a node no resource tracks yet.
     pub(super) fn reads_ahead(&self) -> bool {
-        reads_ahead(self.arrived, self.unclaimed.len())
+        reads_ahead(self.arrived_whole, self.unclaimed.len())
     }
 
     /// Keeps `answer`, read ahead for `node` (which no resource tracks), if it is final and
@@ -399,7 +404,8 @@ impl Tracker {
 
     /// Tracks the resource `uid` (its step `key`, its `generation`) and returns what is known.
     /// A new resource, a new generation or a step without an answer is read like a hinted node
-    /// (within [`HINT_COALESCE`]), and its command's backoff starts over.
+    /// (within [`HINT_COALESCE`]), and (unless events bring the news) its command's backoff
+    /// starts over.
     pub fn track(
         &self,
         uid: &str,
@@ -453,6 +459,7 @@ impl Tracker {
                 walk_pages: 0,
                 multi_step: false,
                 arrived: 0,
+                arrived_whole: 0,
                 unclaimed: HashMap::new(),
                 reading_ahead: HashSet::new(),
                 had: HashSet::new(),
@@ -461,14 +468,26 @@ impl Tracker {
         let arrived = !command.members.contains_key(uid);
         if arrived {
             command.arrived = command.arrived.saturating_add(1);
+            if step.plugin_name.is_none() {
+                command.arrived_whole = command.arrived_whole.saturating_add(1);
+            }
+        }
+        if !command.had.contains(&step.instance_id) {
             command.had.insert(step.instance_id.clone());
         }
         // A new resource of a node whose final answer was read ahead takes that answer (a
         // spec change is read anew); one whose node a round is reading ahead now waits for
-        // that read.
+        // that read. The answer is final, so it is as good as one read now, and it counts
+        // as read now: its time becomes the status's (`lastPolledTime`, the Finished
+        // condition's transition), never earlier than the resource itself, so a TTL counts
+        // from when the resource showed it.
         let mut read_ahead = false;
         if arrived && step.plugin_name.is_none() {
             if let Some((ahead, _)) = command.unclaimed.remove(&step.instance_id) {
+                let ahead = Arc::new(Answer {
+                    result: ahead.result.clone(),
+                    asked_at: Time(Timestamp::now()),
+                });
                 command.answers.insert(step.clone(), ahead.clone());
                 answer = Some(ahead);
                 read_ahead = true;
@@ -526,6 +545,12 @@ impl Tracker {
                     };
                     command.clock.restart_backoff(now + soon);
                 }
+                self.changed.notify_one();
+            }
+            FirstRead::JoinRound if new_generation && events_bring_news => {
+                // Events bring the news: read on its own, the regular rounds stay a backstop.
+                let node = member.step.instance_id.clone();
+                command.hint(&node, now);
                 self.changed.notify_one();
             }
             FirstRead::JoinRound if new_generation => {

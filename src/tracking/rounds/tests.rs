@@ -847,16 +847,21 @@ fn a_fleets_node_that_ends_before_its_resource_is_read_at_its_event_and_the_reso
     assert_eq!(due, [(key.clone(), RoundKind::Gets)]);
     let round = tracker.take_round(&key, RoundKind::Gets).expect("tracked");
     assert_eq!(round.ahead, HashSet::from(["i-late".to_string()]));
-    let asked = Time(Timestamp::now());
+    let long_ago = Timestamp::now()
+        .checked_sub(Duration::from_secs(300))
+        .expect("a time after 1970");
+    let asked = Time(long_ago);
     tracker.keep_ahead(&key, vec![answer("late", "Failed", "PT3S")], &asked);
     tracker.done_ahead(&key, &round.ahead);
     tracker.keep(&key, vec![], asked, false, 0, RoundKind::Gets);
 
-    // Its resource comes: it has its final answer at once, and SSM is not asked again.
-    assert_eq!(
-        status_of(track_known(&tracker, "late")).as_deref(),
-        Some("Failed")
-    );
+    // Its resource comes (5 minutes later): it has its final answer at once, and SSM is not
+    // asked again. The answer counts as read when the resource took it, so its status
+    // (and a TTL after Finished) never dates from before the resource.
+    let created = Timestamp::now();
+    let taken = track_known(&tracker, "late");
+    assert_eq!(status_of(taken.clone()).as_deref(), Some("Failed"));
+    assert!(taken.is_some_and(|a| a.asked_at.0 >= created));
     let (due, _) = tracker.start_due(Instant::now() + HINT_COALESCE);
     assert!(due.is_empty(), "{due:?}");
     assert!(tracker.state().commands[&key].unclaimed.is_empty(), "taken");
@@ -1059,4 +1064,36 @@ async fn a_walk_keeps_the_final_answers_of_untracked_nodes_on_its_pages_for_thei
     // Nor does a (repeated) end event read one ahead.
     event(&tracker, COMMAND_A, "i-f000", "Success");
     assert!(tracker.state().commands[&key].hinted.is_empty());
+}
+
+#[test]
+fn a_fleet_whose_resources_name_a_step_reads_nothing_ahead() {
+    // Only a resource without a step name can take a whole invocation's answer: a fleet of
+    // resources naming a step would pay for reads nobody takes.
+    let (tracker, _) = tracker();
+    tracker.push_reachable(true);
+    let command = command_key(COMMAND_A);
+    for i in 0..crate::tracking::plan::FLEET {
+        let uid = format!("s{i:03}");
+        let object = ObjectRef::new(&format!("ci-{uid}")).within("ops");
+        let step = InvocationKey {
+            plugin_name: Some("aws:runShellScript".into()),
+            ..key(COMMAND_A, &format!("i-{uid}"))
+        };
+        tracker.track(&uid, object, &step, 1, Instant::now());
+    }
+    tracker
+        .take_round(&command, RoundKind::Regular)
+        .expect("tracked");
+    tracker.keep(
+        &command,
+        vec![],
+        Time(Timestamp::now()),
+        true,
+        0,
+        RoundKind::Regular,
+    );
+    event(&tracker, COMMAND_A, "i-late", "Success");
+    let (due, _) = tracker.start_due(Instant::now() + HINT_COALESCE);
+    assert!(due.is_empty(), "{due:?}");
 }
