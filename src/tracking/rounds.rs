@@ -567,15 +567,11 @@ impl Tracker {
             return;
         };
         command.reading_ahead.retain(|node| !ahead.contains(node));
+        // Not answered: tracked now (an untracked node counts as answered), without a final
+        // answer.
         let unanswered: Vec<String> = ahead
             .iter()
-            .filter(|node| {
-                command
-                    .members
-                    .values()
-                    .any(|m| m.step.instance_id == **node)
-                    && !command.node_answered(node)
-            })
+            .filter(|node| !command.node_answered(node))
             .cloned()
             .collect();
         for node in &unanswered {
@@ -709,12 +705,10 @@ impl Tracker {
                     .retain(|_, (_, at)| now.saturating_duration_since(*at) < KEEP);
                 // Every step stalled on an outside fix, or already answered with a terminal
                 // status (its reconcile only has to write it): nothing to ask SSM soon.
-                let only_rare = command.members.values().all(|m| {
-                    m.rare
-                        || command.answers.get(&m.step).is_some_and(|a| {
-                            a.result.as_ref().is_ok_and(|i| is_terminal(&i.status))
-                        })
-                });
+                let only_rare = command
+                    .members
+                    .values()
+                    .all(|m| m.rare || command.answers.get(&m.step).is_some_and(|a| a.is_final()));
                 command.clock.after_round(
                     news,
                     only_rare,

@@ -71,6 +71,13 @@ pub struct Answer {
     pub asked_at: Time,
 }
 
+impl Answer {
+    /// SSM answered, with a terminal status: the invocation will not change any more.
+    pub(super) fn is_final(&self) -> bool {
+        self.result.as_ref().is_ok_and(|i| is_terminal(&i.status))
+    }
+}
+
 /// What the tracker knows for one resource.
 #[derive(Clone, Debug)]
 pub struct Tracked {
@@ -180,23 +187,19 @@ impl TrackedCommand {
     /// Keeps `answer`, read ahead for `node` (which no resource tracks), if it is final and
     /// there is room ([`TrackedCommand::reads_ahead`]).
     pub(super) fn keep_unclaimed(&mut self, node: String, answer: Answer, now: Instant) {
-        let terminal = answer.result.as_ref().is_ok_and(|i| is_terminal(&i.status));
         let room = self.unclaimed.contains_key(&node) || self.reads_ahead();
-        if terminal && room && !self.had.contains(&node) {
+        if answer.is_final() && room && !self.had.contains(&node) {
             self.unclaimed.insert(node, (Arc::new(answer), now));
         }
     }
 
-    /// Whether every tracked step of `node` already has a final answer.
+    /// Whether every tracked step of `node` already has a final answer (true when no resource
+    /// tracks `node`).
     pub(super) fn node_answered(&self, node: &str) -> bool {
         self.members
             .values()
             .filter(|m| m.step.instance_id == node)
-            .all(|m| {
-                self.answers
-                    .get(&m.step)
-                    .is_some_and(|a| a.result.as_ref().is_ok_and(|i| is_terminal(&i.status)))
-            })
+            .all(|m| self.answers.get(&m.step).is_some_and(|a| a.is_final()))
     }
 
     /// Reads `node` within [`HINT_COALESCE`], together with the other hinted nodes.
