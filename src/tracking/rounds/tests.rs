@@ -339,6 +339,22 @@ fn event(tracker: &Tracker, command_id: &str, node: &str, status: &str) {
     });
 }
 
+/// One regular round of `key` that asked about every step and brought news, over: the
+/// next one is the first interval away.
+fn regular_round_with_news(tracker: &Tracker, key: &CommandKey) {
+    tracker
+        .take_round(key, RoundKind::Regular)
+        .expect("tracked");
+    tracker.keep(
+        key,
+        vec![],
+        Time(Timestamp::now()),
+        true,
+        0,
+        RoundKind::Regular,
+    );
+}
+
 /// Tracks `count` resources `f000`, `f001`, ... of `command_id`, a fleet's.
 fn track_fleet(tracker: &Tracker, command_id: &str, count: usize) {
     for i in 0..count {
@@ -349,24 +365,9 @@ fn track_fleet(tracker: &Tracker, command_id: &str, count: usize) {
 #[test]
 fn under_push_a_fleet_resource_whose_node_was_heard_running_waits_for_its_end_event() {
     let (tracker, _) = tracker();
-    tracker.push_reachable(true);
-    let key = command_key(COMMAND_A);
     // The fleet's resources, read at start-up.
-    event(&tracker, COMMAND_A, "i-other", "InProgress");
-    track_fleet(&tracker, COMMAND_A, crate::tracking::plan::FLEET);
-    tracker
-        .take_round(&key, RoundKind::Regular)
-        .expect("tracked");
-    tracker.keep(
-        &key,
-        vec![],
-        Time(Timestamp::now()),
-        true,
-        0,
-        RoundKind::Regular,
-    );
+    let key = quiet_fleet_under_push(&tracker);
     let quiet = Instant::now() + HINT_COALESCE;
-    assert!(tracker.start_due(quiet).0.is_empty());
 
     // Events before their resources: r1's node is running, r2's ended.
     event(&tracker, COMMAND_A, "i-r1", "InProgress");
@@ -405,17 +406,7 @@ fn few_resources_are_read_at_once_under_push_even_with_their_node_heard_running(
     let key = command_key(COMMAND_A);
     event(&tracker, COMMAND_A, "i-r0", "InProgress");
     track(&tracker, "ops", "r0", COMMAND_A);
-    tracker
-        .take_round(&key, RoundKind::Regular)
-        .expect("tracked");
-    tracker.keep(
-        &key,
-        vec![],
-        Time(Timestamp::now()),
-        true,
-        0,
-        RoundKind::Regular,
-    );
+    regular_round_with_news(&tracker, &key);
     event(&tracker, COMMAND_A, "i-r1", "InProgress");
     track(&tracker, "ops", "r1", COMMAND_A);
     let (due, _) = tracker.start_due(Instant::now() + HINT_COALESCE);
@@ -799,17 +790,7 @@ fn quiet_fleet_under_push(tracker: &Tracker) -> CommandKey {
     let key = command_key(COMMAND_A);
     event(tracker, COMMAND_A, "i-other", "InProgress");
     track_fleet(tracker, COMMAND_A, crate::tracking::plan::FLEET);
-    tracker
-        .take_round(&key, RoundKind::Regular)
-        .expect("tracked");
-    tracker.keep(
-        &key,
-        vec![],
-        Time(Timestamp::now()),
-        true,
-        0,
-        RoundKind::Regular,
-    );
+    regular_round_with_news(tracker, &key);
     assert!(tracker
         .start_due(Instant::now() + HINT_COALESCE)
         .0
@@ -911,17 +892,7 @@ fn few_resources_read_nothing_ahead_and_a_fleet_at_most_as_many_nodes_as_resourc
     tracker.push_reachable(true);
     let key = command_key(COMMAND_A);
     track(&tracker, "ops", "r0", COMMAND_A);
-    tracker
-        .take_round(&key, RoundKind::Regular)
-        .expect("tracked");
-    tracker.keep(
-        &key,
-        vec![],
-        Time(Timestamp::now()),
-        true,
-        0,
-        RoundKind::Regular,
-    );
+    regular_round_with_news(&tracker, &key);
     event(&tracker, COMMAND_A, "i-other", "Success");
     let (due, _) = tracker.start_due(Instant::now() + HINT_COALESCE);
     assert!(due.is_empty(), "{due:?}");
@@ -1082,17 +1053,7 @@ fn a_fleet_whose_resources_name_a_step_reads_nothing_ahead() {
         };
         tracker.track(&uid, object, &step, 1, Instant::now());
     }
-    tracker
-        .take_round(&command, RoundKind::Regular)
-        .expect("tracked");
-    tracker.keep(
-        &command,
-        vec![],
-        Time(Timestamp::now()),
-        true,
-        0,
-        RoundKind::Regular,
-    );
+    regular_round_with_news(&tracker, &command);
     event(&tracker, COMMAND_A, "i-late", "Success");
     let (due, _) = tracker.start_due(Instant::now() + HINT_COALESCE);
     assert!(due.is_empty(), "{due:?}");
