@@ -67,7 +67,7 @@
 //! - status writes and Events per resource (operator metrics), resources whose final status
 //!   differs from the script (must be 0);
 //! - operator CPU seconds (`/proc/<pid>/stat`, whole run) and peak RSS (`VmHWM`), CPU of
-//!   kube-apiserver, etcd and this process from the operator's start to the end;
+//!   kube-apiserver, etcd, kube-controller-manager (when the assets have it) and this process from the operator's start to the end;
 //! - kube-apiserver's requests from the operator's start to the end, by verb, resource and
 //!   code (`apiserver_request_total`; the bench's creates and watch included);
 //! - the arrival variants also: per 5 s, the final statuses that fell due and those the
@@ -792,10 +792,11 @@ struct Running {
     operator: Operator,
     /// When it was started: the deadline and the CPU figures count from here.
     started: Instant,
-    /// kube-apiserver, etcd and this process: what each is, and its pid.
-    others: [(&'static str, u32); 3],
+    /// kube-apiserver, etcd, kube-controller-manager (when it runs) and this process: what
+    /// each is, and its pid.
+    others: Vec<(&'static str, u32)>,
     /// Their CPU seconds at `started`.
-    cpu_before: [Option<f64>; 3],
+    cpu_before: Vec<Option<f64>>,
     /// Holds the operator's log unless `BENCH_OPERATOR_LOG` names one. Fields drop in order,
     /// so the operator is killed before this is removed.
     _scratch: tempfile::TempDir,
@@ -835,12 +836,8 @@ fn start_operator(
         &operator_env,
     )?;
     let started = Instant::now();
-    let others = [
-        ("kube-apiserver", testbed.cluster.apiserver_pid()),
-        ("etcd", testbed.cluster.etcd_pid()),
-        ("bench (simulator, watch)", std::process::id()),
-    ];
-    let cpu_before = others.map(|(_, pid)| cpu_seconds(pid));
+    let others = cpu_accounts(&testbed.cluster, "bench (simulator, watch)");
+    let cpu_before = others.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
     Ok(Running {
         operator,
         started,
@@ -2066,6 +2063,21 @@ impl Drop for Operator {
 }
 
 /// User + system CPU seconds a process has used (`/proc/<pid>/stat`).
+/// The processes whose CPU a run reports besides the operator's: the cluster's (the
+/// controller manager's garbage collector watches every resource, so it is part of what each
+/// write costs) and this one, named `bench`.
+fn cpu_accounts(cluster: &TestCluster, bench: &'static str) -> Vec<(&'static str, u32)> {
+    let mut others = vec![
+        ("kube-apiserver", cluster.apiserver_pid()),
+        ("etcd", cluster.etcd_pid()),
+    ];
+    if let Some(pid) = cluster.controller_manager_pid() {
+        others.push(("kube-controller-manager", pid));
+    }
+    others.push((bench, std::process::id()));
+    others
+}
+
 fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.

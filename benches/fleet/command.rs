@@ -58,9 +58,9 @@ use ssm_sim::{Invocation, Plugin, Simulator};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    cpu_seconds, duration, env_or, install_crd, instance_id, instance_index, metric, operator_env,
-    operator_env_text, positive, quantile, row, samples, secs, start_testbed, Operator, NAMESPACE,
-    PLUGIN, PROGRESS_EVERY, QUIET_WINDOW, WRITE_SETTLE,
+    cpu_accounts, cpu_seconds, duration, env_or, install_crd, instance_id, instance_index, metric,
+    operator_env, operator_env_text, positive, quantile, row, samples, secs, start_testbed,
+    Operator, NAMESPACE, PLUGIN, PROGRESS_EVERY, QUIET_WINDOW, WRITE_SETTLE,
 };
 
 /// The `Command`'s name; its children are `fleet-<instance id>`.
@@ -719,12 +719,8 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
         &config.operator_env,
     )?;
     let started = Instant::now();
-    let others = [
-        ("kube-apiserver", testbed.cluster.apiserver_pid()),
-        ("etcd", testbed.cluster.etcd_pid()),
-        ("bench (simulator, watches)", std::process::id()),
-    ];
-    let cpu_before = others.map(|(_, pid)| cpu_seconds(pid));
+    let others = cpu_accounts(&testbed.cluster, "bench (simulator, watches)");
+    let cpu_before: Vec<Option<f64>> = others.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
     wait_ready(&mut operator, started).await?;
     let ready = started.elapsed();
     let writes_before = writes(&apiserver_metrics(&client).await?);
