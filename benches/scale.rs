@@ -67,7 +67,8 @@
 //! - status writes and Events per resource (operator metrics), resources whose final status
 //!   differs from the script (must be 0);
 //! - operator CPU seconds (`/proc/<pid>/stat`, whole run) and peak RSS (`VmHWM`), CPU of
-//!   kube-apiserver, etcd, kube-controller-manager (when the assets have it) and this process from the operator's start to the end;
+//!   kube-apiserver, etcd, kube-controller-manager (when the assets have it) and this process
+//!   from the operator's start to the end;
 //! - kube-apiserver's requests from the operator's start to the end, by verb, resource and
 //!   code (`apiserver_request_total`; the bench's creates and watch included);
 //! - the arrival variants also: per 5 s, the final statuses that fell due and those the
