@@ -70,7 +70,8 @@
 //!   kube-apiserver, etcd, kube-controller-manager (when the assets have it) and this process
 //!   from the operator's start to the end;
 //! - kube-apiserver's requests from the operator's start to the end, by verb, resource and
-//!   code (`apiserver_request_total`; the bench's creates and watch included);
+//!   code (`apiserver_request_total`; the bench's creates and watch included), and the mean
+//!   time it took to serve the three most frequent kinds (`apiserver_request_duration_seconds`);
 //! - the arrival variants also: per 5 s, the final statuses that fell due and those the
 //!   watch saw Finished, with the backlog (where the lag builds);
 //! - SSM calls and status writes in the 5 s after all were Finished;
@@ -552,6 +553,10 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
     lifecycle::print_footprint(&testbed.cluster, etcd_before, Some(config.n())).await;
     if let (Some(before), Some(after)) = (&requests_before, &requests_after) {
         row("kube-apiserver requests", apiserver_requests(before, after));
+        row(
+            "kube-apiserver time per request",
+            apiserver_latency(before, after),
+        );
     }
     let figures = print_figures(
         config, variant, &timelines, &created, &sent, &running, &followed, &end,
@@ -1289,6 +1294,50 @@ fn apiserver_requests(before: &str, after: &str) -> String {
         .iter()
         .take(10)
         .map(|(key, grew)| format!("{key} {grew:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// How long kube-apiserver took, on average, to serve each of the three most frequent kinds of
+/// request from the operator's start to the end (`apiserver_request_duration_seconds`, from
+/// the request's arrival to its answer): long when requests queue for its CPU.
+fn apiserver_latency(before: &str, after: &str) -> String {
+    let sums = |text: &str, name: &str| {
+        let mut sums: std::collections::BTreeMap<String, f64> = Default::default();
+        for (labels, value) in samples(text, name) {
+            let subresource = fleet::label(labels, "subresource");
+            let key = format!(
+                "{} {}{}{}",
+                fleet::label(labels, "verb"),
+                fleet::label(labels, "resource"),
+                if subresource.is_empty() { "" } else { "/" },
+                subresource,
+            );
+            *sums.entry(key).or_default() += value;
+        }
+        sums
+    };
+    let grown = |name: &str| {
+        let before = sums(before, name);
+        sums(after, name)
+            .into_iter()
+            .map(|(key, value)| {
+                let grew = value - before.get(&key).copied().unwrap_or(0.0);
+                (key, grew)
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let counts = grown("apiserver_request_duration_seconds_count");
+    let seconds = grown("apiserver_request_duration_seconds_sum");
+    let mut busiest: Vec<(&String, &f64)> = counts.iter().filter(|(_, n)| **n >= 1.0).collect();
+    busiest.sort_by(|a, b| b.1.total_cmp(a.1));
+    busiest
+        .iter()
+        .take(3)
+        .map(|(key, count)| {
+            let total = seconds.get(*key).copied().unwrap_or(0.0);
+            format!("{key} {:.1} ms", total / **count * 1000.0)
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -195,6 +195,7 @@ async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Ac
     // The Event first: a crash or an unreachable API server before the status write repeats
     // the attempt (the API refuses the duplicate name), while a status written first would
     // lose the Event for good.
+    let writing = Instant::now();
     if let Some(note) = &outcome.note {
         ctx.writer.record(object, note).await?;
     }
@@ -204,6 +205,9 @@ async fn reconcile_inner(object: &CommandInvocation, ctx: &Context) -> Result<Ac
         let age = Timestamp::now().duration_since(answer.asked_at.0);
         info!(
             answer_age_ms = age.as_millis(),
+            // The Event and the status write: the API server's answer time, as the operator
+            // sees it (against answer_age_ms, how long the answer waited for its turn).
+            write_ms = writing.elapsed().as_millis(),
             status = outcome.status.status.as_deref().unwrap_or("-"),
             reason = ready.map_or("-", |c| c.reason.as_str()),
             "status updated"

@@ -557,7 +557,7 @@ pub async fn operator_killed_during_a_burst_of_status_writes(cluster: Arc<TestCl
         .count();
     let written_by_first = first_log
         .lines()
-        .filter(|l| l.contains("status updated status=\"Success\""))
+        .filter(|l| l.contains("status updated") && l.contains("status=\"Success\""))
         .count();
     eprintln!(
         "kill-in-burst: killed the operator after the watch saw {seen_at_kill} Success; \
