@@ -956,6 +956,17 @@ fn under_push_a_new_resource_does_not_bring_the_backstop_rounds_back() {
     assert_eq!(due, [(key, RoundKind::Gets)]);
 }
 
+/// A walk of every step `key` tracks now, as a regular round makes; it must end without error.
+async fn walk_tracked(tracker: &Tracker, key: &CommandKey) {
+    let steps: HashSet<Step> = tracker.state().commands[key]
+        .members
+        .values()
+        .map(|m| m.step.clone())
+        .collect();
+    let (_, error) = tracker.walk(key, &steps, &HashSet::new()).await;
+    assert_eq!(error, None);
+}
+
 /// A one-step command of `nodes` nodes, every one of them ended.
 fn ended_fleet(nodes: &[String]) -> ssm_sim::Command {
     use ssm_sim::{Command, Invocation as Node, Plugin};
@@ -987,13 +998,7 @@ async fn a_walk_keeps_the_final_answers_of_untracked_nodes_on_its_pages_for_thei
     );
     track_fleet(&tracker, COMMAND_A, fleet);
     let key = command_key(COMMAND_A);
-    let steps: HashSet<Step> = tracker.state().commands[&key]
-        .members
-        .values()
-        .map(|m| m.step.clone())
-        .collect();
-    let (_, error) = tracker.walk(&key, &steps, &HashSet::new()).await;
-    assert_eq!(error, None);
+    walk_tracked(&tracker, &key).await;
     let pages = sim.calls("ListCommandInvocations");
     assert_eq!(pages, 2, "the pages the fleet needs, no more");
     assert_eq!(tracker.state().commands[&key].unclaimed.len(), 5);
@@ -1018,13 +1023,7 @@ async fn a_walk_keeps_the_final_answers_of_untracked_nodes_on_its_pages_for_thei
     // is to come for them, so the next walk keeps nothing of them (nor of late3's).
     tracker.forget("late3");
     tracker.forget("f000");
-    let steps: HashSet<Step> = tracker.state().commands[&key]
-        .members
-        .values()
-        .map(|m| m.step.clone())
-        .collect();
-    let (_, error) = tracker.walk(&key, &steps, &HashSet::new()).await;
-    assert_eq!(error, None);
+    walk_tracked(&tracker, &key).await;
     let mut kept: Vec<String> = tracker.state().commands[&key]
         .unclaimed
         .keys()
