@@ -985,18 +985,7 @@ async fn quiet_window(sim: &Simulator, running: &Running, followed: &Followed) -
     let metrics = operator.metrics().await.unwrap_or_default();
     let operator_cpu = operator.pid().and_then(cpu_seconds);
     let peak_rss = operator.peak_rss();
-    let cpu_others: Vec<String> = running
-        .others
-        .iter()
-        .zip(&running.cpu_before)
-        .map(|((what, pid), before)| {
-            let used = cpu_seconds(*pid).zip(*before).map(|(a, b)| a - b);
-            format!(
-                "{what} {}",
-                used.map_or("?".into(), |s| format!("{s:.1} s"))
-            )
-        })
-        .collect();
+    let cpu_others = cpu_used(&running.others, &running.cpu_before);
     AtEnd {
         ssm_at_finish,
         metrics_at_finish,
@@ -1260,35 +1249,51 @@ fn arrival_figures(
     row("finals due / seen, per 5 s", due_and_seen(seen, from, t0));
 }
 
-/// kube-apiserver's requests from the operator's start to the end (everyone's: the bench's
-/// creates and watch too), by verb, resource and code, the most first.
-fn apiserver_requests(before: &str, after: &str) -> String {
-    let count = |text: &str| {
-        let mut counts: std::collections::BTreeMap<String, f64> = Default::default();
-        for (labels, value) in samples(text, "apiserver_request_total") {
-            let resource = fleet::label(labels, "resource");
+/// How much each kind of kube-apiserver request (`verb resource[/subresource]`, and ` code`
+/// with `by_code`) added to the metric `name` between the `/metrics` texts `before` and
+/// `after`.
+fn apiserver_grown(
+    before: &str,
+    after: &str,
+    name: &str,
+    by_code: bool,
+) -> std::collections::BTreeMap<String, f64> {
+    let sums = |text: &str| {
+        let mut sums: std::collections::BTreeMap<String, f64> = Default::default();
+        for (labels, value) in samples(text, name) {
             let subresource = fleet::label(labels, "subresource");
-            let key = format!(
-                "{} {}{}{} {}",
+            let mut key = format!(
+                "{} {}{}{}",
                 fleet::label(labels, "verb"),
-                resource,
+                fleet::label(labels, "resource"),
                 if subresource.is_empty() { "" } else { "/" },
                 subresource,
-                fleet::label(labels, "code")
             );
-            *counts.entry(key).or_default() += value;
+            if by_code {
+                key = format!("{key} {}", fleet::label(labels, "code"));
+            }
+            *sums.entry(key).or_default() += value;
         }
-        counts
+        sums
     };
-    let before = count(before);
-    let mut grown: Vec<(String, f64)> = count(after)
+    let before = sums(before);
+    sums(after)
         .into_iter()
         .map(|(key, value)| {
             let grew = value - before.get(&key).copied().unwrap_or(0.0);
             (key, grew)
         })
-        .filter(|(_, grew)| *grew >= 1.0)
-        .collect();
+        .collect()
+}
+
+/// kube-apiserver's requests from the operator's start to the end (everyone's: the bench's
+/// creates and watch too), by verb, resource and code, the most first.
+fn apiserver_requests(before: &str, after: &str) -> String {
+    let mut grown: Vec<(String, f64)> =
+        apiserver_grown(before, after, "apiserver_request_total", true)
+            .into_iter()
+            .filter(|(_, grew)| *grew >= 1.0)
+            .collect();
     grown.sort_by(|a, b| b.1.total_cmp(&a.1));
     grown
         .iter()
@@ -1302,33 +1307,18 @@ fn apiserver_requests(before: &str, after: &str) -> String {
 /// request from the operator's start to the end (`apiserver_request_duration_seconds`, from
 /// the request's arrival to its answer): long when requests queue for its CPU.
 fn apiserver_latency(before: &str, after: &str) -> String {
-    let sums = |text: &str, name: &str| {
-        let mut sums: std::collections::BTreeMap<String, f64> = Default::default();
-        for (labels, value) in samples(text, name) {
-            let subresource = fleet::label(labels, "subresource");
-            let key = format!(
-                "{} {}{}{}",
-                fleet::label(labels, "verb"),
-                fleet::label(labels, "resource"),
-                if subresource.is_empty() { "" } else { "/" },
-                subresource,
-            );
-            *sums.entry(key).or_default() += value;
-        }
-        sums
-    };
-    let grown = |name: &str| {
-        let before = sums(before, name);
-        sums(after, name)
-            .into_iter()
-            .map(|(key, value)| {
-                let grew = value - before.get(&key).copied().unwrap_or(0.0);
-                (key, grew)
-            })
-            .collect::<std::collections::BTreeMap<_, _>>()
-    };
-    let counts = grown("apiserver_request_duration_seconds_count");
-    let seconds = grown("apiserver_request_duration_seconds_sum");
+    let counts = apiserver_grown(
+        before,
+        after,
+        "apiserver_request_duration_seconds_count",
+        false,
+    );
+    let seconds = apiserver_grown(
+        before,
+        after,
+        "apiserver_request_duration_seconds_sum",
+        false,
+    );
     let mut busiest: Vec<(&String, &f64)> = counts.iter().filter(|(_, n)| **n >= 1.0).collect();
     busiest.sort_by(|a, b| b.1.total_cmp(a.1));
     busiest
@@ -2112,7 +2102,6 @@ impl Drop for Operator {
     }
 }
 
-/// User + system CPU seconds a process has used (`/proc/<pid>/stat`).
 /// The processes whose CPU a run reports besides the operator's: the cluster's (the
 /// controller manager's garbage collector watches every resource, so it is part of what each
 /// write costs) and this one, named `bench`.
@@ -2128,6 +2117,23 @@ fn cpu_accounts(cluster: &TestCluster, bench: &'static str) -> Vec<(&'static str
     others
 }
 
+/// What each of `others` ([`cpu_accounts`]) used since `before` (their CPU seconds then), as
+/// `name 12.3 s` (`?` where unreadable).
+fn cpu_used(others: &[(&'static str, u32)], before: &[Option<f64>]) -> Vec<String> {
+    others
+        .iter()
+        .zip(before)
+        .map(|((what, pid), before)| {
+            let used = cpu_seconds(*pid).zip(*before).map(|(a, b)| a - b);
+            format!(
+                "{what} {}",
+                used.map_or("?".into(), |s| format!("{s:.1} s"))
+            )
+        })
+        .collect()
+}
+
+/// User + system CPU seconds a process has used (`/proc/<pid>/stat`).
 fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.

@@ -58,9 +58,9 @@ use ssm_sim::{Invocation, Plugin, Simulator};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    cpu_accounts, cpu_seconds, duration, env_or, install_crd, instance_id, instance_index, metric,
-    operator_env, operator_env_text, positive, quantile, row, samples, secs, start_testbed,
-    Operator, NAMESPACE, PLUGIN, PROGRESS_EVERY, QUIET_WINDOW, WRITE_SETTLE,
+    cpu_accounts, cpu_seconds, cpu_used, duration, env_or, install_crd, instance_id,
+    instance_index, metric, operator_env, operator_env_text, positive, quantile, row, samples,
+    secs, start_testbed, Operator, NAMESPACE, PLUGIN, PROGRESS_EVERY, QUIET_WINDOW, WRITE_SETTLE,
 };
 
 /// The `Command`'s name; its children are `fleet-<instance id>`.
@@ -757,17 +757,7 @@ async fn run(config: &Config, variant: Variant) -> Result<String, String> {
     let metrics = operator.metrics().await.unwrap_or_default();
     let operator_cpu = operator.pid().and_then(cpu_seconds);
     let peak_rss = operator.peak_rss();
-    let cpu_others: Vec<String> = others
-        .iter()
-        .zip(&cpu_before)
-        .map(|((what, pid), before)| {
-            let used = cpu_seconds(*pid).zip(*before).map(|(a, b)| a - b);
-            format!(
-                "{what} {}",
-                used.map_or("?".into(), |s| format!("{s:.1} s"))
-            )
-        })
-        .collect();
+    let cpu_others = cpu_used(&others, &cpu_before);
 
     row(
         "operator ready (/readyz)",
