@@ -1057,3 +1057,52 @@ fn a_fleet_whose_resources_name_a_step_reads_nothing_ahead() {
     let (due, _) = tracker.start_due(Instant::now() + HINT_COALESCE);
     assert!(due.is_empty(), "{due:?}");
 }
+
+#[tokio::test]
+async fn the_round_loop_reads_a_heard_end_ahead_with_one_get_and_the_resource_takes_that_answer() {
+    use ssm_sim::{Invocation as Node, Plugin};
+    let fleet: Vec<String> = (0..crate::tracking::plan::FLEET)
+        .map(|i| format!("i-f{i:03}"))
+        .collect();
+    let late = Node::new("i-late")
+        .plugin(Plugin::succeeding("aws:runShellScript", Duration::ZERO).stdout("late\n"));
+    let sim = ssm_sim::Simulator::start().await.expect("simulator");
+    sim.add_command(ended_fleet(&fleet).invocation(late));
+    let tracker = Arc::new(Tracker::new(
+        ssm_at(&sim).await,
+        PollIntervals {
+            min: Duration::from_secs(60),
+            max: Duration::from_secs(60),
+        },
+        Duration::from_secs(300),
+        Duration::from_secs(30),
+        Arc::new(Metrics::new()),
+    ));
+    // A fleet under push whose regular round is a minute away.
+    let key = quiet_fleet_under_push(&tracker);
+    tokio::spawn(tracker.clone().run());
+
+    // The end event of a node no resource tracks yet: the round loop reads it with one Get
+    // and keeps the answer for the resource to come.
+    event(&tracker, COMMAND_A, "i-late", "Success");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !tracker.state().commands[&key]
+        .unclaimed
+        .contains_key("i-late")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the heard end was not read ahead"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sim.calls("GetCommandInvocation"), 1);
+    assert_eq!(sim.total_calls(), 1, "one Get, no walk");
+
+    // Its resource comes: it has the whole final answer at once, without another call.
+    let answer = track_known(&tracker, "late").and_then(|a| a.result.clone().ok());
+    let answer = answer.expect("the answer read ahead");
+    assert_eq!(answer.status, "Success");
+    assert_eq!(answer.standard_output_content, "late\n");
+    assert_eq!(sim.total_calls(), 1);
+}
