@@ -633,6 +633,18 @@ async fn ssm_at(sim: &ssm_sim::Simulator) -> Arc<Ssm> {
     Arc::new(Ssm::new(sdk, Arc::new(Metrics::new()), 1000.0))
 }
 
+/// A tracker asking `sim`, whose rounds come a minute apart: within a test, only what the test
+/// starts (or a hint) reads SSM.
+async fn tracker_at(sim: &ssm_sim::Simulator) -> Tracker {
+    let intervals = PollIntervals {
+        min: Duration::from_secs(60),
+        max: Duration::from_secs(60),
+    };
+    let (recheck, backstop) = (Duration::from_secs(300), Duration::from_secs(30));
+    let metrics = Arc::new(Metrics::new());
+    Tracker::new(ssm_at(sim).await, intervals, recheck, backstop, metrics)
+}
+
 fn whole_step(node: &str) -> Step {
     Step {
         instance_id: format!("i-{node}"),
@@ -684,18 +696,7 @@ fn remote_script() -> ssm_sim::Command {
 async fn a_step_without_a_name_on_several_steps_is_never_refused_for_want_of_one() {
     let sim = ssm_sim::Simulator::start().await.expect("simulator");
     sim.add_command(remote_script());
-    let metrics = Arc::new(Metrics::new());
-    let intervals = PollIntervals {
-        min: Duration::from_secs(60),
-        max: Duration::from_secs(60),
-    };
-    let tracker = Tracker::new(
-        ssm_at(&sim).await,
-        intervals,
-        Duration::from_secs(300),
-        Duration::from_secs(30),
-        metrics,
-    );
+    let tracker = tracker_at(&sim).await;
     track(&tracker, "ops", "node1", COMMAND_A);
     let key = command_key(COMMAND_A);
     assert!(!tracker.is_multi_step(&key), "nothing is known yet");
@@ -744,16 +745,7 @@ async fn a_step_without_a_name_on_several_steps_is_never_refused_for_want_of_one
 async fn a_walk_answers_steps_without_a_name_as_a_whole_and_marks_the_command() {
     let sim = ssm_sim::Simulator::start().await.expect("simulator");
     sim.add_command(remote_script());
-    let tracker = Tracker::new(
-        ssm_at(&sim).await,
-        PollIntervals {
-            min: Duration::from_secs(60),
-            max: Duration::from_secs(60),
-        },
-        Duration::from_secs(300),
-        Duration::from_secs(30),
-        Arc::new(Metrics::new()),
-    );
+    let tracker = tracker_at(&sim).await;
     for node in ["node1", "node2", "node3"] {
         track(&tracker, "ops", node, COMMAND_A);
     }
@@ -986,16 +978,7 @@ async fn a_walk_keeps_the_final_answers_of_untracked_nodes_on_its_pages_for_thei
     let tracked: Vec<String> = (0..fleet).map(|i| format!("i-f{i:03}")).collect();
     let sim = ssm_sim::Simulator::start().await.expect("simulator");
     sim.add_command(ended_fleet(&[late.clone(), tracked].concat()));
-    let tracker = Tracker::new(
-        ssm_at(&sim).await,
-        PollIntervals {
-            min: Duration::from_secs(60),
-            max: Duration::from_secs(60),
-        },
-        Duration::from_secs(300),
-        Duration::from_secs(30),
-        Arc::new(Metrics::new()),
-    );
+    let tracker = tracker_at(&sim).await;
     track_fleet(&tracker, COMMAND_A, fleet);
     let key = command_key(COMMAND_A);
     walk_tracked(&tracker, &key).await;
@@ -1068,16 +1051,7 @@ async fn the_round_loop_reads_a_heard_end_ahead_with_one_get_and_the_resource_ta
         .plugin(Plugin::succeeding("aws:runShellScript", Duration::ZERO).stdout("late\n"));
     let sim = ssm_sim::Simulator::start().await.expect("simulator");
     sim.add_command(ended_fleet(&fleet).invocation(late));
-    let tracker = Arc::new(Tracker::new(
-        ssm_at(&sim).await,
-        PollIntervals {
-            min: Duration::from_secs(60),
-            max: Duration::from_secs(60),
-        },
-        Duration::from_secs(300),
-        Duration::from_secs(30),
-        Arc::new(Metrics::new()),
-    ));
+    let tracker = Arc::new(tracker_at(&sim).await);
     // A fleet under push whose regular round is a minute away.
     let key = quiet_fleet_under_push(&tracker);
     tokio::spawn(tracker.clone().run());
